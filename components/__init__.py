@@ -1,0 +1,1 @@
+"""Pulumi components of inferstack, one ComponentResource per module."""
