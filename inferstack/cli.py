@@ -39,6 +39,11 @@ def _root(
 
 
 def _register() -> None:
+    from inferstack.modeltools.cli import export, optimize, verify
+
+    app.command("export")(export)
+    app.command("verify")(verify)
+    app.command("optimize")(optimize)
     from inferstack.runtime.cli import serve
 
     app.command("serve")(serve)

@@ -180,6 +180,7 @@ def write_manifest(package_dir: str | os.PathLike[str], manifest: Manifest) -> P
     with os.fdopen(fd, "w") as fh:
         json.dump(data, fh, indent=2)
         fh.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp makes it private; the runtime and the uploader read it
     os.replace(tmp, path)
     return path
 

@@ -1,0 +1,298 @@
+"""``inferstack export``: PyTorch to a checked ONNX model package.
+
+The steps, each of which stops the export with one clear message:
+
+1. load the source (see :mod:`loading`) and run it once on the example inputs, so that a shape
+   the module does not accept is reported in PyTorch's words before the exporter's;
+2. ``torch.onnx.export(..., dynamo=True)`` with a ``torch.export.Dim`` per named dimension;
+3. save, with the weights as external data when the model is large, and ``onnx.checker`` on the path
+   (the only form that works past 2 GB);
+4. read the signature back from the ONNX graph, run the parity check in a subprocess;
+5. write ``manifest.json`` and move the package into place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from inferstack.modeltools import loading, parity, signature
+from inferstack.modeltools.loading import Source
+from inferstack.modeltools.spec import InputSpec, random_arrays
+from inferstack.modeltools.staging import staged_dir
+
+from inferstack.errors import InferstackError
+from inferstack.manifest import MANIFEST_NAME, Manifest, file_entries, sha256_file, write_manifest
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+MIN_OPSET = 18
+DEFAULT_OPSET = 18
+DEFAULT_MAX_BATCH = 64
+#: Weights above this size go to ``model.onnx.data`` (protobuf cannot hold more than 2 GB).
+EXTERNAL_DATA_BYTES = 1 << 30
+MODEL_FILE = "model.onnx"
+
+
+class ExportError(InferstackError):
+    """The model cannot be exported as asked."""
+
+
+@dataclass
+class ExportOptions:
+    source: Source
+    inputs: list[InputSpec]
+    out: Path
+    outputs: list[str] = field(default_factory=list)
+    name: str | None = None
+    version: str = "1"
+    opset: int = DEFAULT_OPSET
+    max_batch_size: int | None = None  # None: DEFAULT_MAX_BATCH when there is a batch axis, else 0
+    external_data: bool | None = None  # None: when the weights exceed EXTERNAL_DATA_BYTES
+    atol: float = parity.DEFAULT_ATOL
+    rtol: float = parity.DEFAULT_RTOL
+    skip_parity: bool = False
+
+
+Progress = Callable[[str], None]
+
+
+def _first_line(e: BaseException) -> str:
+    text = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+    return f"{type(e).__name__}: {text[0].strip()}" if text else type(e).__name__
+
+
+def default_name(source: Source) -> str:
+    """A package name from the source: the file stem, or module and factory names."""
+    spec = source.spec
+    if ":" in Path(spec).name and source.kind == "factory":
+        target, _, attr = spec.rpartition(":")
+        base = Path(target).stem if target.endswith(".py") else target.rsplit(".", 1)[-1]
+        base = base if attr in ("build", "create", "model", "make_model", "factory") else f"{base}-{attr}"
+    else:
+        base = Path(spec).stem
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", base).strip("-.") or "model"
+    return name[:128] if name[0].isalnum() else f"m{name}"[:128]
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[io.StringIO]:
+    """The exporter prints progress and warnings; keep them for --verbose, not for the user's screen."""
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    import warnings
+
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield buf
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _torch_inputs(specs: list[InputSpec]) -> tuple[Any, ...]:
+    import torch
+
+    arrays = random_arrays(specs, batch=None, seed=0)
+    return tuple(torch.from_numpy(arrays[s.name]) for s in specs)
+
+
+def _dynamic_shapes(specs: list[InputSpec]) -> tuple[dict[int, Any], ...] | None:
+    import torch
+
+    dims: dict[str, Any] = {}
+    shapes = []
+    for s in specs:
+        shape: dict[int, Any] = {}
+        for i, d in enumerate(s.dims):
+            if d.name is not None:
+                shape[i] = dims.setdefault(d.name, torch.export.Dim(d.name, min=1))
+        shapes.append(shape)
+    return tuple(shapes) if dims else None
+
+
+def _shapes_text(specs: list[InputSpec]) -> str:
+    return ", ".join(f"{s.name}:{list(s.example_shape)} {s.datatype}" for s in specs)
+
+
+def _check_forward(model: Any, args: tuple[Any, ...], specs: list[InputSpec]) -> None:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        model = model.module()
+    try:
+        with torch.no_grad():
+            model(*args)
+    except Exception as e:
+        raise ExportError(
+            f"the model does not accept the inputs {_shapes_text(specs)}: {_first_line(e)} "
+            "(check --input against the module's forward)"
+        ) from e
+
+
+def _explain_export_failure(e: BaseException, opset: int) -> str:
+    text = str(e)
+    m = re.search(r"No ONNX function found for <OpOverload\(op='([^']+)', overload='([^']+)'\)>", text)
+    if m:
+        return (
+            f"unsupported operator {m.group(1)}.{m.group(2)}: the ONNX exporter has no translation for it "
+            f"at opset {opset} (replace it in the module, or register a custom translation)"
+        )
+    m = re.search(r"No ONNX function found for ([^\s.]+(?:\.[^\s.]+)*)", text)
+    if m:
+        return (
+            f"unsupported operator {m.group(1)}: the ONNX exporter has no translation for it at opset {opset}"
+        )
+    m = re.search(r"Constraints violated \(([^)]*)\)", text)
+    if m:
+        return (
+            f"the module fixes dynamic dimension(s) {m.group(1)} to the example size; "
+            "give that dimension a number in --input, or make the module accept any size"
+        )
+    summary = re.search(r"## Exception summary\s+(.*?)(?:\n\n|$)", text, re.S)
+    detail = summary.group(1).strip().splitlines()[0] if summary else _first_line(e)
+    return "ONNX export failed: " + _ANSI.sub("", detail)
+
+
+def _param_bytes(model: Any) -> int:
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        tensors = list(model.state_dict.values()) + list(model.constants.values())
+    else:
+        tensors = list(model.parameters()) + list(model.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def _producer() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for pkg in ("inferstack", "torch", "onnx", "onnxscript", "onnxruntime"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple[Manifest, Path]:
+    """Export, check and package; return the manifest and the package directory."""
+    import onnx
+    import torch
+
+    if opts.opset < MIN_OPSET:
+        raise ExportError(f"--opset {opts.opset}: the dynamo exporter needs opset {MIN_OPSET} or newer")
+    names = [s.name for s in opts.inputs]
+    if len(set(opts.outputs)) != len(opts.outputs):
+        raise ExportError(f"--output: names must be unique, got {', '.join(opts.outputs)}")
+    if set(opts.outputs) & set(names):
+        raise ExportError("--output: an output cannot have the name of an input")
+    name = opts.name or default_name(opts.source)
+
+    progress(f"loading {opts.source.spec}")
+    model = loading.load(opts.source)
+    args = _torch_inputs(opts.inputs)
+    _check_forward(model, args, opts.inputs)
+    is_program = isinstance(model, torch.export.ExportedProgram)
+
+    with staged_dir(opts.out) as stage:
+        model_path = stage / MODEL_FILE
+        progress(f"exporting to ONNX (opset {opts.opset})")
+        with _quiet_exporter() as log:
+            try:
+                program = torch.onnx.export(
+                    model,
+                    args,
+                    None,
+                    dynamo=True,
+                    opset_version=opts.opset,
+                    input_names=names,
+                    output_names=opts.outputs or None,
+                    dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs),
+                    optimize=True,
+                )
+            except Exception as e:
+                raise ExportError(_explain_export_failure(e, opts.opset)) from e
+            assert program is not None
+            external = opts.external_data
+            if external is None:
+                external = _param_bytes(model) > EXTERNAL_DATA_BYTES
+            progress("saving" + (" with external data" if external else ""))
+            try:
+                program.save(model_path, external_data=external)
+            except Exception as e:
+                raise ExportError(f"saving the ONNX model failed: {_first_line(e)}") from e
+        if log.getvalue():
+            logging.getLogger(__name__).debug(log.getvalue())
+        del program
+
+        progress("checking the ONNX model")
+        try:
+            onnx.checker.check_model(str(model_path))
+        except Exception as e:
+            raise ExportError(f"the exported model fails onnx.checker: {_first_line(e)}") from e
+        graph = signature.load_graph(model_path)
+        inputs, outputs = signature.signature(graph, model_path)
+        opset = signature.opset(graph)
+        del graph
+        if [t.name for t in inputs] != names:
+            raise ExportError(
+                f"the exported graph's inputs are {[t.name for t in inputs]}, not {names} "
+                "(does forward take exactly the --input tensors?)"
+            )
+        if opts.outputs and len(opts.outputs) != len(outputs):
+            raise ExportError(f"--output names {len(opts.outputs)} tensors, the model returns {len(outputs)}")
+
+        batch_default = signature.default_max_batch(inputs, outputs, DEFAULT_MAX_BATCH)
+        max_batch = batch_default if opts.max_batch_size is None else opts.max_batch_size
+        if max_batch and not batch_default:
+            raise ExportError(
+                f"--max-batch-size {max_batch}: the model has no dynamic batch axis (the first dimension "
+                "of every input and output must be named in --input, e.g. batch,3,32,32)"
+            )
+        del model
+
+        parity_record = None
+        if not opts.skip_parity:
+            batches = parity.batch_sizes(opts.inputs, max_batch)
+            progress(f"parity check against PyTorch at batch sizes {batches}")
+            parity_record = parity.run(opts.source, model_path, opts.inputs, batches, opts.atol, opts.rtol)
+            if not parity_record["passed"]:
+                raise parity.ParityError(f"parity check failed: {parity.summary(parity_record)}")
+
+        files = [p.name for p in sorted(stage.iterdir()) if p.is_file() and p.name != MANIFEST_NAME]
+        source_record: dict[str, Any] = {
+            "kind": opts.source.kind,
+            "spec": opts.source.spec,
+            "inputs": [parity._spec_text(s) for s in opts.inputs],
+            "weights": opts.source.weights,
+            "weights_sha256": sha256_file(opts.source.weights) if opts.source.weights else None,
+            "trust_pickle": opts.source.trust_pickle,
+            "external_data": external,
+        }
+        manifest = Manifest(
+            name=name,
+            version=opts.version,
+            model_file=MODEL_FILE,
+            files=file_entries(stage, files),
+            inputs=inputs,
+            outputs=outputs,
+            max_batch_size=max_batch,
+            opset=opset,
+            producer=_producer(),
+            parity=parity_record,
+            source=source_record,
+        )
+        progress("writing manifest")
+        write_manifest(stage, manifest)
+    return manifest, opts.out

@@ -1,0 +1,204 @@
+"""Turn an export SOURCE into something PyTorch can run and export.
+
+SOURCE is one of:
+
+- a ``torch.export`` program (``model.pt2``), loaded with ``torch.export.load``;
+- ``package.module:factory`` or ``path/to/file.py:factory``: a callable that returns the
+  ``nn.Module``; ``--weights`` then loads a state dict into it (``weights_only=True``, so the
+  weights file cannot run code);
+- a pickled whole module (``.pth``/``.pt``), only with ``--trust-pickle``: unpickling runs code
+  that the file names, so it is refused unless the user says the file is trusted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from inferstack.errors import InferstackError
+
+if TYPE_CHECKING:
+    import torch
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
+
+
+class SourceError(InferstackError):
+    """The model source cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """What the user pointed at; enough to load the model again (in the parity subprocess)."""
+
+    spec: str
+    weights: str | None = None
+    trust_pickle: bool = False
+
+    @property
+    def kind(self) -> str:
+        if self.spec.endswith(".pt2"):
+            return "exported-program"
+        if self.spec.endswith(PICKLE_SUFFIXES) and ":" not in Path(self.spec).name:
+            return "pickle"
+        return "factory"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"spec": self.spec, "weights": self.weights, "trust_pickle": self.trust_pickle}
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _split_factory(spec: str) -> tuple[str, str]:
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target or not attr:
+        raise SourceError(
+            f"{spec}: not a model source; use model.pt2, package.module:factory, path/to/file.py:factory "
+            "or a pickled module with --trust-pickle"
+        )
+    return target, attr
+
+
+def _import_target(target: str) -> Any:
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target)
+        if not path.is_file():
+            raise SourceError(f"{target}: file not found")
+        name = f"_inferstack_source_{abs(hash(str(path.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise SourceError(f"{target}: cannot be imported as a Python file")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:
+            del sys.modules[name]
+            raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+        return module
+    # Like `python -m`, a module in the working directory is importable by its name.
+    if "" not in sys.path and str(Path.cwd()) not in sys.path:
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(target)
+    except ModuleNotFoundError as e:
+        if e.name and target.startswith(e.name):
+            raise SourceError(f"{target}: no such Python module (is the package installed?)") from e
+        raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+    except Exception as e:
+        raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+
+
+def _load_factory(source: Source) -> torch.nn.Module:
+    import torch
+
+    target, attr = _split_factory(source.spec)
+    module = _import_target(target)
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise SourceError(f"{source.spec}: {target} has no attribute {attr!r}")
+    if not callable(factory):
+        raise SourceError(f"{source.spec}: {attr!r} is not callable")
+    try:
+        model = factory()
+    except Exception as e:
+        raise SourceError(f"{source.spec}: the factory raised {_first_line(e)}") from e
+    if not isinstance(model, torch.nn.Module):
+        raise SourceError(
+            f"{source.spec}: the factory returned {type(model).__name__}, not a torch.nn.Module"
+        )
+    if source.weights:
+        _load_weights(model, source.weights)
+    return model
+
+
+def _load_weights(model: torch.nn.Module, weights: str) -> None:
+    import pickle
+
+    import torch
+
+    path = Path(weights)
+    if not path.is_file():
+        raise SourceError(f"{weights}: weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise SourceError(
+            f"{weights}: not a plain state dict (weights_only loading refused it: {_first_line(e)}); "
+            "save it with torch.save(model.state_dict(), PATH)"
+        ) from e
+    except Exception as e:
+        raise SourceError(f"{weights}: cannot be read as a PyTorch state dict: {_first_line(e)}") from e
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise SourceError(f"{weights}: holds a {type(state).__name__}, not a state dict")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = "; ".join(lines[1:3]) if len(lines) > 1 else lines[0] if lines else ""
+        raise SourceError(f"{weights}: does not fit the module: {detail}") from e
+
+
+def _load_pickle(source: Source) -> torch.nn.Module:
+    import torch
+
+    path = Path(source.spec)
+    if not path.is_file():
+        raise SourceError(f"{source.spec}: file not found")
+    if not source.trust_pickle:
+        raise SourceError(
+            f"{source.spec}: refusing to unpickle a whole module, because unpickling runs code named in "
+            "the file; pass --trust-pickle if you trust it, or save a state dict instead "
+            "(torch.save(model.state_dict(), 'weights.pt')) and export with "
+            "'package.module:factory --weights weights.pt'"
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise SourceError(f"{source.spec}: cannot be unpickled: {_first_line(e)}") from e
+    if not isinstance(obj, torch.nn.Module):
+        hint = ""
+        if isinstance(obj, dict):
+            hint = " (it looks like a state dict: export with a factory and --weights)"
+        raise SourceError(f"{source.spec}: holds a {type(obj).__name__}, not a torch.nn.Module{hint}")
+    return obj
+
+
+def _load_program(source: Source) -> torch.export.ExportedProgram:
+    import torch
+
+    path = Path(source.spec)
+    if not path.is_file():
+        raise SourceError(f"{source.spec}: file not found")
+    try:
+        return torch.export.load(path)
+    except Exception as e:
+        raise SourceError(f"{source.spec}: not a torch.export program: {_first_line(e)}") from e
+
+
+def load(source: Source) -> torch.nn.Module | torch.export.ExportedProgram:
+    """Load the model in eval mode (or the exported program as it was saved)."""
+    if source.weights and source.kind != "factory":
+        raise SourceError(f"--weights {source.weights}: only a factory source (module:factory) takes weights")
+    if source.kind == "exported-program":
+        return _load_program(source)
+    model = _load_pickle(source) if source.kind == "pickle" else _load_factory(source)
+    return model.eval()
+
+
+def runnable(model: Any) -> Any:
+    """A callable for parity: the module itself, or the exported program's module."""
+    import torch
+
+    if isinstance(model, torch.export.ExportedProgram):
+        return model.module()
+    return model

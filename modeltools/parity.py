@@ -1,0 +1,199 @@
+"""Parity: does the ONNX model compute what the PyTorch model computes?
+
+Both run on the same random inputs at several batch sizes. The check runs in a subprocess
+(``python -m inferstack.modeltools.parity``): onnxruntime sessions and torch's allocator do not give
+memory back, and a crash in either must not take the command down with it. The parent sends a JSON
+request on stdin and reads one JSON result from the last line of stdout.
+
+For each output: the largest absolute difference, and the largest relative difference over the
+elements whose reference magnitude exceeds ``atol`` (relative error is meaningless near zero). A
+batch passes when every element satisfies ``|onnx - torch| <= atol + rtol * |torch|``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from inferstack.modeltools.loading import Source
+from inferstack.modeltools.spec import InputSpec, parse_inputs
+
+from inferstack.errors import InferstackError
+
+DEFAULT_ATOL = 1e-4
+DEFAULT_RTOL = 1e-3
+_RESULT = "PARITY-RESULT "
+
+
+class ParityError(InferstackError):
+    """The ONNX model disagrees with PyTorch, or the check could not run."""
+
+
+def batch_sizes(specs: list[InputSpec], max_batch_size: int) -> list[int | None]:
+    """1, the example batch and a larger one when the batch axis is dynamic; else the fixed shape."""
+    if not specs or not all(s.batch_dynamic for s in specs):
+        return [None]
+    example = specs[0].example_shape[0]
+    larger = max(example * 4, 8)
+    if max_batch_size:
+        larger = min(larger, max_batch_size)
+    return sorted({1, example, larger})
+
+
+def run(
+    source: Source,
+    model_path: Path,
+    specs: list[InputSpec],
+    batches: list[int | None],
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
+    seed: int = 0,
+    timeout: float = 1800,
+) -> dict[str, Any]:
+    """Run the check in a subprocess; return its record (``passed`` says the verdict)."""
+    request = {
+        "source": source.to_dict(),
+        "model": str(Path(model_path).resolve()),
+        "inputs": [_spec_text(s) for s in specs],
+        "batches": batches,
+        "atol": atol,
+        "rtol": rtol,
+        "seed": seed,
+    }
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "inferstack.modeltools.parity"],
+            input=json.dumps(request),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=os.getcwd(),
+        )
+    except subprocess.TimeoutExpired:
+        raise ParityError(f"parity check did not finish within {timeout:.0f} s") from None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT):
+            result: dict[str, Any] = json.loads(line[len(_RESULT) :])
+            if "error" in result:
+                raise ParityError(f"parity check: {result['error']}")
+            return result
+    tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+    raise ParityError(f"parity check process exited with code {proc.returncode}: {tail}")
+
+
+def _spec_text(s: InputSpec) -> str:
+    dims = ",".join(f"{d.name}={d.example}" if d.dynamic else str(d.size) for d in s.dims)
+    return f"{s.name}:{dims}:{s.datatype}"
+
+
+def summary(record: dict[str, Any]) -> str:
+    """The first failing batch/output in words, for the error line."""
+    for b in record["batches"]:
+        for name, o in b["outputs"].items():
+            if not o["passed"]:
+                where = f"batch {b['batch']}" if b["batch"] is not None else "the fixed shape"
+                return (
+                    f"output {name!r} at {where}: max abs diff {o['max_abs_diff']:.3g}, "
+                    f"max rel diff {o['max_rel_diff']:.3g} exceed atol {record['atol']:g} + "
+                    f"rtol {record['rtol']:g} (change with --atol/--rtol)"
+                )
+    return "passed"
+
+
+# ---- the subprocess -----------------------------------------------------------------------------
+
+
+def _compare(actual: Any, expected: Any, atol: float, rtol: float) -> dict[str, Any]:
+    import numpy as np
+
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return {
+            "passed": False,
+            "max_abs_diff": float("inf"),
+            "max_rel_diff": float("inf"),
+            "shape": list(a.shape),
+            "expected_shape": list(e.shape),
+        }
+    if a.size == 0:
+        return {"passed": True, "max_abs_diff": 0.0, "max_rel_diff": 0.0}
+    diff = np.abs(a - e)
+    big = np.abs(e) > atol
+    rel = float(np.max(diff[big] / np.abs(e[big]))) if big.any() else 0.0
+    finite_match = bool(np.array_equal(np.isfinite(a), np.isfinite(e)))
+    diff = np.where(np.isfinite(diff), diff, 0.0)
+    return {
+        "passed": finite_match and bool(np.all(diff <= atol + rtol * np.abs(np.nan_to_num(e)))),
+        "max_abs_diff": float(diff.max()),
+        "max_rel_diff": rel,
+    }
+
+
+def _worker(request: dict[str, Any]) -> dict[str, Any]:
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+    import torch.utils._pytree as pytree
+    from inferstack.modeltools import loading
+    from inferstack.modeltools.spec import random_arrays
+
+    torch.set_num_threads(1)
+    source = Source(**request["source"])
+    specs = parse_inputs(request["inputs"])
+    model = loading.runnable(loading.load(source))
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.log_severity_level = 3
+    session = ort.InferenceSession(request["model"], options, providers=["CPUExecutionProvider"])
+    out_names = [o.name for o in session.get_outputs()]
+    atol, rtol = float(request["atol"]), float(request["rtol"])
+    batches = []
+    for i, batch in enumerate(request["batches"]):
+        arrays = random_arrays(specs, batch, seed=int(request["seed"]) + i)
+        with torch.no_grad():
+            expected = model(*(torch.from_numpy(arrays[s.name]) for s in specs))
+        flat = [t.detach().cpu().numpy() for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
+        actual = session.run(None, arrays)
+        if len(flat) != len(actual):
+            raise InferstackError(f"PyTorch returns {len(flat)} outputs, the ONNX model {len(actual)}")
+        outputs = {
+            name: _compare(a, np.asarray(e), atol, rtol)
+            for name, a, e in zip(out_names, actual, flat, strict=True)
+        }
+        batches.append(
+            {"batch": batch, "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())}
+        )
+    return {
+        "atol": atol,
+        "rtol": rtol,
+        "seed": int(request["seed"]),
+        "provider": "CPUExecutionProvider",
+        "batches": batches,
+        "max_abs_diff": max(o["max_abs_diff"] for b in batches for o in b["outputs"].values()),
+        "max_rel_diff": max(o["max_rel_diff"] for b in batches for o in b["outputs"].values()),
+        "passed": all(b["passed"] for b in batches),
+    }
+
+
+def main() -> None:
+    request = json.loads(sys.stdin.read())
+    try:
+        result = _worker(request)
+    except InferstackError as e:
+        result = {"error": str(e)}
+    except Exception as e:  # reported to the parent as one line; the parent decides
+        first = (str(e).strip().splitlines() or [""])[0]
+        result = {"error": f"{type(e).__name__}: {first}"}
+    sys.stdout.write("\n" + _RESULT + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Write a package into a temporary directory next to its destination, then move it in place.
+
+A failure at any step leaves the destination as it was: either absent, or the previous package.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from inferstack.errors import InferstackError
+from inferstack.manifest import MANIFEST_NAME
+
+
+def check_destination(dest: Path) -> None:
+    """Refuse a destination that is a file or a non-empty directory that is not a model package."""
+    if dest.exists() and not dest.is_dir():
+        raise InferstackError(f"--out {dest}: exists and is not a directory")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / MANIFEST_NAME).is_file():
+        raise InferstackError(
+            f"--out {dest}: directory is not empty and holds no {MANIFEST_NAME}; "
+            "refusing to replace it (choose a new directory)"
+        )
+
+
+@contextmanager
+def staged_dir(dest: Path) -> Iterator[Path]:
+    """Yield a fresh directory beside ``dest``; on success it replaces ``dest``, on error it is removed."""
+    check_destination(dest)
+    parent = dest.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if dest.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=parent))
+        os.rmdir(old)
+        os.rename(dest, old)
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
+    # mkdtemp creates 0700; a package is read by the runtime and the uploader.
+    os.chmod(dest, 0o755)
