@@ -1,0 +1,458 @@
+"""The stack's configuration: read once from ``pulumi.Config`` and validated into typed dataclasses.
+
+Every key lives in the ``inferstack`` namespace (``inferstack:<key>`` in ``stacks/Pulumi.<stack>.yaml``).
+``load()`` checks everything before the program declares a single resource; a ``ConfigError`` names
+the key, the value it saw and what is allowed, e.g.::
+
+    inferstack:gpuPools[0].minSize: -1 is not allowed; expected an integer >= 0
+
+See ``stacks/Pulumi.dev.yaml`` for every key with a comment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+
+from inferstack.errors import InferstackError
+from inferstack.manifest import Manifest, load_manifest, verify_files
+
+NAMESPACE = "inferstack"
+TARGETS = ("aws", "kubernetes")
+AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
+CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
+NAT_MODES = ("single", "perAz")
+EXPOSURES = ("internal", "public")
+# Kubernetes versions this project renders and validates (kubernetes-validate ships their schemas).
+CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
+DEFAULT_CLUSTER_VERSION = "1.34"
+DEFAULT_GPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-gpu"
+DEFAULT_CPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-cpu"
+
+_DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
+_BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,35}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+# x86_64 NVIDIA families (the AMI types above are x86_64 NVIDIA; g5g is ARM, g4ad is AMD).
+_GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
+_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
+_IMAGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$")
+
+
+class ConfigError(InferstackError, ValueError):
+    """A stack config value is missing or not allowed; the message names the key."""
+
+    def __init__(self, key: str, value: Any, allowed: str) -> None:
+        shown = "(missing)" if value is None else repr(value)
+        super().__init__(f"{NAMESPACE}:{key}: {shown} is not allowed; expected {allowed}")
+        self.key = key
+        self.value = value
+        self.allowed = allowed
+
+
+# -- typed config --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NetworkConfig:
+    cidr: str = "10.40.0.0/16"
+    """VPC CIDR block, at least a /20 (default 10.40.0.0/16)."""
+    az_count: int = 2
+    """Availability zones to spread subnets over, 2-3 (default 2)."""
+    nat: str = "single"
+    """``single`` NAT gateway (cheap, dev) or ``perAz`` (one per zone, prod). Default ``single``."""
+
+
+@dataclass(frozen=True)
+class GpuPoolConfig:
+    name: str
+    instance_types: list[str]
+    min_size: int = 0
+    max_size: int = 1
+    desired_size: int = 1
+    disk_size_gib: int = 100
+    ami_type: str = AMI_TYPES[0]
+    capacity_type: str = "ON_DEMAND"
+
+
+@dataclass(frozen=True)
+class SystemPoolConfig:
+    instance_types: list[str] = field(default_factory=lambda: ["t3.medium"])
+    min_size: int = 1
+    max_size: int = 2
+    desired_size: int = 1
+
+
+@dataclass(frozen=True)
+class ModelStoreConfig:
+    bucket_prefix: str = "inferstack-models"
+    force_destroy: bool = False
+    protect: bool = False
+    noncurrent_version_days: int = 30
+
+
+@dataclass(frozen=True)
+class ObjectStoreConfig:
+    """An S3-compatible endpoint (MinIO, Ceph, OSS, COS) for the ``kubernetes`` target."""
+
+    endpoint: str
+    cluster_endpoint: str
+    access_key_id: str
+    secret_access_key: pulumi.Output[str]
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class AutoscalingConfig:
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int = 70
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    path: Path
+    manifest: Manifest
+    image: str
+    replicas: int = 1
+    gpus: int = 1
+    cpu: str = "2"
+    memory: str = "8Gi"
+    autoscaling: AutoscalingConfig | None = None
+    exposure: str = "internal"
+    auth: bool = False
+
+
+@dataclass(frozen=True)
+class RuntimeImageConfig:
+    ecr: bool = False
+    """Create an ECR repository for the runtime image (target ``aws`` only). Default false."""
+    tag: str = "0.1.0-gpu"
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    target: str
+    region: str
+    cluster_version: str
+    network: NetworkConfig
+    gpu_pools: list[GpuPoolConfig]
+    system_pool: SystemPoolConfig | None
+    model_store: ModelStoreConfig
+    object_store: ObjectStoreConfig | None
+    kube_context: str | None
+    kubeconfig: str | None
+    runtime_image: RuntimeImageConfig
+    models: list[ModelConfig]
+    tags: dict[str, str]
+    auth_token: pulumi.Output[str] | None
+    project_dir: Path
+    cluster_admins: list[str] = field(default_factory=list)
+
+
+# -- reading -------------------------------------------------------------------------------
+
+
+def find_project_dir(start: Path | None = None) -> Path:
+    """The directory of ``Pulumi.yaml``: searched upwards from ``start`` (default: the cwd), then from
+    this package's location; relative paths in the config resolve against it, never the cwd."""
+    candidates = [start or Path.cwd(), Path(__file__).resolve().parent]
+    for base in candidates:
+        for d in [base.resolve(), *base.resolve().parents]:
+            if (d / "Pulumi.yaml").is_file():
+                return d
+    raise InferstackError("Pulumi.yaml not found above the working directory; run inside the project")
+
+
+def load(project_dir: Path | None = None) -> StackConfig:
+    """Read and validate the whole stack config; raises ``ConfigError`` on the first bad value."""
+    cfg = pulumi.Config(NAMESPACE)
+    root = project_dir or find_project_dir()
+
+    target = _choice(cfg.get("target") or "aws", "target", TARGETS)
+    region = cfg.get("region") or "us-east-1"
+    if not _REGION.match(region):
+        raise ConfigError("region", region, "an AWS region name such as us-east-1")
+    version = str(cfg.get("clusterVersion") or DEFAULT_CLUSTER_VERSION)
+    _choice(version, "clusterVersion", CLUSTER_VERSIONS)
+
+    network = _network(_obj(cfg, "network") or {})
+    gpu_pools = [_gpu_pool(p, f"gpuPools[{i}]") for i, p in enumerate(_list(cfg, "gpuPools"))]
+    names = [p.name for p in gpu_pools]
+    for i, n in enumerate(names):
+        if n in names[:i]:
+            raise ConfigError(f"gpuPools[{i}].name", n, "a name used by one pool only")
+    system_raw = _obj(cfg, "systemPool")
+    system_pool = _system_pool(system_raw) if system_raw else None
+    store = _model_store(_obj(cfg, "modelStore") or {})
+
+    object_store = None
+    kube_context = cfg.get("kubeContext")
+    kubeconfig = cfg.get("kubeconfig")
+    if target == "kubernetes":
+        if gpu_pools:
+            raise ConfigError("gpuPools", names, "no GPU pools with target kubernetes (the cluster exists)")
+        object_store = _object_store(cfg)
+    elif cfg.get_object("objectStore") is not None:
+        raise ConfigError("objectStore", "(set)", "objectStore only with target kubernetes; aws uses S3")
+
+    runtime_image = _runtime_image(_obj(cfg, "runtimeImage") or {}, target)
+    raw_models = _list(cfg, "models")
+    if not raw_models:
+        raise ConfigError("models", None, "a list with at least one model")
+    models = [_model(m, f"models[{i}]", root, target) for i, m in enumerate(raw_models)]
+    seen: list[str] = []
+    for i, m in enumerate(models):
+        if m.name in seen:
+            raise ConfigError(f"models[{i}].name", m.name, "a name used by one model only")
+        seen.append(m.name)
+        if m.gpus > 0 and target == "aws" and not gpu_pools:
+            raise ConfigError(f"models[{i}].gpus", m.gpus, "0, or at least one entry in gpuPools")
+        if m.image == "ecr" and not runtime_image.ecr:
+            raise ConfigError(f"models[{i}].image", m.image, "an image reference, or 'ecr' only with "
+                              "runtimeImage.ecr: true")
+
+    auth_token = None
+    if any(m.auth for m in models):
+        auth_token = cfg.get_secret("authToken")
+        if auth_token is None:
+            raise ConfigError(
+                "authToken", None, "a secret bearer token when a model sets auth: true "
+                "(pulumi config set --secret inferstack:authToken ...)"
+            )
+
+    admins = _list(cfg, "clusterAdmins")
+    for i, arn in enumerate(admins):
+        if not isinstance(arn, str) or not re.match(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/.+$", arn):
+            raise ConfigError(f"clusterAdmins[{i}]", arn, "IAM role or user ARNs (arn:aws:iam::<account>:role/...)")
+    if admins and target != "aws":
+        raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
+
+    tags = _obj(cfg, "tags") or {}
+    for k, v in tags.items():
+        if not isinstance(v, str) or not k:
+            raise ConfigError(f"tags.{k}", v, "string tag values")
+
+    return StackConfig(
+        target=target, region=region, cluster_version=version, network=network, gpu_pools=gpu_pools,
+        system_pool=system_pool, model_store=store, object_store=object_store,
+        kube_context=kube_context, kubeconfig=kubeconfig, runtime_image=runtime_image, models=models,
+        tags={"project": "inferstack", "stack": pulumi.get_stack(), **tags}, auth_token=auth_token,
+        project_dir=root, cluster_admins=admins,
+    )
+
+
+# -- sections ------------------------------------------------------------------------------
+
+
+def _network(raw: Mapping[str, Any]) -> NetworkConfig:
+    _keys(raw, "network", {"cidr", "azCount", "nat"})
+    cidr = raw.get("cidr", NetworkConfig.cidr)
+    try:
+        net = ipaddress.IPv4Network(cidr)
+    except (ValueError, TypeError):
+        raise ConfigError("network.cidr", cidr, "an IPv4 CIDR block such as 10.40.0.0/16") from None
+    if net.prefixlen > 20:
+        raise ConfigError("network.cidr", cidr, "a block of /20 or larger (room for 2 subnets per AZ)")
+    az = _int(raw.get("azCount", NetworkConfig.az_count), "network.azCount", 2, 3)
+    nat = _choice(raw.get("nat", NetworkConfig.nat), "network.nat", NAT_MODES)
+    return NetworkConfig(cidr=str(net), az_count=az, nat=nat)
+
+
+def _gpu_pool(raw: Any, key: str) -> GpuPoolConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, raw, "a mapping with name, instanceTypes, minSize, maxSize, ...")
+    _keys(raw, key, {"name", "instanceTypes", "minSize", "maxSize", "desiredSize", "diskSizeGiB",
+                     "amiType", "capacityType"})
+    name = _name(raw.get("name"), f"{key}.name")
+    types = _instance_types(raw.get("instanceTypes"), f"{key}.instanceTypes", gpu=True)
+    lo = _int(raw.get("minSize", 0), f"{key}.minSize", 0, 100)
+    hi = _int(raw.get("maxSize", max(lo, 1)), f"{key}.maxSize", max(lo, 1), 100)
+    desired = _int(raw.get("desiredSize", max(lo, 1)), f"{key}.desiredSize", lo, hi)
+    disk = _int(raw.get("diskSizeGiB", 100), f"{key}.diskSizeGiB", 50, 16384)
+    ami = _choice(raw.get("amiType", AMI_TYPES[0]), f"{key}.amiType", AMI_TYPES)
+    cap = _choice(raw.get("capacityType", "ON_DEMAND"), f"{key}.capacityType", CAPACITY_TYPES)
+    return GpuPoolConfig(name, types, lo, hi, desired, disk, ami, cap)
+
+
+def _system_pool(raw: Mapping[str, Any]) -> SystemPoolConfig:
+    _keys(raw, "systemPool", {"instanceTypes", "minSize", "maxSize", "desiredSize"})
+    types = _instance_types(raw.get("instanceTypes", ["t3.medium"]), "systemPool.instanceTypes", gpu=False)
+    lo = _int(raw.get("minSize", 1), "systemPool.minSize", 1, 100)
+    hi = _int(raw.get("maxSize", max(lo, 2)), "systemPool.maxSize", lo, 100)
+    desired = _int(raw.get("desiredSize", lo), "systemPool.desiredSize", lo, hi)
+    return SystemPoolConfig(types, lo, hi, desired)
+
+
+def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
+    _keys(raw, "modelStore", {"bucketPrefix", "forceDestroy", "protect", "noncurrentVersionDays"})
+    prefix = raw.get("bucketPrefix", ModelStoreConfig.bucket_prefix)
+    if not isinstance(prefix, str) or not _BUCKET_PREFIX.match(prefix) or ".." in prefix:
+        raise ConfigError("modelStore.bucketPrefix", prefix,
+                          "2-36 characters of a-z, 0-9, '.', '-', starting with a letter or digit")
+    force = _bool(raw.get("forceDestroy", False), "modelStore.forceDestroy")
+    protect = _bool(raw.get("protect", False), "modelStore.protect")
+    if force and protect:
+        raise ConfigError("modelStore.forceDestroy", force, "false when modelStore.protect is true")
+    days = _int(raw.get("noncurrentVersionDays", 30), "modelStore.noncurrentVersionDays", 1, 3650)
+    return ModelStoreConfig(prefix, force, protect, days)
+
+
+def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
+    raw = cfg.get_object("objectStore")
+    if not isinstance(raw, Mapping):
+        raise ConfigError("objectStore", raw, "a mapping with endpoint, clusterEndpoint, accessKeyId "
+                          "(and secretAccessKey) for target kubernetes")
+    _keys(raw, "objectStore", {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region"})
+    endpoint = _url(raw.get("endpoint"), "objectStore.endpoint")
+    cluster_endpoint = _url(raw.get("clusterEndpoint", endpoint), "objectStore.clusterEndpoint")
+    access_key = raw.get("accessKeyId")
+    if not isinstance(access_key, str) or not access_key:
+        raise ConfigError("objectStore.accessKeyId", access_key, "the store's access key id")
+    secret = raw.get("secretAccessKey")
+    if not isinstance(secret, str) or not secret:
+        raise ConfigError("objectStore.secretAccessKey", "(hidden)" if secret else None,
+                          "the store's secret key (pulumi config set --secret --path "
+                          "'inferstack:objectStore.secretAccessKey' ...)")
+    region = raw.get("region", "us-east-1")
+    return ObjectStoreConfig(endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region)
+
+
+def _runtime_image(raw: Mapping[str, Any], target: str) -> RuntimeImageConfig:
+    _keys(raw, "runtimeImage", {"ecr", "tag"})
+    ecr = _bool(raw.get("ecr", False), "runtimeImage.ecr")
+    if ecr and target != "aws":
+        raise ConfigError("runtimeImage.ecr", ecr, "false with target kubernetes (ECR is AWS only)")
+    tag = raw.get("tag", RuntimeImageConfig.tag)
+    if not isinstance(tag, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
+        raise ConfigError("runtimeImage.tag", tag, "a Docker tag ([A-Za-z0-9_.-], up to 128 characters)")
+    return RuntimeImageConfig(ecr, tag)
+
+
+def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, raw, "a mapping with name, path, image, ...")
+    _keys(raw, key, {"name", "path", "image", "replicas", "gpus", "cpu", "memory", "autoscaling",
+                     "exposure", "auth"})
+    name = _name(raw.get("name"), f"{key}.name")
+    rel = raw.get("path")
+    if not isinstance(rel, str) or not rel:
+        raise ConfigError(f"{key}.path", rel, "the path of a packaged model directory (model.onnx + "
+                          "manifest.json), relative to the project root")
+    path = (root / rel).resolve()
+    if not (path / "manifest.json").is_file():
+        raise ConfigError(f"{key}.path", rel, f"a model package directory with a manifest.json "
+                          f"(looked in {path.name}/ under the project root)")
+    try:
+        manifest = load_manifest(path)
+        verify_files(path, manifest)
+    except InferstackError as e:
+        raise ConfigError(f"{key}.path", rel, f"a valid, intact model package ({e})") from None
+    gpus = _int(raw.get("gpus", 1 if target == "aws" else 0), f"{key}.gpus", 0, 8)
+    image = raw.get("image", DEFAULT_GPU_IMAGE if gpus else DEFAULT_CPU_IMAGE)
+    if not isinstance(image, str) or not _IMAGE.match(image):
+        raise ConfigError(f"{key}.image", image, "an image reference such as registry/repo:tag, or "
+                          "'ecr' for the stack's ECR repository")
+    replicas = _int(raw.get("replicas", 1), f"{key}.replicas", 1, 100)
+    cpu = _quantity(raw.get("cpu", "2"), f"{key}.cpu")
+    memory = _quantity(raw.get("memory", "8Gi"), f"{key}.memory")
+    scaling = None
+    if raw.get("autoscaling") is not None:
+        a = raw["autoscaling"]
+        if not isinstance(a, Mapping):
+            raise ConfigError(f"{key}.autoscaling", a, "a mapping with minReplicas, maxReplicas, "
+                              "targetCpuUtilization")
+        _keys(a, f"{key}.autoscaling", {"minReplicas", "maxReplicas", "targetCpuUtilization"})
+        lo = _int(a.get("minReplicas", replicas), f"{key}.autoscaling.minReplicas", 1, 100)
+        hi = _int(a.get("maxReplicas", lo), f"{key}.autoscaling.maxReplicas", lo, 100)
+        tgt = _int(a.get("targetCpuUtilization", 70), f"{key}.autoscaling.targetCpuUtilization", 10, 95)
+        scaling = AutoscalingConfig(lo, hi, tgt)
+    exposure = _choice(raw.get("exposure", "internal"), f"{key}.exposure", EXPOSURES)
+    auth = _bool(raw.get("auth", False), f"{key}.auth")
+    return ModelConfig(name, path, manifest, image, replicas, gpus, cpu, memory, scaling, exposure, auth)
+
+
+# -- primitives ----------------------------------------------------------------------------
+
+
+def _obj(cfg: pulumi.Config, key: str) -> dict[str, Any] | None:
+    try:
+        value = cfg.get_object(key)
+    except Exception:  # pulumi raises on malformed JSON
+        raise ConfigError(key, cfg.get(key), "a YAML mapping") from None
+    if value is not None and not isinstance(value, dict):
+        raise ConfigError(key, value, "a YAML mapping")
+    return value
+
+
+def _list(cfg: pulumi.Config, key: str) -> list[Any]:
+    try:
+        value = cfg.get_object(key)
+    except Exception:
+        raise ConfigError(key, cfg.get(key), "a YAML list") from None
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise ConfigError(key, value, "a YAML list")
+    return value
+
+
+def _keys(raw: Mapping[str, Any], key: str, allowed: set[str]) -> None:
+    for k in raw:
+        if k not in allowed:
+            raise ConfigError(f"{key}.{k}", raw[k], f"one of the keys {', '.join(sorted(allowed))}")
+
+
+def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ConfigError(key, value, "one of " + ", ".join(allowed))
+    return str(value)
+
+
+def _int(value: Any, key: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(key, value, f"an integer from {lo} to {hi}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "true or false")
+    return value
+
+
+def _name(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        raise ConfigError(key, value, "a DNS label: 1-32 characters of a-z, 0-9 and '-', starting with a letter")
+    return value
+
+
+def _quantity(value: Any, key: str) -> str:
+    value = str(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+    if not isinstance(value, str) or not _QUANTITY.match(value) or float(re.sub(r"[a-zA-Z]", "", value)) <= 0:
+        raise ConfigError(key, value, "a positive Kubernetes quantity such as 2, 500m, 8Gi")
+    return value
+
+
+def _url(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value):
+        raise ConfigError(key, value, "an http(s) URL without a path, e.g. http://minio.minio:9000")
+    return value.rstrip("/")
+
+
+def _instance_types(value: Any, key: str, gpu: bool) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(key, value, "a non-empty list of EC2 instance types")
+    for t in value:
+        if not isinstance(t, str) or not _INSTANCE_TYPE.match(t):
+            raise ConfigError(key, t, "EC2 instance type names such as g5.xlarge")
+        if gpu and t.split(".")[0] not in _GPU_FAMILIES:
+            raise ConfigError(key, t, "NVIDIA GPU instance types (" + ", ".join(_GPU_FAMILIES) + " families)")
+    return list(value)

@@ -1,0 +1,457 @@
+"""InferenceService: one model served by the inferstack runtime on Kubernetes.
+
+Declares the namespace, a ServiceAccount whose cloud identity may only read the model's prefix, the
+Deployment (GPU request, toleration and node selector, v2 health probes, hardened securityContext,
+a rollout that never drops below capacity), the Service, HPA, PodDisruptionBudget and NetworkPolicy.
+The same code serves both targets: on ``aws`` the identity is an IAM role bound through an EKS Pod
+Identity association; on ``kubernetes`` it is a Secret with the S3-compatible store's credentials.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_kubernetes as k8s
+
+TYPE = "inferstack:inference_service:InferenceService"
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TAINT_KEY = "nvidia.com/gpu"
+GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
+HEALTH_READY = "/v2/health/ready"
+HEALTH_LIVE = "/v2/health/live"
+EXPOSURES = ("cluster", "internal", "public")
+RUNTIME_UID = 10001
+CACHE_DIR = "/var/cache/inferstack"
+TOKEN_DIR = "/var/run/inferstack/auth"
+
+
+@dataclass
+class S3Credentials:
+    """Static credentials for an S3-compatible store (target ``kubernetes``)."""
+
+    access_key_id: pulumi.Input[str]
+    secret_access_key: pulumi.Input[str]
+
+
+@dataclass
+class Autoscaling:
+    min_replicas: int
+    max_replicas: int
+    target_cpu_utilization: int = 70
+
+
+@dataclass
+class InferenceServiceArgs:
+    model_name: str
+    """DNS label; names the namespace (unless ``namespace``), Deployment and Service. Required."""
+    image: pulumi.Input[str]
+    """The runtime image reference. Required."""
+    model_uri: pulumi.Input[str]
+    """``s3://bucket/prefix/`` of the uploaded package, with its digest. Required."""
+    bucket: pulumi.Input[str]
+    """Bucket holding the model (for the read-only policy). Required."""
+    model_prefix: str
+    """Key prefix of the model inside the bucket, ending in ``/``. Required."""
+    namespace: str | None = None
+    """Namespace to create. Default: ``model_name``."""
+    cluster_name: pulumi.Input[str] | None = None
+    """EKS cluster: when set, the pods get an IAM role through a Pod Identity association. Default none."""
+    kms_key_arn: pulumi.Input[str] | None = None
+    """KMS key of the bucket; the role may decrypt with it, through S3 only. Default none."""
+    s3_credentials: S3Credentials | None = None
+    """Static keys for an S3-compatible store (when there is no ``cluster_name``). Default none."""
+    s3_endpoint: str | None = None
+    """``AWS_ENDPOINT_URL_S3`` for the runtime (MinIO etc.). Default none (AWS S3)."""
+    region: str = "us-east-1"
+    """Region for the S3 client. Default us-east-1."""
+    replicas: int = 1
+    """Replicas when there is no autoscaling. Default 1."""
+    autoscaling: Autoscaling | None = None
+    """HPA bounds and CPU target. Default: min = max = ``replicas`` (the HPA is still declared)."""
+    gpus: int = 1
+    """``nvidia.com/gpu`` per replica; 0 runs on CPU without toleration or node selector. Default 1."""
+    cpu: str = "2"
+    """CPU request and limit. Default 2."""
+    memory: str = "8Gi"
+    """Memory request and limit. Default 8Gi."""
+    cache_size: str = "10Gi"
+    """Size limit of the emptyDir the model is downloaded into. Default 10Gi."""
+    exposure: str = "cluster"
+    """``cluster`` (ClusterIP), ``internal`` (internal AWS NLB) or ``public`` (internet-facing NLB).
+    Default ``cluster``."""
+    auth_token: pulumi.Input[str] | None = None
+    """Bearer token the runtime requires; stored in a Secret, mounted as a file. Default: no auth."""
+    port: int = 8000
+    """Container and Service port. Default 8000."""
+    startup_timeout_s: int = 900
+    """How long the startup probe waits for a cold GPU start (image pull excluded). Default 900."""
+    await_timeout: str = "30m"
+    """Pulumi's wait for the Deployment to become ready (node scale-up + pull + load). Default 30m."""
+    service_depends_on: list[pulumi.Resource] = field(default_factory=list)
+    """Resources the Service must outlive, e.g. the VPC's gateways: a LoadBalancer Service is then
+    destroyed (and its NLB released) before them. Default none."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Tags on the cloud resources (IAM role). Default none."""
+
+
+class InferenceService(pulumi.ComponentResource):
+    namespace: pulumi.Output[str]
+    service_name: pulumi.Output[str]
+    endpoint_url: pulumi.Output[str]
+    role_arn: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        _validate(args)
+        super().__init__(TYPE, name, None, opts)
+        child = pulumi.ResourceOptions(parent=self)
+        ns_name = args.namespace or args.model_name
+        labels = {"app.kubernetes.io/name": "inferstack-runtime", "app.kubernetes.io/instance": args.model_name,
+                  "app.kubernetes.io/managed-by": "pulumi"}
+
+        ns = k8s.core.v1.Namespace(
+            f"{name}-namespace",
+            metadata={"name": ns_name, "labels": {**labels, "pod-security.kubernetes.io/enforce": "restricted"}},
+            opts=child,
+        )
+        in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
+        sa = k8s.core.v1.ServiceAccount(
+            f"{name}-service-account",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            automount_service_account_token=False,
+            opts=in_ns,
+        )
+
+        env: list[dict[str, Any]] = [
+            {"name": "INFERSTACK_MODEL", "value": args.model_uri},
+            {"name": "INFERSTACK_PORT", "value": str(args.port)},
+            {"name": "INFERSTACK_HOST", "value": "0.0.0.0"},
+            {"name": "INFERSTACK_CACHE_DIR", "value": CACHE_DIR},
+            {"name": "INFERSTACK_REQUIRE_GPU", "value": "true" if args.gpus else "false"},
+            {"name": "AWS_REGION", "value": args.region},
+        ]
+        identity: list[pulumi.Resource] = []
+        self.role_arn = None
+        if args.cluster_name is not None:
+            role = aws.iam.Role(
+                f"{name}-role",
+                description=f"{args.model_name}: read the model prefix only",
+                assume_role_policy=json.dumps(_POD_IDENTITY_TRUST),
+                tags=args.tags,
+                opts=child,
+            )
+            aws.iam.RolePolicy(
+                f"{name}-read-model",
+                role=role.id,
+                policy=pulumi.Output.all(args.bucket, args.kms_key_arn, args.region).apply(
+                    lambda v: json.dumps(read_model_policy(v[0], args.model_prefix, v[1], v[2]))
+                ),
+                opts=child,
+            )
+            identity.append(
+                aws.eks.PodIdentityAssociation(
+                    f"{name}-pod-identity",
+                    cluster_name=args.cluster_name,
+                    namespace=ns_name,
+                    service_account=args.model_name,
+                    role_arn=role.arn,
+                    tags=args.tags,
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[sa]),
+                )
+            )
+            self.role_arn = role.arn
+        if args.s3_credentials is not None:
+            creds = k8s.core.v1.Secret(
+                f"{name}-s3-credentials",
+                metadata={"name": f"{args.model_name}-s3", "namespace": ns_name, "labels": labels},
+                type="Opaque",
+                string_data={
+                    "AWS_ACCESS_KEY_ID": args.s3_credentials.access_key_id,
+                    "AWS_SECRET_ACCESS_KEY": args.s3_credentials.secret_access_key,
+                },
+                opts=in_ns,
+            )
+            identity.append(creds)
+            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+                env.append({"name": key, "value_from": {"secret_key_ref": {"name": f"{args.model_name}-s3",
+                                                                           "key": key}}})
+        if args.s3_endpoint:
+            env.append({"name": "AWS_ENDPOINT_URL_S3", "value": args.s3_endpoint})
+
+        volumes: list[dict[str, Any]] = [
+            {"name": "model-cache", "empty_dir": {"size_limit": args.cache_size}},
+            {"name": "tmp", "empty_dir": {"size_limit": "1Gi"}},
+        ]
+        mounts: list[dict[str, Any]] = [
+            {"name": "model-cache", "mount_path": CACHE_DIR},
+            {"name": "tmp", "mount_path": "/tmp"},
+        ]
+        if args.auth_token is not None:
+            identity.append(
+                k8s.core.v1.Secret(
+                    f"{name}-auth-token",
+                    metadata={"name": f"{args.model_name}-auth", "namespace": ns_name, "labels": labels},
+                    type="Opaque",
+                    string_data={"token": args.auth_token},
+                    opts=in_ns,
+                )
+            )
+            volumes.append({"name": "auth", "secret": {"secret_name": f"{args.model_name}-auth",
+                                                       "default_mode": 0o440}})
+            mounts.append({"name": "auth", "mount_path": TOKEN_DIR, "read_only": True})
+            env.append({"name": "INFERSTACK_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"})
+
+        resources: dict[str, dict[str, str]] = {
+            "requests": {"cpu": args.cpu, "memory": args.memory},
+            "limits": {"cpu": args.cpu, "memory": args.memory},
+        }
+        pod_spec: dict[str, Any] = {
+            "service_account_name": args.model_name,
+            "automount_service_account_token": False,
+            "termination_grace_period_seconds": 60,
+            "security_context": {
+                "run_as_non_root": True,
+                "run_as_user": RUNTIME_UID,
+                "run_as_group": RUNTIME_UID,
+                "fs_group": RUNTIME_UID,
+                "seccomp_profile": {"type": "RuntimeDefault"},
+            },
+            "containers": [{
+                "name": "runtime",
+                "image": args.image,
+                "command": ["inferstack", "serve"],
+                "args": [args.model_uri],
+                "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"}],
+                "env": env,
+                "resources": resources,
+                "volume_mounts": mounts,
+                "security_context": {
+                    "allow_privilege_escalation": False,
+                    "read_only_root_filesystem": True,
+                    "run_as_non_root": True,
+                    "capabilities": {"drop": ["ALL"]},
+                    "seccomp_profile": {"type": "RuntimeDefault"},
+                },
+                "startup_probe": _probe(HEALTH_LIVE, period=10, failures=max(1, args.startup_timeout_s // 10)),
+                "readiness_probe": _probe(HEALTH_READY, period=5, failures=3),
+                "liveness_probe": _probe(HEALTH_LIVE, period=10, failures=3),
+            }],
+            "volumes": volumes,
+        }
+        if args.gpus:
+            for part in ("requests", "limits"):
+                resources[part][GPU_RESOURCE] = str(args.gpus)
+            pod_spec["tolerations"] = [
+                {"key": GPU_TAINT_KEY, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
+            ]
+            pod_spec["node_selector"] = {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
+
+        scaling = args.autoscaling or Autoscaling(args.replicas, args.replicas)
+        deployment_spec: dict[str, Any] = {
+            "selector": {"match_labels": labels},
+            # Never below capacity: a new pod must be ready before an old one goes.
+            "strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 0, "max_surge": 1}},
+            "revision_history_limit": 5,
+            "progress_deadline_seconds": max(600, args.startup_timeout_s + 300),
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(args.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": pod_spec,
+            },
+        }
+        if args.autoscaling is None:
+            deployment_spec["replicas"] = args.replicas
+        # else: the HPA owns spec.replicas; leaving it out keeps `pulumi up` from resetting it.
+        deployment = k8s.apps.v1.Deployment(
+            f"{name}-deployment",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            spec=deployment_spec,
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[sa, *identity],
+                # A GPU cold start = node scale-up from zero + a multi-GB image pull + model load.
+                custom_timeouts=pulumi.CustomTimeouts(
+                    create=args.await_timeout, update=args.await_timeout, delete="10m"
+                ),
+            ),
+        )
+
+        svc_type, svc_annotations = _exposure(args.exposure)
+        service = k8s.core.v1.Service(
+            f"{name}-service",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels,
+                      "annotations": svc_annotations},
+            spec={
+                "type": svc_type,
+                "selector": labels,
+                "ports": [{"name": "http", "port": args.port, "target_port": "http", "protocol": "TCP"}],
+            },
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[ns, *args.service_depends_on],
+                custom_timeouts=pulumi.CustomTimeouts(create="20m", delete="20m"),
+            ),
+        )
+        k8s.autoscaling.v2.HorizontalPodAutoscaler(
+            f"{name}-hpa",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            spec={
+                "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": args.model_name},
+                "min_replicas": scaling.min_replicas,
+                "max_replicas": scaling.max_replicas,
+                "metrics": [{
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization",
+                                                           "average_utilization": scaling.target_cpu_utilization}},
+                }],
+                # Scale down slowly: a GPU replica is expensive to bring back.
+                "behavior": {"scale_down": {"stabilization_window_seconds": 600}},
+            },
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
+        )
+        k8s.policy.v1.PodDisruptionBudget(
+            f"{name}-pdb",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            # Drains take replicas one at a time and are never blocked outright.
+            spec={"max_unavailable": 1, "selector": {"match_labels": labels}},
+            opts=in_ns,
+        )
+        k8s.networking.v1.NetworkPolicy(
+            f"{name}-network-policy",
+            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            spec=_network_policy(labels, args.port, args.s3_endpoint),
+            opts=in_ns,
+        )
+
+        self.namespace = ns.metadata["name"]
+        self.service_name = service.metadata["name"]
+        self.endpoint_url = pulumi.Output.all(service.status, service.metadata).apply(
+            lambda v: _endpoint(v[0], v[1], args.port)
+        )
+        self.register_outputs({
+            "namespace": self.namespace,
+            "service_name": self.service_name,
+            "endpoint_url": self.endpoint_url,
+            "role_arn": self.role_arn,
+        })
+
+
+_POD_IDENTITY_TRUST = {
+    "Version": "2012-10-17",
+    "Statement": [{
+        "Effect": "Allow",
+        "Principal": {"Service": "pods.eks.amazonaws.com"},
+        "Action": ["sts:AssumeRole", "sts:TagSession"],
+    }],
+}
+
+
+def read_model_policy(bucket: str, prefix: str, kms_key_arn: str | None, region: str) -> dict[str, Any]:
+    """Read-only access to ``s3://bucket/prefix``: GetObject under the prefix, ListBucket limited to
+    it by the ``s3:prefix`` condition, and decrypt with the bucket's key through S3 only."""
+    statements: list[dict[str, Any]] = [
+        {"Sid": "ReadModelObjects", "Effect": "Allow", "Action": ["s3:GetObject"],
+         "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*"]},
+        {"Sid": "ListModelPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
+         "Resource": [f"arn:aws:s3:::{bucket}"],
+         "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}}},
+    ]
+    if kms_key_arn:
+        statements.append(
+            {"Sid": "DecryptModelObjects", "Effect": "Allow", "Action": ["kms:Decrypt"],
+             "Resource": [kms_key_arn],
+             "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}}
+        )
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+def _validate(args: InferenceServiceArgs) -> None:
+    import re
+
+    label = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
+    if not label.match(args.model_name):
+        raise ValueError(f"InferenceServiceArgs.model_name: {args.model_name!r}; expected a DNS label "
+                         "(a-z, 0-9, '-', up to 32 characters, starting with a letter)")
+    if args.namespace is not None and not label.match(args.namespace):
+        raise ValueError(f"InferenceServiceArgs.namespace: {args.namespace!r}; expected a DNS label")
+    if args.exposure not in EXPOSURES:
+        raise ValueError(f"InferenceServiceArgs.exposure: {args.exposure!r}; expected one of {', '.join(EXPOSURES)}")
+    if not args.model_prefix.endswith("/") or args.model_prefix.startswith("/") or "*" in args.model_prefix:
+        raise ValueError(f"InferenceServiceArgs.model_prefix: {args.model_prefix!r}; expected a key prefix "
+                         "ending in '/', without a leading '/' or wildcards")
+    if not 0 <= args.gpus <= 8:
+        raise ValueError(f"InferenceServiceArgs.gpus: {args.gpus}; expected 0..8")
+    if args.replicas < 1:
+        raise ValueError(f"InferenceServiceArgs.replicas: {args.replicas}; expected >= 1")
+    a = args.autoscaling
+    if a is not None and not (1 <= a.min_replicas <= a.max_replicas and 10 <= a.target_cpu_utilization <= 95):
+        raise ValueError(f"InferenceServiceArgs.autoscaling: {a}; expected 1 <= min_replicas <= max_replicas "
+                         "and target_cpu_utilization 10..95")
+    if not 1 <= args.port <= 65535 or args.port < 1024:
+        raise ValueError(f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)")
+    if args.startup_timeout_s < 60:
+        raise ValueError(f"InferenceServiceArgs.startup_timeout_s: {args.startup_timeout_s}; expected >= 60")
+    if args.cluster_name is not None and args.s3_credentials is not None:
+        raise ValueError("InferenceServiceArgs.s3_credentials: not allowed with cluster_name "
+                         "(EKS pods get their identity from Pod Identity)")
+    if args.s3_endpoint is not None and urlparse(args.s3_endpoint).scheme not in ("http", "https"):
+        raise ValueError(f"InferenceServiceArgs.s3_endpoint: {args.s3_endpoint!r}; expected an http(s) URL")
+
+
+def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
+    return {"http_get": {"path": path, "port": "http"}, "period_seconds": period,
+            "timeout_seconds": 3, "failure_threshold": failures}
+
+
+def _exposure(exposure: str) -> tuple[str, dict[str, str]]:
+    if exposure == "cluster":
+        return "ClusterIP", {}
+    scheme = "internet-facing" if exposure == "public" else "internal"
+    annotations = {
+        "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
+        "service.beta.kubernetes.io/aws-load-balancer-scheme": scheme,
+    }
+    if exposure == "internal":
+        annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
+    return "LoadBalancer", annotations
+
+
+def _network_policy(labels: dict[str, str], port: int, s3_endpoint: str | None) -> dict[str, Any]:
+    egress_ports = [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]
+    if s3_endpoint:
+        parsed = urlparse(s3_endpoint)
+        p = parsed.port or (443 if parsed.scheme == "https" else 80)
+        if p not in (80, 443):
+            egress_ports.append({"protocol": "TCP", "port": p})
+    return {
+        "pod_selector": {"match_labels": labels},
+        "policy_types": ["Ingress", "Egress"],
+        # Clients and Prometheus reach the one HTTP port; nothing else is open.
+        "ingress": [{"ports": [{"protocol": "TCP", "port": port}]}],
+        "egress": [
+            {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
+            # The model store (S3 or the S3-compatible endpoint) and the Pod Identity agent.
+            {"ports": egress_ports},
+        ],
+    }
+
+
+def _endpoint(status: Any, metadata: Any, port: int) -> str:
+    ingress = ((status or {}).get("load_balancer") or {}).get("ingress") or []
+    if ingress:
+        host = ingress[0].get("hostname") or ingress[0].get("ip")
+        if host:
+            return f"http://{host}:{port}"
+    meta = metadata or {}
+    return f"http://{meta.get('name')}.{meta.get('namespace')}.svc.cluster.local:{port}"

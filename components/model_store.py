@@ -1,0 +1,144 @@
+"""ModelStore: the private, versioned, encrypted S3 bucket that holds model packages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import pulumi
+import pulumi_aws as aws
+
+TYPE = "inferstack:model_store:ModelStore"
+
+
+@dataclass
+class ModelStoreArgs:
+    bucket_prefix: str = "inferstack-models"
+    """Bucket name prefix; the provider appends a unique suffix. Default ``inferstack-models``."""
+    force_destroy: bool = False
+    """Let ``pulumi destroy`` delete a non-empty bucket (dev). Default false."""
+    protect: bool = False
+    """prod: ``protect`` and ``retain_on_delete`` on the bucket and its key, so no ``pulumi up`` or
+    ``destroy`` deletes the models. Excludes ``force_destroy``. Default false."""
+    noncurrent_version_days: int = 30
+    """Days before a replaced object version expires. Default 30."""
+    kms: bool = True
+    """SSE-KMS with a dedicated, rotated key. Default true; S3-compatible stores without a KMS
+    (MinIO without KES) set false and rely on the store's own encryption."""
+    block_public_access: bool = True
+    """The four S3 public-access blocks. Default true; stores without that API (MinIO) set false."""
+    require_tls: bool = True
+    """Bucket policy denying every request not made over TLS. Default true; a local store served over
+    plain http (kind + MinIO) sets false."""
+    tags: dict[str, str] = field(default_factory=dict)
+    """Tags on every taggable resource. Default none."""
+
+
+class ModelStore(pulumi.ComponentResource):
+    bucket_name: pulumi.Output[str]
+    bucket_arn: pulumi.Output[str]
+    kms_key_arn: pulumi.Output[str] | None
+
+    def __init__(self, name: str, args: ModelStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        if args.force_destroy and args.protect:
+            raise ValueError("ModelStoreArgs.force_destroy: true is not allowed with protect: true")
+        if not 1 <= args.noncurrent_version_days <= 3650:
+            raise ValueError(
+                f"ModelStoreArgs.noncurrent_version_days: {args.noncurrent_version_days}; expected 1..3650"
+            )
+        super().__init__(TYPE, name, None, opts)
+        keep = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=args.protect)
+        child = pulumi.ResourceOptions(parent=self)
+
+        key = None
+        if args.kms:
+            key = aws.kms.Key(
+                f"{name}-key",
+                description=f"{name}: model store encryption",
+                enable_key_rotation=True,
+                deletion_window_in_days=30,
+                tags=args.tags,
+                opts=keep,
+            )
+        bucket = aws.s3.Bucket(
+            f"{name}-bucket",
+            bucket_prefix=args.bucket_prefix + "-",
+            force_destroy=args.force_destroy,
+            tags=args.tags,
+            opts=keep,
+        )
+        blocks: list[pulumi.Resource] = []
+        if args.block_public_access:
+            blocks.append(
+                aws.s3.BucketPublicAccessBlock(
+                    f"{name}-public-access",
+                    bucket=bucket.id,
+                    block_public_acls=True,
+                    block_public_policy=True,
+                    ignore_public_acls=True,
+                    restrict_public_buckets=True,
+                    opts=child,
+                )
+            )
+        aws.s3.BucketVersioning(
+            f"{name}-versioning",
+            bucket=bucket.id,
+            versioning_configuration={"status": "Enabled"},
+            opts=child,
+        )
+        if key is not None:
+            aws.s3.BucketServerSideEncryptionConfiguration(
+                f"{name}-encryption",
+                bucket=bucket.id,
+                rules=[{
+                    "apply_server_side_encryption_by_default": {
+                        "sse_algorithm": "aws:kms",
+                        "kms_master_key_id": key.arn,
+                    },
+                    "bucket_key_enabled": True,
+                }],
+                opts=child,
+            )
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle",
+            bucket=bucket.id,
+            rules=[{
+                "id": "expire-noncurrent-versions",
+                "status": "Enabled",
+                "filter": {"prefix": ""},
+                "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
+                "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
+            }],
+            opts=child,
+        )
+        if args.require_tls:
+            aws.s3.BucketPolicy(
+                f"{name}-tls-only",
+                bucket=bucket.id,
+                policy=bucket.arn.apply(_tls_only_policy),
+                # S3 rejects a bucket policy while the public-access block is still being applied.
+                opts=pulumi.ResourceOptions(parent=self, depends_on=blocks),
+            )
+
+        self.bucket_name = bucket.bucket
+        self.bucket_arn = bucket.arn
+        self.kms_key_arn = key.arn if key is not None else None
+        self.register_outputs({
+            "bucket_name": self.bucket_name,
+            "bucket_arn": self.bucket_arn,
+            "kms_key_arn": self.kms_key_arn,
+        })
+
+
+def _tls_only_policy(bucket_arn: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "DenyInsecureTransport",
+            "Effect": "Deny",
+            "Principal": "*",
+            "Action": "s3:*",
+            "Resource": [bucket_arn, f"{bucket_arn}/*"],
+            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+        }],
+    })

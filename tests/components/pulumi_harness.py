@@ -1,0 +1,205 @@
+"""Pulumi's own mocks for the component tests: no CLI, no cloud (imported by conftest.py).
+
+``run_program(fn, config)`` builds a program afresh under ``pulumi.runtime.set_mocks`` with the
+project ``inferstack`` and the given stack config, and returns a ``Program`` with every resource
+registration the engine would have received: type, name, parent, inputs as sent (camelCase for
+Kubernetes), and the resource options that only the engine sees (protect, retainOnDelete,
+ignoreChanges, customTimeouts, dependencies).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import yaml
+from pulumi.runtime import mocks as pulumi_mocks
+from pulumi.runtime import settings as pulumi_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+STACKS = ROOT / "stacks"
+ACCOUNT = "123456789012"
+
+
+class Mocks(pulumi.runtime.Mocks):
+    """Returns the inputs plus the outputs a real provider would add, per type."""
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
+        state = dict(args.inputs)
+        rid = f"{args.name}_id"
+        t = args.typ
+        if t == "aws:s3/bucket:Bucket":
+            state["bucket"] = state.get("bucket") or f"{state.get('bucketPrefix', args.name)}20260101abcdef"
+            state["arn"] = f"arn:aws:s3:::{state['bucket']}"
+            rid = state["bucket"]
+        elif t == "aws:kms/key:Key":
+            state["arn"] = f"arn:aws:kms:us-east-1:{ACCOUNT}:key/{args.name}"
+        elif t == "aws:iam/role:Role":
+            state["arn"] = f"arn:aws:iam::{ACCOUNT}:role/{args.name}"
+            state["name"] = args.name
+            rid = args.name
+        elif t == "aws:eks/cluster:Cluster":
+            state.update(
+                name=state.get("name") or args.name,
+                arn=f"arn:aws:eks:us-east-1:{ACCOUNT}:cluster/{args.name}",
+                endpoint="https://ABCDEF.gr7.us-east-1.eks.amazonaws.com",
+                certificateAuthority={"data": "LS0tLS1CRUdJTi1DRVJUSUZJQ0FURS0tLS0t"},
+                identities=[{"oidcs": [{"issuer": "https://oidc.eks.us-east-1.amazonaws.com/id/ABC"}]}],
+                vpcConfig={**state.get("vpcConfig", {}), "clusterSecurityGroupId": "sg-cluster"},
+            )
+            rid = state["name"]
+        elif t == "aws:ecr/repository:Repository":
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{state.get('name', args.name)}"
+            state["arn"] = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{args.name}"
+        elif t == "aws:ec2/vpc:Vpc":
+            rid = "vpc-0123"
+        elif t == "aws:eks/nodeGroup:NodeGroup":
+            state["nodeGroupName"] = args.name
+            state["resources"] = [{"autoscalingGroups": [{"name": f"eks-{args.name}-asg"}]}]
+        elif t == "aws:ec2/launchTemplate:LaunchTemplate":
+            state["latestVersion"] = 1
+        elif t == "kubernetes:core/v1:Service":
+            if (state.get("spec") or {}).get("type") == "LoadBalancer":
+                state["status"] = {"loadBalancer": {"ingress": [{"hostname": f"{args.name}.elb.amazonaws.com"}]}}
+        elif t.startswith("aws:") and "arn" not in state:
+            state["arn"] = f"arn:aws:{t.split(':')[1].split('/')[0]}:us-east-1:{ACCOUNT}:{args.name}"
+        return rid, state
+
+    def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
+        tok = args.token
+        if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
+            return {"names": ["us-east-1a", "us-east-1b", "us-east-1c"],
+                    "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": "us-east-1"}, []
+        if tok == "aws:index/getCallerIdentity:getCallerIdentity":
+            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/test", "userId": "AID",
+                    "id": ACCOUNT}, []
+        if tok == "aws:index/getPartition:getPartition":
+            return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
+        if tok == "aws:iam/getPolicyDocument:getPolicyDocument":
+            return {"json": json.dumps({"Version": "2012-10-17", "Statement": []}), "id": "doc"}, []
+        if tok == "aws:eks/getClusterAuth:getClusterAuth":
+            return {"token": "k8s-aws-v1.token", "name": args.args.get("name"), "id": "auth"}, []
+        raise AssertionError(f"unexpected invoke {tok} with {args.args}")
+
+
+@dataclass
+class Registration:
+    urn: str
+    type: str
+    name: str
+    parent: str
+    custom: bool
+    inputs: dict[str, Any]
+    protect: bool
+    retain_on_delete: bool
+    ignore_changes: list[str]
+    custom_timeouts: dict[str, str]
+    dependencies: list[str]
+    provider: str
+
+
+@dataclass
+class Program:
+    resources: list[Registration] = field(default_factory=list)
+    result: Any = None
+    outputs: dict[str, Any] = field(default_factory=dict)
+    secret_outputs: set[str] = field(default_factory=set)
+
+    def of_type(self, typ: str) -> list[Registration]:
+        return [r for r in self.resources if r.type == typ]
+
+    def one(self, typ: str, name_part: str = "") -> Registration:
+        found = [r for r in self.of_type(typ) if name_part in r.name]
+        assert len(found) == 1, f"expected one {typ} named *{name_part}*, found {[r.name for r in found]}"
+        return found[0]
+
+    def by_urn(self, urn: str) -> Registration:
+        return next(r for r in self.resources if r.urn == urn)
+
+    def kubernetes_objects(self) -> list[Registration]:
+        return [r for r in self.resources if r.custom and r.type.startswith("kubernetes:")
+                and not r.type.startswith("kubernetes:helm") and r.type != "pulumi:providers:kubernetes"]
+
+
+class RecordingMonitor(pulumi_mocks.MockMonitor):
+    def __init__(self, mocks: Mocks) -> None:
+        super().__init__(mocks)
+        self.program = Program()
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
+        response = super().RegisterResource(request)
+        timeouts = request.customTimeouts
+        self.program.resources.append(
+            Registration(
+                urn=response.urn,
+                type=request.type,
+                name=request.name,
+                parent=request.parent,
+                custom=request.custom,
+                inputs=pulumi.runtime.rpc.deserialize_properties(request.object) if request.object else {},
+                protect=request.protect,
+                retain_on_delete=request.retainOnDelete,
+                ignore_changes=list(request.ignoreChanges),
+                custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete")
+                                 if getattr(timeouts, k)},
+                dependencies=list(request.dependencies),
+                provider=request.provider,
+            )
+        )
+        return response
+
+
+def to_config(stack_config: dict[str, Any]) -> dict[str, str]:
+    """Stack YAML ``config:`` values as the engine passes them: strings, objects as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in stack_config.items()}
+
+
+def load_stack(stack: str) -> dict[str, Any]:
+    data = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())
+    return data["config"]
+
+
+def run_program(fn: Callable[[], Any], config: dict[str, Any] | None = None, stack: str = "test") -> Program:
+    """Build ``fn``'s resources afresh under mocks with ``config`` (``inferstack:<key>`` -> value)."""
+    monitor = RecordingMonitor(Mocks())
+    pulumi.runtime.set_mocks(monitor.mocks, project="inferstack", stack=stack, preview=False, monitor=monitor)
+    pulumi.runtime.set_all_config(to_config(config or {}))
+    program = monitor.program
+
+    @pulumi.runtime.test
+    def body() -> Any:
+        program.result = fn()
+        return None
+
+    body()
+    root = pulumi_settings.get_root_resource()
+    outputs = getattr(root, "outputs", {}) or {}
+
+    async def resolve() -> None:
+        for k, v in outputs.items():
+            out = pulumi.Output.from_input(v)
+            program.outputs[k] = await out.future()
+            if await out.is_secret():
+                program.secret_outputs.add(k)
+
+    from pulumi.runtime.sync_await import _sync_await
+
+    _sync_await(resolve())
+    return program
+
+
+def resolve(output: Any) -> Any:
+    """The value of an Output after a run (mocks resolve everything)."""
+    from pulumi.runtime.sync_await import _sync_await
+
+    return _sync_await(pulumi.Output.from_input(output).future())
+
+
+def find(container: Any, *path: str | int) -> Any:
+    for p in path:
+        container = container[p]
+    return container
