@@ -30,5 +30,9 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy inferstack runtime modeltools components
 
+# The serving benchmark against its peers (a few minutes); BENCH_ARGS="--full" for the full run.
+bench: install
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

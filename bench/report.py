@@ -1,0 +1,209 @@
+"""Turn a results document into the Markdown table, the target ratios and the plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from bench.setups import SETUPS
+
+TARGET_C = "32"
+
+
+def _point(results: dict[str, Any], model: str, setup: str, c: str) -> dict[str, Any] | None:
+    s = results["models"].get(model, {}).get("setups", {}).get(setup)
+    if not s or s.get("status") != "ok":
+        return None
+    return s["points"].get(c)  # type: ignore[no-any-return]
+
+
+def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str = "throughput") -> float | None:
+    if a is None or b is None or not b.get(key):
+        return None
+    return float(a[key]) / float(b[key])
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the measured value (None when a setup did not run)."""
+    rows: list[dict[str, Any]] = []
+
+    def add(name: str, value: float | None, op: str, goal: float, unit: str = "x", note: str = "") -> None:
+        met = None if value is None else (value >= goal if op == ">=" else value < goal)
+        rows.append(
+            {"target": name, "value": value, "goal": f"{op} {goal:g}{unit}", "met": met, "note": note}
+        )
+
+    p = lambda m, s, c=TARGET_C: _point(results, m, s, c)  # noqa: E731
+    add(
+        "MLP c=32: inferstack JSON / plain JSON",
+        _ratio(p("mlp", "inferstack-json"), p("mlp", "plain-json")),
+        ">=",
+        1.3,
+    )
+    add(
+        "MLP c=32: inferstack binary / plain JSON",
+        _ratio(p("mlp", "inferstack-binary"), p("mlp", "plain-json")),
+        ">=",
+        1.6,
+        note="the plain peer speaks JSON only",
+    )
+    for body in ("json", "binary"):
+        c1 = p("mlp", f"inferstack-{body}", "1")
+        add(f"MLP c=1: inferstack {body} p50", None if c1 is None else c1["p50_us"], "<", 250, " us")
+    for c in ("1", "8", "32", "128"):
+        for body in ("json", "binary"):
+            r = _ratio(p("transformer", f"inferstack-{body}", c), p("transformer", "ceiling", c))
+            if r is not None or c == TARGET_C:
+                add(f"transformer c={c}: inferstack {body} / ceiling", r, ">=", 0.95)
+    for peer, goal in (("triton", 3.0), ("kserve", 2.0)):
+        for body in ("json", "binary"):
+            mine, theirs = p("mlp", f"inferstack-{body}"), p("mlp", f"{peer}-{body}")
+            if theirs is None and body == "binary":
+                theirs = p("mlp", f"{peer}-json")
+                if theirs is None:
+                    continue
+            r = _ratio(mine, theirs)
+            note = ""
+            if mine is not None and theirs is not None:
+                note = f"p99 {mine['p99_us'] / 1000:.2f} ms vs {theirs['p99_us'] / 1000:.2f} ms"
+            add(f"MLP c=32: inferstack {body} / {peer}", r, ">=", goal, note=note)
+    return rows
+
+
+def _fmt_ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    cfg = results["config"]
+    v = m["versions"]
+    lines = [
+        f"# Benchmark results ({results['started']})",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Python {m['python']}; onnxruntime {v.get('onnxruntime')}, numpy {v.get('numpy')}, "
+        f"starlette {v.get('starlette')}, uvicorn {v.get('uvicorn')}, {v.get('wrk')}.",
+        "",
+        f"Method: each server pinned to core {cfg['server']['core']} (taskset), ORT with one intra-op "
+        f"thread; wrk -t1 -cN pinned to core {cfg['client_core']}; {cfg['warmup_s']:g} s warm-up, then "
+        f"{cfg['repeats']} x {cfg['duration_s']:g} s per point (median of the repeats). Throughput counts "
+        f"2xx responses per second; errors are non-2xx responses plus socket errors. Batching servers: "
+        f"max batch {cfg['server']['max_batch_size']}, "
+        f"max queue delay {cfg['server']['max_queue_delay_us']} us. "
+        f"Ceiling: one thread looping session.run on a ready batch of min(c, "
+        f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s.",
+        "",
+    ]
+    for model, mres in results["models"].items():
+        lines += [
+            f"## {model}",
+            "",
+            "| setup | c | req/s | p50 ms | p90 ms | p99 ms | errors |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for setup in SETUPS:
+            s = mres["setups"].get(setup)
+            if s is None:
+                continue
+            if s.get("status") != "ok":
+                lines.append(f"| {setup} | - | {s.get('status')}: {s.get('reason', '')[:160]} | | | | |")
+                continue
+            for c, pt in s["points"].items():
+                if setup == "ceiling":
+                    lines.append(
+                        f"| ceiling (batch {pt['batch']}) | {c} | {pt['throughput']:.0f} | "
+                        f"{_fmt_ms(pt['run_p50_us'])} (run) | - | - | - |"
+                    )
+                else:
+                    lines.append(
+                        f"| {setup} | {c} | {pt['throughput']:.0f} | {_fmt_ms(pt['p50_us'])} | "
+                        f"{_fmt_ms(pt['p90_us'])} | {_fmt_ms(pt['p99_us'])} | {pt['errors']} |"
+                    )
+        starts = [
+            f"{s} {r['cold_start_s']:.2f} s"
+            for s, r in mres["setups"].items()
+            if r.get("cold_start_s") is not None
+        ]
+        if starts:
+            lines += ["", "Process start to ready: " + ", ".join(starts) + "."]
+        lines.append("")
+    lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
+    for t in targets(results):
+        value = t["value"]
+        shown = "not run" if value is None else (f"{value:.0f} us" if "us" in t["goal"] else f"{value:.2f}x")
+        met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
+        note = f" ({t['note']})" if t["note"] else ""
+        lines.append(f"| {t['target']}{note} | {shown} | {t['goal']} | {met} |")
+    ov = results.get("overload")
+    if ov:
+        lines += ["", "## Overload", ""]
+        if ov.get("status") == "failed":
+            lines.append(f"Failed: {ov['reason']}")
+        else:
+            o, b = ov["overload"], ov["baseline_c32"]
+            rss = [r for _, r in ov["rss_mb"]]
+            lines += [
+                f"{ov['model']}, {ov['setup']}, queue {ov['queue_size']}, "
+                f"{ov['connections']} connections for "
+                f"{o['seconds']:.0f} s: statuses {o['statuses']}, socket errors {o['socket_errors']}; "
+                f"{o['throughput']:.0f} successful req/s; p99 of the 200s at most "
+                f"{_fmt_ms(o['ok_p99_upper_us'])} ms (all responses: p99 {_fmt_ms(o['p99_us'])} ms) vs p99 "
+                f"{_fmt_ms(b['p99_us'])} ms at c=32 "
+                f"(ratio {ov['ok_p99_upper_over_c32_p99']:.2f}, goal <= 3); "
+                f"RSS {min(rss):.0f} to {max(rss):.0f} MB over the run "
+                f"(growth over the second half {ov['rss_growth_mb_second_half']:.1f} MB); "
+                f"only 200 and 503: {'yes' if ov['only_200_and_503'] else 'no'}.",
+            ]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for model, mres in results["models"].items():
+        fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.5))
+        for setup in SETUPS:
+            s = mres["setups"].get(setup)
+            if not s or s.get("status") != "ok":
+                continue
+            cs = [int(c) for c in s["points"]]
+            tp = [p["throughput"] for p in s["points"].values()]
+            style = "--" if setup == "ceiling" else "-"
+            a.plot(cs, tp, style, marker="o", label=setup)
+            if setup != "ceiling":
+                b.plot(tp, [p["p99_us"] / 1000 for p in s["points"].values()], marker="o", label=setup)
+        a.set(
+            xscale="log",
+            xlabel="concurrency (connections)",
+            ylabel="requests/s",
+            title=f"{model}: throughput",
+        )
+        a.set_xticks([1, 8, 32, 128], labels=["1", "8", "32", "128"])
+        b.set(
+            yscale="log", xlabel="requests/s", ylabel="p99 latency (ms)", title=f"{model}: p99 vs throughput"
+        )
+        for ax in (a, b):
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / f"{stem}-{model}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def write(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    j = out_dir / f"{stem}.json"
+    j.write_text(json.dumps(results, indent=1) + "\n")
+    md = out_dir / f"{stem}.md"
+    md.write_text(markdown(results))
+    return [j, md, *plots(results, out_dir, stem)]

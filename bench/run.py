@@ -1,0 +1,323 @@
+"""One benchmark run: models x setups x concurrency, written as JSON, Markdown and plots.
+
+For each model: export the package (once), measure the in-process ceiling, then start each server
+in turn pinned to the server core, check that it answers correctly, and drive it with wrk from the
+other core at each concurrency (a warm-up, then ``repeats`` measured runs). A server that cannot
+start or answers wrongly is recorded with the reason. Optionally an overload point and cold start.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench import envs, machine, payloads, wrk
+from bench.models import MODELS, ModelSpec, ensure_package
+from bench.procs import Server, StartFailed, http_post
+from bench.setups import SETUPS, ServerConfig, launch, split
+from inferstack.errors import InferstackError
+
+BENCH_DIR = Path(__file__).resolve().parent
+Log = Callable[[str], None]
+
+
+@dataclass
+class Config:
+    models: list[str] = field(default_factory=lambda: ["mlp", "transformer"])
+    setups: list[str] = field(default_factory=lambda: list(SETUPS))
+    concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
+    duration_s: float = 10.0
+    warmup_s: float = 2.0
+    repeats: int = 1
+    server: ServerConfig = field(default_factory=ServerConfig)
+    client_core: int = 1
+    overload: bool = False
+    overload_connections: int = 512
+    overload_queue_size: int = 64
+    overload_duration_s: float = 60.0
+    cold_start: bool = False
+    work_dir: Path = Path("build/bench")
+    out_dir: Path = Path("bench/results")
+    venvs_dir: Path = Path(".bench-venvs")
+    name: str = "latest"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        for k in ("work_dir", "out_dir", "venvs_dir"):
+            d[k] = str(d[k])
+        return d
+
+
+def _median_point(repeats: list[dict[str, Any]]) -> dict[str, Any]:
+    point: dict[str, Any] = {"repeats": repeats}
+    for key in ("throughput", "p50_us", "p90_us", "p99_us", "ok_p99_upper_us"):
+        values = [r[key] for r in repeats if r.get(key) is not None]
+        point[key] = statistics.median(values) if values else None
+    point["errors"] = sum(r["errors"] for r in repeats)
+    point["requests"] = sum(r["requests"] for r in repeats)
+    if len(repeats) > 1:
+        t = [r["throughput"] for r in repeats]
+        point["throughput_min"], point["throughput_max"] = min(t), max(t)
+    return point
+
+
+def _reference(package: Path, spec: ModelSpec, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(package / "model.onnx"), providers=["CPUExecutionProvider"])
+    return np.asarray(session.run([spec.output_name], {spec.input_name: x})[0])
+
+
+def check_answer(url: str, body: payloads.Body, spec: ModelSpec, expected: np.ndarray) -> None:
+    """Raise ValueError unless the server answers ``body`` with the reference output."""
+    headers = {"Content-Type": body.content_type}
+    if body.header_length is not None:
+        headers["Inference-Header-Content-Length"] = str(body.header_length)
+    status, data, resp_headers = http_post(url, body.path.read_bytes(), headers)
+    if status != 200:
+        raise ValueError(f"status {status}: {data[:300]!r}")
+    length = resp_headers.get("inference-header-content-length")
+    got = payloads.decode_response(data, int(length) if length else None, spec.output_name)
+    if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
+        raise ValueError(f"wrong result: max abs diff {float(np.max(np.abs(got - expected))):.3g}")
+
+
+def measure_ceiling(package: Path, cfg: Config, log: Log) -> dict[str, Any]:
+    points: dict[str, Any] = {}
+    by_batch: dict[int, dict[str, Any]] = {}
+    for c in cfg.concurrency:
+        batch = min(c, cfg.server.max_batch_size)
+        if batch not in by_batch:
+            runs = []
+            for _ in range(cfg.repeats):
+                argv = [
+                    "taskset",
+                    "-c",
+                    str(cfg.server.core),
+                    sys.executable,
+                    str(BENCH_DIR / "ceiling.py"),
+                    str(package / "model.onnx"),
+                    "--batch",
+                    str(batch),
+                    "--seconds",
+                    str(cfg.duration_s),
+                    "--warmup",
+                    str(min(cfg.warmup_s, 2.0)),
+                ]
+                out = subprocess.run(argv, capture_output=True, text=True, check=True)
+                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            by_batch[batch] = {
+                "batch": batch,
+                "throughput": statistics.median(r["throughput"] for r in runs),
+                "run_p50_us": statistics.median(r["run_p50_us"] for r in runs),
+                "repeats": runs,
+            }
+            log(f"  ceiling batch {batch}: {by_batch[batch]['throughput']:.0f} req/s")
+        points[str(c)] = by_batch[batch]
+    return {"status": "ok", "points": points}
+
+
+def measure_server(
+    server_name: str,
+    bodies_wanted: list[str],
+    package: Path,
+    spec: ModelSpec,
+    bodies: dict[str, payloads.Body],
+    expected: np.ndarray,
+    cfg: Config,
+    log: Log,
+) -> dict[str, dict[str, Any]]:
+    """Results for each ``server_name-body`` setup (one server start serves all its bodies)."""
+    results: dict[str, dict[str, Any]] = {}
+    setups = [f"{server_name}-{b}" for b in bodies_wanted]
+    try:
+        how = launch(server_name, package, spec.name, cfg.server, cfg.venvs_dir)
+    except (envs.EnvUnavailable, OSError) as e:
+        log(f"  {server_name}: unavailable: {e}")
+        return {s: {"status": "unavailable", "reason": str(e)} for s in setups}
+    logs = cfg.work_dir / "logs"
+    server = Server(how.argv, how.base_url, logs / f"{spec.name}-{server_name}.log", how.env)
+    try:
+        try:
+            cold = server.start()
+        except StartFailed as e:
+            log(f"  {server_name}: did not start: {e}")
+            return {s: {"status": "unavailable", "reason": f"did not start: {e}"} for s in setups}
+        log(f"  {server_name}: ready after {cold:.2f} s")
+        url = how.infer_url(spec.name)
+        for body_name, setup in zip(bodies_wanted, setups, strict=False):
+            body = bodies[body_name]
+            try:
+                check_answer(url, body, spec, expected)
+            except (ValueError, OSError) as e:
+                log(f"  {setup}: wrong answer, not measured: {e}")
+                results[setup] = {"status": "wrong-answer", "reason": str(e), "cold_start_s": cold}
+                continue
+            points: dict[str, Any] = {}
+            rss_before = server.rss_bytes()
+            for c in cfg.concurrency:
+                if cfg.warmup_s > 0:
+                    wrk.run(url, body, c, cfg.warmup_s, core=cfg.client_core)
+                repeats = [
+                    wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core) for _ in range(cfg.repeats)
+                ]
+                points[str(c)] = _median_point(repeats)
+                p = points[str(c)]
+                log(
+                    f"  {setup} c={c}: {p['throughput']:.0f} req/s, p50 {p['p50_us'] / 1000:.2f} ms, "
+                    f"p99 {p['p99_us'] / 1000:.2f} ms, errors {p['errors']}"
+                )
+            results[setup] = {
+                "status": "ok",
+                "cold_start_s": cold,
+                "rss_mb_before": rss_before / 2**20,
+                "rss_mb_after": server.rss_bytes() / 2**20,
+                "versions": how.versions,
+                "points": points,
+            }
+    except wrk.WrkFailed as e:
+        for s in setups:
+            results.setdefault(s, {"status": "failed", "reason": str(e)})
+    finally:
+        server.stop()
+    return results
+
+
+def measure_overload(
+    package: Path, spec: ModelSpec, bodies: dict[str, payloads.Body], cfg: Config, log: Log
+) -> dict[str, Any]:
+    """inferstack with a queue of ``overload_queue_size``: c=32 as the baseline, then
+    ``overload_connections`` connections for ``overload_duration_s`` with RSS sampled each second."""
+    scfg = ServerConfig(
+        max_batch_size=cfg.server.max_batch_size,
+        max_queue_delay_us=cfg.server.max_queue_delay_us,
+        max_queue_size=cfg.overload_queue_size,
+        core=cfg.server.core,
+    )
+    how = launch("inferstack", package, spec.name, scfg, cfg.venvs_dir)
+    server = Server(how.argv, how.base_url, cfg.work_dir / "logs" / f"{spec.name}-overload.log", how.env)
+    body = bodies["json"]
+    url = how.infer_url(spec.name)
+    try:
+        server.start()
+        wrk.run(url, body, 32, cfg.warmup_s, core=cfg.client_core)
+        base = wrk.run(url, body, 32, cfg.duration_s, core=cfg.client_core)
+        samples: list[tuple[float, float]] = []
+        stop = threading.Event()
+        t0 = time.perf_counter()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.perf_counter() - t0, server.rss_bytes() / 2**20))
+                stop.wait(1.0)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        try:
+            over = wrk.run(url, body, cfg.overload_connections, cfg.overload_duration_s, core=cfg.client_core)
+        finally:
+            stop.set()
+            sampler.join()
+        alive = server.proc is not None and server.proc.poll() is None
+    finally:
+        server.stop()
+    statuses = {int(s) for s in over["statuses"]}
+    rss = [m for _, m in samples]
+    half = max(1, len(rss) // 2)
+    result = {
+        "model": spec.name,
+        "setup": "inferstack-json",
+        "queue_size": cfg.overload_queue_size,
+        "connections": cfg.overload_connections,
+        "baseline_c32": base,
+        "overload": over,
+        "only_200_and_503": statuses <= {200, 503} and not any(over["socket_errors"].values()),
+        "ok_p99_upper_over_c32_p99": over["ok_p99_upper_us"] / base["p99_us"] if base["p99_us"] else None,
+        "rss_mb": samples,
+        "rss_growth_mb_second_half": (max(rss[half:]) - max(rss[:half])) if len(rss) > 2 else None,
+        "server_alive_after": alive,
+    }
+    log(
+        f"  overload: statuses {over['statuses']}, {over['throughput']:.0f} ok/s, ok p99 <= "
+        f"{over['ok_p99_upper_us'] / 1000:.1f} ms (c=32 p99 {base['p99_us'] / 1000:.1f} ms), "
+        f"RSS {min(rss):.0f}-{max(rss):.0f} MB"
+    )
+    return result
+
+
+def run(cfg: Config, log: Log = print) -> dict[str, Any]:
+    reason = wrk.available()
+    if reason:
+        raise InferstackError(f"cannot benchmark: {reason}")
+    unknown = [m for m in cfg.models if m not in MODELS]
+    if unknown:
+        raise InferstackError(f"--models: unknown {', '.join(unknown)}; known: {', '.join(MODELS)}")
+    bad = [s for s in cfg.setups if s not in SETUPS]
+    if bad:
+        raise InferstackError(f"--setups: unknown {', '.join(bad)}; known: {', '.join(SETUPS)}")
+    if not cfg.concurrency or min(cfg.concurrency) < 1 or cfg.duration_s < 1 or cfg.repeats < 1:
+        raise InferstackError("--concurrency values, --duration (s) and --repeats must be >= 1")
+    # the orchestrator (and wrk, which inherits it) stays off the server's core
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {cfg.client_core})
+    results: dict[str, Any] = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": cfg.to_dict(),
+        "machine": machine.describe(),
+        "models": {},
+    }
+    t_start = time.perf_counter()
+    for name in cfg.models:
+        spec = MODELS[name]
+        log(f"{name}: exporting / checking the package")
+        package = ensure_package(cfg.work_dir, spec, cfg.server.max_batch_size)
+        x = spec.request_array()
+        expected = _reference(package, spec, x)
+        bodies = payloads.write_bodies(cfg.work_dir / "bodies" / name, spec.input_name, x, spec.output_name)
+        model_results: dict[str, Any] = {
+            "package_bytes": (package / "model.onnx").stat().st_size,
+            "setups": {},
+        }
+        results["models"][name] = model_results
+        if "ceiling" in cfg.setups:
+            model_results["setups"]["ceiling"] = measure_ceiling(package, cfg, log)
+        servers: dict[str, list[str]] = {}
+        for s in cfg.setups:
+            if s != "ceiling":
+                server, body = split(s)
+                servers.setdefault(server, []).append(body)
+        for server, wanted in servers.items():
+            model_results["setups"].update(
+                measure_server(server, wanted, package, spec, bodies, expected, cfg, log)
+            )
+        _save_partial(results, cfg)
+    if cfg.overload:
+        spec = MODELS["mlp"]
+        package = ensure_package(cfg.work_dir, spec, cfg.server.max_batch_size)
+        bodies = payloads.write_bodies(
+            cfg.work_dir / "bodies" / "mlp", spec.input_name, spec.request_array(), spec.output_name
+        )
+        log("overload point")
+        try:
+            results["overload"] = measure_overload(package, spec, bodies, cfg, log)
+        except (StartFailed, wrk.WrkFailed, OSError) as e:
+            results["overload"] = {"status": "failed", "reason": str(e)}
+    results["elapsed_s"] = time.perf_counter() - t_start
+    return results
+
+
+def _save_partial(results: dict[str, Any], cfg: Config) -> None:
+    cfg.work_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.work_dir / "partial.json").write_text(json.dumps(results, indent=1))

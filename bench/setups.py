@@ -1,0 +1,124 @@
+"""The setups a benchmark compares: how to start each server on a model, and which request
+bodies it is driven with."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench import envs
+from bench.procs import free_port, pinned
+
+PEERS_DIR = Path(__file__).resolve().parent / "peers"
+
+#: every (server, body) row of the results, in table order; "ceiling" is the in-process loop
+SETUPS: tuple[str, ...] = (
+    "inferstack-json",
+    "inferstack-binary",
+    "plain-json",
+    "triton-json",
+    "triton-binary",
+    "kserve-json",
+    "ceiling",
+)
+
+
+def split(setup: str) -> tuple[str, str]:
+    server, _, body = setup.partition("-")
+    return server, body
+
+
+@dataclass
+class ServerConfig:
+    max_batch_size: int = 32
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 1024
+    core: int = 0
+
+
+@dataclass
+class Launch:
+    argv: list[str]
+    base_url: str
+    env: dict[str, str] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def infer_url(self, model: str) -> str:
+        return f"{self.base_url}/v2/models/{model}/infer"
+
+
+def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path) -> Launch:
+    """The command that starts ``server`` on ``package`` (raises envs.EnvUnavailable for a peer
+    whose environment cannot be made)."""
+    model = str(package / "model.onnx")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    if server == "inferstack":
+        argv = [
+            sys.executable,
+            "-m",
+            "inferstack.cli",
+            "serve",
+            str(package),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-batch-size",
+            str(cfg.max_batch_size),
+            "--max-queue-delay-us",
+            str(cfg.max_queue_delay_us),
+            "--max-queue-size",
+            str(cfg.max_queue_size),
+            "--intra-op-threads",
+            "1",
+            "--providers",
+            "CPUExecutionProvider",
+        ]
+        return Launch(pinned(cfg.core, argv), base)
+    if server == "plain":
+        argv = [
+            sys.executable,
+            str(PEERS_DIR / "plain_server.py"),
+            model,
+            "--name",
+            name,
+            "--port",
+            str(port),
+        ]
+        return Launch(pinned(cfg.core, argv), base)
+    if server == "triton":
+        env = envs.ensure("triton", venvs)
+        argv = [
+            str(env.python),
+            str(PEERS_DIR / "pytriton_server.py"),
+            model,
+            "--name",
+            name,
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+            "--max-batch-size",
+            str(cfg.max_batch_size),
+            "--max-queue-delay-us",
+            str(cfg.max_queue_delay_us),
+        ]
+        return Launch(pinned(cfg.core, argv), base, env.env, env.versions)
+    if server == "kserve":
+        env = envs.ensure("kserve", venvs)
+        argv = [
+            str(env.python),
+            str(PEERS_DIR / "kserve_server.py"),
+            "--model_name",
+            name,
+            "--model_path",
+            model,
+            "--http_port",
+            str(port),
+        ]
+        return Launch(pinned(cfg.core, argv), base, env.env, env.versions)
+    raise ValueError(f"unknown server {server!r}; known: inferstack, plain, triton, kserve")

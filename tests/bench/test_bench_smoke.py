@@ -1,0 +1,143 @@
+"""A small run of the benchmark's machinery: a real server (the plain peer) on a real ONNX model,
+driven by real wrk through the Lua scripts, its numbers parsed and turned into the report.
+
+Skips when wrk is absent. Runs in a few seconds: 1-second points, a tiny model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import payloads, report, wrk
+from bench.models import ModelSpec
+from bench.procs import Server
+from bench.run import Config, check_answer, measure_ceiling, measure_server
+from bench.setups import ServerConfig, launch
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(wrk.available() is not None, reason=str(wrk.available()))
+
+SPEC = ModelSpec("tiny", "-", "x", (8,))
+W = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 10
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """x[N,8] @ W -> logits[N,3], with a dynamic batch axis (what the servers expect)."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(W, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    directory = tmp_path_factory.mktemp("tiny")
+    save(model, str(directory / "model.onnx"))
+    return directory
+
+
+def _cores() -> tuple[int, int]:
+    return (0, 1) if (os.cpu_count() or 1) >= 2 else (0, 0)
+
+
+def _config(tmp_path: Path) -> Config:
+    server_core, client_core = _cores()
+    return Config(
+        models=["tiny"],
+        concurrency=[1, 4],
+        duration_s=1,
+        warmup_s=0,
+        repeats=1,
+        server=ServerConfig(max_batch_size=4, core=server_core),
+        client_core=client_core,
+        work_dir=tmp_path,
+        out_dir=tmp_path / "out",
+    )
+
+
+def test_plain_peer_is_measured_and_reported(package: Path, tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    x = SPEC.request_array()
+    expected = x @ W
+    bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
+    logged: list[str] = []
+
+    setups = measure_server("plain", ["json"], package, SPEC, bodies, expected, cfg, logged.append)
+    ceiling = measure_ceiling(package, cfg, logged.append)
+
+    result = setups["plain-json"]
+    assert result["status"] == "ok", result
+    assert result["cold_start_s"] > 0
+    for c in ("1", "4"):
+        point = result["points"][c]
+        (run,) = point["repeats"]
+        assert run["errors"] == 0 and run["statuses"] == {"200": run["requests"]}
+        assert point["throughput"] > 50  # a matmul of 8x3 over loopback: far more than 50 req/s
+        assert 0 < point["p50_us"] <= point["p90_us"] <= point["p99_us"]
+    assert ceiling["points"]["4"]["batch"] == 4 and ceiling["points"]["4"]["throughput"] > 0
+
+    results = {
+        "started": "now",
+        "config": cfg.to_dict(),
+        "machine": {**_machine()},
+        "models": {"mlp": {"setups": {"plain-json": result, "ceiling": ceiling}}},
+    }
+    written = report.write(results, cfg.out_dir, "smoke")
+    assert {p.name for p in written} == {"smoke.json", "smoke.md", "smoke-mlp.png"}
+    md = (cfg.out_dir / "smoke.md").read_text()
+    assert f"| plain-json | 4 | {result['points']['4']['throughput']:.0f} |" in md
+    # the ratio needs inferstack's rows, which this run does not have: shown as not run, not as a pass
+    assert "| MLP c=32: inferstack JSON / plain JSON | not run | >= 1.3x | - |" in md
+    assert (
+        json.loads((cfg.out_dir / "smoke.json").read_text())["models"]["mlp"]["setups"]["plain-json"][
+            "status"
+        ]
+        == "ok"
+    )
+
+
+def _machine() -> dict[str, object]:
+    from bench import machine
+
+    return machine.describe()
+
+
+def test_non_2xx_responses_count_as_errors_and_wrong_answers_are_caught(
+    package: Path, tmp_path: Path
+) -> None:
+    cfg = _config(tmp_path)
+    x = SPEC.request_array()
+    bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
+    how = launch("plain", package, "tiny", cfg.server, cfg.venvs_dir)
+    with Server(how.argv, how.base_url, tmp_path / "plain.log") as server:
+        server.start(timeout_s=60)
+        check_answer(how.infer_url("tiny"), bodies["json"], SPEC, x @ W)
+        with pytest.raises(ValueError, match="wrong result"):
+            check_answer(how.infer_url("tiny"), bodies["json"], SPEC, x @ W + 1)
+        missing = wrk.run(how.infer_url("nope"), bodies["json"], 2, 1, core=cfg.client_core)
+    assert missing["requests"] > 0
+    assert missing["errors"] == missing["requests"] and missing["statuses"] == {"404": missing["requests"]}
+    assert missing["throughput"] == 0
+
+
+def test_cli_rejects_an_unknown_model() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--models", "resnet9000", "--duration", "1"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 1
+    assert "--models: unknown resnet9000" in proc.stdout + proc.stderr
