@@ -1,0 +1,209 @@
+"""Dynamic batching: requests queue on the event loop; one worker thread merges what is queued
+along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each request its
+rows back on the event loop.
+
+The batcher never waits for company when the worker is idle: it takes whatever is queued (greedy);
+only with ``max_queue_delay`` > 0 does it wait up to that long (counted from the oldest request's
+arrival) for the batch to fill. Requests merge only when their non-batch dimensions agree.
+onnxruntime releases the GIL while it runs, so the event loop keeps parsing the next requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed
+from inferstack.runtime.metrics import Metrics
+from inferstack.runtime.model import Model
+
+log = logging.getLogger("inferstack.runtime")
+
+#: done(outputs, error): exactly one of them is None
+Done = Callable[[dict[str, np.ndarray] | None, HTTPError | None], None]
+
+
+class Job:
+    """One admitted request: its inputs, how many rows it has, and where its answer goes."""
+
+    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline")
+
+    def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple[Any, ...], done: Done) -> None:
+        self.inputs = inputs
+        self.rows = rows
+        self.key = key  # requests merge only when their keys (non-batch shapes) agree
+        self.done = done
+        self.enqueued = 0.0
+        self.deadline = 0.0
+        self.cancelled = False  # timed out: the worker skips it, nobody waits for it
+        self.answered = False
+
+
+_STOP = None
+
+
+class Batcher:
+    def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0) -> None:
+        self.model = model
+        self.metrics = metrics
+        self.max_rows = model.max_batch_size
+        self.delay = max_queue_delay_s if model.batching else 0.0
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._carry: deque[Job] = deque()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        #: admitted and not yet answered (waiting or running); read and written on the event loop only
+        self.pending = 0
+        metrics.watch(self.queue_depth, lambda: self.pending)
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize() + len(self._carry)
+
+    # -- event-loop side ---------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._work, name="inferstack-ort", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        job.enqueued = time.perf_counter()
+        self.pending += 1
+        self._queue.put(job)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _deliver(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
+        self.pending -= len(jobs)
+        names = self.model.output_names
+        single = len(jobs) == 1
+        start = 0
+        for job in jobs:
+            rows = job.rows
+            if job.cancelled:
+                start += rows
+                continue
+            job.answered = True
+            if error is not None or outputs is None:
+                job.done(None, error or InternalError("no outputs"))
+            elif single or not self.model.batching:
+                job.done(dict(zip(names, outputs, strict=True)), None)
+            else:
+                job.done({n: o[start:start + rows] for n, o in zip(names, outputs, strict=True)}, None)
+            start += rows
+
+    # -- worker thread -----------------------------------------------------------------------
+    def _next(self, block: bool, timeout: float | None = None) -> Job | None:
+        if self._carry:
+            return self._carry.popleft()
+        if not block:
+            return self._queue.get_nowait()
+        return self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+
+    def _collect(self, first: Job) -> list[Job]:
+        batch = [first]
+        if not self.model.batching:
+            return batch
+        rows = first.rows
+        deadline = first.enqueued + self.delay
+        while rows < self.max_rows:
+            try:
+                job = self._next(block=False)
+            except queue.Empty:
+                remaining = deadline - time.perf_counter()
+                if remaining <= 0:
+                    break
+                try:
+                    job = self._next(block=True, timeout=remaining)
+                except queue.Empty:
+                    break
+            if job is _STOP:
+                self._queue.put(_STOP)  # let the loop see it after this batch
+                break
+            if job.cancelled:
+                self._post([job], None, None)
+                continue
+            if job.key != first.key or rows + job.rows > self.max_rows:
+                self._carry.append(job)
+                break
+            batch.append(job)
+            rows += job.rows
+        return batch
+
+    def _post(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+            self._loop.call_soon_threadsafe(self._deliver, jobs, outputs, error)
+
+    def _work(self) -> None:
+        while True:
+            try:
+                if not self._serve_one():
+                    return
+            except Exception:  # a bug: keep the worker alive, the jobs involved were answered 500
+                log.exception("batcher worker error")
+
+    def _serve_one(self) -> bool:
+        observe_queue = self.metrics.queue_seconds.observe
+        observe_compute = self.metrics.compute_seconds.observe
+        observe_size = self.metrics.batch_size.observe
+        observe_rows = self.metrics.batch_rows.observe
+        first = self._next(block=True)
+        if first is _STOP:
+            return False
+        if first.cancelled:
+            self._post([first], None, None)
+            return True
+        jobs = self._collect(first)
+        taken = time.perf_counter()
+        try:
+            outputs = self._run(jobs)
+        except HTTPError as e:
+            if len(jobs) > 1:
+                # one request's values may have upset the model: run each alone, so only it fails
+                for job in jobs:
+                    try:
+                        self._post([job], self._run([job]), None)
+                    except HTTPError as e1:
+                        self._post([job], None, e1)
+            else:
+                self._post(jobs, None, e)
+            return True
+        except BaseException as e:
+            self._post(jobs, None, InternalError(f"internal error: {type(e).__name__}: {e}"))
+            raise
+        computed = time.perf_counter()
+        self._post(jobs, outputs, None)  # answer first, then bookkeeping
+        observe_compute(computed - taken)
+        observe_size(len(jobs))
+        observe_rows(sum(j.rows for j in jobs))
+        for job in jobs:
+            observe_queue(taken - job.enqueued)
+        return True
+
+    def _run(self, jobs: list[Job]) -> list[np.ndarray]:
+        if len(jobs) == 1:
+            feeds = jobs[0].inputs
+        else:
+            feeds = {name: np.concatenate([j.inputs[name] for j in jobs]) for name in jobs[0].inputs}
+        try:
+            return self.model.run(feeds)
+        except Exception as e:
+            return self._failed(e)
+
+    def _failed(self, e: Exception) -> list[np.ndarray]:
+        kind = type(e).__name__
+        if kind in ("InvalidArgument", "Fail", "InvalidGraph", "NotImplemented"):
+            raise ModelFailed(f"model {self.model.name!r} could not run on this input: {e}") from None
+        log.exception("onnxruntime run failed")
+        raise InternalError(f"model {self.model.name!r} failed: {kind}: {e}") from None

@@ -1,0 +1,108 @@
+"""``inferstack serve`` (and ``python -m inferstack.runtime``, the container's entrypoint).
+
+Every flag has an environment variable ``INFERSTACK_<FLAG>``; PATH is ``INFERSTACK_MODEL``.
+Imports of the server happen inside the command, so ``inferstack --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from inferstack.console import cli_errors
+
+
+def _env(flag: str) -> str:
+    return "INFERSTACK_" + flag.upper().replace("-", "_")
+
+
+@cli_errors
+def serve(
+    model: Annotated[str, typer.Argument(
+        envvar="INFERSTACK_MODEL", show_default=False, metavar="PATH",
+        help="Model package directory (with manifest.json), a .onnx file, or a file://, s3:// or https:// "
+        "URI.",
+    )],
+    name: Annotated[str | None, typer.Option(
+        envvar=_env("name"), help="Model name on the API. [default: the manifest's name or the file stem]",
+    )] = None,
+    host: Annotated[str, typer.Option(envvar=_env("host"), help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(
+        envvar=_env("port"), help="Port to listen on (0: any free port).",
+    )] = 8000,
+    max_batch_size: Annotated[int | None, typer.Option(
+        envvar=_env("max-batch-size"), show_default=False,
+        help="Largest merged batch; 0 turns batching off. [default: the manifest's max_batch_size]",
+    )] = None,
+    max_queue_delay_us: Annotated[int, typer.Option(
+        envvar=_env("max-queue-delay-us"),
+        help="Microseconds the batcher may wait for more requests; 0 takes whatever is queued.",
+    )] = 0,
+    max_queue_size: Annotated[int, typer.Option(
+        envvar=_env("max-queue-size"), help="Requests admitted at once; past it, 503 with Retry-After.",
+    )] = 256,
+    max_body_bytes: Annotated[int, typer.Option(
+        envvar=_env("max-body-bytes"), help="Largest request body; past it, 413.",
+    )] = 64 * 1024 * 1024,
+    request_timeout_s: Annotated[float, typer.Option(
+        envvar=_env("request-timeout-s"), help="Seconds a request may wait and run; past it, 504.",
+    )] = 30.0,
+    providers: Annotated[str, typer.Option(
+        envvar=_env("providers"),
+        help="onnxruntime execution providers in priority order (those available are used).",
+    )] = "CUDAExecutionProvider,CPUExecutionProvider",
+    require_gpu: Annotated[bool, typer.Option(
+        "--require-gpu", envvar=_env("require-gpu"),
+        help="Fail the start when no GPU execution provider is active after load.",
+    )] = False,
+    intra_op_threads: Annotated[int, typer.Option(
+        envvar=_env("intra-op-threads"), help="onnxruntime intra-op threads (0: onnxruntime's default).",
+    )] = 0,
+    auth_token_file: Annotated[Path | None, typer.Option(
+        envvar=_env("auth-token-file"), show_default=False,
+        help="File holding a bearer token to require (else INFERSTACK_AUTH_TOKEN; unset: no auth). "
+        "Health and /metrics stay open.",
+    )] = None,
+    cache_dir: Annotated[Path | None, typer.Option(
+        envvar=_env("cache-dir"), show_default=False,
+        help="Where remote models are downloaded. [default: <tmp>/inferstack-models]",
+    )] = None,
+    log_level: Annotated[str, typer.Option(
+        envvar=_env("log-level"), help="critical, error, warning, info or debug.",
+    )] = "info",
+) -> None:
+    """Serve a model over the Open Inference Protocol (KServe v2) with onnxruntime."""
+    import logging
+
+    from inferstack.runtime.config import ServerConfig, default_cache_dir, parse_providers, read_token
+    from inferstack.runtime.server import run
+
+    config = ServerConfig(
+        model=model,
+        name=name,
+        host=host,
+        port=port,
+        max_batch_size=max_batch_size,
+        max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size,
+        max_body_bytes=max_body_bytes,
+        request_timeout_s=request_timeout_s,
+        providers=parse_providers(providers),
+        require_gpu=require_gpu,
+        intra_op_threads=intra_op_threads,
+        auth_token=read_token(auth_token_file),
+        cache_dir=cache_dir or default_cache_dir(),
+        log_level=log_level,
+    )
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    run(config)
+
+
+def main() -> None:
+    """``python -m inferstack.runtime``: the same command on its own."""
+    typer.run(serve)

@@ -1,0 +1,120 @@
+"""The server's settings: one typed object, built from command-line flags and the environment.
+
+Every setting has a flag and an environment variable ``INFERSTACK_<FLAG>`` (the model path is
+``INFERSTACK_MODEL``; the bearer token may also come directly from ``INFERSTACK_AUTH_TOKEN``).
+Nothing is read at import time; tests build a :class:`ServerConfig` directly.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from inferstack.runtime.errors import ConfigError
+
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+GPU_PROVIDERS = frozenset(
+    {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
+     "MIGraphXExecutionProvider"}
+)
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def setting(flag: str) -> str:
+    """``--max-batch-size`` -> ``--max-batch-size / INFERSTACK_MAX_BATCH_SIZE`` (for messages)."""
+    return f"--{flag} / INFERSTACK_{flag.upper().replace('-', '_')}"
+
+
+def default_cache_dir() -> Path:
+    # Under the temporary directory: writable in a container with a read-only root file system.
+    return Path(tempfile.gettempdir()) / "inferstack-models"
+
+
+@dataclass
+class ServerConfig:
+    """What ``inferstack serve`` runs with. Defaults are the CLI's defaults."""
+
+    model: str
+    """PATH: a package directory with manifest.json, a .onnx file, or a file://, s3://, https:// URI."""
+    name: str | None = None
+    """Model name on the API; default: the manifest's name, or the .onnx file's stem."""
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_batch_size: int | None = None
+    """Largest merged batch; default: the manifest's max_batch_size (0 = no batching)."""
+    max_queue_delay_us: int = 0
+    """How long the batcher may wait for more requests once one is queued; 0 = take what is there."""
+    max_queue_size: int = 256
+    """Requests admitted to the batcher at once (waiting or running); past it, 503 + Retry-After."""
+    max_body_bytes: int = 64 * 1024 * 1024
+    request_timeout_s: float = 30.0
+    providers: tuple[str, ...] = DEFAULT_PROVIDERS
+    require_gpu: bool = False
+    intra_op_threads: int = 0
+    """onnxruntime intra-op threads; 0 = onnxruntime's default (one per physical core)."""
+    auth_token: str | None = field(default=None, repr=False)
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if not self.model:
+            raise ConfigError("PATH / INFERSTACK_MODEL: no model given")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"{setting('port')}: must be 0..65535, got {self.port}")
+        if self.max_batch_size is not None and self.max_batch_size < 0:
+            raise ConfigError(f"{setting('max-batch-size')}: must be >= 0, got {self.max_batch_size}")
+        if self.max_queue_delay_us < 0:
+            raise ConfigError(f"{setting('max-queue-delay-us')}: must be >= 0, got {self.max_queue_delay_us}")
+        if self.max_queue_size < 1:
+            raise ConfigError(f"{setting('max-queue-size')}: must be >= 1, got {self.max_queue_size}")
+        if self.max_body_bytes < 1:
+            raise ConfigError(f"{setting('max-body-bytes')}: must be >= 1, got {self.max_body_bytes}")
+        if not self.request_timeout_s > 0:
+            raise ConfigError(f"{setting('request-timeout-s')}: must be > 0, got {self.request_timeout_s}")
+        if self.intra_op_threads < 0:
+            raise ConfigError(f"{setting('intra-op-threads')}: must be >= 0, got {self.intra_op_threads}")
+        if not self.providers:
+            raise ConfigError(f"{setting('providers')}: give at least one execution provider")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ConfigError(
+                f"{setting('log-level')}: must be one of {', '.join(LOG_LEVELS)}, got {self.log_level!r}"
+            )
+        if self.name is not None and not self.name.strip():
+            raise ConfigError(f"{setting('name')}: must not be empty")
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ConfigError("--auth-token-file / INFERSTACK_AUTH_TOKEN: the token is empty")
+
+    @property
+    def max_queue_delay_s(self) -> float:
+        return self.max_queue_delay_us / 1e6
+
+
+def parse_providers(text: str) -> tuple[str, ...]:
+    """``"CUDAExecutionProvider, CPUExecutionProvider"`` -> a tuple; order is priority."""
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not names:
+        raise ConfigError(f"{setting('providers')}: give at least one execution provider, got {text!r}")
+    return names
+
+
+def read_token(token_file: Path | None, env: Mapping[str, str] | None = None) -> str | None:
+    """The bearer token: from ``--auth-token-file`` (surrounding whitespace stripped), else from
+    ``INFERSTACK_AUTH_TOKEN``; ``None`` when neither is set (auth off)."""
+    env = os.environ if env is None else env
+    if token_file is not None:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"--auth-token-file / INFERSTACK_AUTH_TOKEN_FILE: cannot read {token_file}: "
+                              f"{e.strerror or e}") from None
+        if not token:
+            raise ConfigError(f"--auth-token-file / INFERSTACK_AUTH_TOKEN_FILE: {token_file} is empty")
+        return token
+    token = env.get("INFERSTACK_AUTH_TOKEN", "").strip()
+    return token or None

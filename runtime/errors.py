@@ -1,0 +1,88 @@
+"""The runtime's errors. Each knows its HTTP status; the server turns any of them into
+``{"error": "<message>"}`` with that status, so a handler only ever raises."""
+
+from __future__ import annotations
+
+from inferstack.errors import InferstackError
+
+
+class HTTPError(InferstackError):
+    """An error answered over HTTP with :attr:`status_code` and ``{"error": message}``."""
+
+    status_code = 500
+    #: failure reason label for the metrics (``inferstack_request_failures_total{reason=...}``)
+    reason = "internal"
+    #: extra response headers
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class BadRequest(HTTPError):
+    status_code = 400
+    reason = "bad_request"
+
+
+class Unauthorized(HTTPError):
+    status_code = 401
+    reason = "unauthorized"
+    headers = (("www-authenticate", 'Bearer realm="inferstack"'),)
+
+
+class NotFound(HTTPError):
+    status_code = 404
+    reason = "not_found"
+
+
+class MethodNotAllowed(HTTPError):
+    status_code = 405
+    reason = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.headers = (("allow", allow),)
+
+
+class PayloadTooLarge(HTTPError):
+    status_code = 413
+    reason = "too_large"
+
+
+class ModelFailed(HTTPError):
+    """onnxruntime rejected an input that passed the signature checks (e.g. an index out of range)."""
+
+    status_code = 400
+    reason = "model_rejected_input"
+
+
+class ServiceUnavailable(HTTPError):
+    status_code = 503
+    reason = "unavailable"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.headers = (("retry-after", str(retry_after_s)),)
+
+
+class QueueFull(ServiceUnavailable):
+    reason = "queue_full"
+
+
+class RequestTimeout(HTTPError):
+    status_code = 504
+    reason = "timeout"
+
+
+class InternalError(HTTPError):
+    status_code = 500
+    reason = "internal"
+
+
+class ConfigError(InferstackError):
+    """A setting (flag or environment variable) has a value the server cannot use."""
+
+    status_code = 500
+
+
+class ModelLoadError(InferstackError):
+    """The model could not be fetched, verified or loaded; the server refuses to start."""
+
+    status_code = 500

@@ -1,0 +1,397 @@
+"""The Open Inference Protocol (KServe v2) request and response bodies, JSON and with the binary
+tensor data extension, checked against the model's signature.
+
+Every defect gets a :class:`BadRequest` naming the field and, where it applies, the input:
+``input 'x': shape [1, 255] does not match the model's [-1, 256] (dim 1)``.
+Binary tensors are read in place (``np.frombuffer``); JSON goes through orjson.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from inferstack.runtime.errors import BadRequest
+from inferstack.runtime.model import Model, TensorInfo
+
+from inferstack.datatypes import DType
+
+JSON_CONTENT_TYPE = b"application/json"
+BINARY_CONTENT_TYPE = b"application/octet-stream"
+_DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+
+#: numpy kinds a JSON array may have for each v2 datatype (after ``np.asarray``)
+_FLOAT_KINDS = frozenset("iuf")
+_INT_KINDS = frozenset("iu")
+_BOOL_KINDS = frozenset("b")
+
+
+@dataclass
+class InferRequest:
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    rows: int  # along the batch axis (1 when the model is not batched)
+    key: tuple[Any, ...]  # non-batch shapes: requests merge only with equal keys
+    outputs: list[tuple[str, bool]]  # (name, binary) in answer order
+
+
+def _describe(shape: Any) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be a JSON object, got {_json_type(value)}")
+    return value
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
+    value = params.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise BadRequest(f"{where}: parameter {key!r} must be true or false, got {_json_type(value)}")
+    return value
+
+
+def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest:
+    """Parse and check an infer request body; ``header_length`` is the value of
+    ``Inference-Header-Content-Length`` (None when the whole body is JSON)."""
+    size = len(body)
+    if header_length is None:
+        header, binary_start = body, size
+    else:
+        if header_length > size:
+            raise BadRequest(
+                f"Inference-Header-Content-Length is {header_length}, but the body has only {size} bytes"
+            )
+        header, binary_start = memoryview(body)[:header_length], header_length
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        where = "request body" if header_length is None else "request JSON header"
+        raise BadRequest(f"{where} is not valid JSON: {e}") from None
+    doc = _object(doc, "request body")
+
+    request_id = doc.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f"'id' must be a string, got {_json_type(request_id)}")
+    params = _object(doc.get("parameters") or {}, "'parameters'")
+    binary_output = _flag(params, "binary_data_output", "request") or False
+
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest("'inputs' must be a non-empty array of tensors")
+    inputs: dict[str, np.ndarray] = {}
+    offset = binary_start
+    rows = -1
+    key: list[Any] = []
+    batching = model.batching
+    for index, raw in enumerate(raw_inputs):
+        tensor = _object(raw, f"inputs[{index}]")
+        name = tensor.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"inputs[{index}]: 'name' must be a string, got {_json_type(name)}")
+        spec = model.input_by_name.get(name)
+        if spec is None:
+            raise BadRequest(
+                f"inputs[{index}]: unknown input {name!r}; model {model.name!r} has inputs "
+                f"{', '.join(repr(t.name) for t in model.inputs)}"
+            )
+        if name in inputs:
+            raise BadRequest(f"input {name!r} appears twice")
+        shape = _check_shape(tensor, spec, model)
+        tparams = _object(tensor.get("parameters") or {}, f"input {name!r}: 'parameters'")
+        binary_size = tparams.get("binary_data_size")
+        has_data = "data" in tensor
+        if binary_size is not None:
+            if has_data:
+                raise BadRequest(f"input {name!r} has both 'data' and binary_data_size; send one")
+            if header_length is None:
+                raise BadRequest(
+                    f"input {name!r} has binary_data_size but the request has no "
+                    "Inference-Header-Content-Length header"
+                )
+            if isinstance(binary_size, bool) or not isinstance(binary_size, int) or binary_size < 0:
+                raise BadRequest(f"input {name!r}: binary_data_size must be a non-negative integer")
+            end = offset + binary_size
+            if end > size:
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {binary_size} runs past the end of the body "
+                    f"({size - offset} bytes left)"
+                )
+            array = _from_binary(body, offset, binary_size, shape, spec)
+            offset = end
+        elif has_data:
+            array = _from_json(tensor["data"], shape, spec)
+        else:
+            raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
+        if batching:
+            if rows == -1:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise BadRequest(
+                    f"input {name!r}: batch size {shape[0]} differs from the other inputs' {rows}"
+                )
+            key.append(shape[1:])
+        inputs[name] = array
+    if offset != size:
+        raise BadRequest(
+            f"the body has {size - offset} bytes after the last binary input; binary_data_size values "
+            f"and Inference-Header-Content-Length must add up to the body length ({size})"
+        )
+    missing = [t.name for t in model.inputs if t.name not in inputs]
+    if missing:
+        raise BadRequest(f"missing input {', '.join(repr(m) for m in missing)} for model {model.name!r}")
+
+    outputs = _requested_outputs(doc.get("outputs"), model, binary_output)
+    return InferRequest(request_id, inputs, rows if batching else 1, tuple(key), outputs)
+
+
+def _check_shape(tensor: dict[str, Any], spec: TensorInfo, model: Model) -> list[int]:
+    name = spec.name
+    datatype = tensor.get("datatype")
+    if datatype != spec.dtype.v2:
+        got = repr(datatype) if isinstance(datatype, str) else _json_type(datatype)
+        raise BadRequest(f"input {name!r}: datatype {got} does not match the model's {spec.dtype.v2}")
+    shape = tensor.get("shape")
+    if not isinstance(shape, list) or any(
+        isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape
+    ):
+        raise BadRequest(f"input {name!r}: 'shape' must be an array of non-negative integers")
+    expected = spec.shape
+    if len(shape) != len(expected):
+        raise BadRequest(
+            f"input {name!r}: shape {_describe(shape)} has {len(shape)} dimensions, the model's "
+            f"{_describe(expected)} has {len(expected)}"
+        )
+    for i, (d, e) in enumerate(zip(shape, expected, strict=True)):
+        if e != -1 and d != e:
+            raise BadRequest(
+                f"input {name!r}: shape {_describe(shape)} does not match the model's "
+                f"{_describe(expected)} (dim {i} is {d}, expected {e})"
+            )
+    if model.batching:
+        if shape[0] < 1:
+            raise BadRequest(f"input {name!r}: batch size (dim 0) must be at least 1")
+        if shape[0] > model.max_batch_size:
+            raise BadRequest(
+                f"input {name!r}: batch size {shape[0]} exceeds the model's max batch size "
+                f"{model.max_batch_size}"
+            )
+    return shape
+
+
+def _count(shape: list[int]) -> int:
+    return math.prod(shape)
+
+
+def _from_binary(body: bytes, offset: int, nbytes: int, shape: list[int], spec: TensorInfo) -> np.ndarray:
+    dtype: DType = spec.dtype
+    count = _count(shape)
+    if dtype.v2 == "BYTES":
+        return _bytes_elements(memoryview(body)[offset:offset + nbytes], count, shape, spec.name)
+    expected = count * dtype.itemsize
+    if nbytes != expected:
+        raise BadRequest(
+            f"input {spec.name!r}: binary_data_size is {nbytes} bytes, but shape {_describe(shape)} of "
+            f"{dtype.v2} needs {expected}"
+        )
+    return np.frombuffer(body, dtype=dtype.numpy, count=count, offset=offset).reshape(shape)
+
+
+def _bytes_elements(view: memoryview, count: int, shape: list[int], name: str) -> np.ndarray:
+    """BYTES in the binary extension: each element is a 4-byte little-endian length, then the bytes."""
+    items: list[str] = []
+    pos, end = 0, len(view)
+    while pos < end:
+        if pos + 4 > end:
+            raise BadRequest(f"input {name!r}: BYTES element {len(items)} has a truncated length prefix")
+        length = int.from_bytes(view[pos:pos + 4], "little")
+        pos += 4
+        if pos + length > end:
+            raise BadRequest(
+                f"input {name!r}: BYTES element {len(items)} says {length} bytes, only {end - pos} left"
+            )
+        items.append(_text(bytes(view[pos:pos + length]), name, len(items)))
+        pos += length
+    if len(items) != count:
+        raise BadRequest(
+            f"input {name!r}: shape {_describe(shape)} needs {count} BYTES elements, got {len(items)}"
+        )
+    array = np.empty(count, dtype=object)
+    array[:] = items
+    return array.reshape(shape)
+
+
+def _text(raw: bytes, name: str, index: int) -> str:
+    # onnxruntime string tensors hold text
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: BYTES element {index} is not valid UTF-8") from None
+
+
+def _flatten_strings(data: Any, name: str, out: list[str]) -> None:
+    stack = [iter(data)]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, str):
+                out.append(item)
+            elif isinstance(item, list):
+                if len(stack) > 32:
+                    raise BadRequest(f"input {name!r}: 'data' is nested too deeply")
+                stack.append(iter(item))
+                break
+            else:
+                raise BadRequest(f"input {name!r}: BYTES data must be strings, found {_json_type(item)}")
+        else:
+            stack.pop()
+
+
+def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
+    name = spec.name
+    count = _count(shape)
+    if not isinstance(data, list):
+        raise BadRequest(f"input {name!r}: 'data' must be an array, got {_json_type(data)}")
+    dtype = spec.dtype
+    if dtype.v2 == "BYTES":
+        flat: list[str] = []
+        _flatten_strings(data, name, flat)
+        if len(flat) != count:
+            raise BadRequest(
+                f"input {name!r}: shape {_describe(shape)} needs {count} elements, got {len(flat)}"
+            )
+        array = np.empty(count, dtype=object)
+        array[:] = flat
+        return array.reshape(shape)
+    try:
+        array = np.asarray(data)
+    except (ValueError, TypeError, OverflowError, RecursionError):
+        raise BadRequest(f"input {name!r}: 'data' is not a regular array of numbers") from None
+    if array.size != count:
+        raise BadRequest(f"input {name!r}: shape {_describe(shape)} needs {count} elements, got {array.size}")
+    if count:
+        kind = array.dtype.kind
+        target = dtype.numpy
+        if target.kind == "b":
+            allowed = _BOOL_KINDS
+        elif target.kind in "iu":
+            allowed = _INT_KINDS
+        else:
+            allowed = _FLOAT_KINDS
+        if kind not in allowed:
+            want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[target.kind]
+            raise BadRequest(f"input {name!r}: {dtype.v2} data must be {want}; found {_kind_name(kind)}")
+        if target.kind in "iu" and array.dtype != target:
+            info = np.iinfo(target)
+            if array.min() < info.min or array.max() > info.max:
+                raise BadRequest(
+                    f"input {name!r}: a value is out of range for {dtype.v2} ({info.min}..{info.max})"
+                )
+    try:
+        return array.astype(dtype.numpy, copy=False).reshape(shape)
+    except (ValueError, TypeError, OverflowError):
+        raise BadRequest(f"input {name!r}: 'data' cannot be read as {dtype.v2}") from None
+
+
+def _kind_name(kind: str) -> str:
+    return {"b": "booleans", "i": "integers", "u": "integers", "f": "numbers", "U": "strings",
+            "O": "mixed or non-numeric values"}.get(kind, "non-numeric values")
+
+
+def _requested_outputs(raw: Any, model: Model, binary_default: bool) -> list[tuple[str, bool]]:
+    if raw is None:
+        return [(n, binary_default) for n in model.output_names]
+    if not isinstance(raw, list):
+        raise BadRequest(f"'outputs' must be an array, got {_json_type(raw)}")
+    chosen: list[tuple[str, bool]] = []
+    seen: set[str] = set()
+    for index, item in enumerate(raw):
+        out = _object(item, f"outputs[{index}]")
+        name = out.get("name")
+        if not isinstance(name, str):
+            raise BadRequest(f"outputs[{index}]: 'name' must be a string, got {_json_type(name)}")
+        if name not in model.output_by_name:
+            raise BadRequest(
+                f"outputs[{index}]: unknown output {name!r}; model {model.name!r} has outputs "
+                f"{', '.join(repr(n) for n in model.output_names)}"
+            )
+        if name in seen:
+            raise BadRequest(f"output {name!r} is requested twice")
+        seen.add(name)
+        params = _object(out.get("parameters") or {}, f"output {name!r}: 'parameters'")
+        if params.get("classification"):
+            raise BadRequest(f"output {name!r}: the classification extension is not supported")
+        binary = _flag(params, "binary_data", f"output {name!r}")
+        chosen.append((name, binary_default if binary is None else binary))
+    return chosen
+
+
+# -- responses -----------------------------------------------------------------------------------
+def encode(
+    model: Model, request: InferRequest, results: dict[str, np.ndarray]
+) -> tuple[bytes, list[bytes | memoryview], int | None]:
+    """The response: (JSON header, binary parts, header length or None when all JSON)."""
+    entries = []
+    blobs: list[bytes | memoryview] = []
+    for name, binary in request.outputs:
+        array = results[name]
+        info = model.output_by_name[name]
+        shape = list(array.shape)
+        if binary:
+            blob = _to_binary(array, info)
+            blobs.append(blob)
+            entries.append({"name": name, "datatype": info.dtype.v2, "shape": shape,
+                            "parameters": {"binary_data_size": len(blob)}})
+        else:
+            entries.append({"name": name, "datatype": info.dtype.v2, "shape": shape,
+                            "data": _to_json(array, info)})
+    doc: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": entries}
+    if request.id is not None:
+        doc["id"] = request.id
+    header = orjson.dumps(doc, option=_DUMPS_OPTIONS)
+    return header, blobs, (len(header) if blobs else None)
+
+
+def _to_json(array: np.ndarray, info: TensorInfo) -> Any:
+    if info.dtype.v2 == "BYTES":
+        return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
+    flat = array.reshape(-1)
+    if not flat.flags.c_contiguous:
+        flat = np.ascontiguousarray(flat)
+    return flat
+
+
+def _to_binary(array: np.ndarray, info: TensorInfo) -> bytes | memoryview:
+    if info.dtype.v2 == "BYTES":
+        parts = []
+        for x in array.reshape(-1):
+            raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
+            parts.append(len(raw).to_bytes(4, "little"))
+            parts.append(raw)
+        return b"".join(parts)
+    if array.dtype != info.dtype.numpy:
+        array = array.astype(info.dtype.numpy)
+    return memoryview(np.ascontiguousarray(array)).cast("B")
+
+
+def dumps(doc: Any) -> bytes:
+    return orjson.dumps(doc, option=_DUMPS_OPTIONS)

@@ -1,0 +1,463 @@
+"""The inference server: routes of the Open Inference Protocol, auth, load shedding, timeouts,
+and the lifecycle (listen, load and warm up, ready, drain on SIGTERM, exit 0).
+
+Routes::
+
+    GET  /v2                                   server metadata
+    GET  /v2/health/live | /v2/health/ready    open even with auth
+    GET  /metrics                              Prometheus text format, open even with auth
+    GET  /v2/models/{name}[/versions/{v}]      model metadata
+    GET  /v2/models/{name}[/versions/{v}]/ready
+    GET  /v2/models/{name}[/versions/{v}]/config   the Triton model configuration extension
+    POST /v2/models/{name}[/versions/{v}]/infer
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import signal
+import threading
+import time
+import zlib
+from collections import deque
+from typing import Any
+from urllib.parse import unquote
+
+from inferstack.runtime.batcher import Batcher, Job
+from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.errors import (
+    BadRequest,
+    ConfigError,
+    HTTPError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    QueueFull,
+    RequestTimeout,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from inferstack.runtime.http import Connection, Request
+from inferstack.runtime.metrics import CONTENT_TYPE, Metrics
+from inferstack.runtime.model import Model, load_model
+from inferstack.runtime.protocol import BINARY_CONTENT_TYPE, InferRequest, decode, dumps, encode
+from inferstack.runtime.source import resolve
+
+from inferstack import __version__
+from inferstack.errors import InferstackError
+
+log = logging.getLogger("inferstack.runtime")
+
+_OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+_EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def _status_outcome(status: int) -> str:
+    if status < 400:
+        return "success"
+    if status == 503:
+        return "rejected"
+    if status == 504:
+        return "timeout"
+    if status < 500:
+        return "client_error"
+    return "error"
+
+
+class App:
+    """Answers parsed requests for one model. ``model`` is None until loaded."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.max_body_bytes = config.max_body_bytes
+        self.model: Model | None = None
+        self.batcher: Batcher | None = None
+        self.ready = False
+        self.draining = False
+        self.connections: set[Connection] = set()
+        self._token = config.auth_token.encode() if config.auth_token else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._infer_paths: dict[str, str] = {}
+        self._watch: deque[tuple[Job, Connection, Request]] = deque()
+        self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
+        self._outcomes = self.metrics.outcome
+        self._observe_request = self.metrics.request_seconds.observe
+
+    # -- lifecycle hooks ---------------------------------------------------------------------
+    def attach(self, model: Model, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.model = model
+        self.batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s)
+        self.batcher.start(loop)
+        loop.call_later(self._sweep_every, self._sweep)
+        base = f"/v2/models/{model.name}"
+        versioned = f"{base}/versions/{model.version}"
+        self._infer_paths = {f"{base}/infer": model.name, f"{versioned}/infer": model.name}
+        self.ready = True
+
+    def connection_opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        if self.draining:
+            conn.shutdown()
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+
+    # -- dispatch ----------------------------------------------------------------------------
+    def handle(self, conn: Connection, request: Request) -> None:
+        try:
+            if request.error is not None:
+                raise request.error
+            raw = request.url
+            q = raw.find(b"?")
+            path = (raw if q < 0 else raw[:q]).decode("latin-1")
+            if path in self._infer_paths:  # the hot path first
+                self._authorize(request)
+                if request.method != b"POST":
+                    raise MethodNotAllowed(f"{request.method.decode('latin-1')} {path}: use POST", "POST")
+                self._infer(conn, request)
+                return
+            self._route(conn, request, path)
+        except HTTPError as e:
+            self._refuse(conn, e, request)
+        except Exception as e:  # a bug: answer 500 and keep serving
+            log.exception("error while answering %r", request.url)
+            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+
+    def _refuse(self, conn: Connection, error: HTTPError, request: Request) -> None:
+        if request.started:  # an infer request: count it
+            self._outcomes[_status_outcome(error.status_code)].inc()
+            self.metrics.failure(error.reason)
+        conn.respond_error(error, keep_alive=request.keep_alive)
+
+    def _authorize(self, request: Request) -> None:
+        if self._token is None:
+            return
+        header = request.headers.get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
+            raise Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+
+    def _route(self, conn: Connection, request: Request, path: str) -> None:
+        method = request.method
+        if path in _OPEN_PATHS:
+            self._require_get(method, path)
+            if path == "/metrics":
+                conn.respond(200, self.metrics.render(), content_type=CONTENT_TYPE.encode(),
+                             keep_alive=request.keep_alive)
+                return
+            ok = path == "/v2/health/live" or (self.ready and not self.draining)
+            conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
+                         keep_alive=request.keep_alive)
+            return
+        self._authorize(request)
+        if path in ("/v2", "/v2/"):
+            self._require_get(method, path)
+            body = {"name": "inferstack", "version": __version__, "extensions": _EXTENSIONS}
+            conn.respond(200, dumps(body), keep_alive=request.keep_alive)
+            return
+        parts = path.split("/")
+        # ["", "v2", "models", name, ("versions", v,)? (action)?]
+        if len(parts) < 4 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
+            raise NotFound(f"no route for {method.decode('latin-1')} {path}")
+        name = unquote(parts[3])
+        rest = parts[4:]
+        version = None
+        if len(rest) >= 2 and rest[0] == "versions":
+            version = unquote(rest[1])
+            rest = rest[2:]
+        action = rest[0] if rest else ""
+        if len(rest) > 1 or action not in ("", "ready", "config", "infer"):
+            raise NotFound(f"no route for {method.decode('latin-1')} {path}")
+        model = self._model(name, version)
+        if action == "infer":
+            if method != b"POST":
+                raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use POST", "POST")
+            self._infer(conn, request)
+            return
+        self._require_get(method, path)
+        if action == "ready":
+            ok = self.ready and not self.draining
+            conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
+                         keep_alive=request.keep_alive)
+        elif action == "config":
+            conn.respond(200, dumps(self._config(model)), keep_alive=request.keep_alive)
+        else:
+            conn.respond(200, dumps(self._metadata(model)), keep_alive=request.keep_alive)
+
+    @staticmethod
+    def _require_get(method: bytes, path: str) -> None:
+        if method != b"GET":
+            raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET")
+
+    def _model(self, name: str, version: str | None) -> Model:
+        model = self.model
+        if model is None:
+            raise ServiceUnavailable("the model is still loading")
+        if name != model.name:
+            raise NotFound(f"unknown model {name!r}; this server serves {model.name!r}")
+        if version is not None and version != model.version:
+            raise NotFound(f"model {name!r} has no version {version!r}; available: {model.version!r}")
+        return model
+
+    # -- metadata ----------------------------------------------------------------------------
+    @staticmethod
+    def _metadata(model: Model) -> dict[str, Any]:
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.as_metadata() for t in model.inputs],
+            "outputs": [t.as_metadata() for t in model.outputs],
+        }
+
+    def _config(self, model: Model) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
+        with batching, ``dims`` leave out the batch axis."""
+
+        def tensors(infos: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "data_type": _TRITON_TYPES.get(t.dtype.v2, f"TYPE_{t.dtype.v2}"),
+                    "dims": list(t.shape[1:] if model.batching else t.shape),
+                }
+                for t in infos
+            ]
+
+        config: dict[str, Any] = {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": model.max_batch_size,
+            "input": tensors(model.inputs),
+            "output": tensors(model.outputs),
+            "instance_group": [
+                {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
+            ],
+            "parameters": {"execution_providers": {"string_value": ",".join(model.providers)}},
+        }
+        if model.batching:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": self.config.max_queue_delay_us,
+                "preferred_batch_size": [],
+            }
+        return config
+
+    # -- inference ---------------------------------------------------------------------------
+    def _infer(self, conn: Connection, request: Request) -> None:
+        request.started = time.perf_counter()
+        model = self.model
+        batcher = self.batcher
+        if model is None or batcher is None or not self.ready:
+            raise ServiceUnavailable("the model is still loading")
+        if batcher.pending >= self.config.max_queue_size:
+            raise QueueFull(
+                f"the queue is full ({batcher.pending} requests; --max-queue-size / "
+                f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
+            )
+        headers = request.headers
+        body = self._body(request)
+        header_length: int | None = None
+        raw_length = headers.get(b"inference-header-content-length")
+        if raw_length is not None:
+            try:
+                header_length = int(raw_length)
+            except ValueError:
+                header_length = -1
+            if header_length < 0:
+                raise BadRequest(
+                    "Inference-Header-Content-Length must be a non-negative integer, got "
+                    f"{raw_length.decode('latin-1')!r}"
+                )
+        infer = decode(body, header_length, model)
+        keep_alive = request.keep_alive
+
+        def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
+            if error is not None or outputs is None:
+                self._refuse(conn, error or InternalError("no outputs"), request)
+                return
+            try:
+                self._answer(conn, model, infer, outputs, keep_alive)
+            except Exception as e:
+                log.exception("error while encoding a response")
+                self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+                return
+            self._outcomes["success"].inc()
+            self._observe_request(time.perf_counter() - request.started)
+
+        job = Job(infer.inputs, infer.rows, infer.key, done)
+        job.deadline = request.started + self.config.request_timeout_s
+        self._watch.append((job, conn, request))
+        batcher.submit(job)
+
+    def _sweep(self) -> None:
+        """Answer 504 for requests past their deadline. All requests share one timeout, so the
+        deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
+        than one timer per request)."""
+        watch = self._watch
+        now = time.perf_counter()
+        while watch:
+            job, conn, request = watch[0]
+            if job.answered:
+                watch.popleft()
+                continue
+            if job.deadline > now:
+                break
+            watch.popleft()
+            job.cancelled = True
+            self._refuse(conn, RequestTimeout(
+                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
+                "INFERSTACK_REQUEST_TIMEOUT_S)"), request)
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(self._sweep_every, self._sweep)
+
+    def _body(self, request: Request) -> bytes:
+        body = request.body
+        encoding = request.headers.get(b"content-encoding")
+        if encoding is None or encoding.lower() == b"identity":
+            return body
+        encoding = encoding.lower()
+        if encoding not in (b"gzip", b"deflate"):
+            raise BadRequest(
+                f"unsupported Content-Encoding {encoding.decode('latin-1')!r}; use gzip or deflate"
+            )
+        limit = self.max_body_bytes
+        try:
+            d = zlib.decompressobj(wbits=31 if encoding == b"gzip" else 15)
+            out = d.decompress(body, limit + 1)
+        except zlib.error as e:
+            raise BadRequest(f"request body is not valid {encoding.decode()}: {e}") from None
+        if len(out) > limit:
+            raise PayloadTooLarge(
+                f"decompressed request body exceeds the limit of {limit} bytes (--max-body-bytes / "
+                "INFERSTACK_MAX_BODY_BYTES)"
+            )
+        return out
+
+    @staticmethod
+    def _answer(conn: Connection, model: Model, infer: InferRequest, outputs: dict[str, Any],
+                keep_alive: bool) -> None:
+        header, blobs, header_length = encode(model, infer, outputs)
+        if header_length is None:
+            conn.respond(200, header, keep_alive=keep_alive)
+        else:
+            conn.respond(200, [header, *blobs], content_type=BINARY_CONTENT_TYPE,
+                         headers=(("inference-header-content-length", str(header_length)),),
+                         keep_alive=keep_alive)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.shutdown()
+
+    def idle(self) -> bool:
+        pending = self.batcher.pending if self.batcher else 0
+        return pending == 0 and not any(c.busy for c in self.connections)
+
+
+class Server:
+    """Runs an :class:`App`: listen, load, ready, and drain on SIGTERM/SIGINT."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.app = App(config, metrics)
+        self.port: int | None = None
+        self._stop: asyncio.Event | None = None
+
+    def request_stop(self) -> None:
+        if self._stop is not None and not self._stop.is_set():
+            log.info("stopping: no new connections; finishing requests in flight")
+            self._stop.set()
+
+    async def serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        config = self.config
+        listener = await loop.create_server(
+            lambda: Connection(self.app), config.host, config.port, backlog=2048, reuse_address=True
+        )
+        self.port = listener.sockets[0].getsockname()[1]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
+                loop.add_signal_handler(sig, self.request_stop)
+        log.info("listening on http://%s:%d; loading %s", config.host, self.port, config.model)
+        try:
+            model = await self._load(loop)
+            if model is None:  # stopped while loading
+                return
+            self.app.attach(model, loop)
+            where = ", ".join(model.providers)
+            batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
+            log.info("ready: model %s on http://%s:%d (%s; %s)", model.name, config.host, self.port,
+                     batching, where)
+            await self._stop.wait()
+            listener.close()
+            await self._drain()
+        finally:
+            listener.close()
+            if self.app.batcher is not None:
+                self.app.batcher.stop()
+            for conn in list(self.app.connections):
+                conn.close()
+        log.info("stopped")
+
+    async def _load(self, loop: asyncio.AbstractEventLoop) -> Model | None:
+        """Resolve, verify, load and warm up in a daemon thread, so that /v2/health/live answers
+        meanwhile and a SIGTERM during a long download still exits at once."""
+        done: asyncio.Future[Model] = loop.create_future()
+
+        def work() -> None:
+            try:
+                source = resolve(self.config.model, self.config.cache_dir)
+                result = load_model(source, self.config)
+            except BaseException as e:  # handed to the event loop, raised there
+                error = e
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(error))
+                return
+            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+
+        threading.Thread(target=work, name="inferstack-load", daemon=True).start()
+        assert self._stop is not None
+        stop = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        if not done.done():
+            return None
+        stop.cancel()
+        return done.result()
+
+    async def _drain(self) -> None:
+        app = self.app
+        app.begin_drain()
+        deadline = time.monotonic() + self.config.request_timeout_s + 5
+        while not app.idle() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        # let the last answers reach the sockets
+        await asyncio.sleep(0.05)
+
+
+def run(config: ServerConfig) -> None:
+    """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails."""
+    server = Server(config)
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is in the runtime extra
+        runner = asyncio.run
+    try:
+        runner(server.serve())
+    except InferstackError:
+        raise
+    except OSError as e:
+        raise ConfigError(
+            f"--host/--port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
+        ) from None

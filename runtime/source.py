@@ -1,0 +1,206 @@
+"""Where a model comes from: a local package directory, a bare ``.onnx`` file, or a ``file://``,
+``s3://`` or ``https://`` URI. Remote packages are downloaded into a cache directory; every file
+listed in ``manifest.json`` is checked against its sha256 before onnxruntime sees it.
+
+``s3://`` uses boto3's standard configuration, so any S3-compatible store works through the usual
+environment (``AWS_ENDPOINT_URL_S3`` or ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID`` ...).
+``https://`` uses the system's CA bundle (``SSL_CERT_FILE`` overrides it); plain ``http://`` is
+refused, since model weights are code-like and must not travel unauthenticated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import ssl
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from inferstack.runtime.errors import ModelLoadError
+
+from inferstack.errors import ChecksumMismatch, InferstackError, ManifestError
+from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file, verify_files
+
+log = logging.getLogger("inferstack.runtime")
+
+#: fetch(relative_path, destination) downloads one object of a remote package
+Fetch = Callable[[str, Path], None]
+
+
+@dataclass
+class ModelSource:
+    """A model ready for onnxruntime: a local, verified file (and its manifest, when it has one)."""
+
+    uri: str
+    model_path: Path
+    manifest: Manifest | None
+
+    @property
+    def default_name(self) -> str:
+        return self.manifest.name if self.manifest else self.model_path.stem
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version if self.manifest else "1"
+
+
+def resolve(uri: str, cache_dir: Path) -> ModelSource:
+    """Fetch (if remote) and verify the model at ``uri``; raise :class:`ModelLoadError` or
+    :class:`ChecksumMismatch` with a message naming the file."""
+    parsed = urllib.parse.urlparse(uri)
+    scheme = parsed.scheme.lower()
+    if scheme in ("", "file") or (len(scheme) == 1 and os.name == "nt"):
+        path = Path(urllib.parse.unquote(parsed.path) if scheme == "file" else uri)
+        if scheme == "file" and parsed.netloc not in ("", "localhost"):
+            raise ModelLoadError(
+                f"{uri}: file:// URIs must be local (file:///path), got host {parsed.netloc!r}"
+            )
+        return _local(uri, path)
+    if scheme == "s3":
+        if not parsed.netloc:
+            raise ModelLoadError(f"{uri}: an s3:// URI needs a bucket (s3://bucket/prefix)")
+        return _remote(uri, cache_dir, _s3_fetcher(uri, parsed.netloc, parsed.path.lstrip("/")))
+    if scheme == "https":
+        return _remote(uri, cache_dir, _https_fetcher(uri))
+    if scheme == "http":
+        raise ModelLoadError(f"{uri}: plain http:// is not allowed for model files; use https://")
+    raise ModelLoadError(f"{uri}: unsupported scheme {scheme!r}; use a path, file://, s3:// or https://")
+
+
+# -- local ---------------------------------------------------------------------------------------
+def _local(uri: str, path: Path) -> ModelSource:
+    if path.is_dir():
+        manifest = _load_manifest(path)
+        _verify(path, manifest, uri)
+        return ModelSource(uri, path / manifest.model_file, manifest)
+    if path.is_file():
+        if path.name == MANIFEST_NAME:
+            return _local(uri, path.parent)
+        if path.suffix != ".onnx":
+            raise ModelLoadError(f"{uri}: not a model package directory or a .onnx file")
+        return ModelSource(uri, path, None)
+    raise ModelLoadError(f"{uri}: no such file or directory")
+
+
+def _load_manifest(directory: Path) -> Manifest:
+    try:
+        return load_manifest(directory)
+    except ManifestError as e:
+        raise ModelLoadError(str(e)) from None
+
+
+def _verify(directory: Path, manifest: Manifest, uri: str) -> None:
+    try:
+        verify_files(directory, manifest)
+    except ChecksumMismatch as e:
+        raise ChecksumMismatch(_join(uri, _relative(directory, e.path)), e.expected, e.actual) from None
+    except ManifestError as e:
+        raise ModelLoadError(f"{uri}: {e}") from None
+
+
+def _relative(directory: Path, path: str) -> str:
+    try:
+        return Path(path).relative_to(directory).as_posix()
+    except ValueError:
+        return path
+
+
+def _join(uri: str, rel: str) -> str:
+    return uri.rstrip("/") + "/" + rel
+
+
+# -- remote --------------------------------------------------------------------------------------
+def _remote(uri: str, cache_dir: Path, fetch: Fetch) -> ModelSource:
+    """Download a package (``.../manifest.json`` and the files it lists) or a single ``.onnx``."""
+    target = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    target.mkdir(parents=True, exist_ok=True)
+    base = uri.rstrip("/")
+    if base.endswith(".onnx"):
+        name = PurePosixPath(urllib.parse.urlparse(base).path).name
+        dest = target / name
+        _download(fetch, "", dest, uri)
+        return ModelSource(uri, dest, None)
+    manifest_path = target / MANIFEST_NAME
+    _download(fetch, MANIFEST_NAME, manifest_path, _join(uri, MANIFEST_NAME))
+    manifest = _load_manifest(target)
+    for entry in manifest.files:
+        dest = target / entry.path
+        if not dest.resolve().is_relative_to(target.resolve()):
+            raise ModelLoadError(f"{_join(uri, MANIFEST_NAME)}: file path {entry.path!r} leaves the package")
+        if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
+            log.info("cached: %s", entry.path)
+            continue
+        _download(fetch, entry.path, dest, _join(uri, entry.path))
+    _verify(target, manifest, uri)
+    return ModelSource(uri, target / manifest.model_file, manifest)
+
+
+def _download(fetch: Fetch, rel: str, dest: Path, where: str) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
+    os.close(fd)
+    try:
+        log.info("downloading %s", where)
+        fetch(rel, Path(tmp))
+        os.replace(tmp, dest)
+    except InferstackError:
+        raise
+    except Exception as e:  # network and client errors: one line naming the object
+        raise ModelLoadError(f"{where}: download failed: {e}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _s3_fetcher(uri: str, bucket: str, prefix: str) -> Fetch:
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    # S3-compatible stores (MinIO, Ceph ...) behind a custom endpoint generally need path-style URLs.
+    config = Config(s3={"addressing_style": "path"}) if endpoint else None
+    client = boto3.client("s3", config=config)
+    prefix = prefix.rstrip("/")
+
+    def fetch(rel: str, dest: Path) -> None:
+        key = f"{prefix}/{rel}" if rel else prefix
+        try:
+            client.download_file(bucket, key, str(dest))
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("404", "NoSuchKey", "NoSuchBucket"):
+                raise ModelLoadError(f"s3://{bucket}/{key}: not found") from None
+            raise ModelLoadError(f"s3://{bucket}/{key}: {e}") from None
+        except BotoCoreError as e:
+            raise ModelLoadError(f"s3://{bucket}/{key}: {e}") from None
+
+    return fetch
+
+
+def _https_fetcher(uri: str) -> Fetch:
+    base = uri.rstrip("/")
+    context = ssl.create_default_context()
+    cafile = os.environ.get("SSL_CERT_FILE") or os.environ.get("REQUESTS_CA_BUNDLE")
+    if cafile:
+        context.load_verify_locations(cafile=cafile)
+
+    def fetch(rel: str, dest: Path) -> None:
+        url = f"{base}/{urllib.parse.quote(rel)}" if rel else base
+        try:
+            with urllib.request.urlopen(url, timeout=60, context=context) as resp, open(dest, "wb") as fh:
+                shutil.copyfileobj(resp, fh, 1 << 20)
+        except urllib.error.HTTPError as e:
+            raise ModelLoadError(f"{url}: HTTP {e.code} {e.reason}") from None
+        except (urllib.error.URLError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise ModelLoadError(f"{url}: {reason}") from None
+
+    return fetch
