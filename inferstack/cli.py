@@ -39,6 +39,10 @@ def _root(
 
 
 def _register() -> None:
+    from inferstack.plan.cli import destroy, plan
+
+    app.command("plan")(plan)
+    app.command("destroy")(destroy)
     from inferstack.modeltools.cli import export, optimize, verify
 
     app.command("export")(export)

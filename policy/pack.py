@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,28 +24,34 @@ else:  # run by the Pulumi CLI from this folder
 PACK_NAME = "inferstack-ml"
 
 
-def _provider_default_tags(provider: Any) -> dict[str, str]:
+def _provider_props(provider: Any) -> Mapping[str, Any]:
     if provider is None or not str(getattr(provider, "resource_type", "")).endswith(":aws"):
         return {}
-    value = (getattr(provider, "props", None) or {}).get("defaultTags")
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return {}
-    tags = (value or {}).get("tags") if isinstance(value, Mapping) else None
-    return {str(k): str(v) for k, v in (tags or {}).items()}
+    return getattr(provider, "props", None) or {}
 
 
 def from_validation_args(args: ResourceValidationArgs) -> rules.Resource:
-    return rules.Resource(type=args.resource_type, name=args.name, urn=args.urn, props=args.props,
-                          provider_default_tags=_provider_default_tags(args.provider))
+    return rules.Resource(
+        type=args.resource_type,
+        name=args.name,
+        urn=args.urn,
+        props=args.props,
+        provider_props=_provider_props(args.provider),
+    )
 
 
 def from_policy_resource(res: Any) -> rules.Resource:
-    deps = {prop: [d.urn for d in dependents] for prop, dependents in (res.property_dependencies or {}).items()}
-    return rules.Resource(type=res.resource_type, name=res.name, urn=res.urn, props=res.props,
-                          property_dependencies=deps, provider_default_tags=_provider_default_tags(res.provider))
+    deps = {
+        prop: [d.urn for d in dependents] for prop, dependents in (res.property_dependencies or {}).items()
+    }
+    return rules.Resource(
+        type=res.resource_type,
+        name=res.name,
+        urn=res.urn,
+        props=res.props,
+        property_dependencies=deps,
+        provider_props=_provider_props(res.provider),
+    )
 
 
 def _level(rule: rules.Rule) -> EnforcementLevel:
@@ -61,8 +66,9 @@ def resource_policy(rule: rules.Rule) -> ResourceValidationPolicy:
         for message in check(from_validation_args(args)):
             report_violation(message, None)
 
-    return ResourceValidationPolicy(name=rule.name, description=rule.description, validate=validate,
-                                    enforcement_level=_level(rule))
+    return ResourceValidationPolicy(
+        name=rule.name, description=rule.description, validate=validate, enforcement_level=_level(rule)
+    )
 
 
 def stack_policy(rule: rules.Rule) -> StackValidationPolicy:
@@ -76,12 +82,22 @@ def stack_policy(rule: rules.Rule) -> StackValidationPolicy:
 
     schema = None
     if rule.name == "cost-tags-present":
-        schema = PolicyConfigSchema(properties={
-            "requiredTags": {"type": "array", "items": {"type": "string"},
-                             "default": list(rules.DEFAULT_REQUIRED_TAGS)},
-        })
-    return StackValidationPolicy(name=rule.name, description=rule.description, validate=validate,
-                                 enforcement_level=_level(rule), config_schema=schema)
+        schema = PolicyConfigSchema(
+            properties={
+                "requiredTags": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "default": list(rules.DEFAULT_REQUIRED_TAGS),
+                },
+            }
+        )
+    return StackValidationPolicy(
+        name=rule.name,
+        description=rule.description,
+        validate=validate,
+        enforcement_level=_level(rule),
+        config_schema=schema,
+    )
 
 
 def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:

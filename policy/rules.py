@@ -14,7 +14,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-GPU_FAMILIES = ("g4dn", "g5", "g5g", "g6", "g6e", "g6f", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en", "p6")
+GPU_FAMILIES = (
+    "g4dn",
+    "g5",
+    "g5g",
+    "g6",
+    "g6e",
+    "g6f",
+    "gr6",
+    "p3",
+    "p4d",
+    "p4de",
+    "p5",
+    "p5e",
+    "p5en",
+    "p6",
+)
 GPU_TAINT_KEY = "nvidia.com/gpu"
 DEFAULT_REQUIRED_TAGS = ("project", "stack")
 BUCKET_TYPES = ("aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2")
@@ -30,7 +45,25 @@ class Resource:
     props: Mapping[str, Any]
     property_dependencies: Mapping[str, Sequence[str]] = field(default_factory=dict)
     """Property name -> URNs of the resources its value came from."""
-    provider_default_tags: Mapping[str, str] = field(default_factory=dict)
+    provider_props: Mapping[str, Any] = field(default_factory=dict)
+    """Inputs of the explicit provider the resource uses (empty for the default provider)."""
+
+    @property
+    def provider_default_tags(self) -> dict[str, str]:
+        value = _document(self.provider_props.get("defaultTags")) or {}
+        return {str(k): str(v) for k, v in (value.get("tags") or {}).items()}
+
+    @property
+    def on_s3_compatible_store(self) -> bool:
+        """Managed through an AWS provider pointed at another S3 endpoint (MinIO, Ceph...): AWS-only
+        controls (public access blocks, KMS, billing tags) do not exist there."""
+        endpoints = self.provider_props.get("endpoints")
+        if isinstance(endpoints, str):
+            try:
+                endpoints = json.loads(endpoints)
+            except ValueError:
+                return False
+        return any(isinstance(e, Mapping) and e.get("s3") for e in _as_list(endpoints))
 
 
 @dataclass(frozen=True)
@@ -106,11 +139,16 @@ def check_gpu_pool_tainted(res: Resource) -> list[str]:
     if not (any(is_gpu_instance(t) for t in types) or "NVIDIA" in ami or "GPU" in ami):
         return []
     for taint in _as_list(res.props.get("taints")):
-        if (isinstance(taint, Mapping) and taint.get("key") == GPU_TAINT_KEY
-                and taint.get("effect") in ("NO_SCHEDULE", "NoSchedule")):
+        if (
+            isinstance(taint, Mapping)
+            and taint.get("key") == GPU_TAINT_KEY
+            and taint.get("effect") in ("NO_SCHEDULE", "NoSchedule")
+        ):
             return []
-    return [f"GPU node group {res.name} ({', '.join(types) or ami}) has no {GPU_TAINT_KEY}:NoSchedule taint; "
-            "pods without a GPU request could land on (and keep alive) expensive GPU nodes"]
+    return [
+        f"GPU node group {res.name} ({', '.join(types) or ami}) has no {GPU_TAINT_KEY}:NoSchedule taint; "
+        "pods without a GPU request could land on (and keep alive) expensive GPU nodes"
+    ]
 
 
 # ---------------------------------------------------------------- model buckets
@@ -122,48 +160,93 @@ def check_buckets_hardened(resources: Sequence[Resource], config: Mapping[str, A
     found: list[tuple[str, str]] = []
     buckets = [r for r in resources if r.type in BUCKET_TYPES]
     for bucket in buckets:
+        aws_only = not bucket.on_s3_compatible_store
+
         def attached(type_: str, bucket: Resource = bucket) -> list[Resource]:
             return [r for r in resources if r.type == type_ and _linked(r, "bucket", bucket)]
 
         blocks = attached("aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock")
-        if not any(all(b.props.get(f) is True for f in _PUBLIC_ACCESS_FLAGS) for b in blocks):
-            missing = _PUBLIC_ACCESS_FLAGS if not blocks else [
-                f for f in _PUBLIC_ACCESS_FLAGS if not all(b.props.get(f) is True for b in blocks)]
-            found.append((bucket.urn, f"bucket {bucket.name} does not block public access "
-                                      f"({', '.join(missing)} must be true)"))
+        if aws_only and not any(all(b.props.get(f) is True for f in _PUBLIC_ACCESS_FLAGS) for b in blocks):
+            missing = (
+                _PUBLIC_ACCESS_FLAGS
+                if not blocks
+                else [f for f in _PUBLIC_ACCESS_FLAGS if not all(b.props.get(f) is True for b in blocks)]
+            )
+            found.append(
+                (
+                    bucket.urn,
+                    f"bucket {bucket.name} does not block public access ({', '.join(missing)} must be true)",
+                )
+            )
 
-        sse_types = ("aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
-                     "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2")
+        sse_types = (
+            "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration",
+            "aws:s3/bucketServerSideEncryptionConfigurationV2:BucketServerSideEncryptionConfigurationV2",
+        )
         rules = [rule for t in sse_types for c in attached(t) for rule in _as_list(c.props.get("rules"))]
         rules += _as_list((bucket.props.get("serverSideEncryptionConfiguration") or {}).get("rule"))
         algorithms = {
             str(((rule or {}).get("applyServerSideEncryptionByDefault") or {}).get("sseAlgorithm"))
-            for rule in rules if isinstance(rule, Mapping)
+            for rule in rules
+            if isinstance(rule, Mapping)
         }
-        if not algorithms & {"aws:kms", "aws:kms:dsse"}:
-            found.append((bucket.urn, f"bucket {bucket.name} is not encrypted with SSE-KMS "
-                                      "(add a server-side encryption configuration with sseAlgorithm aws:kms)"))
+        if aws_only and not algorithms & {"aws:kms", "aws:kms:dsse"}:
+            found.append(
+                (
+                    bucket.urn,
+                    f"bucket {bucket.name} is not encrypted with SSE-KMS "
+                    "(add a server-side encryption configuration with sseAlgorithm aws:kms)",
+                )
+            )
 
-        version_types = ("aws:s3/bucketVersioning:BucketVersioning", "aws:s3/bucketVersioningV2:BucketVersioningV2")
-        statuses = {str((v.props.get("versioningConfiguration") or {}).get("status"))
-                    for t in version_types for v in attached(t)}
+        version_types = (
+            "aws:s3/bucketVersioning:BucketVersioning",
+            "aws:s3/bucketVersioningV2:BucketVersioningV2",
+        )
+        statuses = {
+            str((v.props.get("versioningConfiguration") or {}).get("status"))
+            for t in version_types
+            for v in attached(t)
+        }
         if (bucket.props.get("versioning") or {}).get("enabled") is True:
             statuses.add("Enabled")
         if "Enabled" not in statuses:
-            found.append((bucket.urn, f"bucket {bucket.name} is not versioned "
-                                      "(add a bucket versioning with status Enabled)"))
+            found.append(
+                (
+                    bucket.urn,
+                    f"bucket {bucket.name} is not versioned (add a bucket versioning with status Enabled)",
+                )
+            )
     return found
 
 
 # ---------------------------------------------------------------- pod roles
 
 S3_WRITE_ACTIONS = (
-    "s3:PutObject", "s3:PutObjectAcl", "s3:PutObjectTagging", "s3:PutObjectRetention", "s3:PutObjectLegalHold",
-    "s3:DeleteObject", "s3:DeleteObjectVersion", "s3:DeleteObjectTagging", "s3:AbortMultipartUpload",
-    "s3:RestoreObject", "s3:ReplicateObject", "s3:ReplicateDelete", "s3:CreateBucket", "s3:DeleteBucket",
-    "s3:PutBucketPolicy", "s3:DeleteBucketPolicy", "s3:PutBucketAcl", "s3:PutBucketVersioning",
-    "s3:PutLifecycleConfiguration", "s3:PutEncryptionConfiguration", "s3:PutBucketPublicAccessBlock",
-    "s3:CreateMultipartUpload", "s3:BypassGovernanceRetention", "s3:PutBucketTagging",
+    "s3:PutObject",
+    "s3:PutObjectAcl",
+    "s3:PutObjectTagging",
+    "s3:PutObjectRetention",
+    "s3:PutObjectLegalHold",
+    "s3:DeleteObject",
+    "s3:DeleteObjectVersion",
+    "s3:DeleteObjectTagging",
+    "s3:AbortMultipartUpload",
+    "s3:RestoreObject",
+    "s3:ReplicateObject",
+    "s3:ReplicateDelete",
+    "s3:CreateBucket",
+    "s3:DeleteBucket",
+    "s3:PutBucketPolicy",
+    "s3:DeleteBucketPolicy",
+    "s3:PutBucketAcl",
+    "s3:PutBucketVersioning",
+    "s3:PutLifecycleConfiguration",
+    "s3:PutEncryptionConfiguration",
+    "s3:PutBucketPublicAccessBlock",
+    "s3:CreateMultipartUpload",
+    "s3:BypassGovernanceRetention",
+    "s3:PutBucketTagging",
 )
 BROAD_MANAGED_POLICIES = ("FullAccess", "AdministratorAccess", "PowerUserAccess")
 
@@ -180,8 +263,11 @@ def is_pod_role(props: Mapping[str, Any]) -> bool:
         actions = [str(a) for a in _as_list(st.get("Action"))]
         if "pods.eks.amazonaws.com" in services:
             return True
-        if isinstance(principal, Mapping) and principal.get("Federated") and \
-                "sts:AssumeRoleWithWebIdentity" in actions:
+        if (
+            isinstance(principal, Mapping)
+            and principal.get("Federated")
+            and "sts:AssumeRoleWithWebIdentity" in actions
+        ):
             return True
     return False
 
@@ -196,8 +282,14 @@ def policy_document_problems(document: Mapping[str, Any]) -> list[str]:
             problems.append(f"{label} allows with NotAction/NotResource (grants everything not listed)")
         if any(str(r).strip() == "*" for r in _as_list(st.get("Resource"))):
             problems.append(f'{label} allows Resource "*"')
-        writes = sorted({a for pattern in _as_list(st.get("Action")) for a in S3_WRITE_ACTIONS
-                         if fnmatch.fnmatch(a.lower(), str(pattern).lower())})
+        writes = sorted(
+            {
+                a
+                for pattern in _as_list(st.get("Action"))
+                for a in S3_WRITE_ACTIONS
+                if fnmatch.fnmatch(a.lower(), str(pattern).lower())
+            }
+        )
         if writes:
             shown = ", ".join(writes[:3]) + (", ..." if len(writes) > 3 else "")
             problems.append(f"{label} allows S3 writes ({shown})")
@@ -227,8 +319,10 @@ def check_pod_roles(resources: Sequence[Resource], config: Mapping[str, Any]) ->
             document = _document(value)
             if document is None:
                 continue  # unknown until apply; judged at `pulumi up` by the policy pack
-            found += [(urn, f"pod role {role.name}: {what}: {problem}")
-                      for problem in policy_document_problems(document)]
+            found += [
+                (urn, f"pod role {role.name}: {what}: {problem}")
+                for problem in policy_document_problems(document)
+            ]
     return found
 
 
@@ -270,7 +364,9 @@ def check_containers(res: Resource) -> list[str]:
         non_root = ctx.get("runAsNonRoot", pod_ctx.get("runAsNonRoot"))
         user = ctx.get("runAsUser", pod_ctx.get("runAsUser"))
         if non_root is not True and not (isinstance(user, int) and user > 0):
-            problems.append(f"container {c.get('name')} in {res.name} may run as root (set runAsNonRoot: true)")
+            problems.append(
+                f"container {c.get('name')} in {res.name} may run as root (set runAsNonRoot: true)"
+            )
         limits = (c.get("resources") or {}).get("limits") or {}
         missing = [k for k in ("cpu", "memory") if not limits.get(k)]
         if missing:
@@ -309,8 +405,11 @@ def _selects(selector: Mapping[str, Any], labels: Mapping[str, Any]) -> bool:
 def _has_auth(spec: Mapping[str, Any]) -> bool:
     for c in _as_list(spec.get("containers")):
         for env in _as_list((c or {}).get("env")):
-            if isinstance(env, Mapping) and env.get("name") in AUTH_ENV_NAMES and (
-                    env.get("value") or env.get("valueFrom")):
+            if (
+                isinstance(env, Mapping)
+                and env.get("name") in AUTH_ENV_NAMES
+                and (env.get("value") or env.get("valueFrom"))
+            ):
                 return True
     return False
 
@@ -330,29 +429,54 @@ def check_public_endpoints(resources: Sequence[Resource], config: Mapping[str, A
                     continue
                 w_ns = (w.props.get("metadata") or {}).get("namespace")
                 template = (w.props.get("spec") or {}).get("template") or {}
-                labels = (template.get("metadata") or {}).get("labels") or \
-                    (w.props.get("metadata") or {}).get("labels") or {}
+                labels = (
+                    (template.get("metadata") or {}).get("labels")
+                    or (w.props.get("metadata") or {}).get("labels")
+                    or {}
+                )
                 if (namespace is None or w_ns is None or w_ns == namespace) and _selects(selector, labels):
                     backends.append(spec)
             if backends and all(_has_auth(s) for s in backends):
                 continue
-            reason = "no workload it selects" if not backends else "its pods have no " + " or ".join(AUTH_ENV_NAMES)
-            found.append((res.urn, f"public LoadBalancer Service {res.name} does not require auth ({reason})"))
+            reason = (
+                "no workload it selects"
+                if not backends
+                else "its pods have no " + " or ".join(AUTH_ENV_NAMES)
+            )
+            found.append(
+                (res.urn, f"public LoadBalancer Service {res.name} does not require auth ({reason})")
+            )
         else:
-            found.append((res.urn, f"public Ingress {res.name}: put it behind an authenticating proxy "
-                                   "or mark it internal"))
+            found.append(
+                (
+                    res.urn,
+                    f"public Ingress {res.name}: put it behind an authenticating proxy or mark it internal",
+                )
+            )
     return found
 
 
 # ---------------------------------------------------------------- cost tags
 
 TAGGABLE_TYPES = {
-    "aws:ec2/vpc:Vpc", "aws:ec2/subnet:Subnet", "aws:ec2/natGateway:NatGateway", "aws:ec2/eip:Eip",
-    "aws:ec2/internetGateway:InternetGateway", "aws:ec2/routeTable:RouteTable",
-    "aws:ec2/securityGroup:SecurityGroup", "aws:ec2/launchTemplate:LaunchTemplate",
-    "aws:eks/cluster:Cluster", "aws:eks/nodeGroup:NodeGroup", "aws:eks/addon:Addon",
-    "aws:s3/bucket:Bucket", "aws:s3/bucketV2:BucketV2", "aws:iam/role:Role", "aws:iam/policy:Policy",
-    "aws:kms/key:Key", "aws:ecr/repository:Repository", "aws:ec2/vpcEndpoint:VpcEndpoint",
+    "aws:ec2/vpc:Vpc",
+    "aws:ec2/subnet:Subnet",
+    "aws:ec2/natGateway:NatGateway",
+    "aws:ec2/eip:Eip",
+    "aws:ec2/internetGateway:InternetGateway",
+    "aws:ec2/routeTable:RouteTable",
+    "aws:ec2/securityGroup:SecurityGroup",
+    "aws:ec2/launchTemplate:LaunchTemplate",
+    "aws:eks/cluster:Cluster",
+    "aws:eks/nodeGroup:NodeGroup",
+    "aws:eks/addon:Addon",
+    "aws:s3/bucket:Bucket",
+    "aws:s3/bucketV2:BucketV2",
+    "aws:iam/role:Role",
+    "aws:iam/policy:Policy",
+    "aws:kms/key:Key",
+    "aws:ecr/repository:Repository",
+    "aws:ec2/vpcEndpoint:VpcEndpoint",
     "aws:eks/podIdentityAssociation:PodIdentityAssociation",
 }
 
@@ -366,7 +490,7 @@ def check_cost_tags(resources: Sequence[Resource], config: Mapping[str, Any]) ->
     default_tags = dict(config.get("defaultTags") or {})
     found = []
     for res in resources:
-        if res.type not in TAGGABLE_TYPES:
+        if res.type not in TAGGABLE_TYPES or res.on_s3_compatible_store:
             continue
         tags = {**default_tags, **res.provider_default_tags, **(res.props.get("tags") or {})}
         missing = [t for t in wanted if not tags.get(t)]
@@ -376,24 +500,42 @@ def check_cost_tags(resources: Sequence[Resource], config: Mapping[str, Any]) ->
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("gpu-node-pools-tainted",
-         "GPU node groups carry the nvidia.com/gpu NoSchedule taint.", True,
-         resource_check=check_gpu_pool_tainted),
-    Rule("model-buckets-private-encrypted-versioned",
-         "S3 buckets block all four kinds of public access, use SSE-KMS and are versioned.", True,
-         stack_check=check_buckets_hardened),
-    Rule("pod-roles-least-privilege",
-         'Roles assumed by pods have no "*" resources and no S3 write actions.', True,
-         stack_check=check_pod_roles),
-    Rule("containers-non-root-with-limits",
-         "Every container runs as non-root and has CPU and memory limits.", True,
-         resource_check=check_containers),
-    Rule("public-endpoints-require-auth",
-         "Internet-facing Services and Ingresses front pods that require a bearer token.", True,
-         stack_check=check_public_endpoints),
-    Rule("cost-tags-present",
-         "Taggable AWS resources carry the required cost tags (advisory).", False,
-         stack_check=check_cost_tags),
+    Rule(
+        "gpu-node-pools-tainted",
+        "GPU node groups carry the nvidia.com/gpu NoSchedule taint.",
+        True,
+        resource_check=check_gpu_pool_tainted,
+    ),
+    Rule(
+        "model-buckets-private-encrypted-versioned",
+        "S3 buckets block all four kinds of public access, use SSE-KMS and are versioned.",
+        True,
+        stack_check=check_buckets_hardened,
+    ),
+    Rule(
+        "pod-roles-least-privilege",
+        'Roles assumed by pods have no "*" resources and no S3 write actions.',
+        True,
+        stack_check=check_pod_roles,
+    ),
+    Rule(
+        "containers-non-root-with-limits",
+        "Every container runs as non-root and has CPU and memory limits.",
+        True,
+        resource_check=check_containers,
+    ),
+    Rule(
+        "public-endpoints-require-auth",
+        "Internet-facing Services and Ingresses front pods that require a bearer token.",
+        True,
+        stack_check=check_public_endpoints,
+    ),
+    Rule(
+        "cost-tags-present",
+        "Taggable AWS resources carry the required cost tags (advisory).",
+        False,
+        stack_check=check_cost_tags,
+    ),
 )
 
 
@@ -405,8 +547,11 @@ def evaluate(resources: Iterable[Resource], config: Mapping[str, Any] | None = N
     for rule in RULES:
         if rule.resource_check is not None:
             for res in resources:
-                violations += [Violation(rule.name, res.urn, m, rule.mandatory) for m in rule.resource_check(res)]
+                violations += [
+                    Violation(rule.name, res.urn, m, rule.mandatory) for m in rule.resource_check(res)
+                ]
         if rule.stack_check is not None:
-            violations += [Violation(rule.name, urn, m, rule.mandatory)
-                           for urn, m in rule.stack_check(resources, config)]
+            violations += [
+                Violation(rule.name, urn, m, rule.mandatory) for urn, m in rule.stack_check(resources, config)
+            ]
     return violations

@@ -9,7 +9,22 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-GPU_FAMILIES = ("g4dn", "g5", "g5g", "g6", "g6e", "g6f", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en", "p6")
+GPU_FAMILIES = (
+    "g4dn",
+    "g5",
+    "g5g",
+    "g6",
+    "g6e",
+    "g6f",
+    "gr6",
+    "p3",
+    "p4d",
+    "p4de",
+    "p5",
+    "p5e",
+    "p5en",
+    "p6",
+)
 
 
 @cache
@@ -68,23 +83,26 @@ def estimate(snapshot: dict[str, Any]) -> CostEstimate:
             ami = str(inputs.get("amiType", ""))
             gpu = any(is_gpu_instance(t) for t in types) or "NVIDIA" in ami.upper() or "GPU" in ami.upper()
             gpus = [p["gpus"] for p in known]
-            est.pools.append(NodePool(
-                name=r["name"],
-                instance_types=types,
-                min_size=_int(scaling.get("minSize")),
-                max_size=_int(scaling.get("maxSize")),
-                gpu=gpu,
-                gpus_per_node=min(gpus) if gpus else None,
-                usd_min_node=min(p["usd_per_hour"] for p in known) if known else None,
-                usd_max_node=max(p["usd_per_hour"] for p in known) if known else None,
-            ))
+            est.pools.append(
+                NodePool(
+                    name=r["name"],
+                    instance_types=types,
+                    min_size=_int(scaling.get("minSize")),
+                    max_size=_int(scaling.get("maxSize")),
+                    gpu=gpu,
+                    gpus_per_node=min(gpus) if gpus else None,
+                    usd_min_node=min(p["usd_per_hour"] for p in known) if known else None,
+                    usd_max_node=max(p["usd_per_hour"] for p in known) if known else None,
+                )
+            )
         elif r["type"] == "aws:eks/cluster:Cluster":
             est.clusters += 1
         elif r["type"] == "aws:ec2/natGateway:NatGateway":
             est.nat_gateways += 1
-    fixed = est.clusters * table["eks_control_plane_usd_per_hour"] + est.nat_gateways * table[
-        "nat_gateway_usd_per_hour"
-    ]
+    fixed = (
+        est.clusters * table["eks_control_plane_usd_per_hour"]
+        + est.nat_gateways * table["nat_gateway_usd_per_hour"]
+    )
     est.usd_per_hour_min = est.usd_per_hour_max = fixed
     for p in est.pools:
         est.usd_per_hour_min += p.min_size * (p.usd_min_node or 0.0)

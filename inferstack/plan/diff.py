@@ -80,8 +80,12 @@ def diff_snapshots(old: dict[str, Any], new: dict[str, Any]) -> PlanDiff:
             continue
         change = ResourceChange(urn=urn, type=b["type"], name=b["name"])
         ignore = {"urn", "type", "name"}
-        _walk("", {k: v for k, v in a.items() if k not in ignore},
-              {k: v for k, v in b.items() if k not in ignore}, change.fields)
+        _walk(
+            "",
+            {k: v for k, v in a.items() if k not in ignore},
+            {k: v for k, v in b.items() if k not in ignore},
+            change.fields,
+        )
         result.changed.append(change)
     _walk("", old.get("config", {}), new.get("config", {}), result.config)
     _walk("", old.get("outputs", {}), new.get("outputs", {}), result.outputs)

@@ -57,6 +57,9 @@ class ProgramRun:
     outputs: dict[str, Any]
     calls: list[str]
     stack_urn: str
+    assumed_secrets: list[str] = field(default_factory=list)
+    """Secret config keys the program asked for that the stack file lacks (set with
+    ``pulumi config set --secret`` before ``pulumi up``); the plan stood in ``<secret>`` for them."""
 
 
 def _provider_urn(ref: str) -> str | None:
@@ -157,6 +160,36 @@ def _working_directory(path: Path) -> Iterator[None]:
 _CWD_LOCK = threading.Lock()
 
 
+@contextmanager
+def _stand_in_for_missing_secrets(assumed: list[str]) -> Iterator[None]:
+    """A plan has no secrets: a secret the stack file lacks reads as ``<secret>`` and is recorded."""
+    import pulumi
+
+    from inferstack.plan.values import SECRET
+
+    original_get, original_require = pulumi.Config.get_secret, pulumi.Config.require_secret
+
+    def get_secret(self: pulumi.Config, key: str, default: str | None = None) -> Any:
+        if self._get(key) is None and default is None:
+            assumed.append(self.full_key(key))
+            return pulumi.Output.secret(SECRET)
+        return original_get(self, key, default)
+
+    def require_secret(self: pulumi.Config, key: str) -> Any:
+        if self._get(key) is None:
+            assumed.append(self.full_key(key))
+            return pulumi.Output.secret(SECRET)
+        return original_require(self, key)
+
+    pulumi.Config.get_secret = get_secret  # type: ignore[assignment,method-assign]
+    pulumi.Config.require_secret = require_secret  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        pulumi.Config.get_secret = original_get  # type: ignore[method-assign]
+        pulumi.Config.require_secret = original_require  # type: ignore[method-assign]
+
+
 def run_program(program: Callable[[], Any], config: StackConfig) -> ProgramRun:
     """Run ``program`` as ``pulumi up`` would, against mocks; return everything it declared."""
     import pulumi
@@ -168,6 +201,7 @@ def run_program(program: Callable[[], Any], config: StackConfig) -> ProgramRun:
     mocks = PlanMocks(region=region)
     monitor = _make_monitor(ValueConverter(config.root), mocks)
     failure: list[BaseException] = []
+    assumed: list[str] = []
 
     def body() -> None:
         loop = asyncio.new_event_loop()
@@ -184,7 +218,7 @@ def run_program(program: Callable[[], Any], config: StackConfig) -> ProgramRun:
         finally:
             loop.close()
 
-    with _CWD_LOCK, _working_directory(config.root):
+    with _CWD_LOCK, _working_directory(config.root), _stand_in_for_missing_secrets(assumed):
         thread = threading.Thread(target=contextvars.Context().run, args=(body,), name="inferstack-plan")
         thread.start()
         thread.join()
@@ -201,4 +235,5 @@ def run_program(program: Callable[[], Any], config: StackConfig) -> ProgramRun:
         outputs=monitor.outputs_by_urn.get(monitor.stack_urn, {}),
         calls=list(mocks.calls),
         stack_urn=monitor.stack_urn,
+        assumed_secrets=sorted(set(assumed)),
     )

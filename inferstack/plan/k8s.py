@@ -92,7 +92,9 @@ def validate_manifests(manifests: list[Manifest], version: str) -> list[str]:
     import kubernetes_validate
     from kubernetes_validate import utils
 
-    known = sorted({utils.major_minor(v) for v in utils.all_versions()}, key=lambda v: tuple(map(int, v.split("."))))
+    known = sorted(
+        {utils.major_minor(v) for v in utils.all_versions()}, key=lambda v: tuple(map(int, v.split(".")))
+    )
     wanted = ".".join(version.split(".")[:2])
     if wanted not in known:
         raise InferstackError(

@@ -132,8 +132,12 @@ def _policy_document(args: Outputs) -> Outputs:
         if st.get("sid"):
             out["Sid"] = st["sid"]
         out["Effect"] = st.get("effect") or "Allow"
-        for src, dst in (("actions", "Action"), ("notActions", "NotAction"),
-                         ("resources", "Resource"), ("notResources", "NotResource")):
+        for src, dst in (
+            ("actions", "Action"),
+            ("notActions", "NotAction"),
+            ("resources", "Resource"),
+            ("notResources", "NotResource"),
+        ):
             if st.get(src):
                 out[dst] = one_or_list(list(st[src]))
         for src, dst in (("principals", "Principal"), ("notPrincipals", "NotPrincipal")):
@@ -193,26 +197,48 @@ class PlanMocks(pulumi.runtime.Mocks):
                 "userId": "INFERSTACKPLAN",
             }, []
         if function == "getRegion":
-            return {"id": region, "name": region, "region": region,
-                    "endpoint": f"ec2.{region}.amazonaws.com", "description": region}, []
+            return {
+                "id": region,
+                "name": region,
+                "region": region,
+                "endpoint": f"ec2.{region}.amazonaws.com",
+                "description": region,
+            }, []
         if function == "getPartition":
-            return {"id": "aws", "partition": "aws", "dnsSuffix": "amazonaws.com",
-                    "reverseDnsPrefix": "com.amazonaws"}, []
+            return {
+                "id": "aws",
+                "partition": "aws",
+                "dnsSuffix": "amazonaws.com",
+                "reverseDnsPrefix": "com.amazonaws",
+            }, []
         if function == "getPolicyDocument":
             return _policy_document(args.args), []
         if function == "getParameter":
             name = args.args.get("name", "")
-            return {"id": name, "name": name, "value": f"<value of {name}>", "type": "String",
-                    "arn": f"<arn of {name}>", "version": 1}, []
+            return {
+                "id": name,
+                "name": name,
+                "value": f"<value of {name}>",
+                "type": "String",
+                "arn": f"<arn of {name}>",
+                "version": 1,
+            }, []
         if function == "getAmi":
             return {"id": "ami-00000000000000000", "imageId": "ami-00000000000000000"}, []
         if function == "getClusterAuth":
-            return {"id": args.args.get("name", ""), "name": args.args.get("name", ""),
-                    "token": "<token>"}, []
+            return {
+                "id": args.args.get("name", ""),
+                "name": args.args.get("name", ""),
+                "token": "<token>",
+            }, []
         if function == "getAuthorizationToken":
-            return {"id": region, "userName": "AWS", "password": "<password>",
-                    "authorizationToken": "<token>",
-                    "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{region}.amazonaws.com"}, []
+            return {
+                "id": region,
+                "userName": "AWS",
+                "password": "<password>",
+                "authorizationToken": "<token>",
+                "proxyEndpoint": f"https://{ACCOUNT_ID}.dkr.ecr.{region}.amazonaws.com",
+            }, []
         if function == "getAddonVersion":
             return {"id": args.args.get("addonName", ""), "version": "<latest version>"}, []
         if args.token == "kubernetes:yaml:decode":

@@ -19,17 +19,18 @@ def _tags_from(value: Any) -> dict[str, str]:
 
 
 def snapshot_resources(snapshot: dict[str, Any]) -> list[rules.Resource]:
-    provider_tags = {
-        r["urn"]: _tags_from(r["inputs"].get("defaultTags"))
-        for r in snapshot["resources"] if r["type"] == "pulumi:providers:aws"
-    }
+    providers = {r["urn"]: r["inputs"] for r in snapshot["resources"] if r["type"] == "pulumi:providers:aws"}
     return [
         rules.Resource(
-            type=r["type"], name=r["name"], urn=r["urn"], props=r["inputs"],
+            type=r["type"],
+            name=r["name"],
+            urn=r["urn"],
+            props=r["inputs"],
             property_dependencies=r.get("propertyDependencies", {}),
-            provider_default_tags=provider_tags.get(r.get("provider") or "", {}),
+            provider_props=providers.get(r.get("provider") or "", {}),
         )
-        for r in snapshot["resources"] if not r.get("read")
+        for r in snapshot["resources"]
+        if not r.get("read")
     ]
 
 

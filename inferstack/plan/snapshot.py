@@ -60,6 +60,7 @@ def build_snapshot(run: ProgramRun) -> dict[str, Any]:
         "project": run.config.project,
         "stack": run.config.stack,
         "config": config,
+        "assumedSecrets": run.assumed_secrets,
         "outputs": run.outputs,
         "providerFunctions": dict(sorted(Counter(run.calls).items())),
         "resources": [_resource_entry(run.resources[urn]) for urn in sorted(run.resources)],
@@ -75,7 +76,11 @@ def load_snapshot(path: Path) -> dict[str, Any]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise InferstackError(f"{path}: not a plan snapshot (invalid JSON: {e})") from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("resources"), list):
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != FORMAT
+        or not isinstance(data.get("resources"), list)
+    ):
         raise InferstackError(f"{path}: not a plan snapshot of format {FORMAT}")
     return data
 
@@ -85,7 +90,8 @@ def resources_by_urn(snapshot: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def short_type(type_: str) -> str:
-    """``aws:s3/bucket:Bucket`` -> ``aws:s3:Bucket``; ``kubernetes:apps/v1:Deployment`` -> ``k8s:Deployment``."""
+    """``aws:s3/bucket:Bucket`` -> ``aws:s3:Bucket``;
+    ``kubernetes:apps/v1:Deployment`` -> ``k8s:Deployment``."""
     parts = type_.split(":")
     if len(parts) != 3:
         return type_

@@ -37,6 +37,15 @@ def _tree_sha256(folder: Path) -> str:
     return digest.hexdigest()
 
 
+def _mask(value: Any) -> Any:
+    """Hide a secret's values but keep its shape (a Secret's ``stringData`` stays a map)."""
+    if isinstance(value, dict) and rpc._special_sig_key not in value:
+        return {str(k): _mask(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_mask(v) for v in value]
+    return SECRET
+
+
 class ValueConverter:
     """Converts engine property structs; paths are shown relative to ``root``."""
 
@@ -78,7 +87,7 @@ class ValueConverter:
         if isinstance(value, dict):
             sig = value.get(rpc._special_sig_key)
             if sig == rpc._special_secret_sig:
-                return SECRET
+                return _mask(value.get("value"))
             if sig in (rpc._special_asset_sig, rpc._special_archive_sig):
                 return self._asset(value)
             if sig == rpc._special_resource_sig:
