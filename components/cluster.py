@@ -43,9 +43,13 @@ class Cluster(pulumi.ComponentResource):
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if not re.match(r"^1\.[0-9]{2}$", args.version):
-            raise ValueError(f"ClusterArgs.version: {args.version!r}; expected a pinned minor version like 1.34")
+            raise ValueError(
+                f"ClusterArgs.version: {args.version!r}; expected a pinned minor version like 1.34"
+            )
         if not re.match(r"^[a-zA-Z][a-zA-Z0-9-]{0,99}$", args.cluster_name):
-            raise ValueError(f"ClusterArgs.cluster_name: {args.cluster_name!r}; expected letters, digits, '-'")
+            raise ValueError(
+                f"ClusterArgs.cluster_name: {args.cluster_name!r}; expected letters, digits, '-'"
+            )
         for arn in args.admin_principal_arns:
             if not arn.startswith("arn:aws"):
                 raise ValueError(f"ClusterArgs.admin_principal_arns: {arn!r}; expected IAM role or user ARNs")
@@ -59,11 +63,18 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         attach = aws.iam.RolePolicyAttachment(
-            f"{name}-cluster-policy", role=role.name, policy_arn=_MANAGED + "AmazonEKSClusterPolicy", opts=child
+            f"{name}-cluster-policy",
+            role=role.name,
+            policy_arn=_MANAGED + "AmazonEKSClusterPolicy",
+            opts=child,
         )
         secrets_key = aws.kms.Key(
-            f"{name}-secrets-key", description=f"{args.cluster_name}: Kubernetes secrets encryption",
-            enable_key_rotation=True, deletion_window_in_days=7, tags=args.tags, opts=child,
+            f"{name}-secrets-key",
+            description=f"{args.cluster_name}: Kubernetes secrets encryption",
+            enable_key_rotation=True,
+            deletion_window_in_days=7,
+            tags=args.tags,
+            opts=child,
         )
         cluster = aws.eks.Cluster(
             f"{name}-eks",
@@ -83,12 +94,21 @@ class Cluster(pulumi.ComponentResource):
             encryption_config={"resources": ["secrets"], "provider": {"key_arn": secrets_key.arn}},
             enabled_cluster_log_types=["api", "audit", "authenticator"],
             tags=args.tags,
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[attach],
-                                        custom_timeouts=pulumi.CustomTimeouts(create="30m", delete="30m")),
+            opts=pulumi.ResourceOptions(
+                parent=self,
+                depends_on=[attach],
+                custom_timeouts=pulumi.CustomTimeouts(create="30m", delete="30m"),
+            ),
         )
         for i, arn in enumerate(args.admin_principal_arns):
-            entry = aws.eks.AccessEntry(f"{name}-admin-{i}", cluster_name=cluster.name, principal_arn=arn,
-                                        type="STANDARD", tags=args.tags, opts=child)
+            entry = aws.eks.AccessEntry(
+                f"{name}-admin-{i}",
+                cluster_name=cluster.name,
+                principal_arn=arn,
+                type="STANDARD",
+                tags=args.tags,
+                opts=child,
+            )
             aws.eks.AccessPolicyAssociation(
                 f"{name}-admin-{i}",
                 cluster_name=cluster.name,
@@ -105,8 +125,9 @@ class Cluster(pulumi.ComponentResource):
             opts=child,
         )
         for policy in NODE_POLICIES:
-            aws.iam.RolePolicyAttachment(f"{name}-node-{policy}", role=node_role.name,
-                                         policy_arn=_MANAGED + policy, opts=child)
+            aws.iam.RolePolicyAttachment(
+                f"{name}-node-{policy}", role=node_role.name, policy_arn=_MANAGED + policy, opts=child
+            )
         # Pods get AWS credentials through EKS Pod Identity (InferenceService's association).
         pod_identity = aws.eks.Addon(
             f"{name}-pod-identity-agent",
@@ -128,33 +149,57 @@ class Cluster(pulumi.ComponentResource):
                 lambda v: kubeconfig(v[0], v[1], v[2], args.region)
             )
         )
-        self.register_outputs({
-            "name": self.name,
-            "endpoint": self.endpoint,
-            "node_role_arn": self.node_role_arn,
-            "kubeconfig": self.kubeconfig,
-            "security_group_id": self.security_group_id,
-        })
+        self.register_outputs(
+            {
+                "name": self.name,
+                "endpoint": self.endpoint,
+                "node_role_arn": self.node_role_arn,
+                "kubeconfig": self.kubeconfig,
+                "security_group_id": self.security_group_id,
+            }
+        )
 
 
 def _trust(service: str, tag_session: bool = False) -> dict[str, object]:
     actions = ["sts:AssumeRole", "sts:TagSession"] if tag_session else ["sts:AssumeRole"]
-    return {"Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": actions}]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [{"Effect": "Allow", "Principal": {"Service": service}, "Action": actions}],
+    }
 
 
 def kubeconfig(name: str, endpoint: str, ca_data: str, region: str) -> str:
     """A kubeconfig for the cluster; credentials come from the caller's AWS identity at use time."""
-    return json.dumps({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}],
-        "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
-        "current-context": name,
-        "users": [{"name": name, "user": {"exec": {
-            "apiVersion": "client.authentication.k8s.io/v1beta1",
-            "command": "aws",
-            "args": ["eks", "get-token", "--cluster-name", name, "--region", region, "--output", "json"],
-            "interactiveMode": "Never",
-        }}}],
-    })
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {"name": name, "cluster": {"server": endpoint, "certificate-authority-data": ca_data}}
+            ],
+            "contexts": [{"name": name, "context": {"cluster": name, "user": name}}],
+            "current-context": name,
+            "users": [
+                {
+                    "name": name,
+                    "user": {
+                        "exec": {
+                            "apiVersion": "client.authentication.k8s.io/v1beta1",
+                            "command": "aws",
+                            "args": [
+                                "eks",
+                                "get-token",
+                                "--cluster-name",
+                                name,
+                                "--region",
+                                region,
+                                "--output",
+                                "json",
+                            ],
+                            "interactiveMode": "Never",
+                        }
+                    },
+                }
+            ],
+        }
+    )

@@ -216,22 +216,27 @@ def load(project_dir: Path | None = None) -> StackConfig:
         if m.gpus > 0 and target == "aws" and not gpu_pools:
             raise ConfigError(f"models[{i}].gpus", m.gpus, "0, or at least one entry in gpuPools")
         if m.image == "ecr" and not runtime_image.ecr:
-            raise ConfigError(f"models[{i}].image", m.image, "an image reference, or 'ecr' only with "
-                              "runtimeImage.ecr: true")
+            raise ConfigError(
+                f"models[{i}].image", m.image, "an image reference, or 'ecr' only with runtimeImage.ecr: true"
+            )
 
     auth_token = None
     if any(m.auth for m in models):
         auth_token = cfg.get_secret("authToken")
         if auth_token is None:
             raise ConfigError(
-                "authToken", None, "a secret bearer token when a model sets auth: true "
-                "(pulumi config set --secret inferstack:authToken ...)"
+                "authToken",
+                None,
+                "a secret bearer token when a model sets auth: true "
+                "(pulumi config set --secret inferstack:authToken ...)",
             )
 
     admins = _list(cfg, "clusterAdmins")
     for i, arn in enumerate(admins):
         if not isinstance(arn, str) or not re.match(r"^arn:aws[a-z-]*:iam::[0-9]{12}:(role|user)/.+$", arn):
-            raise ConfigError(f"clusterAdmins[{i}]", arn, "IAM role or user ARNs (arn:aws:iam::<account>:role/...)")
+            raise ConfigError(
+                f"clusterAdmins[{i}]", arn, "IAM role or user ARNs (arn:aws:iam::<account>:role/...)"
+            )
     if admins and target != "aws":
         raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
 
@@ -241,11 +246,22 @@ def load(project_dir: Path | None = None) -> StackConfig:
             raise ConfigError(f"tags.{k}", v, "string tag values")
 
     return StackConfig(
-        target=target, region=region, cluster_version=version, network=network, gpu_pools=gpu_pools,
-        system_pool=system_pool, model_store=store, object_store=object_store,
-        kube_context=kube_context, kubeconfig=kubeconfig, runtime_image=runtime_image, models=models,
-        tags={"project": "inferstack", "stack": pulumi.get_stack(), **tags}, auth_token=auth_token,
-        project_dir=root, cluster_admins=admins,
+        target=target,
+        region=region,
+        cluster_version=version,
+        network=network,
+        gpu_pools=gpu_pools,
+        system_pool=system_pool,
+        model_store=store,
+        object_store=object_store,
+        kube_context=kube_context,
+        kubeconfig=kubeconfig,
+        runtime_image=runtime_image,
+        models=models,
+        tags={"project": "inferstack", "stack": pulumi.get_stack(), **tags},
+        auth_token=auth_token,
+        project_dir=root,
+        cluster_admins=admins,
     )
 
 
@@ -269,8 +285,20 @@ def _network(raw: Mapping[str, Any]) -> NetworkConfig:
 def _gpu_pool(raw: Any, key: str) -> GpuPoolConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(key, raw, "a mapping with name, instanceTypes, minSize, maxSize, ...")
-    _keys(raw, key, {"name", "instanceTypes", "minSize", "maxSize", "desiredSize", "diskSizeGiB",
-                     "amiType", "capacityType"})
+    _keys(
+        raw,
+        key,
+        {
+            "name",
+            "instanceTypes",
+            "minSize",
+            "maxSize",
+            "desiredSize",
+            "diskSizeGiB",
+            "amiType",
+            "capacityType",
+        },
+    )
     name = _name(raw.get("name"), f"{key}.name")
     types = _instance_types(raw.get("instanceTypes"), f"{key}.instanceTypes", gpu=True)
     lo = _int(raw.get("minSize", 0), f"{key}.minSize", 0, 100)
@@ -295,8 +323,11 @@ def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
     _keys(raw, "modelStore", {"bucketPrefix", "forceDestroy", "protect", "noncurrentVersionDays"})
     prefix = raw.get("bucketPrefix", ModelStoreConfig.bucket_prefix)
     if not isinstance(prefix, str) or not _BUCKET_PREFIX.match(prefix) or ".." in prefix:
-        raise ConfigError("modelStore.bucketPrefix", prefix,
-                          "2-36 characters of a-z, 0-9, '.', '-', starting with a letter or digit")
+        raise ConfigError(
+            "modelStore.bucketPrefix",
+            prefix,
+            "2-36 characters of a-z, 0-9, '.', '-', starting with a letter or digit",
+        )
     force = _bool(raw.get("forceDestroy", False), "modelStore.forceDestroy")
     protect = _bool(raw.get("protect", False), "modelStore.protect")
     if force and protect:
@@ -308,8 +339,12 @@ def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
 def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
     raw = cfg.get_object("objectStore")
     if not isinstance(raw, Mapping):
-        raise ConfigError("objectStore", raw, "a mapping with endpoint, clusterEndpoint, accessKeyId "
-                          "(and secretAccessKey) for target kubernetes")
+        raise ConfigError(
+            "objectStore",
+            raw,
+            "a mapping with endpoint, clusterEndpoint, accessKeyId "
+            "(and secretAccessKey) for target kubernetes",
+        )
     _keys(raw, "objectStore", {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region"})
     endpoint = _url(raw.get("endpoint"), "objectStore.endpoint")
     cluster_endpoint = _url(raw.get("clusterEndpoint", endpoint), "objectStore.clusterEndpoint")
@@ -318,9 +353,12 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
         raise ConfigError("objectStore.accessKeyId", access_key, "the store's access key id")
     secret = raw.get("secretAccessKey")
     if not isinstance(secret, str) or not secret:
-        raise ConfigError("objectStore.secretAccessKey", "(hidden)" if secret else None,
-                          "the store's secret key (pulumi config set --secret --path "
-                          "'inferstack:objectStore.secretAccessKey' ...)")
+        raise ConfigError(
+            "objectStore.secretAccessKey",
+            "(hidden)" if secret else None,
+            "the store's secret key (pulumi config set --secret --path "
+            "'inferstack:objectStore.secretAccessKey' ...)",
+        )
     region = raw.get("region", "us-east-1")
     return ObjectStoreConfig(endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region)
 
@@ -339,17 +377,27 @@ def _runtime_image(raw: Mapping[str, Any], target: str) -> RuntimeImageConfig:
 def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     if not isinstance(raw, Mapping):
         raise ConfigError(key, raw, "a mapping with name, path, image, ...")
-    _keys(raw, key, {"name", "path", "image", "replicas", "gpus", "cpu", "memory", "autoscaling",
-                     "exposure", "auth"})
+    _keys(
+        raw,
+        key,
+        {"name", "path", "image", "replicas", "gpus", "cpu", "memory", "autoscaling", "exposure", "auth"},
+    )
     name = _name(raw.get("name"), f"{key}.name")
     rel = raw.get("path")
     if not isinstance(rel, str) or not rel:
-        raise ConfigError(f"{key}.path", rel, "the path of a packaged model directory (model.onnx + "
-                          "manifest.json), relative to the project root")
+        raise ConfigError(
+            f"{key}.path",
+            rel,
+            "the path of a packaged model directory (model.onnx + "
+            "manifest.json), relative to the project root",
+        )
     path = (root / rel).resolve()
     if not (path / "manifest.json").is_file():
-        raise ConfigError(f"{key}.path", rel, f"a model package directory with a manifest.json "
-                          f"(looked in {path.name}/ under the project root)")
+        raise ConfigError(
+            f"{key}.path",
+            rel,
+            f"a model package directory with a manifest.json (looked in {path.name}/ under the project root)",
+        )
     try:
         manifest = load_manifest(path)
         verify_files(path, manifest)
@@ -358,8 +406,11 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     gpus = _int(raw.get("gpus", 1 if target == "aws" else 0), f"{key}.gpus", 0, 8)
     image = raw.get("image", DEFAULT_GPU_IMAGE if gpus else DEFAULT_CPU_IMAGE)
     if not isinstance(image, str) or not _IMAGE.match(image):
-        raise ConfigError(f"{key}.image", image, "an image reference such as registry/repo:tag, or "
-                          "'ecr' for the stack's ECR repository")
+        raise ConfigError(
+            f"{key}.image",
+            image,
+            "an image reference such as registry/repo:tag, or 'ecr' for the stack's ECR repository",
+        )
     replicas = _int(raw.get("replicas", 1), f"{key}.replicas", 1, 100)
     cpu = _quantity(raw.get("cpu", "2"), f"{key}.cpu")
     memory = _quantity(raw.get("memory", "8Gi"), f"{key}.memory")
@@ -367,8 +418,9 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     if raw.get("autoscaling") is not None:
         a = raw["autoscaling"]
         if not isinstance(a, Mapping):
-            raise ConfigError(f"{key}.autoscaling", a, "a mapping with minReplicas, maxReplicas, "
-                              "targetCpuUtilization")
+            raise ConfigError(
+                f"{key}.autoscaling", a, "a mapping with minReplicas, maxReplicas, targetCpuUtilization"
+            )
         _keys(a, f"{key}.autoscaling", {"minReplicas", "maxReplicas", "targetCpuUtilization"})
         lo = _int(a.get("minReplicas", replicas), f"{key}.autoscaling.minReplicas", 1, 100)
         hi = _int(a.get("maxReplicas", lo), f"{key}.autoscaling.maxReplicas", lo, 100)
@@ -430,7 +482,9 @@ def _bool(value: Any, key: str) -> bool:
 
 def _name(value: Any, key: str) -> str:
     if not isinstance(value, str) or not _DNS_LABEL.match(value):
-        raise ConfigError(key, value, "a DNS label: 1-32 characters of a-z, 0-9 and '-', starting with a letter")
+        raise ConfigError(
+            key, value, "a DNS label: 1-32 characters of a-z, 0-9 and '-', starting with a letter"
+        )
     return value
 
 

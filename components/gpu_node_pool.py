@@ -31,8 +31,17 @@ GPU_LABEL = ("nvidia.com/gpu.present", "true")
 NODE_PLUGIN_LABEL = ("inferstack.dev/nvidia-device-plugin", "helm")
 _AUTOSCALER = "k8s.io/cluster-autoscaler"
 # GPUs per instance size for the x86_64 NVIDIA families; unknown sizes count as 1.
-_GPUS_BY_TYPE = {"p3.8xlarge": 4, "p3.16xlarge": 8, "p4d.24xlarge": 8, "p4de.24xlarge": 8, "p5.48xlarge": 8,
-                 "p5e.48xlarge": 8, "p5en.48xlarge": 8, "g4dn.12xlarge": 4, "g4dn.metal": 8}
+_GPUS_BY_TYPE = {
+    "p3.8xlarge": 4,
+    "p3.16xlarge": 8,
+    "p4d.24xlarge": 8,
+    "p4de.24xlarge": 8,
+    "p5.48xlarge": 8,
+    "p5e.48xlarge": 8,
+    "p5en.48xlarge": 8,
+    "g4dn.12xlarge": 4,
+    "g4dn.metal": 8,
+}
 _GPUS_BY_SIZE = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}
 
 
@@ -87,23 +96,39 @@ class GpuNodePool(pulumi.ComponentResource):
         template = aws.ec2.LaunchTemplate(
             f"{name}-launch-template",
             description=f"{name}: encrypted gp3 volume sized for large images, IMDSv2 only",
-            block_device_mappings=[{
-                "device_name": device,
-                "ebs": {"volume_size": args.disk_size_gib, "volume_type": "gp3", "iops": 3000,
-                        "throughput": 250, "encrypted": "true", "delete_on_termination": "true"},
-            }],
-            metadata_options={"http_endpoint": "enabled", "http_tokens": "required",
-                              "http_put_response_hop_limit": 2},
-            tag_specifications=[{"resource_type": "instance", "tags": {**args.tags, "Name": name}},
-                                {"resource_type": "volume", "tags": args.tags}],
+            block_device_mappings=[
+                {
+                    "device_name": device,
+                    "ebs": {
+                        "volume_size": args.disk_size_gib,
+                        "volume_type": "gp3",
+                        "iops": 3000,
+                        "throughput": 250,
+                        "encrypted": "true",
+                        "delete_on_termination": "true",
+                    },
+                }
+            ],
+            metadata_options={
+                "http_endpoint": "enabled",
+                "http_tokens": "required",
+                "http_put_response_hop_limit": 2,
+            },
+            tag_specifications=[
+                {"resource_type": "instance", "tags": {**args.tags, "Name": name}},
+                {"resource_type": "volume", "tags": args.tags},
+            ],
             update_default_version=True,
             tags=args.tags,
             opts=child,
         )
         labels = {"inferstack.dev/pool": name}
         taints: list[dict[str, str]] = []
-        asg_tags = {f"{_AUTOSCALER}/enabled": "true", f"{_AUTOSCALER}/{args.autoscaler_cluster}": "owned",
-                    f"{_AUTOSCALER}/node-template/label/inferstack.dev/pool": name}
+        asg_tags = {
+            f"{_AUTOSCALER}/enabled": "true",
+            f"{_AUTOSCALER}/{args.autoscaler_cluster}": "owned",
+            f"{_AUTOSCALER}/node-template/label/inferstack.dev/pool": name,
+        }
         if args.gpu:
             labels[GPU_LABEL[0]] = GPU_LABEL[1]
             if not ami_type.startswith("BOTTLEROCKET"):
@@ -119,8 +144,11 @@ class GpuNodePool(pulumi.ComponentResource):
             ami_type=ami_type,
             capacity_type=args.capacity_type,
             instance_types=args.instance_types,
-            scaling_config={"min_size": args.min_size, "max_size": args.max_size,
-                            "desired_size": args.desired_size},
+            scaling_config={
+                "min_size": args.min_size,
+                "max_size": args.max_size,
+                "desired_size": args.desired_size,
+            },
             update_config={"max_unavailable": 1},
             labels=labels,
             taints=taints,
@@ -144,7 +172,9 @@ class GpuNodePool(pulumi.ComponentResource):
             )
 
         self.node_group_name = self.node_group.node_group_name
-        self.register_outputs({"node_group_name": self.node_group_name, "instance_types": args.instance_types})
+        self.register_outputs(
+            {"node_group_name": self.node_group_name, "instance_types": args.instance_types}
+        )
 
 
 def node_template_tags(instance_type: str) -> dict[str, str]:
@@ -164,10 +194,14 @@ def _validate(args: GpuNodePoolArgs) -> None:
     if not args.instance_types:
         raise ValueError("GpuNodePoolArgs.instance_types: empty; expected at least one instance type")
     if args.ami_type not in AMI_TYPES:
-        raise ValueError(f"GpuNodePoolArgs.ami_type: {args.ami_type!r}; expected one of {', '.join(AMI_TYPES)}")
+        raise ValueError(
+            f"GpuNodePoolArgs.ami_type: {args.ami_type!r}; expected one of {', '.join(AMI_TYPES)}"
+        )
     if args.capacity_type not in CAPACITY_TYPES:
-        raise ValueError(f"GpuNodePoolArgs.capacity_type: {args.capacity_type!r}; expected one of "
-                         f"{', '.join(CAPACITY_TYPES)}")
+        raise ValueError(
+            f"GpuNodePoolArgs.capacity_type: {args.capacity_type!r}; expected one of "
+            f"{', '.join(CAPACITY_TYPES)}"
+        )
     if args.min_size < 0:
         raise ValueError(f"GpuNodePoolArgs.min_size: {args.min_size}; expected >= 0")
     if args.max_size < max(args.min_size, 1):

@@ -106,17 +106,25 @@ class InferenceService(pulumi.ComponentResource):
     endpoint_url: pulumi.Output[str]
     role_arn: pulumi.Output[str] | None
 
-    def __init__(self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: InferenceServiceArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         _validate(args)
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         ns_name = args.namespace or args.model_name
-        labels = {"app.kubernetes.io/name": "inferstack-runtime", "app.kubernetes.io/instance": args.model_name,
-                  "app.kubernetes.io/managed-by": "pulumi"}
+        labels = {
+            "app.kubernetes.io/name": "inferstack-runtime",
+            "app.kubernetes.io/instance": args.model_name,
+            "app.kubernetes.io/managed-by": "pulumi",
+        }
 
         ns = k8s.core.v1.Namespace(
             f"{name}-namespace",
-            metadata={"name": ns_name, "labels": {**labels, "pod-security.kubernetes.io/enforce": "restricted"}},
+            metadata={
+                "name": ns_name,
+                "labels": {**labels, "pod-security.kubernetes.io/enforce": "restricted"},
+            },
             opts=child,
         )
         in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
@@ -178,8 +186,12 @@ class InferenceService(pulumi.ComponentResource):
             )
             identity.append(creds)
             for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                env.append({"name": key, "value_from": {"secret_key_ref": {"name": f"{args.model_name}-s3",
-                                                                           "key": key}}})
+                env.append(
+                    {
+                        "name": key,
+                        "value_from": {"secret_key_ref": {"name": f"{args.model_name}-s3", "key": key}},
+                    }
+                )
         if args.s3_endpoint:
             env.append({"name": "AWS_ENDPOINT_URL_S3", "value": args.s3_endpoint})
 
@@ -201,8 +213,9 @@ class InferenceService(pulumi.ComponentResource):
                     opts=in_ns,
                 )
             )
-            volumes.append({"name": "auth", "secret": {"secret_name": f"{args.model_name}-auth",
-                                                       "default_mode": 0o440}})
+            volumes.append(
+                {"name": "auth", "secret": {"secret_name": f"{args.model_name}-auth", "default_mode": 0o440}}
+            )
             mounts.append({"name": "auth", "mount_path": TOKEN_DIR, "read_only": True})
             env.append({"name": "INFERSTACK_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"})
 
@@ -221,26 +234,30 @@ class InferenceService(pulumi.ComponentResource):
                 "fs_group": RUNTIME_UID,
                 "seccomp_profile": {"type": "RuntimeDefault"},
             },
-            "containers": [{
-                "name": "runtime",
-                "image": args.image,
-                "command": ["inferstack", "serve"],
-                "args": [args.model_uri],
-                "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"}],
-                "env": env,
-                "resources": resources,
-                "volume_mounts": mounts,
-                "security_context": {
-                    "allow_privilege_escalation": False,
-                    "read_only_root_filesystem": True,
-                    "run_as_non_root": True,
-                    "capabilities": {"drop": ["ALL"]},
-                    "seccomp_profile": {"type": "RuntimeDefault"},
-                },
-                "startup_probe": _probe(HEALTH_LIVE, period=10, failures=max(1, args.startup_timeout_s // 10)),
-                "readiness_probe": _probe(HEALTH_READY, period=5, failures=3),
-                "liveness_probe": _probe(HEALTH_LIVE, period=10, failures=3),
-            }],
+            "containers": [
+                {
+                    "name": "runtime",
+                    "image": args.image,
+                    "command": ["inferstack", "serve"],
+                    "args": [args.model_uri],
+                    "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"}],
+                    "env": env,
+                    "resources": resources,
+                    "volume_mounts": mounts,
+                    "security_context": {
+                        "allow_privilege_escalation": False,
+                        "read_only_root_filesystem": True,
+                        "run_as_non_root": True,
+                        "capabilities": {"drop": ["ALL"]},
+                        "seccomp_profile": {"type": "RuntimeDefault"},
+                    },
+                    "startup_probe": _probe(
+                        HEALTH_LIVE, period=10, failures=max(1, args.startup_timeout_s // 10)
+                    ),
+                    "readiness_probe": _probe(HEALTH_READY, period=5, failures=3),
+                    "liveness_probe": _probe(HEALTH_LIVE, period=10, failures=3),
+                }
+            ],
             "volumes": volumes,
         }
         if args.gpus:
@@ -290,8 +307,12 @@ class InferenceService(pulumi.ComponentResource):
         svc_type, svc_annotations = _exposure(args.exposure)
         service = k8s.core.v1.Service(
             f"{name}-service",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels,
-                      "annotations": svc_annotations},
+            metadata={
+                "name": args.model_name,
+                "namespace": ns_name,
+                "labels": labels,
+                "annotations": svc_annotations,
+            },
             spec={
                 "type": svc_type,
                 "selector": labels,
@@ -310,11 +331,18 @@ class InferenceService(pulumi.ComponentResource):
                 "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": args.model_name},
                 "min_replicas": scaling.min_replicas,
                 "max_replicas": scaling.max_replicas,
-                "metrics": [{
-                    "type": "Resource",
-                    "resource": {"name": "cpu", "target": {"type": "Utilization",
-                                                           "average_utilization": scaling.target_cpu_utilization}},
-                }],
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {
+                            "name": "cpu",
+                            "target": {
+                                "type": "Utilization",
+                                "average_utilization": scaling.target_cpu_utilization,
+                            },
+                        },
+                    }
+                ],
                 # Scale down slowly: a GPU replica is expensive to bring back.
                 "behavior": {"scale_down": {"stabilization_window_seconds": 600}},
             },
@@ -339,21 +367,25 @@ class InferenceService(pulumi.ComponentResource):
         self.endpoint_url = pulumi.Output.all(service.status, service.metadata).apply(
             lambda v: _endpoint(v[0], v[1], args.port)
         )
-        self.register_outputs({
-            "namespace": self.namespace,
-            "service_name": self.service_name,
-            "endpoint_url": self.endpoint_url,
-            "role_arn": self.role_arn,
-        })
+        self.register_outputs(
+            {
+                "namespace": self.namespace,
+                "service_name": self.service_name,
+                "endpoint_url": self.endpoint_url,
+                "role_arn": self.role_arn,
+            }
+        )
 
 
 _POD_IDENTITY_TRUST = {
     "Version": "2012-10-17",
-    "Statement": [{
-        "Effect": "Allow",
-        "Principal": {"Service": "pods.eks.amazonaws.com"},
-        "Action": ["sts:AssumeRole", "sts:TagSession"],
-    }],
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": "pods.eks.amazonaws.com"},
+            "Action": ["sts:AssumeRole", "sts:TagSession"],
+        }
+    ],
 }
 
 
@@ -361,17 +393,29 @@ def read_model_policy(bucket: str, prefix: str, kms_key_arn: str | None, region:
     """Read-only access to ``s3://bucket/prefix``: GetObject under the prefix, ListBucket limited to
     it by the ``s3:prefix`` condition, and decrypt with the bucket's key through S3 only."""
     statements: list[dict[str, Any]] = [
-        {"Sid": "ReadModelObjects", "Effect": "Allow", "Action": ["s3:GetObject"],
-         "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*"]},
-        {"Sid": "ListModelPrefix", "Effect": "Allow", "Action": ["s3:ListBucket"],
-         "Resource": [f"arn:aws:s3:::{bucket}"],
-         "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}}},
+        {
+            "Sid": "ReadModelObjects",
+            "Effect": "Allow",
+            "Action": ["s3:GetObject"],
+            "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*"],
+        },
+        {
+            "Sid": "ListModelPrefix",
+            "Effect": "Allow",
+            "Action": ["s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::{bucket}"],
+            "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
+        },
     ]
     if kms_key_arn:
         statements.append(
-            {"Sid": "DecryptModelObjects", "Effect": "Allow", "Action": ["kms:Decrypt"],
-             "Resource": [kms_key_arn],
-             "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}}}
+            {
+                "Sid": "DecryptModelObjects",
+                "Effect": "Allow",
+                "Action": ["kms:Decrypt"],
+                "Resource": [kms_key_arn],
+                "Condition": {"StringEquals": {"kms:ViaService": f"s3.{region}.amazonaws.com"}},
+            }
         )
     return {"Version": "2012-10-17", "Statement": statements}
 
@@ -381,37 +425,53 @@ def _validate(args: InferenceServiceArgs) -> None:
 
     label = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
     if not label.match(args.model_name):
-        raise ValueError(f"InferenceServiceArgs.model_name: {args.model_name!r}; expected a DNS label "
-                         "(a-z, 0-9, '-', up to 32 characters, starting with a letter)")
+        raise ValueError(
+            f"InferenceServiceArgs.model_name: {args.model_name!r}; expected a DNS label "
+            "(a-z, 0-9, '-', up to 32 characters, starting with a letter)"
+        )
     if args.namespace is not None and not label.match(args.namespace):
         raise ValueError(f"InferenceServiceArgs.namespace: {args.namespace!r}; expected a DNS label")
     if args.exposure not in EXPOSURES:
-        raise ValueError(f"InferenceServiceArgs.exposure: {args.exposure!r}; expected one of {', '.join(EXPOSURES)}")
+        raise ValueError(
+            f"InferenceServiceArgs.exposure: {args.exposure!r}; expected one of {', '.join(EXPOSURES)}"
+        )
     if not args.model_prefix.endswith("/") or args.model_prefix.startswith("/") or "*" in args.model_prefix:
-        raise ValueError(f"InferenceServiceArgs.model_prefix: {args.model_prefix!r}; expected a key prefix "
-                         "ending in '/', without a leading '/' or wildcards")
+        raise ValueError(
+            f"InferenceServiceArgs.model_prefix: {args.model_prefix!r}; expected a key prefix "
+            "ending in '/', without a leading '/' or wildcards"
+        )
     if not 0 <= args.gpus <= 8:
         raise ValueError(f"InferenceServiceArgs.gpus: {args.gpus}; expected 0..8")
     if args.replicas < 1:
         raise ValueError(f"InferenceServiceArgs.replicas: {args.replicas}; expected >= 1")
     a = args.autoscaling
     if a is not None and not (1 <= a.min_replicas <= a.max_replicas and 10 <= a.target_cpu_utilization <= 95):
-        raise ValueError(f"InferenceServiceArgs.autoscaling: {a}; expected 1 <= min_replicas <= max_replicas "
-                         "and target_cpu_utilization 10..95")
+        raise ValueError(
+            f"InferenceServiceArgs.autoscaling: {a}; expected 1 <= min_replicas <= max_replicas "
+            "and target_cpu_utilization 10..95"
+        )
     if not 1 <= args.port <= 65535 or args.port < 1024:
-        raise ValueError(f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)")
+        raise ValueError(
+            f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)"
+        )
     if args.startup_timeout_s < 60:
         raise ValueError(f"InferenceServiceArgs.startup_timeout_s: {args.startup_timeout_s}; expected >= 60")
     if args.cluster_name is not None and args.s3_credentials is not None:
-        raise ValueError("InferenceServiceArgs.s3_credentials: not allowed with cluster_name "
-                         "(EKS pods get their identity from Pod Identity)")
+        raise ValueError(
+            "InferenceServiceArgs.s3_credentials: not allowed with cluster_name "
+            "(EKS pods get their identity from Pod Identity)"
+        )
     if args.s3_endpoint is not None and urlparse(args.s3_endpoint).scheme not in ("http", "https"):
         raise ValueError(f"InferenceServiceArgs.s3_endpoint: {args.s3_endpoint!r}; expected an http(s) URL")
 
 
 def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
-    return {"http_get": {"path": path, "port": "http"}, "period_seconds": period,
-            "timeout_seconds": 3, "failure_threshold": failures}
+    return {
+        "http_get": {"path": path, "port": "http"},
+        "period_seconds": period,
+        "timeout_seconds": 3,
+        "failure_threshold": failures,
+    }
 
 
 def _exposure(exposure: str) -> tuple[str, dict[str, str]]:

@@ -52,7 +52,9 @@ class InferenceStack(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     runtime_repository: pulumi.Output[str] | None
 
-    def __init__(self, name: str, args: InferenceStackArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: InferenceStackArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         cfg = args.config
         cluster_name = args.cluster_name or f"inferstack-{pulumi.get_stack()}"
         if cfg.target not in ("aws", "kubernetes"):
@@ -63,81 +65,160 @@ class InferenceStack(pulumi.ComponentResource):
             self._aws(name, cfg, cluster_name)
         else:
             self._kubernetes(name, cfg)
-        self.register_outputs({
-            "endpoints": self.endpoints,
-            "model_uris": self.model_uris,
-            "bucket_name": self.bucket_name,
-            "cluster_name": self.cluster_name,
-            "kubeconfig": self.kubeconfig,
-            "runtime_repository": self.runtime_repository,
-        })
+        self.register_outputs(
+            {
+                "endpoints": self.endpoints,
+                "model_uris": self.model_uris,
+                "bucket_name": self.bucket_name,
+                "cluster_name": self.cluster_name,
+                "kubeconfig": self.kubeconfig,
+                "runtime_repository": self.runtime_repository,
+            }
+        )
 
     # -- aws: EKS + S3 ---------------------------------------------------------------------
     def _aws(self, name: str, cfg: StackConfig, cluster_name: str) -> None:
-        provider = aws.Provider(f"{name}-aws", region=cfg.region, default_tags={"tags": cfg.tags},
-                                opts=pulumi.ResourceOptions(parent=self))
+        provider = aws.Provider(
+            f"{name}-aws",
+            region=cfg.region,
+            default_tags={"tags": cfg.tags},
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         on_aws = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
-        network = Network(f"{name}-network", NetworkArgs(
-            cluster_name=cluster_name, cidr=cfg.network.cidr, az_count=cfg.network.az_count, nat=cfg.network.nat,
-        ), opts=on_aws)
-        cluster = Cluster(f"{name}-cluster", ClusterArgs(
-            cluster_name=cluster_name, version=cfg.cluster_version, subnet_ids=network.private_subnet_ids,
-            region=cfg.region, admin_principal_arns=cfg.cluster_admins,
-        ), opts=on_aws)
+        network = Network(
+            f"{name}-network",
+            NetworkArgs(
+                cluster_name=cluster_name,
+                cidr=cfg.network.cidr,
+                az_count=cfg.network.az_count,
+                nat=cfg.network.nat,
+            ),
+            opts=on_aws,
+        )
+        cluster = Cluster(
+            f"{name}-cluster",
+            ClusterArgs(
+                cluster_name=cluster_name,
+                version=cfg.cluster_version,
+                subnet_ids=network.private_subnet_ids,
+                region=cfg.region,
+                admin_principal_arns=cfg.cluster_admins,
+            ),
+            opts=on_aws,
+        )
         pools: list[GpuNodePool] = []
         if cfg.system_pool is not None:
             sp = cfg.system_pool
-            pools.append(GpuNodePool(f"{name}-system", GpuNodePoolArgs(
-                cluster_name=cluster.name, node_role_arn=cluster.node_role_arn,
-                subnet_ids=network.private_subnet_ids, instance_types=sp.instance_types,
-                autoscaler_cluster=cluster_name, min_size=sp.min_size, max_size=sp.max_size,
-                desired_size=sp.desired_size, disk_size_gib=50, gpu=False,
-            ), opts=on_aws))
+            pools.append(
+                GpuNodePool(
+                    f"{name}-system",
+                    GpuNodePoolArgs(
+                        cluster_name=cluster.name,
+                        node_role_arn=cluster.node_role_arn,
+                        subnet_ids=network.private_subnet_ids,
+                        instance_types=sp.instance_types,
+                        autoscaler_cluster=cluster_name,
+                        min_size=sp.min_size,
+                        max_size=sp.max_size,
+                        desired_size=sp.desired_size,
+                        disk_size_gib=50,
+                        gpu=False,
+                    ),
+                    opts=on_aws,
+                )
+            )
         for pool in cfg.gpu_pools:
-            pools.append(GpuNodePool(f"{name}-{pool.name}", GpuNodePoolArgs(
-                cluster_name=cluster.name, node_role_arn=cluster.node_role_arn,
-                subnet_ids=network.private_subnet_ids, instance_types=pool.instance_types,
-                autoscaler_cluster=cluster_name, min_size=pool.min_size, max_size=pool.max_size,
-                desired_size=pool.desired_size, disk_size_gib=pool.disk_size_gib, ami_type=pool.ami_type,
-                capacity_type=pool.capacity_type,
-            ), opts=on_aws))
+            pools.append(
+                GpuNodePool(
+                    f"{name}-{pool.name}",
+                    GpuNodePoolArgs(
+                        cluster_name=cluster.name,
+                        node_role_arn=cluster.node_role_arn,
+                        subnet_ids=network.private_subnet_ids,
+                        instance_types=pool.instance_types,
+                        autoscaler_cluster=cluster_name,
+                        min_size=pool.min_size,
+                        max_size=pool.max_size,
+                        desired_size=pool.desired_size,
+                        disk_size_gib=pool.disk_size_gib,
+                        ami_type=pool.ami_type,
+                        capacity_type=pool.capacity_type,
+                    ),
+                    opts=on_aws,
+                )
+            )
 
-        kube = k8s.Provider(f"{name}-k8s", kubeconfig=cluster.kubeconfig,
-                            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]))
+        kube = k8s.Provider(
+            f"{name}-k8s",
+            kubeconfig=cluster.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
+        )
         on_k8s = pulumi.ResourceOptions(parent=self, providers={"aws": provider, "kubernetes": kube})
         plugin_deps: list[pulumi.Resource] = []
         if any(p.ami_type.startswith("AL2023") for p in cfg.gpu_pools):
-            plugin_deps.append(NvidiaDevicePlugin(f"{name}-device-plugin", opts=pulumi.ResourceOptions(
-                parent=self, providers={"kubernetes": kube}, depends_on=pools[:1])))
+            plugin_deps.append(
+                NvidiaDevicePlugin(
+                    f"{name}-device-plugin",
+                    opts=pulumi.ResourceOptions(
+                        parent=self, providers={"kubernetes": kube}, depends_on=pools[:1]
+                    ),
+                )
+            )
 
-        store = ModelStore(f"{name}-store", ModelStoreArgs(
-            bucket_prefix=cfg.model_store.bucket_prefix, force_destroy=cfg.model_store.force_destroy,
-            protect=cfg.model_store.protect, noncurrent_version_days=cfg.model_store.noncurrent_version_days,
-            tags=cfg.tags,
-        ), opts=on_aws)
+        store = ModelStore(
+            f"{name}-store",
+            ModelStoreArgs(
+                bucket_prefix=cfg.model_store.bucket_prefix,
+                force_destroy=cfg.model_store.force_destroy,
+                protect=cfg.model_store.protect,
+                noncurrent_version_days=cfg.model_store.noncurrent_version_days,
+                tags=cfg.tags,
+            ),
+            opts=on_aws,
+        )
         image = None
         if cfg.runtime_image.ecr:
-            image = RuntimeImage(f"{name}-runtime", RuntimeImageArgs(
-                ecr_repository=f"inferstack-runtime-{pulumi.get_stack()}", tag=cfg.runtime_image.tag,
-                force_delete=cfg.model_store.force_destroy, tags=cfg.tags,
-            ), opts=on_aws)
+            image = RuntimeImage(
+                f"{name}-runtime",
+                RuntimeImageArgs(
+                    ecr_repository=f"inferstack-runtime-{pulumi.get_stack()}",
+                    tag=cfg.runtime_image.tag,
+                    force_delete=cfg.model_store.force_destroy,
+                    tags=cfg.tags,
+                ),
+                opts=on_aws,
+            )
             self.runtime_repository = image.repository_url
 
         endpoints, uris = {}, {}
         for m in cfg.models:
-            artifact = ModelArtifact(f"{name}-{m.name}-artifact", ModelArtifactArgs(
-                bucket=store.bucket_name, package_dir=m.path), opts=on_aws)
-            svc = InferenceService(f"{name}-{m.name}", InferenceServiceArgs(
-                model_name=m.name,
-                image=image.image if (m.image == "ecr" and image is not None) else m.image,
-                model_uri=artifact.uri, bucket=store.bucket_name, model_prefix=artifact.prefix,
-                cluster_name=cluster.name, kms_key_arn=store.kms_key_arn, region=cfg.region,
-                **_sizing(m), exposure=m.exposure, auth_token=cfg.auth_token if m.auth else None,
-                # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
-                service_depends_on=[*network.gateways, *pools],
-                tags=cfg.tags,
-            ), opts=pulumi.ResourceOptions.merge(on_k8s, pulumi.ResourceOptions(
-                depends_on=[*cluster.addons, *plugin_deps])))
+            artifact = ModelArtifact(
+                f"{name}-{m.name}-artifact",
+                ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
+                opts=on_aws,
+            )
+            svc = InferenceService(
+                f"{name}-{m.name}",
+                InferenceServiceArgs(
+                    model_name=m.name,
+                    image=image.image if (m.image == "ecr" and image is not None) else m.image,
+                    model_uri=artifact.uri,
+                    bucket=store.bucket_name,
+                    model_prefix=artifact.prefix,
+                    cluster_name=cluster.name,
+                    kms_key_arn=store.kms_key_arn,
+                    region=cfg.region,
+                    **_sizing(m),
+                    exposure=m.exposure,
+                    auth_token=cfg.auth_token if m.auth else None,
+                    # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
+                    service_depends_on=[*network.gateways, *pools],
+                    tags=cfg.tags,
+                ),
+                opts=pulumi.ResourceOptions.merge(
+                    on_k8s, pulumi.ResourceOptions(depends_on=[*cluster.addons, *plugin_deps])
+                ),
+            )
             endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri
 
         self.endpoints = pulumi.Output.all(**endpoints)
@@ -163,29 +244,54 @@ class InferenceStack(pulumi.ComponentResource):
             skip_region_validation=True,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        kube = k8s.Provider(f"{name}-k8s", context=cfg.kube_context, kubeconfig=cfg.kubeconfig,
-                            opts=pulumi.ResourceOptions(parent=self))
+        kube = k8s.Provider(
+            f"{name}-k8s",
+            context=cfg.kube_context,
+            kubeconfig=cfg.kubeconfig,
+            opts=pulumi.ResourceOptions(parent=self),
+        )
         on_store = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
         on_k8s = pulumi.ResourceOptions(parent=self, providers={"aws": provider, "kubernetes": kube})
         # S3-compatible stores lack S3's public-access-block and KMS APIs, and a local one speaks http:
         # the bucket is private by the store's default, versioned and lifecycle-managed.
-        store = ModelStore(f"{name}-store", ModelStoreArgs(
-            bucket_prefix=cfg.model_store.bucket_prefix, force_destroy=cfg.model_store.force_destroy,
-            protect=cfg.model_store.protect, noncurrent_version_days=cfg.model_store.noncurrent_version_days,
-            kms=False, block_public_access=False, require_tls=False, tags={},
-        ), opts=on_store)
+        store = ModelStore(
+            f"{name}-store",
+            ModelStoreArgs(
+                bucket_prefix=cfg.model_store.bucket_prefix,
+                force_destroy=cfg.model_store.force_destroy,
+                protect=cfg.model_store.protect,
+                noncurrent_version_days=cfg.model_store.noncurrent_version_days,
+                kms=False,
+                block_public_access=False,
+                require_tls=False,
+                tags={},
+            ),
+            opts=on_store,
+        )
         endpoints, uris = {}, {}
         for m in cfg.models:
-            artifact = ModelArtifact(f"{name}-{m.name}-artifact", ModelArtifactArgs(
-                bucket=store.bucket_name, package_dir=m.path), opts=on_store)
-            svc = InferenceService(f"{name}-{m.name}", InferenceServiceArgs(
-                model_name=m.name, image=m.image, model_uri=artifact.uri, bucket=store.bucket_name,
-                model_prefix=artifact.prefix, region=store_cfg.region,
-                s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
-                s3_endpoint=store_cfg.cluster_endpoint, **_sizing(m),
-                exposure="public" if m.exposure == "public" else "cluster",
-                auth_token=cfg.auth_token if m.auth else None,
-            ), opts=on_k8s)
+            artifact = ModelArtifact(
+                f"{name}-{m.name}-artifact",
+                ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
+                opts=on_store,
+            )
+            svc = InferenceService(
+                f"{name}-{m.name}",
+                InferenceServiceArgs(
+                    model_name=m.name,
+                    image=m.image,
+                    model_uri=artifact.uri,
+                    bucket=store.bucket_name,
+                    model_prefix=artifact.prefix,
+                    region=store_cfg.region,
+                    s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
+                    s3_endpoint=store_cfg.cluster_endpoint,
+                    **_sizing(m),
+                    exposure="public" if m.exposure == "public" else "cluster",
+                    auth_token=cfg.auth_token if m.auth else None,
+                ),
+                opts=on_k8s,
+            )
             endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
@@ -199,7 +305,8 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
     return {
         "replicas": m.replicas,
         "autoscaling": Autoscaling(scaling.min_replicas, scaling.max_replicas, scaling.target_cpu_utilization)
-        if scaling else None,
+        if scaling
+        else None,
         "gpus": m.gpus,
         "cpu": m.cpu,
         "memory": m.memory,

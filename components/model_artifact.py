@@ -37,13 +37,17 @@ class ModelArtifact(pulumi.ComponentResource):
     uri: pulumi.Output[str]
     keys: pulumi.Output[list[str]]
 
-    def __init__(self, name: str, args: ModelArtifactArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self, name: str, args: ModelArtifactArgs, opts: pulumi.ResourceOptions | None = None
+    ) -> None:
         package = Path(args.package_dir)
         if not package.is_dir():
             raise ValueError(f"ModelArtifactArgs.package_dir: {package} is not a directory")
         if not args.key_root or args.key_root.strip("/") != args.key_root:
-            raise ValueError(f"ModelArtifactArgs.key_root: {args.key_root!r}; expected a name without slashes "
-                             "at either end")
+            raise ValueError(
+                f"ModelArtifactArgs.key_root: {args.key_root!r}; expected a name without slashes "
+                "at either end"
+            )
         try:
             manifest: Manifest = load_manifest(package)
             verify_files(package, manifest)
@@ -68,4 +72,6 @@ class ModelArtifact(pulumi.ComponentResource):
         # The URI waits for every upload, so whatever consumes it starts after the files exist.
         self.keys = pulumi.Output.all(*[o.key for o in objects])
         self.uri = pulumi.Output.all(args.bucket, self.keys).apply(lambda v: f"s3://{v[0]}/{self.prefix}")
-        self.register_outputs({"prefix": self.prefix, "digest": self.digest, "uri": self.uri, "keys": self.keys})
+        self.register_outputs(
+            {"prefix": self.prefix, "digest": self.digest, "uri": self.uri, "keys": self.keys}
+        )

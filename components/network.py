@@ -17,11 +17,12 @@ class NetworkArgs:
     cluster_name: str
     """EKS cluster that uses the subnets (``kubernetes.io/cluster/<name>`` tags). Required."""
     cidr: str = "10.40.0.0/16"
-    """VPC CIDR, /20 or larger; split into one public and one private subnet per zone. Default 10.40.0.0/16."""
+    """VPC CIDR, /20 or larger; one public and one private subnet per zone. Default 10.40.0.0/16."""
     az_count: int = 2
     """Availability zones, 2-3 (EKS needs two). Default 2."""
     nat: str = "single"
-    """``single`` NAT gateway for all zones (dev; a zone outage cuts egress) or ``perAz`` (prod). Default single."""
+    """``single`` NAT gateway for all zones (dev; a zone outage cuts egress) or ``perAz`` (prod).
+    Default single."""
     tags: dict[str, str] = field(default_factory=dict)
     """Tags on every resource. Default none."""
 
@@ -38,7 +39,9 @@ class Network(pulumi.ComponentResource):
         try:
             net = ipaddress.IPv4Network(args.cidr)
         except ValueError:
-            raise ValueError(f"NetworkArgs.cidr: {args.cidr!r}; expected an IPv4 CIDR such as 10.40.0.0/16") from None
+            raise ValueError(
+                f"NetworkArgs.cidr: {args.cidr!r}; expected an IPv4 CIDR such as 10.40.0.0/16"
+            ) from None
         if net.prefixlen > 20:
             raise ValueError(f"NetworkArgs.cidr: {args.cidr}; expected /20 or larger")
         if not 2 <= args.az_count <= 3:
@@ -49,7 +52,8 @@ class Network(pulumi.ComponentResource):
         child = pulumi.ResourceOptions(parent=self)
 
         zones = aws.get_availability_zones(
-            state="available", filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+            state="available",
+            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
             opts=pulumi.InvokeOptions(parent=self),
         ).names[: args.az_count]
         if len(zones) < args.az_count:
@@ -65,46 +69,85 @@ class Network(pulumi.ComponentResource):
             tags={**args.tags, "Name": f"{name}-vpc"},
             opts=child,
         )
-        igw = aws.ec2.InternetGateway(f"{name}-igw", vpc_id=vpc.id, tags={**args.tags, "Name": f"{name}-igw"},
-                                      opts=child)
-        public_rt = aws.ec2.RouteTable(f"{name}-public-rt", vpc_id=vpc.id,
-                                       tags={**args.tags, "Name": f"{name}-public"}, opts=child)
-        public_route = aws.ec2.Route(f"{name}-public-default", route_table_id=public_rt.id,
-                                     destination_cidr_block="0.0.0.0/0", gateway_id=igw.id, opts=child)
+        igw = aws.ec2.InternetGateway(
+            f"{name}-igw", vpc_id=vpc.id, tags={**args.tags, "Name": f"{name}-igw"}, opts=child
+        )
+        public_rt = aws.ec2.RouteTable(
+            f"{name}-public-rt", vpc_id=vpc.id, tags={**args.tags, "Name": f"{name}-public"}, opts=child
+        )
+        public_route = aws.ec2.Route(
+            f"{name}-public-default",
+            route_table_id=public_rt.id,
+            destination_cidr_block="0.0.0.0/0",
+            gateway_id=igw.id,
+            opts=child,
+        )
         self.gateways = [igw, public_route]
 
         public, private, nats = [], [], []
         for i, zone in enumerate(zones):
             pub = aws.ec2.Subnet(
                 f"{name}-public-{i}",
-                vpc_id=vpc.id, availability_zone=zone, cidr_block=str(blocks[8 + i]),
-                tags={**args.tags, **cluster_tag, "Name": f"{name}-public-{zone}", "kubernetes.io/role/elb": "1"},
+                vpc_id=vpc.id,
+                availability_zone=zone,
+                cidr_block=str(blocks[8 + i]),
+                tags={
+                    **args.tags,
+                    **cluster_tag,
+                    "Name": f"{name}-public-{zone}",
+                    "kubernetes.io/role/elb": "1",
+                },
                 opts=child,
             )
-            aws.ec2.RouteTableAssociation(f"{name}-public-{i}", subnet_id=pub.id, route_table_id=public_rt.id,
-                                          opts=child)
+            aws.ec2.RouteTableAssociation(
+                f"{name}-public-{i}", subnet_id=pub.id, route_table_id=public_rt.id, opts=child
+            )
             public.append(pub)
             if i == 0 or args.nat == "perAz":
-                eip = aws.ec2.Eip(f"{name}-nat-{i}", domain="vpc", tags={**args.tags, "Name": f"{name}-nat-{zone}"},
-                                  opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]))
-                nats.append(aws.ec2.NatGateway(
-                    f"{name}-nat-{i}", allocation_id=eip.id, subnet_id=pub.id,
+                eip = aws.ec2.Eip(
+                    f"{name}-nat-{i}",
+                    domain="vpc",
                     tags={**args.tags, "Name": f"{name}-nat-{zone}"},
-                    opts=pulumi.ResourceOptions(parent=self, depends_on=[public_route]),
-                ))
+                    opts=pulumi.ResourceOptions(parent=self, depends_on=[igw]),
+                )
+                nats.append(
+                    aws.ec2.NatGateway(
+                        f"{name}-nat-{i}",
+                        allocation_id=eip.id,
+                        subnet_id=pub.id,
+                        tags={**args.tags, "Name": f"{name}-nat-{zone}"},
+                        opts=pulumi.ResourceOptions(parent=self, depends_on=[public_route]),
+                    )
+                )
             priv = aws.ec2.Subnet(
                 f"{name}-private-{i}",
-                vpc_id=vpc.id, availability_zone=zone, cidr_block=str(blocks[i]),
-                tags={**args.tags, **cluster_tag, "Name": f"{name}-private-{zone}",
-                      "kubernetes.io/role/internal-elb": "1"},
+                vpc_id=vpc.id,
+                availability_zone=zone,
+                cidr_block=str(blocks[i]),
+                tags={
+                    **args.tags,
+                    **cluster_tag,
+                    "Name": f"{name}-private-{zone}",
+                    "kubernetes.io/role/internal-elb": "1",
+                },
                 opts=child,
             )
-            rt = aws.ec2.RouteTable(f"{name}-private-rt-{i}", vpc_id=vpc.id,
-                                    tags={**args.tags, "Name": f"{name}-private-{zone}"}, opts=child)
-            route = aws.ec2.Route(f"{name}-private-default-{i}", route_table_id=rt.id,
-                                  destination_cidr_block="0.0.0.0/0", nat_gateway_id=nats[-1].id, opts=child)
-            aws.ec2.RouteTableAssociation(f"{name}-private-{i}", subnet_id=priv.id, route_table_id=rt.id,
-                                          opts=child)
+            rt = aws.ec2.RouteTable(
+                f"{name}-private-rt-{i}",
+                vpc_id=vpc.id,
+                tags={**args.tags, "Name": f"{name}-private-{zone}"},
+                opts=child,
+            )
+            route = aws.ec2.Route(
+                f"{name}-private-default-{i}",
+                route_table_id=rt.id,
+                destination_cidr_block="0.0.0.0/0",
+                nat_gateway_id=nats[-1].id,
+                opts=child,
+            )
+            aws.ec2.RouteTableAssociation(
+                f"{name}-private-{i}", subnet_id=priv.id, route_table_id=rt.id, opts=child
+            )
             private.append(priv)
             self.gateways.append(route)
         self.gateways.extend(nats)
@@ -113,8 +156,10 @@ class Network(pulumi.ComponentResource):
         self.vpc_id = vpc.id
         self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private])
         self.public_subnet_ids = pulumi.Output.all(*[s.id for s in public])
-        self.register_outputs({
-            "vpc_id": self.vpc_id,
-            "private_subnet_ids": self.private_subnet_ids,
-            "public_subnet_ids": self.public_subnet_ids,
-        })
+        self.register_outputs(
+            {
+                "vpc_id": self.vpc_id,
+                "private_subnet_ids": self.private_subnet_ids,
+                "public_subnet_ids": self.public_subnet_ids,
+            }
+        )

@@ -31,8 +31,12 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
     release_name: pulumi.Output[str]
     status: pulumi.Output[str]
 
-    def __init__(self, name: str, args: NvidiaDevicePluginArgs | None = None,
-                 opts: pulumi.ResourceOptions | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        args: NvidiaDevicePluginArgs | None = None,
+        opts: pulumi.ResourceOptions | None = None,
+    ) -> None:
         args = args or NvidiaDevicePluginArgs()
         if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", args.version):
             raise ValueError(f"NvidiaDevicePluginArgs.version: {args.version!r}; expected a pinned x.y.z")

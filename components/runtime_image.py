@@ -7,7 +7,8 @@ Two ways, chosen by the args:
   reference is ``<repository URL>:<tag>``. The image is built and pushed outside Pulumi, so the program
   needs no Docker engine or extra provider (``pulumi-docker-build`` is not a dependency)::
 
-      aws ecr get-login-password | docker login --username AWS --password-stdin <account>.dkr.ecr.<region>.amazonaws.com
+      aws ecr get-login-password --region <region> \
+        | docker login --username AWS --password-stdin <account>.dkr.ecr.<region>.amazonaws.com
       docker build -f runtime/Dockerfile -t <repository URL>:<tag> .
       docker push <repository URL>:<tag>
 
@@ -51,10 +52,16 @@ class RuntimeImage(pulumi.ComponentResource):
         if (args.image is None) == (args.ecr_repository is None):
             raise ValueError("RuntimeImageArgs: set exactly one of image (prebuilt) and ecr_repository")
         if args.ecr_repository is not None and not _TAG.match(args.tag):
-            raise ValueError(f"RuntimeImageArgs.tag: {args.tag!r}; expected [A-Za-z0-9_.-], up to 128 characters")
-        if args.ecr_repository is not None and not re.match(r"^[a-z0-9][a-z0-9._/-]{1,255}$", args.ecr_repository):
-            raise ValueError(f"RuntimeImageArgs.ecr_repository: {args.ecr_repository!r}; expected lowercase "
-                             "a-z, 0-9, '.', '_', '-', '/'")
+            raise ValueError(
+                f"RuntimeImageArgs.tag: {args.tag!r}; expected [A-Za-z0-9_.-], up to 128 characters"
+            )
+        if args.ecr_repository is not None and not re.match(
+            r"^[a-z0-9][a-z0-9._/-]{1,255}$", args.ecr_repository
+        ):
+            raise ValueError(
+                f"RuntimeImageArgs.ecr_repository: {args.ecr_repository!r}; expected lowercase "
+                "a-z, 0-9, '.', '_', '-', '/'"
+            )
         super().__init__(TYPE, name, None, opts)
         self.repository_url = None
         if args.image is not None:
@@ -73,13 +80,22 @@ class RuntimeImage(pulumi.ComponentResource):
             aws.ecr.LifecyclePolicy(
                 f"{name}-lifecycle",
                 repository=repo.name,
-                policy=json.dumps({"rules": [{
-                    "rulePriority": 1,
-                    "description": f"keep the newest {args.keep_images} images",
-                    "selection": {"tagStatus": "any", "countType": "imageCountMoreThan",
-                                  "countNumber": args.keep_images},
-                    "action": {"type": "expire"},
-                }]}),
+                policy=json.dumps(
+                    {
+                        "rules": [
+                            {
+                                "rulePriority": 1,
+                                "description": f"keep the newest {args.keep_images} images",
+                                "selection": {
+                                    "tagStatus": "any",
+                                    "countType": "imageCountMoreThan",
+                                    "countNumber": args.keep_images,
+                                },
+                                "action": {"type": "expire"},
+                            }
+                        ]
+                    }
+                ),
                 opts=pulumi.ResourceOptions(parent=self),
             )
             self.repository_url = repo.repository_url

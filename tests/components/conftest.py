@@ -23,4 +23,3 @@ def tiny_package() -> Path:
 def _fresh_pulumi() -> Iterator[None]:
     yield
     pulumi.runtime.set_all_config({})
-

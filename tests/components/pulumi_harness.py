@@ -53,7 +53,8 @@ class Mocks(pulumi.runtime.Mocks):
             )
             rid = state["name"]
         elif t == "aws:ecr/repository:Repository":
-            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{state.get('name', args.name)}"
+            repo = state.get("name", args.name)
+            state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{repo}"
             state["arn"] = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{args.name}"
         elif t == "aws:ec2/vpc:Vpc":
             rid = "vpc-0123"
@@ -64,7 +65,8 @@ class Mocks(pulumi.runtime.Mocks):
             state["latestVersion"] = 1
         elif t == "kubernetes:core/v1:Service":
             if (state.get("spec") or {}).get("type") == "LoadBalancer":
-                state["status"] = {"loadBalancer": {"ingress": [{"hostname": f"{args.name}.elb.amazonaws.com"}]}}
+                host = f"{args.name}.elb.amazonaws.com"
+                state["status"] = {"loadBalancer": {"ingress": [{"hostname": host}]}}
         elif t.startswith("aws:") and "arn" not in state:
             state["arn"] = f"arn:aws:{t.split(':')[1].split('/')[0]}:us-east-1:{ACCOUNT}:{args.name}"
         return rid, state
@@ -72,11 +74,18 @@ class Mocks(pulumi.runtime.Mocks):
     def call(self, args: pulumi.runtime.MockCallArgs) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
         tok = args.token
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
-            return {"names": ["us-east-1a", "us-east-1b", "us-east-1c"],
-                    "zoneIds": ["use1-az1", "use1-az2", "use1-az4"], "id": "us-east-1"}, []
+            return {
+                "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
+                "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
+                "id": "us-east-1",
+            }, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
-            return {"accountId": ACCOUNT, "arn": f"arn:aws:iam::{ACCOUNT}:user/test", "userId": "AID",
-                    "id": ACCOUNT}, []
+            return {
+                "accountId": ACCOUNT,
+                "arn": f"arn:aws:iam::{ACCOUNT}:user/test",
+                "userId": "AID",
+                "id": ACCOUNT,
+            }, []
         if tok == "aws:index/getPartition:getPartition":
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
         if tok == "aws:iam/getPolicyDocument:getPolicyDocument":
@@ -121,14 +130,20 @@ class Program:
         return next(r for r in self.resources if r.urn == urn)
 
     def kubernetes_objects(self) -> list[Registration]:
-        return [r for r in self.resources if r.custom and r.type.startswith("kubernetes:")
-                and not r.type.startswith("kubernetes:helm") and r.type != "pulumi:providers:kubernetes"]
+        return [
+            r
+            for r in self.resources
+            if r.custom
+            and r.type.startswith("kubernetes:")
+            and not r.type.startswith("kubernetes:helm")
+            and r.type != "pulumi:providers:kubernetes"
+        ]
 
 
 class RecordingMonitor(pulumi_mocks.MockMonitor):
-    def __init__(self, mocks: Mocks) -> None:
+    def __init__(self, mocks: Mocks, program: Program) -> None:
         super().__init__(mocks)
-        self.program = Program()
+        self.program = program
 
     def RegisterResource(self, request: Any) -> Any:  # noqa: N802 (gRPC method name)
         response = super().RegisterResource(request)
@@ -140,17 +155,31 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 name=request.name,
                 parent=request.parent,
                 custom=request.custom,
-                inputs=pulumi.runtime.rpc.deserialize_properties(request.object) if request.object else {},
+                inputs=_unwrap(pulumi.runtime.rpc.deserialize_properties(request.object))
+                if request.object
+                else {},
                 protect=request.protect,
                 retain_on_delete=request.retainOnDelete,
                 ignore_changes=list(request.ignoreChanges),
-                custom_timeouts={k: getattr(timeouts, k) for k in ("create", "update", "delete")
-                                 if getattr(timeouts, k)},
+                custom_timeouts={
+                    k: getattr(timeouts, k) for k in ("create", "update", "delete") if getattr(timeouts, k)
+                },
                 dependencies=list(request.dependencies),
                 provider=request.provider,
             )
         )
         return response
+
+
+def _unwrap(value: Any) -> Any:
+    """Secret values arrive wrapped with Pulumi's signature key; the tests look at the plain value."""
+    if isinstance(value, dict):
+        if value.get(pulumi.runtime.rpc._special_sig_key) == pulumi.runtime.rpc._special_secret_sig:
+            return _unwrap(value["value"])
+        return {k: _unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unwrap(v) for v in value]
+    return value
 
 
 def to_config(stack_config: dict[str, Any]) -> dict[str, str]:
@@ -163,9 +192,16 @@ def load_stack(stack: str) -> dict[str, Any]:
     return data["config"]
 
 
-def run_program(fn: Callable[[], Any], config: dict[str, Any] | None = None, stack: str = "test") -> Program:
-    """Build ``fn``'s resources afresh under mocks with ``config`` (``inferstack:<key>`` -> value)."""
-    monitor = RecordingMonitor(Mocks())
+def run_program(
+    fn: Callable[[], Any],
+    config: dict[str, Any] | None = None,
+    stack: str = "test",
+    program: Program | None = None,
+) -> Program:
+    """Build ``fn``'s resources afresh under mocks with ``config`` (``inferstack:<key>`` -> value).
+    Pass ``program`` to inspect what was registered when ``fn`` raises."""
+    monitor = RecordingMonitor(Mocks(), program if program is not None else Program())
+    pulumi_settings.ROOT.set(None)  # a fresh root Stack (and its outputs) for every program
     pulumi.runtime.set_mocks(monitor.mocks, project="inferstack", stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(to_config(config or {}))
     program = monitor.program
@@ -203,3 +239,28 @@ def find(container: Any, *path: str | int) -> Any:
     for p in path:
         container = container[p]
     return container
+
+
+def as_manifest(reg: Registration) -> dict[str, Any]:
+    """A Kubernetes object as the provider would send it: the inputs, with whole floats (the
+    engine's number type) turned back into integers."""
+
+    def fix(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: fix(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+
+    return fix(reg.inputs)
+
+
+def container(program: Program, name_part: str = "") -> dict[str, Any]:
+    dep = program.one("kubernetes:apps/v1:Deployment", name_part)
+    return dep.inputs["spec"]["template"]["spec"]["containers"][0]
+
+
+def env_of(c: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in c["env"]}

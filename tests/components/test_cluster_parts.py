@@ -1,0 +1,208 @@
+"""Network, Cluster, GpuNodePool and NvidiaDevicePlugin alone, under Pulumi's mocks."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from inferstack.components.cluster import Cluster, ClusterArgs
+from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs, gpus_per_node
+from inferstack.components.network import Network, NetworkArgs
+from inferstack.components.nvidia_device_plugin import NODE_LABEL, NvidiaDevicePlugin
+from pulumi_harness import resolve, run_program
+
+NODE_GROUP = "aws:eks/nodeGroup:NodeGroup"
+CA = "k8s.io/cluster-autoscaler"
+
+
+def _pool(**kw: Any) -> GpuNodePool:
+    base: dict[str, Any] = dict(
+        cluster_name="inferstack-dev",
+        node_role_arn="arn:aws:iam::1:role/node",
+        subnet_ids=["subnet-a", "subnet-b"],
+        instance_types=["g4dn.xlarge"],
+        autoscaler_cluster="inferstack-dev",
+        min_size=0,
+        max_size=2,
+        desired_size=1,
+    )
+    base.update(kw)
+    return GpuNodePool("gpu", GpuNodePoolArgs(**base))
+
+
+def test_gpu_pool_taint_label_ami_and_scale_to_zero() -> None:
+    p = run_program(lambda: _pool())
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["amiType"] == "AL2023_x86_64_NVIDIA", ng.urn
+    assert ng.inputs["taints"] == [{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}], (
+        ng.urn
+    )
+    assert ng.inputs["labels"]["nvidia.com/gpu.present"] == "true", ng.urn
+    assert ng.inputs["scalingConfig"]["minSize"] == 0, ng.urn
+    assert ng.inputs["scalingConfig"]["desiredSize"] == 1 and ng.inputs["scalingConfig"]["maxSize"] == 2, (
+        ng.urn
+    )
+    assert "scalingConfig.desiredSize" in ng.ignore_changes, f"{ng.urn}: desired size would be fought over"
+    assert ng.custom_timeouts.get("create"), ng.urn
+
+
+def test_gpu_pool_carries_autoscaler_node_template_tags_on_group_and_asg() -> None:
+    p = run_program(lambda: _pool(instance_types=["g5.12xlarge"]))
+    ng = p.one(NODE_GROUP)
+    tags = ng.inputs["tags"]
+    expected = {
+        f"{CA}/enabled": "true",
+        f"{CA}/inferstack-dev": "owned",
+        f"{CA}/node-template/label/nvidia.com/gpu.present": "true",
+        f"{CA}/node-template/taint/nvidia.com/gpu": "true:NoSchedule",
+        f"{CA}/node-template/resources/nvidia.com/gpu": "4",
+    }
+    for k, v in expected.items():
+        assert tags.get(k) == v, f"{ng.urn}: tag {k}={tags.get(k)!r}, expected {v!r}"
+    asg = {r.inputs["tag"]["key"]: r for r in p.of_type("aws:autoscaling/tag:Tag")}
+    for k, v in expected.items():
+        assert k in asg and asg[k].inputs["tag"]["value"] == v, f"ASG tag {k} missing"
+        assert asg[k].inputs["autoscalingGroupName"] == f"eks-{ng.name}-asg", asg[k].urn
+
+
+def test_gpu_pool_launch_template_has_a_large_encrypted_gp3_volume() -> None:
+    p = run_program(lambda: _pool(disk_size_gib=200))
+    lt = p.one("aws:ec2/launchTemplate:LaunchTemplate")
+    bdm = lt.inputs["blockDeviceMappings"][0]
+    assert bdm["deviceName"] == "/dev/xvda", lt.urn
+    assert bdm["ebs"]["volumeType"] == "gp3" and bdm["ebs"]["volumeSize"] == 200, lt.urn
+    assert bdm["ebs"]["encrypted"] == "true", lt.urn
+    assert lt.inputs["metadataOptions"]["httpTokens"] == "required", lt.urn
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["launchTemplate"]["id"] == f"{lt.name}_id", ng.urn
+    assert "diskSize" not in ng.inputs, ng.urn
+
+
+def test_bottlerocket_option_uses_its_data_volume_and_its_own_device_plugin() -> None:
+    p = run_program(lambda: _pool(ami_type="BOTTLEROCKET_x86_64_NVIDIA"))
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["amiType"] == "BOTTLEROCKET_x86_64_NVIDIA", ng.urn
+    assert NODE_LABEL[0] not in ng.inputs["labels"], ng.urn
+    lt = p.one("aws:ec2/launchTemplate:LaunchTemplate")
+    assert lt.inputs["blockDeviceMappings"][0]["deviceName"] == "/dev/xvdb", lt.urn
+
+
+def test_cpu_system_pool_has_no_taint_and_standard_ami() -> None:
+    p = run_program(lambda: _pool(gpu=False, instance_types=["t3.medium"], min_size=1, desired_size=1))
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["amiType"] == "AL2023_x86_64_STANDARD" and not ng.inputs.get("taints"), ng.urn
+    assert "nvidia.com/gpu.present" not in ng.inputs["labels"], ng.urn
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"min_size": -1}, "min_size"),
+        ({"ami_type": "AL2_x86_64_GPU"}, "ami_type"),
+        ({"max_size": 0}, "max_size"),
+        ({"desired_size": 5}, "desired_size"),
+        ({"instance_types": []}, "instance_types"),
+        ({"disk_size_gib": 20}, "disk_size_gib"),
+        ({"capacity_type": "RESERVED"}, "capacity_type"),
+    ],
+)
+def test_bad_pool_args_name_the_field(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"GpuNodePoolArgs.{field}"):
+        run_program(lambda: _pool(**kw))
+
+
+def test_gpus_per_node_table() -> None:
+    assert [gpus_per_node(t) for t in ("g4dn.xlarge", "g6.xlarge", "g5.12xlarge", "p4d.24xlarge")] == [
+        1,
+        1,
+        4,
+        8,
+    ]
+
+
+def test_device_plugin_tolerates_the_gpu_taint_and_targets_the_pool_label() -> None:
+    def prog() -> NvidiaDevicePlugin:
+        _pool()
+        return NvidiaDevicePlugin("plugin")
+
+    p = run_program(prog)
+    rel = p.one("kubernetes:helm.sh/v3:Release")
+    assert rel.inputs["chart"] == "nvidia-device-plugin", rel.urn
+    assert rel.inputs["repositoryOpts"]["repo"] == "https://nvidia.github.io/k8s-device-plugin", rel.urn
+    assert rel.inputs["version"], f"{rel.urn}: chart version must be pinned"
+    values = rel.inputs["values"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in values["tolerations"], (
+        rel.urn
+    )
+    selector = values["nodeSelector"]
+    labels = p.one(NODE_GROUP).inputs["labels"]
+    assert all(labels.get(k) == v for k, v in selector.items()), f"{rel.urn}: {selector} matches no GPU node"
+
+
+def _network(nat: str, az: int = 3) -> Network:
+    return Network(
+        "net", NetworkArgs(cluster_name="inferstack-prod", cidr="10.50.0.0/16", az_count=az, nat=nat)
+    )
+
+
+@pytest.mark.parametrize(("nat", "count"), [("single", 1), ("perAz", 3)])
+def test_network_nat_per_mode(nat: str, count: int) -> None:
+    p = run_program(lambda: _network(nat))
+    assert len(p.of_type("aws:ec2/natGateway:NatGateway")) == count
+    subnets = p.of_type("aws:ec2/subnet:Subnet")
+    assert len(subnets) == 6
+    private = [s for s in subnets if "private" in s.name]
+    public = [s for s in subnets if "public" in s.name]
+    for s in private:
+        assert s.inputs["tags"]["kubernetes.io/role/internal-elb"] == "1", s.urn
+        assert s.inputs["tags"]["kubernetes.io/cluster/inferstack-prod"] == "shared", s.urn
+    for s in public:
+        assert s.inputs["tags"]["kubernetes.io/role/elb"] == "1", s.urn
+    routes = [r for r in p.of_type("aws:ec2/route:Route") if "private" in r.name]
+    assert len(routes) == 3 and all(r.inputs.get("natGatewayId") for r in routes)
+    assert len(p.result.gateways) >= 1 + count + 3
+
+
+def test_network_rejects_bad_args() -> None:
+    with pytest.raises(ValueError, match="NetworkArgs.nat"):
+        run_program(lambda: _network("none"))
+    with pytest.raises(ValueError, match="NetworkArgs.az_count"):
+        run_program(lambda: _network("single", az=1))
+
+
+def test_cluster_is_pinned_uses_access_entries_and_pod_identity() -> None:
+    arn = "arn:aws:iam::123456789012:role/platform-admin"
+    p = run_program(
+        lambda: Cluster(
+            "c",
+            ClusterArgs(
+                cluster_name="inferstack-dev",
+                version="1.34",
+                subnet_ids=["a", "b"],
+                admin_principal_arns=[arn],
+            ),
+        )
+    )
+    eks = p.one("aws:eks/cluster:Cluster")
+    assert eks.inputs["version"] == "1.34" and eks.inputs["name"] == "inferstack-dev", eks.urn
+    assert eks.inputs["accessConfig"]["authenticationMode"] == "API", eks.urn
+    assert eks.inputs["encryptionConfig"]["resources"] == ["secrets"], eks.urn
+    addon = p.one("aws:eks/addon:Addon")
+    assert addon.inputs["addonName"] == "eks-pod-identity-agent", addon.urn
+    assert p.one("aws:eks/accessEntry:AccessEntry").inputs["principalArn"] == arn
+    policies = {
+        r.inputs["policyArn"].rsplit("/", 1)[1]
+        for r in p.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment")
+    }
+    assert {
+        "AmazonEKSClusterPolicy",
+        "AmazonEKSWorkerNodePolicy",
+        "AmazonEKS_CNI_Policy",
+        "AmazonEC2ContainerRegistryReadOnly",
+    } <= policies
+    kubeconfig = json.loads(resolve(p.result.kubeconfig))
+    assert kubeconfig["clusters"][0]["cluster"]["server"].startswith("https://")
+    assert kubeconfig["users"][0]["user"]["exec"]["args"][:2] == ["eks", "get-token"]
+    with pytest.raises(ValueError, match="ClusterArgs.version"):
+        run_program(lambda: Cluster("c", ClusterArgs(cluster_name="x", version="latest", subnet_ids=[])))

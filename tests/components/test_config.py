@@ -1,0 +1,164 @@
+"""Stack config validation: each kind of bad value fails before any resource, naming key, value, allowed."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from inferstack.components import config
+from inferstack.components.program import main
+from pulumi_harness import ROOT, Program, load_stack, run_program
+
+
+def _dev() -> dict[str, Any]:
+    return copy.deepcopy(load_stack("dev"))
+
+
+def _expect(cfg: dict[str, Any], key: str, *fragments: str) -> str:
+    program = Program()
+    with pytest.raises(config.ConfigError) as info:
+        run_program(main, cfg, stack="dev", program=program)
+    msg = str(info.value)
+    assert msg.startswith(f"inferstack:{key}:"), msg
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+    declared = [r for r in program.resources if r.type != "pulumi:pulumi:Stack"]
+    assert declared == [], f"resources declared before validation failed: {[r.urn for r in declared]}"
+    return msg
+
+
+def _set(cfg: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    cfg[f"inferstack:{key}"] = value
+    return cfg
+
+
+def _pool(cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    cfg["inferstack:gpuPools"][0].update(kw)
+    return cfg
+
+
+def _model(cfg: dict[str, Any], **kw: Any) -> dict[str, Any]:
+    cfg["inferstack:models"][0].update(kw)
+    return cfg
+
+
+@pytest.mark.parametrize("stack", ["local", "dev", "prod"])
+def test_committed_stacks_validate(stack: str) -> None:
+    cfg = load_stack(stack)
+    if stack == "prod":
+        cfg["inferstack:authToken"] = "t"
+    seen: dict[str, config.StackConfig] = {}
+    run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), cfg, stack=stack)
+    loaded = seen["cfg"]
+    assert loaded.models[0].manifest.name == "tiny-linear"
+    assert loaded.project_dir == ROOT
+
+
+def test_bad_target() -> None:
+    _expect(_set(_dev(), "target", "gcp"), "target", "'gcp'", "aws, kubernetes")
+
+
+def test_bad_region_and_cluster_version() -> None:
+    _expect(_set(_dev(), "region", "mars-1"), "region", "'mars-1'", "us-east-1")
+    _expect(_set(_dev(), "clusterVersion", "1.20"), "clusterVersion", "'1.20'", "1.34")
+
+
+def test_bad_gpu_pool_values() -> None:
+    _expect(_pool(_dev(), minSize=-1), "gpuPools[0].minSize", "-1", "integer from 0")
+    _expect(_pool(_dev(), maxSize=0), "gpuPools[0].maxSize", "0", "integer from 1")
+    _expect(
+        _pool(_dev(), amiType="AL2_x86_64_GPU"),
+        "gpuPools[0].amiType",
+        "AL2023_x86_64_NVIDIA",
+        "BOTTLEROCKET_x86_64_NVIDIA",
+    )
+    _expect(
+        _pool(_dev(), instanceTypes=["m5.large"]), "gpuPools[0].instanceTypes", "'m5.large'", "NVIDIA GPU"
+    )
+    _expect(_pool(_dev(), diskSizeGiB=10), "gpuPools[0].diskSizeGiB", "10", "from 50")
+    _expect(_pool(_dev(), name="GPU_pool"), "gpuPools[0].name", "DNS label")
+    _expect(_pool(_dev(), spot=True), "gpuPools[0].spot", "one of the keys")
+
+
+def test_bad_network() -> None:
+    _expect(_set(_dev(), "network", {"nat": "two"}), "network.nat", "'two'", "single, perAz")
+    _expect(_set(_dev(), "network", {"cidr": "10.0.0.0/28"}), "network.cidr", "/20 or larger")
+    _expect(_set(_dev(), "network", {"cidr": "banana"}), "network.cidr", "IPv4 CIDR")
+
+
+def test_bad_model_store() -> None:
+    _expect(
+        _set(_dev(), "modelStore", {"forceDestroy": True, "protect": True}),
+        "modelStore.forceDestroy",
+        "protect is true",
+    )
+    _expect(_set(_dev(), "modelStore", {"bucketPrefix": "Upper_Case"}), "modelStore.bucketPrefix", "a-z")
+    _expect(_set(_dev(), "modelStore", {"protect": "yes"}), "modelStore.protect", "true or false")
+
+
+def test_bad_models() -> None:
+    _expect(_set(_dev(), "models", []), "models", "at least one model")
+    _expect(_model(_dev(), path="examples/packages/nope"), "models[0].path", "manifest.json")
+    _expect(_model(_dev(), exposure="world"), "models[0].exposure", "internal, public")
+    _expect(_model(_dev(), gpus=9), "models[0].gpus", "from 0 to 8")
+    _expect(_model(_dev(), memory="lots"), "models[0].memory", "Kubernetes quantity")
+    _expect(_model(_dev(), replicas=0), "models[0].replicas", "from 1")
+    _expect(
+        _model(_dev(), autoscaling={"minReplicas": 3, "maxReplicas": 2}),
+        "models[0].autoscaling.maxReplicas",
+        "from 3",
+    )
+    _expect(_model(_dev(), image="ecr"), "models[0].image", "runtimeImage.ecr")
+    cfg = _dev()
+    cfg["inferstack:models"].append(dict(cfg["inferstack:models"][0]))
+    _expect(cfg, "models[1].name", "one model only")
+
+
+def test_tampered_model_package_is_refused(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "Pulumi.yaml").write_text("name: inferstack\nruntime: python\n")
+    src = ROOT / "examples" / "packages" / "tiny-linear"
+    for f in src.iterdir():
+        shutil.copy(f, project / "pkg" / f.name)
+    (project / "pkg" / "model.onnx").write_bytes(b"tampered")
+    cfg = _model(_dev(), path="pkg")
+    with pytest.raises(
+        config.ConfigError, match=r"models\[0\].path.*checksum mismatch|models\[0\].path.*size"
+    ):
+        run_program(lambda: main(project), cfg, stack="dev")
+
+
+def test_auth_needs_a_token() -> None:
+    _expect(_model(_dev(), auth=True), "authToken", "pulumi config set --secret")
+
+
+def test_gpu_model_needs_a_gpu_pool_on_aws() -> None:
+    _expect(_set(_dev(), "gpuPools", []), "models[0].gpus", "gpuPools")
+
+
+def test_kubernetes_target_rules() -> None:
+    local = copy.deepcopy(load_stack("local"))
+    bad = copy.deepcopy(local)
+    del bad["inferstack:objectStore"]
+    _expect(bad, "objectStore", "(missing)", "endpoint")
+    bad = copy.deepcopy(local)
+    bad["inferstack:objectStore"]["endpoint"] = "minio:9000"
+    _expect(bad, "objectStore.endpoint", "http(s) URL")
+    bad = copy.deepcopy(local)
+    bad["inferstack:gpuPools"] = [{"name": "gpu", "instanceTypes": ["g5.xlarge"]}]
+    _expect(bad, "gpuPools", "no GPU pools with target kubernetes")
+    _expect(_set(copy.deepcopy(local), "runtimeImage", {"ecr": True}), "runtimeImage.ecr", "AWS only")
+    _expect(
+        _set(_dev(), "objectStore", {"endpoint": "http://x:9000"}),
+        "objectStore",
+        "only with target kubernetes",
+    )
+
+
+def test_bad_admins_and_tags() -> None:
+    _expect(_set(_dev(), "clusterAdmins", ["alice"]), "clusterAdmins[0]", "'alice'", "IAM role or user ARNs")
+    _expect(_set(_dev(), "tags", {"team": 5}), "tags.team", "string tag values")

@@ -1,0 +1,241 @@
+"""InferenceService alone, under Pulumi's mocks: what the pods may do, how they start, how they roll."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pulumi
+import pytest
+from inferstack.components.inference_service import (
+    Autoscaling,
+    InferenceService,
+    InferenceServiceArgs,
+    S3Credentials,
+)
+from pulumi_harness import container, env_of, resolve, run_program
+
+URI = "s3://models-bucket/models/tiny-linear/abc123/"
+PREFIX = "models/tiny-linear/abc123/"
+DEPLOYMENT = "kubernetes:apps/v1:Deployment"
+
+
+def _svc(**kw: Any) -> InferenceService:
+    base: dict[str, Any] = dict(
+        model_name="tiny",
+        image="registry/runtime:1",
+        model_uri=URI,
+        bucket="models-bucket",
+        model_prefix=PREFIX,
+        cluster_name="inferstack-dev",
+        kms_key_arn="arn:aws:kms:us-east-1:123456789012:key/k",
+    )
+    base.update(kw)
+    return InferenceService("tiny", InferenceServiceArgs(**base))
+
+
+def test_gpu_pods_tolerate_the_taint_request_the_gpu_and_select_gpu_nodes() -> None:
+    p = run_program(lambda: _svc(gpus=1))
+    dep = p.one(DEPLOYMENT)
+    pod = dep.inputs["spec"]["template"]["spec"]
+    assert {"key": "nvidia.com/gpu", "operator": "Equal", "value": "true", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ], dep.urn
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, dep.urn
+    res = container(p)["resources"]
+    assert res["requests"]["nvidia.com/gpu"] == "1" and res["limits"]["nvidia.com/gpu"] == "1", dep.urn
+    assert env_of(container(p))["INFERSTACK_REQUIRE_GPU"] == "true", dep.urn
+
+
+def test_cpu_pods_have_no_gpu_request_toleration_or_selector() -> None:
+    p = run_program(lambda: _svc(gpus=0))
+    pod = p.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]
+    assert "tolerations" not in pod and "nodeSelector" not in pod
+    assert "nvidia.com/gpu" not in container(p)["resources"]["limits"]
+    assert env_of(container(p))["INFERSTACK_REQUIRE_GPU"] == "false"
+
+
+def test_probes_use_the_v2_health_endpoints_and_the_startup_probe_covers_a_gpu_cold_start() -> None:
+    p = run_program(lambda: _svc(startup_timeout_s=900))
+    c, urn = container(p), p.one(DEPLOYMENT).urn
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready", urn
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live", urn
+    startup = c["startupProbe"]
+    assert startup["httpGet"]["path"].startswith("/v2/health/"), urn
+    window = startup["periodSeconds"] * startup["failureThreshold"]
+    assert window >= 900, f"{urn}: startup probe gives up after {window}s"
+
+
+def test_container_is_hardened_and_sized() -> None:
+    p = run_program(lambda: _svc(cpu="3", memory="12Gi"))
+    dep = p.one(DEPLOYMENT)
+    pod = dep.inputs["spec"]["template"]["spec"]
+    c = container(p)
+    sc = c["securityContext"]
+    assert sc["runAsNonRoot"] is True and sc["readOnlyRootFilesystem"] is True, dep.urn
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], dep.urn
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault", dep.urn
+    assert pod["securityContext"]["runAsNonRoot"] is True, dep.urn
+    assert pod["automountServiceAccountToken"] is False, dep.urn
+    # read-only root: the model cache is an emptyDir, and INFERSTACK_CACHE_DIR points into it
+    cache = next(m for m in c["volumeMounts"] if m["name"] == "model-cache")
+    assert env_of(c)["INFERSTACK_CACHE_DIR"] == cache["mountPath"], dep.urn
+    assert any(v["name"] == "model-cache" and "emptyDir" in v for v in pod["volumes"]), dep.urn
+    for part in ("requests", "limits"):
+        assert c["resources"][part]["cpu"] == "3" and c["resources"][part]["memory"] == "12Gi", dep.urn
+
+
+def test_runtime_is_pointed_at_the_model_uri_with_the_digest() -> None:
+    p = run_program(lambda: _svc())
+    c = container(p)
+    assert c["command"] == ["inferstack", "serve"] and c["args"] == [URI]
+    assert env_of(c)["INFERSTACK_MODEL"] == URI
+    assert env_of(c)["INFERSTACK_PORT"] == "8000"
+
+
+def test_rollout_never_drops_below_capacity_and_waits_long_enough() -> None:
+    p = run_program(lambda: _svc(await_timeout="30m"))
+    dep = p.one(DEPLOYMENT)
+    strategy = dep.inputs["spec"]["strategy"]
+    assert strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0, dep.urn
+    assert dep.custom_timeouts["create"] == "30m" and dep.custom_timeouts["update"] == "30m", dep.urn
+    ann = dep.inputs["metadata"].get("annotations") or {}
+    assert "pulumi.com/skipAwait" not in ann, f"{dep.urn}: the await must not be skipped"
+    pod_ann = dep.inputs["spec"]["template"]["metadata"]["annotations"]
+    assert pod_ann["prometheus.io/scrape"] == "true" and pod_ann["prometheus.io/port"] == "8000", dep.urn
+
+
+def test_hpa_pdb_and_network_policy() -> None:
+    p = run_program(lambda: _svc(autoscaling=Autoscaling(2, 5, 60)))
+    hpa = p.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    spec = hpa.inputs["spec"]
+    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tiny"}, hpa.urn
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 5), hpa.urn
+    assert spec["metrics"][0]["resource"]["target"]["averageUtilization"] == 60, hpa.urn
+    assert "replicas" not in p.one(DEPLOYMENT).inputs["spec"], "the HPA owns replicas"
+
+    pdb = p.one("kubernetes:policy/v1:PodDisruptionBudget")
+    assert pdb.inputs["spec"]["maxUnavailable"] == 1, pdb.urn
+    labels = p.one(DEPLOYMENT).inputs["spec"]["selector"]["matchLabels"]
+    assert pdb.inputs["spec"]["selector"]["matchLabels"] == labels, pdb.urn
+
+    np = p.one("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    assert np.inputs["spec"]["podSelector"]["matchLabels"] == labels, np.urn
+    assert np.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"], np.urn
+    assert np.inputs["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}], np.urn
+
+
+@pytest.mark.parametrize(
+    ("exposure", "svc_type", "scheme"),
+    [
+        ("cluster", "ClusterIP", None),
+        ("internal", "LoadBalancer", "internal"),
+        ("public", "LoadBalancer", "internet-facing"),
+    ],
+)
+def test_service_is_internal_unless_public(exposure: str, svc_type: str, scheme: str | None) -> None:
+    p = run_program(lambda: _svc(exposure=exposure))
+    svc = p.one("kubernetes:core/v1:Service")
+    assert svc.inputs["spec"]["type"] == svc_type, svc.urn
+    ann = svc.inputs["metadata"].get("annotations") or {}
+    assert ann.get("service.beta.kubernetes.io/aws-load-balancer-scheme") == scheme, svc.urn
+    if exposure == "internal":
+        assert ann["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true", svc.urn
+    url = resolve(p.result.endpoint_url)
+    assert url.endswith(":8000") and url.startswith("http://")
+
+
+def test_pod_identity_role_reads_only_the_model_prefix() -> None:
+    p = run_program(lambda: _svc())
+    role = p.one("aws:iam/role:Role")
+    trust = json.loads(role.inputs["assumeRolePolicy"])
+    assert trust["Statement"][0]["Principal"] == {"Service": "pods.eks.amazonaws.com"}, role.urn
+
+    policy = p.one("aws:iam/rolePolicy:RolePolicy")
+    doc = json.loads(policy.inputs["policy"])
+    actions = {a for s in doc["Statement"] for a in s["Action"]}
+    assert actions == {"s3:GetObject", "s3:ListBucket", "kms:Decrypt"}, f"{policy.urn}: {actions}"
+    for s in doc["Statement"]:
+        assert s["Effect"] == "Allow" and "*" not in s["Resource"], policy.urn
+        assert all(not a.endswith("*") for a in s["Action"]), policy.urn
+    get = next(s for s in doc["Statement"] if s["Action"] == ["s3:GetObject"])
+    assert get["Resource"] == [f"arn:aws:s3:::models-bucket/{PREFIX}*"], policy.urn
+    lst = next(s for s in doc["Statement"] if s["Action"] == ["s3:ListBucket"])
+    assert lst["Resource"] == ["arn:aws:s3:::models-bucket"], policy.urn
+    assert lst["Condition"]["StringLike"]["s3:prefix"] == [PREFIX, f"{PREFIX}*"], policy.urn
+
+    assoc = p.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+    assert (assoc.inputs["namespace"], assoc.inputs["serviceAccount"]) == ("tiny", "tiny"), assoc.urn
+    assert assoc.inputs["roleArn"].endswith(f"role/{role.name}"), assoc.urn
+    assert p.one("kubernetes:core/v1:ServiceAccount").inputs["metadata"]["name"] == "tiny"
+    assert p.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]["serviceAccountName"] == "tiny"
+    assert assoc.urn in p.one(DEPLOYMENT).dependencies, "pods start after their identity exists"
+
+
+def test_s3_compatible_store_gets_credentials_from_a_secret_and_the_endpoint() -> None:
+    p = run_program(
+        lambda: _svc(
+            cluster_name=None,
+            kms_key_arn=None,
+            s3_credentials=S3Credentials("minio", pulumi.Output.secret("minio-secret")),
+            s3_endpoint="http://minio.minio.svc.cluster.local:9000",
+        )
+    )
+    assert not p.of_type("aws:iam/role:Role")
+    secret = p.one("kubernetes:core/v1:Secret", "s3")
+    assert secret.inputs["stringData"]["AWS_ACCESS_KEY_ID"] == "minio", secret.urn
+    env = env_of(container(p))
+    assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.minio.svc.cluster.local:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == secret.inputs["metadata"]["name"]
+    np = p.one("kubernetes:networking.k8s.io/v1:NetworkPolicy")
+    ports = [pt["port"] for rule in np.inputs["spec"]["egress"] for pt in rule["ports"]]
+    assert 9000 in ports, f"{np.urn}: the store's port must be reachable"
+
+
+def test_auth_token_is_a_mounted_secret_file() -> None:
+    p = run_program(lambda: _svc(auth_token=pulumi.Output.secret("tok")))
+    secret = p.one("kubernetes:core/v1:Secret", "auth")
+    c = container(p)
+    path = env_of(c)["INFERSTACK_AUTH_TOKEN_FILE"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "auth")
+    assert path == f"{mount['mountPath']}/token" and mount["readOnly"] is True, secret.urn
+    assert "INFERSTACK_AUTH_TOKEN" not in env_of(c), "the token must not sit in the pod spec"
+    no_auth = run_program(lambda: _svc())
+    assert "INFERSTACK_AUTH_TOKEN_FILE" not in env_of(container(no_auth))
+
+
+def test_service_outlives_the_resources_it_is_told_to() -> None:
+    def prog() -> InferenceService:
+        gate = pulumi.CustomResource("test:index:Gateway", "gateway", {})
+        return _svc(exposure="public", service_depends_on=[gate])
+
+    p = run_program(prog)
+    gate = p.one("test:index:Gateway")
+    svc = p.one("kubernetes:core/v1:Service")
+    assert gate.urn in svc.dependencies, f"{svc.urn}: destroy would not wait for the load balancer"
+
+
+def test_every_child_is_parented_and_named_after_the_component() -> None:
+    p = run_program(lambda: _svc(auth_token="t"))
+    comp = p.one("inferstack:inference_service:InferenceService")
+    children = [r for r in p.resources if r.parent == comp.urn]
+    assert len(children) >= 10
+    for r in children:
+        assert r.name.startswith("tiny-"), r.urn
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"model_name": "Tiny_Model"}, "model_name"),
+        ({"exposure": "world"}, "exposure"),
+        ({"model_prefix": "models/*"}, "model_prefix"),
+        ({"gpus": 9}, "gpus"),
+        ({"autoscaling": Autoscaling(3, 2)}, "autoscaling"),
+        ({"port": 80}, "port"),
+        ({"s3_credentials": S3Credentials("a", "b")}, "s3_credentials"),
+    ],
+)
+def test_bad_args_name_the_field(kw: dict[str, Any], field: str) -> None:
+    with pytest.raises(ValueError, match=f"InferenceServiceArgs.{field}"):
+        run_program(lambda: _svc(**kw))

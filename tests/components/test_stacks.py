@@ -1,0 +1,217 @@
+"""Each committed stack file as a whole: load the YAML, set its config, run the program under mocks."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+from inferstack.components.program import main
+from pulumi_harness import ROOT, Program, as_manifest, container, env_of, load_stack, run_program
+
+from inferstack.manifest import load_manifest
+
+STACKS = ("local", "dev", "prod")
+DIGEST = load_manifest(ROOT / "examples" / "packages" / "tiny-linear").digest
+
+
+def _config(stack: str) -> dict[str, Any]:
+    cfg = load_stack(stack)
+    if stack == "prod":
+        cfg["inferstack:authToken"] = "prod-token"
+    return cfg
+
+
+@functools.cache
+def _run(stack: str) -> Program:
+    return run_program(main, _config(stack), stack=stack)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_outputs(stack: str) -> None:
+    p = _run(stack)
+    out = p.outputs
+    for key in ("endpointUrl", "modelUri", "bucketName", "clusterName", "kubeconfig"):
+        assert key in out, f"stack output {key} missing: {sorted(out)}"
+    assert out["modelUri"] == f"s3://{out['bucketName']}/models/tiny-linear/{DIGEST}/"
+    assert out["endpointUrl"].startswith("http://") and out["endpointUrl"].endswith(":8000")
+    assert "kubeconfig" in p.secret_outputs, "the kubeconfig must be a secret output"
+    if stack != "local":
+        assert out["clusterName"] == f"inferstack-{stack}"
+        assert json.loads(out["kubeconfig"])["current-context"] == f"inferstack-{stack}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_runtime_points_at_the_uploaded_prefix(stack: str) -> None:
+    p = _run(stack)
+    uri = p.outputs["modelUri"]
+    c = container(p)
+    assert c["args"] == [uri] and env_of(c)["INFERSTACK_MODEL"] == uri
+    keys = {o.inputs["key"] for o in p.of_type("aws:s3/bucketObjectv2:BucketObjectv2")}
+    prefix = uri.split("/", 3)[3]
+    assert f"{prefix}manifest.json" in keys and f"{prefix}model.onnx" in keys, keys
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_every_child_has_a_parent_and_a_derived_name(stack: str) -> None:
+    p = _run(stack)
+    by_urn = {r.urn: r for r in p.resources}
+    for r in p.resources:
+        if r.type == "pulumi:pulumi:Stack":
+            continue
+        parent = by_urn.get(r.parent)
+        assert parent is not None, f"{r.urn} has no parent"
+        if parent.type != "pulumi:pulumi:Stack":
+            assert r.name.startswith(parent.name + "-"), f"{r.urn}: name not derived from {parent.name}"
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_kubernetes_objects_validate_against_the_schemas(stack: str) -> None:
+    p = _run(stack)
+    version = _config(stack)["inferstack:clusterVersion"] + ".0"
+    objects = p.kubernetes_objects()
+    kinds = {o.inputs["kind"] for o in objects}
+    assert {
+        "Namespace",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+        "NetworkPolicy",
+    } <= kinds, kinds
+    for o in objects:
+        try:
+            kubernetes_validate.validate(as_manifest(o), version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{o.urn}: {e.message} at {'/'.join(map(str, e.path))}")
+
+
+def test_schema_validation_catches_a_broken_object() -> None:
+    dep = as_manifest(_run("dev").one("kubernetes:apps/v1:Deployment"))
+    dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"] = {"bad": 1}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, "1.34.0", strict=True)
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_load_balancer_service_is_destroyed_before_the_network(stack: str) -> None:
+    p = _run(stack)
+    svc = p.one("kubernetes:core/v1:Service")
+    deps = set(svc.dependencies)
+    for typ in ("aws:ec2/internetGateway:InternetGateway", "aws:ec2/natGateway:NatGateway"):
+        for r in p.of_type(typ):
+            assert r.urn in deps, f"{svc.urn} does not depend on {r.urn}: destroy could remove it first"
+    for r in p.of_type("aws:ec2/subnet:Subnet"):
+        if "public" in r.name:
+            assert r.urn in deps, f"{svc.urn} does not depend on {r.urn}"
+
+
+def test_dev_stack_specifics() -> None:
+    p = _run("dev")
+    bucket = p.one("aws:s3/bucket:Bucket")
+    assert bucket.inputs["forceDestroy"] is True and not bucket.protect, bucket.urn
+    assert len(p.of_type("aws:ec2/natGateway:NatGateway")) == 1
+    gpu = p.one("aws:eks/nodeGroup:NodeGroup", "gpu")
+    assert gpu.inputs["instanceTypes"] == ["g4dn.xlarge"] and gpu.inputs["scalingConfig"]["minSize"] == 0, (
+        gpu.urn
+    )
+    assert p.one("aws:eks/cluster:Cluster").inputs["version"] == "1.34"
+    assert p.one("kubernetes:helm.sh/v3:Release").inputs["chart"] == "nvidia-device-plugin"
+    res = container(p)["resources"]
+    assert res["limits"]["nvidia.com/gpu"] == "1"
+
+
+def test_prod_stack_specifics() -> None:
+    p = _run("prod")
+    for typ in ("aws:s3/bucket:Bucket", "aws:kms/key:Key"):
+        for r in p.of_type(typ):
+            if "store" in r.name:
+                assert r.protect and r.retain_on_delete and not r.inputs.get("forceDestroy"), r.urn
+    assert len(p.of_type("aws:ec2/natGateway:NatGateway")) == 3
+    gpu = p.one("aws:eks/nodeGroup:NodeGroup", "gpu")
+    assert gpu.inputs["instanceTypes"] == ["g6.xlarge", "g5.xlarge"], gpu.urn
+    assert "scalingConfig.desiredSize" in gpu.ignore_changes, gpu.urn
+    assert p.one("kubernetes:core/v1:Secret", "auth").inputs["stringData"]["token"] == "prod-token"
+    hpa = p.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
+    assert hpa.inputs["spec"]["minReplicas"] == 2
+
+
+def test_local_stack_uses_the_s3_compatible_store_and_no_aws_infrastructure() -> None:
+    p = _run("local")
+    assert not [r for r in p.resources if r.type.startswith(("aws:ec2", "aws:eks", "aws:iam", "aws:kms"))]
+    provider = p.one("pulumi:providers:aws")
+    assert provider.inputs["s3UsePathStyle"] in (True, "true"), provider.urn
+    endpoints = provider.inputs["endpoints"]
+    endpoints = json.loads(endpoints) if isinstance(endpoints, str) else endpoints
+    assert endpoints[0]["s3"] == "http://localhost:9000", provider.urn
+    kube = p.one("pulumi:providers:kubernetes")
+    assert kube.inputs["context"] == "kind-inferstack", kube.urn
+    c = container(p)
+    assert "nvidia.com/gpu" not in c["resources"]["limits"]
+    assert env_of(c)["AWS_ENDPOINT_URL_S3"] == "http://minio.minio.svc.cluster.local:9000"
+    assert c["image"] == "inferstack-runtime:cpu"
+    assert p.one("kubernetes:core/v1:Service").inputs["spec"]["type"] == "ClusterIP"
+
+
+def test_rendering_is_deterministic_and_only_a_changed_model_changes_the_deployment(tmp_path: Path) -> None:
+    first = run_program(main, _config("dev"), stack="dev")
+    second = run_program(main, _config("dev"), stack="dev")
+    assert sorted(
+        (r.urn, json.dumps(r.inputs, sort_keys=True, default=_plain)) for r in first.resources
+    ) == sorted((r.urn, json.dumps(r.inputs, sort_keys=True, default=_plain)) for r in second.resources)
+
+    # The same program in a copy of the project whose model file changed.
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(ROOT / "Pulumi.yaml", project / "Pulumi.yaml")
+    pkg = project / "examples" / "packages" / "tiny-linear"
+    shutil.copytree(ROOT / "examples" / "packages" / "tiny-linear", pkg)
+    from inferstack.manifest import Manifest, file_entries, write_manifest
+
+    old = load_manifest(pkg)
+    (pkg / "model.onnx").write_bytes((pkg / "model.onnx").read_bytes() + b"\x00")
+    write_manifest(
+        pkg, Manifest(**{**old.__dict__, "files": file_entries(pkg, ["model.onnx"]), "digest": ""})
+    )
+    changed = run_program(lambda: main(project), _config("dev"), stack="dev")
+    dep_a = first.one("kubernetes:apps/v1:Deployment").inputs
+    dep_b = changed.one("kubernetes:apps/v1:Deployment").inputs
+    assert dep_a != dep_b
+    assert DIGEST not in json.dumps(dep_b) and load_manifest(pkg).digest in json.dumps(dep_b)
+
+
+def test_make_package_regenerates_the_committed_package_byte_for_byte(tmp_path: Path) -> None:
+    from inferstack.examples.make_package import make_package
+
+    make_package(tmp_path / "pkg")
+    committed = ROOT / "examples" / "packages" / "tiny-linear"
+    for name in ("model.onnx", "manifest.json"):
+        assert (tmp_path / "pkg" / name).read_bytes() == (committed / name).read_bytes(), name
+
+
+@pytest.mark.skipif(
+    shutil.which("pulumi") is None, reason="the Pulumi CLI is not on PATH (needed for preview)"
+)
+def test_automation_api_preview_of_the_local_stack(tmp_path: Path) -> None:
+    """A real `pulumi preview` through the Automation API with a file backend (no cloud)."""
+    from pulumi import automation as auto
+
+    env = {"PULUMI_BACKEND_URL": f"file://{tmp_path}", "PULUMI_CONFIG_PASSPHRASE": "test"}
+    stack = auto.create_or_select_stack(
+        stack_name="local",
+        work_dir=str(ROOT),
+        opts=auto.LocalWorkspaceOptions(env_vars=env, project_settings=None),
+    )
+    result = stack.preview(on_output=lambda _: None)
+    assert result.change_summary.get("create", 0) > 10
+    subprocess.run(["pulumi", "stack", "rm", "--yes", "--force", "local"], cwd=ROOT, env={**env}, check=False)
+
+
+def _plain(value: object) -> str:
+    return str(getattr(value, "path", value))
