@@ -97,7 +97,9 @@ class Stand(pulumi.ComponentResource):
             instance_types=gpu.get("instanceTypes", ["g4dn.xlarge"]),
             ami_type="AL2023_x86_64_NVIDIA",
             scaling_config={"min_size": gpu.get("min", 0), "max_size": gpu.get("max", 2), "desired_size": 0},
-            taints=[{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}],
+            taints=[{"key": "nvidia.com/gpu", "value": "true", "effect": "NO_SCHEDULE"}]
+            if cfg.get_bool("gpuTaint") is not False
+            else [],
             tags={"project": "inferstack"},
             opts=child,
         )
@@ -133,12 +135,23 @@ class Stand(pulumi.ComponentResource):
             spec={
                 "type": cfg.get("serviceType") or "ClusterIP",
                 "selector": labels,
-                "ports": [{"port": 80, "target_port": 8000}],
+                "ports": [{"port": _port(cfg.get("servicePort")), "target_port": 8000}],
             },
             opts=child,
         )
+        if cfg.get_bool("debugNamespace"):
+            k8s.core.v1.Namespace(f"{name}-debug", metadata={"name": "debug"}, opts=child)
+        if cfg.get("fail"):
+            raise ValueError(f"inferstack:fail: {cfg.get('fail')!r}; expected nothing")
         self.endpoint = svc.metadata.apply(lambda m: f"http://{m['name']}.inference")
         self.register_outputs({"endpoint": self.endpoint, "bucket": self.bucket.bucket})
+
+
+def _port(text: str | None) -> int | str:
+    """Whole numbers as numbers; anything else is passed on as given (to test schema validation)."""
+    if text is None:
+        return 80
+    return int(text) if text.isdigit() else text
 
 
 def main() -> None:
