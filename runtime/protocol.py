@@ -297,6 +297,10 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
             allowed = _INT_KINDS
         else:
             allowed = _FLOAT_KINDS
+        if kind in "fO" and target.kind in "iu":
+            # integers beyond int64 (UINT64's upper half) make numpy fall back to float or object
+            array = _exact_integers(data, array, target, spec)
+            kind = array.dtype.kind
         if kind not in allowed:
             want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[target.kind]
             raise BadRequest(f"input {name!r}: {dtype.v2} data must be {want}; found {_kind_name(kind)}")
@@ -310,6 +314,24 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
         return array.astype(dtype.numpy, copy=False).reshape(shape)
     except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"input {name!r}: 'data' cannot be read as {dtype.v2}") from None
+
+
+def _exact_integers(data: Any, array: np.ndarray, target: np.dtype, spec: TensorInfo) -> np.ndarray:
+    try:
+        exact = np.array(data, dtype=object)
+    except (ValueError, TypeError, RecursionError):
+        return array
+    if exact.shape != array.shape or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in exact.reshape(-1)
+    ):
+        return array
+    try:
+        return np.array(data, dtype=target)
+    except (OverflowError, ValueError):
+        info = np.iinfo(target)
+        raise BadRequest(
+            f"input {spec.name!r}: a value is out of range for {spec.dtype.v2} ({info.min}..{info.max})"
+        ) from None
 
 
 def _kind_name(kind: str) -> str:

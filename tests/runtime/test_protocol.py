@@ -1,0 +1,260 @@
+"""The Open Inference Protocol against the real server, through tritonclient (a real v2 client):
+metadata, the Triton config extension, JSON and binary inference equal to onnxruntime run
+directly, every datatype, and a precise 4xx for every kind of bad request."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as th
+from runtime_harness import DTYPE_CASES, Served
+from tritonclient.utils import InferenceServerException
+
+
+def _infer(client: th.InferenceServerClient, model: str, arrays: dict[str, np.ndarray], datatypes: dict[str, str],
+           binary_in: bool, binary_out: bool, outputs: list[str], **kwargs: object) -> th.InferResult:
+    inputs = []
+    for name, array in arrays.items():
+        inp = th.InferInput(name, list(array.shape), datatypes[name])
+        inp.set_data_from_numpy(array, binary_data=binary_in)
+        inputs.append(inp)
+    requested = [th.InferRequestedOutput(n, binary_data=binary_out) for n in outputs]
+    return client.infer(model, inputs, outputs=requested, **kwargs)
+
+
+def test_server_and_model_metadata(mlp_server: Served) -> None:
+    client = th.InferenceServerClient(mlp_server.address)
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.is_model_ready("mlp") and client.is_model_ready("mlp", "1")
+    server = client.get_server_metadata()
+    assert server["name"] == "inferstack" and "binary_tensor_data" in server["extensions"]
+    meta = client.get_model_metadata("mlp")
+    assert meta["name"] == "mlp" and meta["versions"] == ["1"]
+    assert meta["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    assert meta["outputs"] == [{"name": "y", "datatype": "FP32", "shape": [-1, 4]}]
+
+
+def test_config_in_triton_shape(mlp_server: Served) -> None:
+    config = th.InferenceServerClient(mlp_server.address).get_model_config("mlp")
+    assert config["max_batch_size"] == 16  # from the manifest
+    assert config["platform"] == "onnxruntime_onnx"
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]
+    assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}]
+    assert "dynamic_batching" in config
+
+
+@pytest.mark.parametrize("binary_in,binary_out", [(False, False), (True, True), (False, True), (True, False)])
+def test_mlp_infer_equals_onnxruntime(mlp_server: Served, mlp_package: Path, ort_run, rng,
+                                      binary_in: bool, binary_out: bool) -> None:
+    client = th.InferenceServerClient(mlp_server.address)
+    x = rng.standard_normal((3, 16)).astype(np.float32)
+    result = _infer(client, "mlp", {"x": x}, {"x": "FP32"}, binary_in, binary_out, ["y"], request_id="r-7")
+    expected = ort_run(mlp_package / "mlp.onnx", {"x": x})[0]
+    got = result.as_numpy("y")
+    assert got.shape == (3, 4)
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+    response = result.get_response()
+    assert response["model_name"] == "mlp" and response["id"] == "r-7"
+    assert ("binary_data_size" in response["outputs"][0].get("parameters", {})) is binary_out
+
+
+def test_versioned_route_and_default_binary_output(mlp_server: Served, mlp_package: Path, ort_run) -> None:
+    client = th.InferenceServerClient(mlp_server.address)
+    x = np.ones((1, 16), np.float32)
+    inp = th.InferInput("x", [1, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    result = client.infer("mlp", [inp], model_version="1")  # no outputs named: all, binary
+    np.testing.assert_allclose(result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6)
+    with pytest.raises(InferenceServerException, match="no version '2'"):
+        client.infer("mlp", [inp], model_version="2")
+
+
+def _dtype_value(name: str, rng: np.random.Generator) -> np.ndarray:
+    v2, np_type, _ = DTYPE_CASES[name]
+    if v2 == "BYTES":
+        return np.array([["a", "", "héllo"], ["x y", "0", "ünï"]], dtype=object)
+    if v2 == "BOOL":
+        return rng.integers(0, 2, (2, 3)).astype(bool)
+    if v2.startswith("FP"):
+        return rng.standard_normal((2, 3)).astype(np_type)
+    info = np.iinfo(np_type)
+    return np.array([[info.min, 0, 1], [info.max, 7, info.max - 1]], dtype=np_type)
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_every_datatype_round_trips(dtypes_server: Served, dtypes_package: Path, ort_run, rng, binary: bool) -> None:
+    client = th.InferenceServerClient(dtypes_server.address)
+    arrays = {name: _dtype_value(name, rng) for name in DTYPE_CASES}
+    datatypes = {name: v2 for name, (v2, _, _) in DTYPE_CASES.items()}
+    result = _infer(client, "dtypes", arrays, datatypes, binary, binary, [f"{n}_out" for n in DTYPE_CASES])
+    expected = ort_run(dtypes_package / "dtypes.onnx", arrays)
+    meta = {o["name"]: o["datatype"] for o in result.get_response()["outputs"]}
+    for (name, (v2, np_type, _)), want in zip(DTYPE_CASES.items(), expected, strict=True):
+        got = result.as_numpy(f"{name}_out")
+        assert meta[f"{name}_out"] == v2
+        if v2 == "BYTES":
+            assert [x.decode() if isinstance(x, bytes) else x for x in got.ravel()] == list(want.ravel())
+        else:
+            assert got.dtype == np.dtype(np_type), name
+            np.testing.assert_array_equal(got, want)
+
+
+def test_fixed_first_dim_is_served_without_batching(serve, fixed_onnx: Path, ort_run) -> None:
+    s = serve(fixed_onnx)
+    client = th.InferenceServerClient(s.address)
+    assert s.name == "fixed"  # the file stem
+    assert client.get_model_config("fixed")["max_batch_size"] == 0
+    assert client.get_model_config("fixed")["input"][0]["dims"] == [2, 3]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    result = _infer(client, "fixed", {"x": x}, {"x": "FP32"}, True, True, ["z"])
+    np.testing.assert_array_equal(result.as_numpy("z"), x * 2 + 1)
+    bad = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
+    r = httpx.post(f"{s.url}/v2/models/fixed/infer", json=bad)
+    assert r.status_code == 400 and "dim 0 is 1, expected 2" in r.json()["error"]
+
+
+def _post(url: str, body: bytes | dict, headers: dict[str, str] | None = None) -> httpx.Response:
+    content = json.dumps(body).encode() if isinstance(body, dict) else body
+    return httpx.post(url, content=content, headers=headers or {})
+
+
+X16 = [0.5] * 16
+
+
+def _x(**overrides: object) -> dict[str, object]:
+    tensor: dict[str, object] = {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X16}
+    tensor.update(overrides)
+    return tensor
+
+
+BAD_JSON = [
+    (b"{not json", "not valid JSON"),
+    (b"[]", "request body must be a JSON object"),
+    ({"inputs": []}, "'inputs' must be a non-empty array"),
+    ({"inputs": [_x(name="z")]}, "unknown input 'z'; model 'mlp' has inputs 'x'"),
+    ({"inputs": [_x(datatype="FP64")]}, "input 'x': datatype 'FP64' does not match the model's FP32"),
+    ({"inputs": [_x(shape=[1, 15])]}, "dim 1 is 15, expected 16"),
+    ({"inputs": [_x(shape=[16])]}, "has 1 dimensions, the model's [-1, 16] has 2"),
+    ({"inputs": [_x(shape=[1, -16])]}, "'shape' must be an array of non-negative integers"),
+    ({"inputs": [_x(data=[0.5] * 15)]}, "shape [1, 16] needs 16 elements, got 15"),
+    ({"inputs": [_x(data=["a"] * 16)]}, "FP32 data must be numbers; found strings"),
+    ({"inputs": [_x(data=[[0.5] * 8, [0.5] * 7])]}, "not a regular array"),
+    ({"inputs": [_x(data=None)]}, "'data' must be an array, got null"),
+    ({"inputs": [_x(shape=[17, 16], data=[0.5] * 272)]}, "batch size 17 exceeds the model's max batch size 16"),
+    ({"inputs": [_x(shape=[0, 16], data=[])]}, "batch size (dim 0) must be at least 1"),
+    ({"inputs": [_x(), _x()]}, "input 'x' appears twice"),
+    ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32"}]}, "neither 'data' nor a binary_data_size"),
+    ({"inputs": [_x()], "outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
+    ({"inputs": [_x()], "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+     "parameter 'binary_data' must be true or false"),
+    ({"inputs": [_x()], "id": 5}, "'id' must be a string"),
+    ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]},
+     "no Inference-Header-Content-Length header"),
+    ({"inputs": [_x(parameters={"binary_data_size": 64})]}, "has both 'data' and binary_data_size"),
+]
+
+
+@pytest.mark.parametrize("body,message", BAD_JSON, ids=[m for _, m in BAD_JSON])
+def test_bad_json_requests_get_a_precise_400(mlp_server: Served, body: bytes | dict, message: str) -> None:
+    r = _post(f"{mlp_server.url}/v2/models/mlp/infer", body)
+    assert r.status_code == 400, r.text
+    assert message in r.json()["error"]
+
+
+def _binary_body(size: int | None = None, extra: bytes = b"", data_bytes: int = 64) -> tuple[bytes, int]:
+    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                                     "parameters": {"binary_data_size": data_bytes if size is None else size}}]})
+    return header.encode() + np.ones(16, np.float32).tobytes()[:data_bytes] + extra, len(header)
+
+
+def test_bad_binary_framing_gets_a_precise_400(mlp_server: Served) -> None:
+    url = f"{mlp_server.url}/v2/models/mlp/infer"
+    cases = []
+    body, hl = _binary_body()
+    cases.append((body, {"Inference-Header-Content-Length": str(len(body) + 1)}, "but the body has only"))
+    cases.append((body, {"Inference-Header-Content-Length": "abc"}, "must be a non-negative integer"))
+    cases.append((body, {"Inference-Header-Content-Length": str(hl - 3)}, "request JSON header is not valid JSON"))
+    body, hl = _binary_body(size=60, data_bytes=60)
+    cases.append((body, {"Inference-Header-Content-Length": str(hl)}, "binary_data_size is 60 bytes, but shape"))
+    body, hl = _binary_body(size=64, data_bytes=40)
+    cases.append((body, {"Inference-Header-Content-Length": str(hl)}, "runs past the end of the body"))
+    body, hl = _binary_body(extra=b"xyz")
+    cases.append((body, {"Inference-Header-Content-Length": str(hl)}, "3 bytes after the last binary input"))
+    for content, headers, message in cases:
+        r = _post(url, content, headers)
+        assert r.status_code == 400, (message, r.text)
+        assert message in r.json()["error"], (message, r.text)
+
+
+def test_bytes_binary_framing_is_checked(dtypes_server: Served) -> None:
+    def body(blob: bytes) -> tuple[bytes, dict[str, str]]:
+        inputs = [{"name": n, "shape": [1, 3], "datatype": v2, "data": [0, 0, 0] if v2 != "BOOL" else [False] * 3}
+                  for n, (v2, _, _) in DTYPE_CASES.items() if v2 != "BYTES"]
+        inputs.append({"name": "s", "shape": [1, 3], "datatype": "BYTES",
+                       "parameters": {"binary_data_size": len(blob)}})
+        header = json.dumps({"inputs": inputs}).encode()
+        return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+    url = f"{dtypes_server.url}/v2/models/dtypes/infer"
+    good = b"".join(len(s).to_bytes(4, "little") + s for s in (b"a", b"bc", b""))
+    r = _post(url, *body(good))
+    assert r.status_code == 200, r.text
+    for blob, message in [
+        (good[:-5], "says 2 bytes, only 1 left"),
+        (good + b"\x01\x00", "truncated length prefix"),
+        (good + b"\x00\x00\x00\x00", "needs 3 BYTES elements, got 4"),
+        (b"\x01\x00\x00\x00\xff" + good[5:], "is not valid UTF-8"),
+    ]:
+        r = _post(url, *body(blob))
+        assert r.status_code == 400 and message in r.json()["error"], (message, r.text)
+
+
+def test_routes_methods_and_unknown_models(mlp_server: Served) -> None:
+    base = mlp_server.url
+    r = httpx.get(f"{base}/v2/models/nope")
+    assert r.status_code == 404 and r.json()["error"] == "unknown model 'nope'; this server serves 'mlp'"
+    r = httpx.post(f"{base}/v2/models/nope/infer", json={"inputs": [_x()]})
+    assert r.status_code == 404
+    r = httpx.get(f"{base}/v2/models/mlp/infer")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+    r = httpx.get(f"{base}/nothing/here")
+    assert r.status_code == 404 and "no route for GET /nothing/here" in r.json()["error"]
+    r = httpx.post(f"{base}/v2/health/live")
+    assert r.status_code == 405
+
+
+def test_gzip_body_is_accepted_and_bad_encoding_refused(mlp_server: Served, mlp_package: Path, ort_run) -> None:
+    url = f"{mlp_server.url}/v2/models/mlp/infer"
+    body = json.dumps({"inputs": [_x()], "outputs": [{"name": "y", "parameters": {"binary_data": False}}]})
+    r = _post(url, gzip.compress(body.encode()), {"Content-Encoding": "gzip"})
+    assert r.status_code == 200
+    expected = ort_run(mlp_package / "mlp.onnx", {"x": np.array([X16], np.float32)})[0]
+    np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]), expected.ravel(), rtol=1e-6)
+    r = _post(url, b"garbage", {"Content-Encoding": "gzip"})
+    assert r.status_code == 400 and "not valid gzip" in r.json()["error"]
+    r = _post(url, body.encode(), {"Content-Encoding": "br"})
+    assert r.status_code == 400 and "unsupported Content-Encoding 'br'" in r.json()["error"]
+
+
+def test_keep_alive_and_pipelined_requests_are_answered_in_order(mlp_server: Served) -> None:
+    import socket
+
+    bodies = [json.dumps({"id": str(i), "inputs": [_x(data=[float(i)] * 16)]}).encode() for i in range(5)]
+    raw = b"".join(
+        b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies
+    )
+    with socket.create_connection((mlp_server.host, mlp_server.port), timeout=10) as sock:
+        sock.sendall(raw)
+        data = b""
+        while data.count(b'"model_name"') < 5:
+            chunk = sock.recv(65536)
+            assert chunk, data
+            data += chunk
+    ids = [json.loads(part.split(b"\r\n\r\n", 1)[1])["id"] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert ids == ["0", "1", "2", "3", "4"]
