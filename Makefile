@@ -36,3 +36,27 @@ bench: install
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache
+
+# Offline plan of every stack (plan/<stack>.json, .md, k8s/), the check CI runs, and the security scan.
+STACKS := $(patsubst stacks/Pulumi.%.yaml,%,$(wildcard stacks/Pulumi.*.yaml))
+CHECKOV_VENV ?= .venv-checkov
+
+.PHONY: plan plan-check scan
+
+plan: install
+	$(BIN)/inferstack plan $(addprefix --stack ,$(STACKS))
+
+plan-check: install
+	$(BIN)/inferstack plan --check $(addprefix --stack ,$(STACKS))
+
+# checkov lives in its own virtual environment: its pins conflict with ours. Reports land in build/.
+DOCKERFILES := $(wildcard runtime/Dockerfile*)
+CHECKOV := $(CHECKOV_VENV)/bin/checkov --compact --skip-download -o json
+
+scan: install
+	test -x $(CHECKOV_VENV)/bin/checkov || ($(PYTHON) -m venv $(CHECKOV_VENV) && $(CHECKOV_VENV)/bin/pip install -q checkov)
+	mkdir -p build
+	$(CHECKOV) -d plan --framework kubernetes > build/checkov-k8s.json || true
+	$(if $(DOCKERFILES),$(CHECKOV) $(addprefix -f ,$(DOCKERFILES)) --framework dockerfile > build/checkov-docker.json || true)
+	status=0; for r in build/checkov-k8s.json $(if $(DOCKERFILES),build/checkov-docker.json); do \
+	  $(BIN)/python -m inferstack.plan.scan $$r || status=1; done; exit $$status

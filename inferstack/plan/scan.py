@@ -47,7 +47,7 @@ def _finding(framework: str, raw: dict[str, Any]) -> Finding:
         framework=framework,
         check_id=str(raw.get("check_id", "")),
         check_name=str(raw.get("check_name", "")),
-        file=str(raw.get("repo_file_path") or raw.get("file_path") or "").lstrip("/"),
+        file=str(raw.get("file_path") or raw.get("repo_file_path") or "").lstrip("/"),
         resource=str(raw.get("resource", "")),
         lines=(int(line_range[0]), int(line_range[1])) if line_range else None,
         reason=result.get("suppress_comment"),
