@@ -108,9 +108,12 @@ def _document(value: Any) -> dict[str, Any] | None:
 
 
 def _as_list(value: Any) -> list[Any]:
+    """A list of whatever sequence the caller has (the policy SDK hands over read-only proxies)."""
     if value is None:
         return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return list(value)
+    return [value]
 
 
 def _linked(res: Resource, prop: str, target: Resource) -> bool:
