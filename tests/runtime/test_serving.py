@@ -1,0 +1,181 @@
+"""The server under load and at its limits: concurrent clients get their own rows back from merged
+batches, a full queue answers 503 with Retry-After, slow answers time out with 504, a too-large
+body gets 413, SIGTERM loses no accepted request and exits 0, and bearer-token auth."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as th
+from runtime_harness import Served
+
+
+def _metric(text: str, name: str) -> float:
+    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
+    assert m, f"{name} not in /metrics"
+    return float(m.group(1))
+
+
+def _infer_body(x: np.ndarray, request_id: str = "") -> bytes:
+    doc = {"id": request_id, "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                         "data": x.ravel().tolist()}],
+           "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    return json.dumps(doc).encode()
+
+
+def test_concurrent_clients_get_their_own_rows(serve, mlp_package: Path, ort_run) -> None:
+    # a queue delay makes the merging certain: concurrent requests land in shared batches
+    s = serve(mlp_package, "--max-queue-delay-us", "20000")
+    rng = np.random.default_rng(7)
+    # requests of 1..3 rows each, every one with distinct values
+    inputs = [rng.standard_normal((1 + i % 3, 16)).astype(np.float32) for i in range(48)]
+    expected = [ort_run(mlp_package / "mlp.onnx", {"x": x})[0] for x in inputs]
+
+    def call(i: int) -> np.ndarray:
+        client = th.InferenceServerClient(s.address)
+        inp = th.InferInput("x", list(inputs[i].shape), "FP32")
+        inp.set_data_from_numpy(inputs[i], binary_data=i % 2 == 0)
+        result = client.infer("mlp", [inp], outputs=[th.InferRequestedOutput("y", binary_data=i % 3 == 0)])
+        return result.as_numpy("y")
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(len(inputs))))
+    for i, (got, want) in enumerate(zip(results, expected, strict=True)):
+        assert got.shape == want.shape, i
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6, err_msg=f"request {i}")
+    metrics = httpx.get(f"{s.url}/metrics").text
+    runs = _metric(metrics, "inferstack_batch_size_count")
+    merged = _metric(metrics, "inferstack_batch_size_sum")
+    assert merged >= len(inputs)  # the warm-up does not count
+    assert runs < merged, "no batch merged more than one request"
+    assert _metric(metrics, 'inferstack_requests_total{outcome="success"}') == len(inputs)
+    assert _metric(metrics, "inferstack_queue_depth") == 0
+
+
+def test_full_queue_answers_503_with_retry_after(serve, mlp_package: Path) -> None:
+    # requests wait 300 ms for company; only 2 may be admitted at once
+    s = serve(mlp_package, "--max-queue-size", "2", "--max-queue-delay-us", "300000")
+    body = _infer_body(np.ones((1, 16), np.float32))
+
+    def call(_: int) -> httpx.Response:
+        return httpx.post(f"{s.url}/v2/models/mlp/infer", content=body, timeout=10)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(8)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) == {200, 503}, codes
+    assert codes.count(200) >= 2
+    for r in responses:
+        if r.status_code == 503:
+            assert r.headers["retry-after"] == "1"
+            assert "the queue is full" in r.json()["error"] and "--max-queue-size" in r.json()["error"]
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, 'inferstack_requests_total{outcome="rejected"}') == codes.count(503)
+    assert _metric(metrics, 'inferstack_request_failures_total{reason="queue_full"}') == codes.count(503)
+
+
+def test_slow_answers_time_out_with_504(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "1500000")
+    started = time.monotonic()
+    r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=_infer_body(np.ones((1, 16), np.float32)), timeout=10)
+    assert r.status_code == 504
+    assert "no answer within 0.1s (--request-timeout-s" in r.json()["error"]
+    assert time.monotonic() - started < 1.0
+    # the server stays healthy, and the late result is not written onto the connection
+    assert httpx.get(f"{s.url}/v2/health/ready").status_code == 200
+    time.sleep(1.6)
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, 'inferstack_requests_total{outcome="timeout"}') == 1
+    assert _metric(metrics, "inferstack_inflight_requests") == 0
+
+
+def test_too_large_body_gets_413(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package, "--max-body-bytes", "2048")
+    big = _infer_body(np.random.default_rng(0).standard_normal((16, 16)).astype(np.float32))
+    assert len(big) > 2048
+    r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=big)
+    assert r.status_code == 413
+    assert r.json()["error"].startswith(f"request body of {len(big)} bytes exceeds the limit of 2048 bytes")
+    # chunked (no Content-Length): counted while reading
+    r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=iter([big[:1000], big[1000:]]))
+    assert r.status_code == 413 and "exceeds the limit of 2048 bytes" in r.json()["error"]
+    small = _infer_body(np.ones((1, 16), np.float32))
+    assert httpx.post(f"{s.url}/v2/models/mlp/infer", content=small).status_code == 200
+
+
+def test_sigterm_finishes_accepted_requests_and_exits_0(serve, mlp_package: Path, ort_run) -> None:
+    # requests wait up to 2 s in the batcher for company: SIGTERM arrives while all are in flight
+    s = serve(mlp_package, "--max-queue-delay-us", "2000000")
+    rng = np.random.default_rng(3)
+    inputs = [rng.standard_normal((1, 16)).astype(np.float32) for _ in range(12)]
+
+    def call(i: int) -> httpx.Response:
+        return httpx.post(f"{s.url}/v2/models/mlp/infer", content=_infer_body(inputs[i], str(i)), timeout=20)
+
+    with ThreadPoolExecutor(12) as pool:
+        futures = [pool.submit(call, i) for i in range(12)]
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            text = httpx.get(f"{s.url}/metrics").text
+            if _metric(text, "inferstack_inflight_requests") == 12:
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("requests were not all admitted")
+        s.proc.send_signal(signal.SIGTERM)
+        responses = [f.result() for f in futures]
+    assert [r.status_code for r in responses] == [200] * 12
+    for i, r in enumerate(responses):
+        assert r.json()["id"] == str(i)
+        got = np.array(r.json()["outputs"][0]["data"], np.float32).reshape(1, 4)
+        np.testing.assert_allclose(got, ort_run(mlp_package / "mlp.onnx", {"x": inputs[i]})[0], rtol=1e-5)
+    assert s.wait_exit(20) == 0
+    assert "stopped" in s.log()
+    with pytest.raises(OSError):
+        socket.create_connection((s.host, s.port), timeout=1).close()
+
+
+def test_bearer_token_auth(serve, mlp_package: Path, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text("s3cret-token\n")
+    s = serve(mlp_package, "--auth-token-file", str(token_file))
+    body = _infer_body(np.ones((1, 16), np.float32))
+    url = f"{s.url}/v2/models/mlp/infer"
+    r = httpx.post(url, content=body)
+    assert r.status_code == 401 and "bearer token" in r.json()["error"]
+    assert r.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.post(url, content=body, headers={"Authorization": "Bearer wrong"}).status_code == 401
+    assert httpx.get(f"{s.url}/v2/models/mlp").status_code == 401
+    assert httpx.post(url, content=body, headers={"Authorization": "Bearer s3cret-token"}).status_code == 200
+    client = th.InferenceServerClient(s.address)
+    assert client.is_server_live() and client.is_server_ready()  # health stays open
+    assert httpx.get(f"{s.url}/metrics").status_code == 200
+    meta = th.InferenceServerClient(s.address).get_model_metadata(
+        "mlp", headers={"Authorization": "Bearer s3cret-token"}
+    )
+    assert meta["name"] == "mlp"
+
+
+def test_token_from_environment(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package, env={"INFERSTACK_AUTH_TOKEN": "from-env"})
+    assert httpx.get(f"{s.url}/v2").status_code == 401
+    assert httpx.get(f"{s.url}/v2", headers={"Authorization": "Bearer from-env"}).status_code == 200
+
+
+def test_ready_follows_the_lifecycle(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package)
+    assert httpx.get(f"{s.url}/v2/health/ready").status_code == 200
+    assert httpx.get(f"{s.url}/v2/models/mlp/ready").status_code == 200
+    lines = s.log().splitlines()
+    listening = next(i for i, line in enumerate(lines) if "listening on" in line)
+    ready = next(i for i, line in enumerate(lines) if "ready: model mlp" in line)
+    assert listening < ready

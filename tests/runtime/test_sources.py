@@ -1,0 +1,244 @@
+"""Model sources: local package, bare .onnx, file://, s3:// against moto's standalone S3 server,
+https:// against a local TLS server with a self-signed certificate; each file's sha256 is checked
+before onnxruntime sees it, and a mismatch refuses to start naming the file and both hashes."""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import hashlib
+import http.server
+import ipaddress
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as th
+from runtime_harness import Served
+
+from inferstack.errors import ChecksumMismatch
+from inferstack.manifest import sha256_file
+from inferstack.runtime.errors import ModelLoadError
+from inferstack.runtime.source import resolve
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check_infer(s: Served, package: Path, ort_run) -> None:
+    x = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
+    inp = th.InferInput("x", [2, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    got = th.InferenceServerClient(s.address).infer(s.name, [inp]).as_numpy("y")
+    np.testing.assert_allclose(got, ort_run(package / "mlp.onnx", {"x": x})[0], rtol=1e-6)
+
+
+def _tampered_copy(src: Path, dest: Path) -> tuple[Path, str, str]:
+    shutil.copytree(src, dest)
+    data = dest / "mlp.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[100] ^= 0xFF  # same size, different bytes
+    expected = sha256_file(data)
+    data.write_bytes(bytes(raw))
+    return data, expected, sha256_file(data)
+
+
+# -- local -----------------------------------------------------------------------------------------
+def test_local_package_and_file_uri_resolve_to_the_verified_model(mlp_package: Path, tmp_path: Path) -> None:
+    for uri in (str(mlp_package), mlp_package.as_uri(), (mlp_package / "manifest.json").as_uri()):
+        source = resolve(uri, tmp_path)
+        assert source.model_path == mlp_package / "mlp.onnx"
+        assert source.manifest is not None and source.default_name == "mlp"
+
+
+def test_local_checksum_mismatch_names_the_file_and_both_hashes(mlp_package: Path, tmp_path: Path) -> None:
+    _, expected, actual = _tampered_copy(mlp_package, tmp_path / "pkg")
+    with pytest.raises(ChecksumMismatch) as info:
+        resolve(str(tmp_path / "pkg"), tmp_path / "cache")
+    message = str(info.value)
+    assert "mlp.onnx.data" in message and expected in message and actual in message
+
+
+@pytest.mark.parametrize("uri,message", [
+    ("http://example.com/model", "plain http:// is not allowed"),
+    ("ftp://example.com/model", "unsupported scheme 'ftp'"),
+    ("/definitely/not/here", "no such file or directory"),
+    ("s3:///no-bucket", "needs a bucket"),
+])
+def test_bad_sources_are_refused_with_the_reason(uri: str, message: str, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        resolve(uri, tmp_path)
+
+
+def test_directory_without_manifest_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="manifest.json: not found"):
+        resolve(str(tmp_path), tmp_path / "cache")
+
+
+def test_bare_onnx_file_uri_serves(serve, mlp_package: Path, ort_run) -> None:
+    s = serve((mlp_package / "mlp.onnx").as_uri(), "--name", "plain")
+    assert s.name == "plain"
+    config = th.InferenceServerClient(s.address).get_model_config("plain")
+    assert config["max_batch_size"] == 64  # a bare .onnx with a dynamic batch axis
+    _check_infer(s, mlp_package, ort_run)
+
+
+def test_local_mismatch_refuses_to_start(serve, mlp_package: Path, tmp_path: Path) -> None:
+    _, expected, actual = _tampered_copy(mlp_package, tmp_path / "pkg")
+    s = serve(tmp_path / "pkg", wait_ready=False)
+    assert s.wait_exit() == 1
+    out = s.log()
+    assert f"checksum mismatch for {tmp_path / 'pkg'}/mlp.onnx.data" in out
+    assert expected in out and actual in out
+    assert "Traceback" not in out
+
+
+def test_require_gpu_fails_without_a_gpu_provider(serve, mlp_package: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA; the refusal needs a CPU-only build")
+    s = serve(mlp_package, "--require-gpu", wait_ready=False)
+    assert s.wait_exit() == 1
+    assert "--require-gpu / INFERSTACK_REQUIRE_GPU: no GPU execution provider is active" in s.log()
+
+
+# -- s3 ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    exe = Path(sys.executable).parent / "moto_server"
+    if not exe.exists():
+        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
+    port = _free_port()
+    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            httpx.get(url, timeout=1)
+            break
+        except httpx.TransportError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail("moto_server did not start")
+            time.sleep(0.1)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def s3_env(moto_s3: str) -> dict[str, str]:
+    return {"AWS_ENDPOINT_URL_S3": moto_s3, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def _upload(s3_env: dict[str, str], bucket: str, prefix: str, directory: Path) -> None:
+    import boto3
+
+    client = boto3.client(
+        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    )
+    existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+    if bucket not in existing:
+        client.create_bucket(Bucket=bucket)
+    for f in directory.iterdir():
+        client.upload_file(str(f), bucket, f"{prefix}/{f.name}")
+
+
+def test_s3_package_is_downloaded_verified_and_served(serve, s3_env, mlp_package: Path, ort_run,
+                                                       tmp_path: Path) -> None:
+    _upload(s3_env, "models", "mlp/v1", mlp_package)
+    s = serve("s3://models/mlp/v1", "--cache-dir", str(tmp_path), env=s3_env)
+    assert s.name == "mlp"
+    _check_infer(s, mlp_package, ort_run)
+    assert "downloading s3://models/mlp/v1/mlp.onnx.data" in s.log()
+    cached = next(tmp_path.iterdir())
+    assert sha256_file(cached / "mlp.onnx.data") == sha256_file(mlp_package / "mlp.onnx.data")
+
+
+def test_s3_checksum_mismatch_refuses_to_start(serve, s3_env, mlp_package: Path, tmp_path: Path) -> None:
+    _, expected, actual = _tampered_copy(mlp_package, tmp_path / "bad")
+    _upload(s3_env, "models", "bad/v1", tmp_path / "bad")
+    s = serve("s3://models/bad/v1", "--cache-dir", str(tmp_path / "cache"), env=s3_env, wait_ready=False)
+    assert s.wait_exit() == 1
+    out = s.log()
+    assert (f"checksum mismatch for s3://models/bad/v1/mlp.onnx.data: manifest says sha256 {expected}, "
+            f"file has sha256 {actual}") in out
+    assert "ready:" not in out
+
+
+def test_s3_missing_package_is_named(serve, s3_env, tmp_path: Path) -> None:
+    _upload(s3_env, "models", "other", tmp_path)  # the bucket exists, the prefix does not
+    s = serve("s3://models/nothing/here", "--cache-dir", str(tmp_path), env=s3_env, wait_ready=False)
+    assert s.wait_exit() == 1
+    assert "s3://models/nothing/here/manifest.json: not found" in s.log()
+
+
+# -- https -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A local HTTPS server over the package's parent directory, with a self-signed certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    d = tmp_path_factory.mktemp("tls")
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem = d / "cert.pem"
+    key_pem = d / "key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mlp_package.parent))
+    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_pem, key_pem)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", cert_pem
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_https_package_with_a_trusted_certificate(serve, tls_site, mlp_package: Path, ort_run,
+                                                  tmp_path: Path) -> None:
+    base, cert = tls_site
+    s = serve(f"{base}/{mlp_package.name}", "--cache-dir", str(tmp_path), env={"SSL_CERT_FILE": str(cert)})
+    _check_infer(s, mlp_package, ort_run)
+    digest = hashlib.sha256(f"{base}/{mlp_package.name}".encode()).hexdigest()[:24]
+    assert (tmp_path / digest / "manifest.json").is_file()
+
+
+def test_https_with_an_untrusted_certificate_refuses(serve, tls_site, mlp_package: Path, tmp_path: Path) -> None:
+    base, _ = tls_site
+    s = serve(f"{base}/{mlp_package.name}", "--cache-dir", str(tmp_path), wait_ready=False)
+    assert s.wait_exit() == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in s.log() or "certificate verify failed" in s.log()
