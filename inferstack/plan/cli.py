@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from inferstack.console import cli_errors, err, fail, out
 
@@ -69,6 +70,7 @@ def plan(
                 end="",
                 markup=False,
                 highlight=False,
+                soft_wrap=True,
             )
         if check:
             stale = stale_files(result, folder)
@@ -77,19 +79,21 @@ def plan(
                     f"[bold red]stale:[/] {shown}/{name} differs from the program ({len(stale)} files); "
                     f"run `inferstack plan --stack {name}` and commit {shown}/",
                     highlight=False,
+                    soft_wrap=True,
                 )
                 failed = True
             else:
-                out.print(f"{shown}/{name} is up to date", highlight=False)
+                out.print(f"{shown}/{name} is up to date", highlight=False, soft_wrap=True)
         if not diff and not check:
             write_plan(result, folder)
             out.print(
                 f"wrote {shown}/{name}.json, {name}.md and {len(result.manifests)} manifests in {name}/k8s/",
                 highlight=False,
+                soft_wrap=True,
             )
         for v in result.violations:
             level = "[red]mandatory[/]" if v.mandatory else "[yellow]advisory[/]"
-            err.print(f"policy {v.policy} ({level}): {v.message}", highlight=False)
+            err.print(f"policy {v.policy} ({level}): {escape(v.message)}", highlight=False, soft_wrap=True)
         if policy and result.mandatory_violations:
             failed = True
     if failed:
@@ -131,11 +135,12 @@ def destroy(
     if prod and not allow_prod:
         raise fail(f"stack {stack} is a production stack: refusing to destroy it without --allow-prod")
     t = teardown(snapshot)
-    out.print("\n".join(describe(t)), markup=False, highlight=False)
+    out.print("\n".join(describe(t)), markup=False, highlight=False, soft_wrap=True)
     out.print(
         f"(from {path.name}; the deployed state may differ, `pulumi stack --stack {stack}` shows it)",
         markup=False,
         highlight=False,
+        soft_wrap=True,
     )
     if not yes:
         if prod:
@@ -150,7 +155,7 @@ def destroy(
             "the Pulumi CLI is needed to destroy a stack and is not on PATH "
             f"(install it, log in to the stack's backend, then run: {' '.join(command)})"
         )
-    out.print("running: " + " ".join(command), markup=False, highlight=False)
+    out.print("running: " + " ".join(command), markup=False, highlight=False, soft_wrap=True)
     code = subprocess.call(command, cwd=root)
     if code != 0:
         raise fail(f"pulumi destroy exited with {code}")

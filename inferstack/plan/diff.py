@@ -55,7 +55,10 @@ def _walk(path: str, old: Any, new: Any, changes: list[FieldChange]) -> None:
         return
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
-            sub = f"{path}.{key}" if path else str(key)
+            if "." in str(key) or "/" in str(key):
+                sub = f'{path}["{key}"]'
+            else:
+                sub = f"{path}.{key}" if path else str(key)
             _walk(sub, old.get(key, _MISSING), new.get(key, _MISSING), changes)
         return
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
