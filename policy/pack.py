@@ -7,6 +7,7 @@ from typing import Any
 
 from pulumi_policy import (
     EnforcementLevel,
+    Policy,
     PolicyConfigSchema,
     PolicyPack,
     ReportViolation,
@@ -100,8 +101,8 @@ def stack_policy(rule: rules.Rule) -> StackValidationPolicy:
     )
 
 
-def policies() -> list[ResourceValidationPolicy | StackValidationPolicy]:
-    made: list[ResourceValidationPolicy | StackValidationPolicy] = []
+def policies() -> list[Policy]:
+    made: list[Policy] = []
     for rule in rules.RULES:
         made.append(resource_policy(rule) if rule.resource_check is not None else stack_policy(rule))
     return made

@@ -181,7 +181,7 @@ def _stand_in_for_missing_secrets(assumed: list[str]) -> Iterator[None]:
             return pulumi.Output.secret(SECRET)
         return original_require(self, key)
 
-    pulumi.Config.get_secret = get_secret  # type: ignore[assignment,method-assign]
+    pulumi.Config.get_secret = get_secret  # type: ignore[method-assign]
     pulumi.Config.require_secret = require_secret  # type: ignore[method-assign]
     try:
         yield
