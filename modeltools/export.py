@@ -260,16 +260,15 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                 f"--max-batch-size {max_batch}: the model has no dynamic batch axis (the first dimension "
                 "of every input and output must be named in --input, e.g. batch,3,32,32)"
             )
-        del model
-
         parity_record = None
         if not opts.skip_parity:
             batches = parity.batch_sizes(opts.inputs, max_batch)
             progress(f"parity check against PyTorch at batch sizes {batches}")
-            parity_record = parity.run(opts.source, model_path, opts.inputs, batches, opts.atol, opts.rtol)
+            parity_record = parity.run(model, model_path, opts.inputs, batches, opts.atol, opts.rtol)
             if not parity_record["passed"]:
                 raise parity.ParityError(f"parity check failed: {parity.summary(parity_record)}")
 
+        del model
         files = [p.name for p in sorted(stage.iterdir()) if p.is_file() and p.name != MANIFEST_NAME]
         source_record: dict[str, Any] = {
             "kind": opts.source.kind,

@@ -72,6 +72,8 @@ def _import_target(target: str) -> Any:
         if not path.is_file():
             raise SourceError(f"{target}: file not found")
         name = f"_inferstack_source_{abs(hash(str(path.resolve())))}"
+        if name in sys.modules:  # imported before in this process: registrations must not repeat
+            return sys.modules[name]
         spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
             raise SourceError(f"{target}: cannot be imported as a Python file")

@@ -1,9 +1,10 @@
 """Parity: does the ONNX model compute what the PyTorch model computes?
 
-Both run on the same random inputs at several batch sizes. The check runs in a subprocess
-(``python -m inferstack.modeltools.parity``): onnxruntime sessions and torch's allocator do not give
-memory back, and a crash in either must not take the command down with it. The parent sends a JSON
-request on stdin and reads one JSON result from the last line of stdout.
+Both run on the same random inputs at several batch sizes. PyTorch runs in the calling process,
+which holds the model already; onnxruntime runs in a subprocess (``python -m
+inferstack.modeltools.parity``), because its sessions do not give memory back and a crash in it must
+not take the command down. The parent writes the inputs and PyTorch's outputs to an ``.npz``, sends a
+JSON request on stdin and reads one JSON result from the last line of stdout.
 
 For each output: the largest absolute difference, and the largest relative difference over the
 elements whose reference magnitude exceeds ``atol`` (relative error is meaningless near zero). A
@@ -16,11 +17,11 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools.loading import Source
-from inferstack.modeltools.spec import InputSpec, parse_inputs
+from inferstack.modeltools.spec import InputSpec
 
 from inferstack.errors import InferstackError
 
@@ -44,8 +45,33 @@ def batch_sizes(specs: list[InputSpec], max_batch_size: int) -> list[int | None]
     return sorted({1, example, larger})
 
 
+def torch_outputs(model: Any, specs: list[InputSpec], batches: list[int | None], seed: int) -> dict[str, Any]:
+    """Inputs and PyTorch's outputs per batch, keyed ``b{i}/in/{name}`` and ``b{i}/out/{k}``."""
+    import torch
+    import torch.utils._pytree as pytree
+    from inferstack.modeltools import loading
+    from inferstack.modeltools.spec import random_arrays
+
+    fn = loading.runnable(model)
+    arrays: dict[str, Any] = {}
+    for i, batch in enumerate(batches):
+        feeds = random_arrays(specs, batch, seed=seed + i)
+        try:
+            with torch.no_grad():
+                result = fn(*(torch.from_numpy(feeds[s.name]) for s in specs))
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0]
+            raise ParityError(f"PyTorch failed at batch {batch}: {type(e).__name__}: {first}") from e
+        leaves = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
+        for name, value in feeds.items():
+            arrays[f"b{i}/in/{name}"] = value
+        for k, t in enumerate(leaves):
+            arrays[f"b{i}/out/{k}"] = t.detach().cpu().numpy()
+    return arrays
+
+
 def run(
-    source: Source,
+    model: Any,
     model_path: Path,
     specs: list[InputSpec],
     batches: list[int | None],
@@ -54,29 +80,34 @@ def run(
     seed: int = 0,
     timeout: float = 1800,
 ) -> dict[str, Any]:
-    """Run the check in a subprocess; return its record (``passed`` says the verdict)."""
-    request = {
-        "source": source.to_dict(),
-        "model": str(Path(model_path).resolve()),
-        "inputs": [_spec_text(s) for s in specs],
-        "batches": batches,
-        "atol": atol,
-        "rtol": rtol,
-        "seed": seed,
-    }
-    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "inferstack.modeltools.parity"],
-            input=json.dumps(request),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            cwd=os.getcwd(),
-        )
-    except subprocess.TimeoutExpired:
-        raise ParityError(f"parity check did not finish within {timeout:.0f} s") from None
+    """Compare ``model`` (PyTorch, in process) with the ONNX file (ORT, in a subprocess)."""
+    import numpy as np
+
+    arrays = torch_outputs(model, specs, batches, seed)
+    with tempfile.TemporaryDirectory(prefix="inferstack-parity-") as tmp:
+        npz = Path(tmp) / "parity.npz"
+        np.savez(npz, **arrays)
+        del arrays
+        request = {
+            "model": str(Path(model_path).resolve()),
+            "data": str(npz),
+            "inputs": [s.name for s in specs],
+            "batches": batches,
+            "atol": atol,
+            "rtol": rtol,
+            "seed": seed,
+        }
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "inferstack.modeltools.parity"],
+                input=json.dumps(request),
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                env=dict(os.environ, PYTHONWARNINGS="ignore"),
+            )
+        except subprocess.TimeoutExpired:
+            raise ParityError(f"parity check did not finish within {timeout:.0f} s") from None
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(_RESULT):
             result: dict[str, Any] = json.loads(line[len(_RESULT) :])
@@ -139,33 +170,25 @@ def _compare(actual: Any, expected: Any, atol: float, rtol: float) -> dict[str, 
 def _worker(request: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import onnxruntime as ort
-    import torch
-    import torch.utils._pytree as pytree
-    from inferstack.modeltools import loading
-    from inferstack.modeltools.spec import random_arrays
 
-    torch.set_num_threads(1)
-    source = Source(**request["source"])
-    specs = parse_inputs(request["inputs"])
-    model = loading.runnable(loading.load(source))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(request["model"], options, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in session.get_outputs()]
     atol, rtol = float(request["atol"]), float(request["rtol"])
+    data = np.load(request["data"])
     batches = []
     for i, batch in enumerate(request["batches"]):
-        arrays = random_arrays(specs, batch, seed=int(request["seed"]) + i)
-        with torch.no_grad():
-            expected = model(*(torch.from_numpy(arrays[s.name]) for s in specs))
-        flat = [t.detach().cpu().numpy() for t in pytree.tree_leaves(expected) if isinstance(t, torch.Tensor)]
-        actual = session.run(None, arrays)
-        if len(flat) != len(actual):
-            raise InferstackError(f"PyTorch returns {len(flat)} outputs, the ONNX model {len(actual)}")
+        feeds = {name: data[f"b{i}/in/{name}"] for name in request["inputs"]}
+        expected = [
+            data[f"b{i}/out/{k}"] for k in range(sum(1 for f in data.files if f.startswith(f"b{i}/out/")))
+        ]
+        actual = session.run(None, feeds)
+        if len(expected) != len(actual):
+            raise InferstackError(f"PyTorch returns {len(expected)} outputs, the ONNX model {len(actual)}")
         outputs = {
-            name: _compare(a, np.asarray(e), atol, rtol)
-            for name, a, e in zip(out_names, actual, flat, strict=True)
+            name: _compare(a, e, atol, rtol) for name, a, e in zip(out_names, actual, expected, strict=True)
         }
         batches.append(
             {"batch": batch, "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())}

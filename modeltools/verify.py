@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import parity
+from inferstack.modeltools import loading, parity
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import parse_inputs
 
@@ -128,7 +128,8 @@ def _check_parity(
     rtol_ = rtol if rtol is not None else float(previous.get("rtol", parity.DEFAULT_RTOL))
     batches = parity.batch_sizes(specs, manifest.max_batch_size)
     try:
-        record = parity.run(source, package / manifest.model_file, specs, batches, atol_, rtol_)
+        model = loading.load(source)
+        record = parity.run(model, package / manifest.model_file, specs, batches, atol_, rtol_)
     except InferstackError as e:
         return Check("parity", "fail", str(e))
     if not record["passed"]:
