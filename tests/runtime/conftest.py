@@ -36,7 +36,11 @@ def mlp_package(models_dir: Path) -> Path:
     onnx_path = export_dir / "mlp.onnx"
     batch = torch.export.Dim("batch", min=1, max=1024)
     program = torch.onnx.export(
-        module, (torch.randn(4, 16),), dynamo=True, input_names=["x"], output_names=["y"],
+        module,
+        (torch.randn(4, 16),),
+        dynamo=True,
+        input_names=["x"],
+        output_names=["y"],
         dynamic_shapes={"input": {0: batch}},
     )
     program.save(str(onnx_path), external_data=True)

@@ -2,7 +2,6 @@
 server (``python -m inferstack.runtime``, the container's entrypoint) as a subprocess on a free
 loopback port, reading its ready line."""
 
-
 from __future__ import annotations
 
 import os
@@ -104,13 +103,31 @@ def _server_env(extra: dict[str, str] | None) -> dict[str, str]:
 
 
 def start_server(
-    model: str | Path, *args: str, env: dict[str, str] | None = None, wait_ready: bool = True, timeout: float = 60
+    model: str | Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    wait_ready: bool = True,
+    timeout: float = 60,
 ) -> Served:
     """``python -m inferstack.runtime MODEL --port 0 ARGS`` on loopback; wait for the ready line."""
-    cmd = [sys.executable, "-m", "inferstack.runtime", str(model), "--host", "127.0.0.1", "--port", "0",
-           "--intra-op-threads", "1", "--providers", "CPUExecutionProvider", *args]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_server_env(env))
+    cmd = [
+        sys.executable,
+        "-m",
+        "inferstack.runtime",
+        str(model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--intra-op-threads",
+        "1",
+        "--providers",
+        "CPUExecutionProvider",
+        *args,
+    ]
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_server_env(env)
+    )
     served = Served(proc)
     ready = threading.Event()
 
@@ -135,5 +152,3 @@ def start_server(
             served.stop()
             raise AssertionError(f"server exited before ready (rc={proc.poll()}):\n{served.log()}")
     return served
-
-

@@ -16,8 +16,16 @@ from runtime_harness import DTYPE_CASES, Served
 from tritonclient.utils import InferenceServerException
 
 
-def _infer(client: th.InferenceServerClient, model: str, arrays: dict[str, np.ndarray], datatypes: dict[str, str],
-           binary_in: bool, binary_out: bool, outputs: list[str], **kwargs: object) -> th.InferResult:
+def _infer(
+    client: th.InferenceServerClient,
+    model: str,
+    arrays: dict[str, np.ndarray],
+    datatypes: dict[str, str],
+    binary_in: bool,
+    binary_out: bool,
+    outputs: list[str],
+    **kwargs: object,
+) -> th.InferResult:
     inputs = []
     for name, array in arrays.items():
         inp = th.InferInput(name, list(array.shape), datatypes[name])
@@ -49,8 +57,9 @@ def test_config_in_triton_shape(mlp_server: Served) -> None:
 
 
 @pytest.mark.parametrize("binary_in,binary_out", [(False, False), (True, True), (False, True), (True, False)])
-def test_mlp_infer_equals_onnxruntime(mlp_server: Served, mlp_package: Path, ort_run, rng,
-                                      binary_in: bool, binary_out: bool) -> None:
+def test_mlp_infer_equals_onnxruntime(
+    mlp_server: Served, mlp_package: Path, ort_run, rng, binary_in: bool, binary_out: bool
+) -> None:
     client = th.InferenceServerClient(mlp_server.address)
     x = rng.standard_normal((3, 16)).astype(np.float32)
     result = _infer(client, "mlp", {"x": x}, {"x": "FP32"}, binary_in, binary_out, ["y"], request_id="r-7")
@@ -69,7 +78,9 @@ def test_versioned_route_and_default_binary_output(mlp_server: Served, mlp_packa
     inp = th.InferInput("x", [1, 16], "FP32")
     inp.set_data_from_numpy(x)
     result = client.infer("mlp", [inp], model_version="1")  # no outputs named: all, binary
-    np.testing.assert_allclose(result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6)
+    np.testing.assert_allclose(
+        result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6
+    )
     with pytest.raises(InferenceServerException, match="no version '2'"):
         client.infer("mlp", [inp], model_version="2")
 
@@ -87,7 +98,9 @@ def _dtype_value(name: str, rng: np.random.Generator) -> np.ndarray:
 
 
 @pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
-def test_every_datatype_round_trips(dtypes_server: Served, dtypes_package: Path, ort_run, rng, binary: bool) -> None:
+def test_every_datatype_round_trips(
+    dtypes_server: Served, dtypes_package: Path, ort_run, rng, binary: bool
+) -> None:
     client = th.InferenceServerClient(dtypes_server.address)
     arrays = {name: _dtype_value(name, rng) for name in DTYPE_CASES}
     datatypes = {name: v2 for name, (v2, _, _) in DTYPE_CASES.items()}
@@ -145,16 +158,30 @@ BAD_JSON = [
     ({"inputs": [_x(data=["a"] * 16)]}, "FP32 data must be numbers; found strings"),
     ({"inputs": [_x(data=[[0.5] * 8, [0.5] * 7])]}, "not a regular array"),
     ({"inputs": [_x(data=None)]}, "'data' must be an array, got null"),
-    ({"inputs": [_x(shape=[17, 16], data=[0.5] * 272)]}, "batch size 17 exceeds the model's max batch size 16"),
+    (
+        {"inputs": [_x(shape=[17, 16], data=[0.5] * 272)]},
+        "batch size 17 exceeds the model's max batch size 16",
+    ),
     ({"inputs": [_x(shape=[0, 16], data=[])]}, "batch size (dim 0) must be at least 1"),
     ({"inputs": [_x(), _x()]}, "input 'x' appears twice"),
-    ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32"}]}, "neither 'data' nor a binary_data_size"),
+    (
+        {"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32"}]},
+        "neither 'data' nor a binary_data_size",
+    ),
     ({"inputs": [_x()], "outputs": [{"name": "nope"}]}, "unknown output 'nope'"),
-    ({"inputs": [_x()], "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
-     "parameter 'binary_data' must be true or false"),
+    (
+        {"inputs": [_x()], "outputs": [{"name": "y", "parameters": {"binary_data": "yes"}}]},
+        "parameter 'binary_data' must be true or false",
+    ),
     ({"inputs": [_x()], "id": 5}, "'id' must be a string"),
-    ({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}]},
-     "no Inference-Header-Content-Length header"),
+    (
+        {
+            "inputs": [
+                {"name": "x", "shape": [1, 16], "datatype": "FP32", "parameters": {"binary_data_size": 64}}
+            ]
+        },
+        "no Inference-Header-Content-Length header",
+    ),
     ({"inputs": [_x(parameters={"binary_data_size": 64})]}, "has both 'data' and binary_data_size"),
 ]
 
@@ -167,8 +194,18 @@ def test_bad_json_requests_get_a_precise_400(mlp_server: Served, body: bytes | d
 
 
 def _binary_body(size: int | None = None, extra: bytes = b"", data_bytes: int = 64) -> tuple[bytes, int]:
-    header = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
-                                     "parameters": {"binary_data_size": data_bytes if size is None else size}}]})
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "x",
+                    "shape": [1, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": data_bytes if size is None else size},
+                }
+            ]
+        }
+    )
     return header.encode() + np.ones(16, np.float32).tobytes()[:data_bytes] + extra, len(header)
 
 
@@ -178,9 +215,13 @@ def test_bad_binary_framing_gets_a_precise_400(mlp_server: Served) -> None:
     body, hl = _binary_body()
     cases.append((body, {"Inference-Header-Content-Length": str(len(body) + 1)}, "but the body has only"))
     cases.append((body, {"Inference-Header-Content-Length": "abc"}, "must be a non-negative integer"))
-    cases.append((body, {"Inference-Header-Content-Length": str(hl - 3)}, "request JSON header is not valid JSON"))
+    cases.append(
+        (body, {"Inference-Header-Content-Length": str(hl - 3)}, "request JSON header is not valid JSON")
+    )
     body, hl = _binary_body(size=60, data_bytes=60)
-    cases.append((body, {"Inference-Header-Content-Length": str(hl)}, "binary_data_size is 60 bytes, but shape"))
+    cases.append(
+        (body, {"Inference-Header-Content-Length": str(hl)}, "binary_data_size is 60 bytes, but shape")
+    )
     body, hl = _binary_body(size=64, data_bytes=40)
     cases.append((body, {"Inference-Header-Content-Length": str(hl)}, "runs past the end of the body"))
     body, hl = _binary_body(extra=b"xyz")
@@ -193,10 +234,14 @@ def test_bad_binary_framing_gets_a_precise_400(mlp_server: Served) -> None:
 
 def test_bytes_binary_framing_is_checked(dtypes_server: Served) -> None:
     def body(blob: bytes) -> tuple[bytes, dict[str, str]]:
-        inputs = [{"name": n, "shape": [1, 3], "datatype": v2, "data": [0, 0, 0] if v2 != "BOOL" else [False] * 3}
-                  for n, (v2, _, _) in DTYPE_CASES.items() if v2 != "BYTES"]
-        inputs.append({"name": "s", "shape": [1, 3], "datatype": "BYTES",
-                       "parameters": {"binary_data_size": len(blob)}})
+        inputs = [
+            {"name": n, "shape": [1, 3], "datatype": v2, "data": [0, 0, 0] if v2 != "BOOL" else [False] * 3}
+            for n, (v2, _, _) in DTYPE_CASES.items()
+            if v2 != "BYTES"
+        ]
+        inputs.append(
+            {"name": "s", "shape": [1, 3], "datatype": "BYTES", "parameters": {"binary_data_size": len(blob)}}
+        )
         header = json.dumps({"inputs": inputs}).encode()
         return header + blob, {"Inference-Header-Content-Length": str(len(header))}
 
@@ -228,7 +273,9 @@ def test_routes_methods_and_unknown_models(mlp_server: Served) -> None:
     assert r.status_code == 405
 
 
-def test_gzip_body_is_accepted_and_bad_encoding_refused(mlp_server: Served, mlp_package: Path, ort_run) -> None:
+def test_gzip_body_is_accepted_and_bad_encoding_refused(
+    mlp_server: Served, mlp_package: Path, ort_run
+) -> None:
     url = f"{mlp_server.url}/v2/models/mlp/infer"
     body = json.dumps({"inputs": [_x()], "outputs": [{"name": "y", "parameters": {"binary_data": False}}]})
     r = _post(url, gzip.compress(body.encode()), {"Content-Encoding": "gzip"})
@@ -247,7 +294,9 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(mlp_server: Ser
     bodies = [json.dumps({"id": str(i), "inputs": [_x(data=[float(i)] * 16)]}).encode() for i in range(5)]
     raw = b"".join(
         b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        + f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies
+        + f"Content-Length: {len(b)}\r\n\r\n".encode()
+        + b
+        for b in bodies
     )
     with socket.create_connection((mlp_server.host, mlp_server.port), timeout=10) as sock:
         sock.sendall(raw)

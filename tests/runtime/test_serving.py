@@ -16,7 +16,6 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from runtime_harness import Served
 
 
 def _metric(text: str, name: str) -> float:
@@ -26,9 +25,11 @@ def _metric(text: str, name: str) -> float:
 
 
 def _infer_body(x: np.ndarray, request_id: str = "") -> bytes:
-    doc = {"id": request_id, "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
-                                         "data": x.ravel().tolist()}],
-           "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    doc = {
+        "id": request_id,
+        "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32", "data": x.ravel().tolist()}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": False}}],
+    }
     return json.dumps(doc).encode()
 
 
@@ -86,7 +87,9 @@ def test_full_queue_answers_503_with_retry_after(serve, mlp_package: Path) -> No
 def test_slow_answers_time_out_with_504(serve, mlp_package: Path) -> None:
     s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "1500000")
     started = time.monotonic()
-    r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=_infer_body(np.ones((1, 16), np.float32)), timeout=10)
+    r = httpx.post(
+        f"{s.url}/v2/models/mlp/infer", content=_infer_body(np.ones((1, 16), np.float32)), timeout=10
+    )
     assert r.status_code == 504
     assert "no answer within 0.1s (--request-timeout-s" in r.json()["error"]
     assert time.monotonic() - started < 1.0

@@ -23,12 +23,12 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
+from inferstack.runtime.errors import ModelLoadError
+from inferstack.runtime.source import resolve
 from runtime_harness import Served
 
 from inferstack.errors import ChecksumMismatch
 from inferstack.manifest import sha256_file
-from inferstack.runtime.errors import ModelLoadError
-from inferstack.runtime.source import resolve
 
 
 def _free_port() -> int:
@@ -71,12 +71,15 @@ def test_local_checksum_mismatch_names_the_file_and_both_hashes(mlp_package: Pat
     assert "mlp.onnx.data" in message and expected in message and actual in message
 
 
-@pytest.mark.parametrize("uri,message", [
-    ("http://example.com/model", "plain http:// is not allowed"),
-    ("ftp://example.com/model", "unsupported scheme 'ftp'"),
-    ("/definitely/not/here", "no such file or directory"),
-    ("s3:///no-bucket", "needs a bucket"),
-])
+@pytest.mark.parametrize(
+    "uri,message",
+    [
+        ("http://example.com/model", "plain http:// is not allowed"),
+        ("ftp://example.com/model", "unsupported scheme 'ftp'"),
+        ("/definitely/not/here", "no such file or directory"),
+        ("s3:///no-bucket", "needs a bucket"),
+    ],
+)
 def test_bad_sources_are_refused_with_the_reason(uri: str, message: str, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match=message):
         resolve(uri, tmp_path)
@@ -122,8 +125,9 @@ def moto_s3() -> Iterator[str]:
     if not exe.exists():
         pytest.skip("moto_server is not installed (pip install 'moto[server]')")
     port = _free_port()
-    proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -142,16 +146,23 @@ def moto_s3() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def s3_env(moto_s3: str) -> dict[str, str]:
-    return {"AWS_ENDPOINT_URL_S3": moto_s3, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1"}
+    return {
+        "AWS_ENDPOINT_URL_S3": moto_s3,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
 
 
 def _upload(s3_env: dict[str, str], bucket: str, prefix: str, directory: Path) -> None:
     import boto3
 
     client = boto3.client(
-        "s3", endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"], region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
     )
     existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
     if bucket not in existing:
@@ -160,8 +171,9 @@ def _upload(s3_env: dict[str, str], bucket: str, prefix: str, directory: Path) -
         client.upload_file(str(f), bucket, f"{prefix}/{f.name}")
 
 
-def test_s3_package_is_downloaded_verified_and_served(serve, s3_env, mlp_package: Path, ort_run,
-                                                       tmp_path: Path) -> None:
+def test_s3_package_is_downloaded_verified_and_served(
+    serve, s3_env, mlp_package: Path, ort_run, tmp_path: Path
+) -> None:
     _upload(s3_env, "models", "mlp/v1", mlp_package)
     s = serve("s3://models/mlp/v1", "--cache-dir", str(tmp_path), env=s3_env)
     assert s.name == "mlp"
@@ -177,8 +189,10 @@ def test_s3_checksum_mismatch_refuses_to_start(serve, s3_env, mlp_package: Path,
     s = serve("s3://models/bad/v1", "--cache-dir", str(tmp_path / "cache"), env=s3_env, wait_ready=False)
     assert s.wait_exit() == 1
     out = s.log()
-    assert (f"checksum mismatch for s3://models/bad/v1/mlp.onnx.data: manifest says sha256 {expected}, "
-            f"file has sha256 {actual}") in out
+    assert (
+        f"checksum mismatch for s3://models/bad/v1/mlp.onnx.data: manifest says sha256 {expected}, "
+        f"file has sha256 {actual}"
+    ) in out
     assert "ready:" not in out
 
 
@@ -203,18 +217,27 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
         .sign(key, hashes.SHA256())
     )
     cert_pem = d / "cert.pem"
     key_pem = d / "key.pem"
     cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    key_pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mlp_package.parent))
     handler.log_message = lambda *a: None  # type: ignore[attr-defined]
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -228,8 +251,9 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
     httpd.server_close()
 
 
-def test_https_package_with_a_trusted_certificate(serve, tls_site, mlp_package: Path, ort_run,
-                                                  tmp_path: Path) -> None:
+def test_https_package_with_a_trusted_certificate(
+    serve, tls_site, mlp_package: Path, ort_run, tmp_path: Path
+) -> None:
     base, cert = tls_site
     s = serve(f"{base}/{mlp_package.name}", "--cache-dir", str(tmp_path), env={"SSL_CERT_FILE": str(cert)})
     _check_infer(s, mlp_package, ort_run)
@@ -237,7 +261,9 @@ def test_https_package_with_a_trusted_certificate(serve, tls_site, mlp_package: 
     assert (tmp_path / digest / "manifest.json").is_file()
 
 
-def test_https_with_an_untrusted_certificate_refuses(serve, tls_site, mlp_package: Path, tmp_path: Path) -> None:
+def test_https_with_an_untrusted_certificate_refuses(
+    serve, tls_site, mlp_package: Path, tmp_path: Path
+) -> None:
     base, _ = tls_site
     s = serve(f"{base}/{mlp_package.name}", "--cache-dir", str(tmp_path), wait_ready=False)
     assert s.wait_exit() == 1
