@@ -36,6 +36,9 @@ def bench(
     overload: Annotated[
         bool, typer.Option(help="Add the overload point (512 connections, queue 64).")
     ] = False,
+    cold_start: Annotated[
+        bool, typer.Option(help="Add the cold-start measurement (process start to ready, 100 MB model).")
+    ] = False,
     overload_duration: Annotated[float, typer.Option(help="Seconds of the overload point.")] = 60.0,
     max_batch_size: Annotated[int, typer.Option(help="Max batch of the batching servers.")] = 32,
     max_queue_delay_us: Annotated[int, typer.Option(help="Max queue delay of the batching servers.")] = 0,
@@ -60,16 +63,17 @@ def bench(
         repeats=3 if full else repeats,
         server=ServerConfig(max_batch_size=max_batch_size, max_queue_delay_us=max_queue_delay_us),
         overload=overload or full,
+        cold_start=cold_start or full,
         overload_duration_s=overload_duration,
         work_dir=work_dir,
         out_dir=out_dir,
         venvs_dir=venvs_dir,
         name=name,
     )
-    results = run(cfg, log=lambda line: out.print(line, highlight=False))
+    results = run(cfg, log=lambda line: out.print(line, highlight=False, soft_wrap=True))
     for path in report.write(results, out_dir, name):
-        out.print(f"wrote {path}")
-    out.print(report.markdown(results).split("## Targets", 1)[-1].strip())
+        out.print(f"wrote {path}", soft_wrap=True)
+    out.print(report.markdown(results).split("## Targets", 1)[-1].strip(), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -54,9 +54,15 @@ def http_post(
 
 class Server:
     def __init__(
-        self, argv: Sequence[str], base_url: str, log_path: Path, env: dict[str, str] | None = None
+        self,
+        argv: Sequence[str],
+        base_url: str,
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        ready_path: str = "/v2/health/ready",
     ) -> None:
         self.argv = list(argv)
+        self.ready_path = ready_path
         self.base_url = base_url
         self.log_path = log_path
         self.env = env
@@ -76,7 +82,7 @@ class Server:
             if self.proc.poll() is not None:
                 raise StartFailed(f"exited with status {self.proc.returncode}: {self.log_tail()}")
             with contextlib.suppress(OSError):
-                if http_get(self.base_url + "/v2/health/ready", timeout=1.0) == 200:
+                if http_get(self.base_url + self.ready_path, timeout=1.0) == 200:
                     return time.perf_counter() - t0
             time.sleep(0.02)
         self.stop()

@@ -75,6 +75,10 @@ def _fmt_ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
+def _fmt_x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def markdown(results: dict[str, Any]) -> str:
     m = results["machine"]
     cfg = results["config"]
@@ -100,26 +104,28 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"## {model}",
             "",
-            "| setup | c | req/s | p50 ms | p90 ms | p99 ms | errors |",
-            "|---|---:|---:|---:|---:|---:|---:|",
+            "| setup | c | req/s | p50 ms | p90 ms | p99 ms | errors | mean batch, ORT busy |",
+            "|---|---:|---:|---:|---:|---:|---:|---|",
         ]
         for setup in SETUPS:
             s = mres["setups"].get(setup)
             if s is None:
                 continue
             if s.get("status") != "ok":
-                lines.append(f"| {setup} | - | {s.get('status')}: {s.get('reason', '')[:160]} | | | | |")
+                lines.append(f"| {setup} | - | {s.get('status')}: {s.get('reason', '')[:160]} | | | | | |")
                 continue
             for c, pt in s["points"].items():
                 if setup == "ceiling":
                     lines.append(
                         f"| ceiling (batch {pt['batch']}) | {c} | {pt['throughput']:.0f} | "
-                        f"{_fmt_ms(pt['run_p50_us'])} (run) | - | - | - |"
+                        f"{_fmt_ms(pt['run_p50_us'])} (run) | - | - | - | {pt['batch']}, 100% |"
                     )
                 else:
+                    b = pt.get("batching")
+                    batching = f"{b['mean_batch']:.1f}, {b['compute_share']:.0%}" if b else "-"
                     lines.append(
                         f"| {setup} | {c} | {pt['throughput']:.0f} | {_fmt_ms(pt['p50_us'])} | "
-                        f"{_fmt_ms(pt['p90_us'])} | {_fmt_ms(pt['p99_us'])} | {pt['errors']} |"
+                        f"{_fmt_ms(pt['p90_us'])} | {_fmt_ms(pt['p99_us'])} | {pt['errors']} | {batching} |"
                     )
         starts = [
             f"{s} {r['cold_start_s']:.2f} s"
@@ -151,11 +157,24 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{o['throughput']:.0f} successful req/s; p99 of the 200s at most "
                 f"{_fmt_ms(o['ok_p99_upper_us'])} ms (all responses: p99 {_fmt_ms(o['p99_us'])} ms) vs p99 "
                 f"{_fmt_ms(b['p99_us'])} ms at c=32 "
-                f"(ratio {ov['ok_p99_upper_over_c32_p99']:.2f}, goal <= 3); "
+                f"(ratio {_fmt_x(ov['ok_p99_upper_over_c32_p99'])}, goal <= 3); "
                 f"RSS {min(rss):.0f} to {max(rss):.0f} MB over the run "
-                f"(growth over the second half {ov['rss_growth_mb_second_half']:.1f} MB); "
+                f"(growth over the second half {_fmt_x(ov['rss_growth_mb_second_half'])} MB); "
                 f"only 200 and 503: {'yes' if ov['only_200_and_503'] else 'no'}.",
             ]
+    cs = results.get("cold_start")
+    if cs:
+        lines += ["", "## Cold start", ""]
+        if cs.get("status") == "failed":
+            lines.append(f"Failed: {cs['reason']}")
+        else:
+            lines.append(
+                f"inferstack on a {cs['model_bytes'] / 1e6:.0f} MB model on local disk: process start to "
+                f"ready {cs['start_to_ready_s']:.2f} s (median of {len(cs['start_to_ready_runs'])}); "
+                f"onnxruntime alone "
+                f"loads it in {cs['ort_load_s']:.2f} s, so the server adds {cs['overhead_s']:.2f} s "
+                f"(goal: ready within 2 s + the ORT load time: {'met' if cs['met'] else '**missed**'})."
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -178,7 +197,13 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
             style = "--" if setup == "ceiling" else "-"
             a.plot(cs, tp, style, marker="o", label=setup)
             if setup != "ceiling":
-                b.plot(tp, [p["p99_us"] / 1000 for p in s["points"].values()], marker="o", label=setup)
+                measured = [p for p in s["points"].values() if p.get("p99_us") is not None]
+                b.plot(
+                    [p["throughput"] for p in measured],
+                    [p["p99_us"] / 1000 for p in measured],
+                    marker="o",
+                    label=setup,
+                )
         a.set(
             xscale="log",
             xlabel="concurrency (connections)",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -73,6 +74,10 @@ def _median_point(repeats: list[dict[str, Any]]) -> dict[str, Any]:
     return point
 
 
+def _ms(us: float | None) -> str:
+    return "-" if us is None else f"{us / 1000:.2f}"
+
+
 def _reference(package: Path, spec: ModelSpec, x: np.ndarray) -> np.ndarray:
     import onnxruntime as ort
 
@@ -92,6 +97,43 @@ def check_answer(url: str, body: payloads.Body, spec: ModelSpec, expected: np.nd
     got = payloads.decode_response(data, int(length) if length else None, spec.output_name)
     if got.shape != expected.shape or not np.allclose(got, expected, rtol=1e-4, atol=1e-5):
         raise ValueError(f"wrong result: max abs diff {float(np.max(np.abs(got - expected))):.3g}")
+
+
+_METRICS = ("inferstack_batch_size_sum", "inferstack_batch_size_count", "inferstack_compute_seconds_sum")
+
+
+def scrape_batching(base_url: str) -> dict[str, float] | None:
+    """inferstack's batch and compute counters from /metrics (None when not available)."""
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _METRICS:
+            values[name] = float(value)
+    return values if len(values) == len(_METRICS) else None
+
+
+def batching_delta(
+    before: dict[str, float] | None, after: dict[str, float] | None, seconds: float
+) -> dict[str, float] | None:
+    """Mean merged batch and the share of the wall time ORT was computing, between two scrapes."""
+    if not before or not after:
+        return None
+    batches = after["inferstack_batch_size_count"] - before["inferstack_batch_size_count"]
+    if batches <= 0:
+        return None
+    requests = after["inferstack_batch_size_sum"] - before["inferstack_batch_size_sum"]
+    compute = after["inferstack_compute_seconds_sum"] - before["inferstack_compute_seconds_sum"]
+    return {
+        "batches": batches,
+        "mean_batch": requests / batches,
+        "compute_share": compute / seconds if seconds else 0.0,
+        "compute_us_per_batch": compute / batches * 1e6,
+    }
 
 
 def measure_ceiling(package: Path, cfg: Config, log: Log) -> dict[str, Any]:
@@ -148,7 +190,9 @@ def measure_server(
         log(f"  {server_name}: unavailable: {e}")
         return {s: {"status": "unavailable", "reason": str(e)} for s in setups}
     logs = cfg.work_dir / "logs"
-    server = Server(how.argv, how.base_url, logs / f"{spec.name}-{server_name}.log", how.env)
+    server = Server(
+        how.argv, how.base_url, logs / f"{spec.name}-{server_name}.log", how.env, how.ready_path(spec.name)
+    )
     try:
         try:
             cold = server.start()
@@ -170,14 +214,23 @@ def measure_server(
             for c in cfg.concurrency:
                 if cfg.warmup_s > 0:
                     wrk.run(url, body, c, cfg.warmup_s, core=cfg.client_core)
+                before = scrape_batching(how.base_url) if server_name == "inferstack" else None
+                t_before = time.perf_counter()
                 repeats = [
                     wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core) for _ in range(cfg.repeats)
                 ]
                 points[str(c)] = _median_point(repeats)
+                if before is not None:
+                    seconds = time.perf_counter() - t_before
+                    points[str(c)]["batching"] = batching_delta(
+                        before, scrape_batching(how.base_url), seconds
+                    )
                 p = points[str(c)]
+                b = p.get("batching")
                 log(
-                    f"  {setup} c={c}: {p['throughput']:.0f} req/s, p50 {p['p50_us'] / 1000:.2f} ms, "
-                    f"p99 {p['p99_us'] / 1000:.2f} ms, errors {p['errors']}"
+                    f"  {setup} c={c}: {p['throughput']:.0f} req/s, p50 {_ms(p['p50_us'])} ms, "
+                    f"p99 {_ms(p['p99_us'])} ms, errors {p['errors']}"
+                    + (f", mean batch {b['mean_batch']:.1f}, ORT busy {b['compute_share']:.0%}" if b else "")
                 )
             results[setup] = {
                 "status": "ok",
@@ -207,7 +260,13 @@ def measure_overload(
         core=cfg.server.core,
     )
     how = launch("inferstack", package, spec.name, scfg, cfg.venvs_dir)
-    server = Server(how.argv, how.base_url, cfg.work_dir / "logs" / f"{spec.name}-overload.log", how.env)
+    server = Server(
+        how.argv,
+        how.base_url,
+        cfg.work_dir / "logs" / f"{spec.name}-overload.log",
+        how.env,
+        how.ready_path(spec.name),
+    )
     body = bodies["json"]
     url = how.infer_url(spec.name)
     try:
@@ -244,15 +303,42 @@ def measure_overload(
         "baseline_c32": base,
         "overload": over,
         "only_200_and_503": statuses <= {200, 503} and not any(over["socket_errors"].values()),
-        "ok_p99_upper_over_c32_p99": over["ok_p99_upper_us"] / base["p99_us"] if base["p99_us"] else None,
+        "ok_p99_upper_over_c32_p99": (
+            over["ok_p99_upper_us"] / base["p99_us"] if over["ok_p99_upper_us"] and base["p99_us"] else None
+        ),
         "rss_mb": samples,
         "rss_growth_mb_second_half": (max(rss[half:]) - max(rss[:half])) if len(rss) > 2 else None,
         "server_alive_after": alive,
     }
     log(
         f"  overload: statuses {over['statuses']}, {over['throughput']:.0f} ok/s, ok p99 <= "
-        f"{over['ok_p99_upper_us'] / 1000:.1f} ms (c=32 p99 {base['p99_us'] / 1000:.1f} ms), "
+        f"{_ms(over['ok_p99_upper_us'])} ms (c=32 p99 {_ms(base['p99_us'])} ms), "
         f"RSS {min(rss):.0f}-{max(rss):.0f} MB"
+    )
+    return result
+
+
+def measure_cold_start(cfg: Config, log: Log) -> dict[str, Any]:
+    from bench import coldstart
+
+    def start(package: Path) -> float:
+        how = launch("inferstack", package, "large", cfg.server, cfg.venvs_dir)
+        server = Server(
+            how.argv,
+            how.base_url,
+            cfg.work_dir / "logs" / "large-coldstart.log",
+            how.env,
+            how.ready_path("large"),
+        )
+        try:
+            return server.start()
+        finally:
+            server.stop()
+
+    result = coldstart.measure(cfg.work_dir, cfg.server.core, 3, start)
+    log(
+        f"  {result['model_bytes'] / 1e6:.0f} MB model: ready after {result['start_to_ready_s']:.2f} s, "
+        f"ORT alone loads it in {result['ort_load_s']:.2f} s"
     )
     return result
 
@@ -314,6 +400,12 @@ def run(cfg: Config, log: Log = print) -> dict[str, Any]:
             results["overload"] = measure_overload(package, spec, bodies, cfg, log)
         except (StartFailed, wrk.WrkFailed, OSError) as e:
             results["overload"] = {"status": "failed", "reason": str(e)}
+    if cfg.cold_start:
+        log("cold start (100 MB model)")
+        try:
+            results["cold_start"] = measure_cold_start(cfg, log)
+        except (StartFailed, OSError, subprocess.CalledProcessError) as e:
+            results["cold_start"] = {"status": "failed", "reason": str(e)}
     results["elapsed_s"] = time.perf_counter() - t_start
     return results
 

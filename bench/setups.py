@@ -44,6 +44,10 @@ class Launch:
     env: dict[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
 
+    #: the model's own readiness: Triton's server is ready before its models are loaded
+    def ready_path(self, model: str) -> str:
+        return f"/v2/models/{model}/ready"
+
     def infer_url(self, model: str) -> str:
         return f"{self.base_url}/v2/models/{model}/infer"
 

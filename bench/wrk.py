@@ -70,7 +70,8 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
     e = raw["errors"]
     socket_errors = e["connect"] + e["read"] + e["write"] + e["timeout"]
     seconds = raw["duration_us"] / 1e6
-    pct = raw["latency_us"]["percentiles"]
+    # no completed response: wrk's empty histogram reads 0, which is no latency at all
+    pct = raw["latency_us"]["percentiles"] if raw["requests"] else dict.fromkeys(("50", "90", "99", "99.9"))
     return {
         "requests": raw["requests"],
         "ok": ok,
@@ -80,9 +81,9 @@ def summarize(raw: dict[str, Any]) -> dict[str, Any]:
         "p90_us": pct["90"],
         "p99_us": pct["99"],
         "p999_us": pct["99.9"],
-        "mean_us": raw["latency_us"]["mean"],
-        "max_us": raw["latency_us"]["max"],
-        "ok_p99_upper_us": raw.get("ok_p99_upper_us", -1),
+        "mean_us": raw["latency_us"]["mean"] if raw["requests"] else None,
+        "max_us": raw["latency_us"]["max"] if raw["requests"] else None,
+        "ok_p99_upper_us": raw["ok_p99_upper_us"] if ok else None,
         "errors": non_2xx + socket_errors,
         "statuses": {str(k): v for k, v in sorted(statuses.items())},
         "socket_errors": {k: e[k] for k in ("connect", "read", "write", "timeout")},

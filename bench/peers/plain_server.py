@@ -47,7 +47,8 @@ def build_app(model_path: str, name: str, threadpool: bool) -> Starlette:
     output_types = {o.name: _V2[o.type] for o in session.get_outputs()}
 
     async def ready(request: Request) -> Response:
-        return Response(b"", 200)
+        known = request.path_params.get("model", name) == name
+        return Response(b"", 200 if known else 404)
 
     async def infer(request: Request) -> Response:
         if request.path_params["model"] != name:
@@ -77,6 +78,7 @@ def build_app(model_path: str, name: str, threadpool: bool) -> Starlette:
     routes = [
         Route("/v2/health/ready", ready),
         Route("/v2/health/live", ready),
+        Route("/v2/models/{model}/ready", ready),
         Route("/v2/models/{model}/infer", infer, methods=["POST"]),
     ]
     return Starlette(routes=routes)

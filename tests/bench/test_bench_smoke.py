@@ -120,7 +120,7 @@ def test_non_2xx_responses_count_as_errors_and_wrong_answers_are_caught(
     x = SPEC.request_array()
     bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
     how = launch("plain", package, "tiny", cfg.server, cfg.venvs_dir)
-    with Server(how.argv, how.base_url, tmp_path / "plain.log") as server:
+    with Server(how.argv, how.base_url, tmp_path / "plain.log", ready_path=how.ready_path("tiny")) as server:
         server.start(timeout_s=60)
         check_answer(how.infer_url("tiny"), bodies["json"], SPEC, x @ W)
         with pytest.raises(ValueError, match="wrong result"):
