@@ -6,6 +6,7 @@ Skips when wrk is absent. Runs in a few seconds: 1-second points, a tiny model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -20,6 +21,7 @@ from bench.models import ModelSpec
 from bench.procs import Server
 from bench.run import Config, check_answer, measure_ceiling, measure_server
 from bench.setups import ServerConfig, launch
+from inferstack.manifest import Manifest, TensorSpec, file_entries, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(wrk.available() is not None, reason=str(wrk.available()))
@@ -44,6 +46,18 @@ def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.ir_version = 9
     directory = tmp_path_factory.mktemp("tiny")
     save(model, str(directory / "model.onnx"))
+    write_manifest(
+        directory,
+        Manifest(
+            name="tiny",
+            version="1",
+            model_file="model.onnx",
+            files=file_entries(directory, ["model.onnx"]),
+            inputs=[TensorSpec("x", "FP32", [-1, 8])],
+            outputs=[TensorSpec("logits", "FP32", [-1, 3])],
+            max_batch_size=4,
+        ),
+    )
     return directory
 
 
@@ -74,7 +88,7 @@ def test_plain_peer_is_measured_and_reported(package: Path, tmp_path: Path) -> N
     logged: list[str] = []
 
     setups = measure_server("plain", ["json"], package, SPEC, bodies, expected, cfg, logged.append)
-    ceiling = measure_ceiling(package, cfg, logged.append)
+    ceiling = measure_ceiling(package, dataclasses.replace(cfg, concurrency=[4]), logged.append)
 
     result = setups["plain-json"]
     assert result["status"] == "ok", result
@@ -129,6 +143,25 @@ def test_non_2xx_responses_count_as_errors_and_wrong_answers_are_caught(
     assert missing["requests"] > 0
     assert missing["errors"] == missing["requests"] and missing["statuses"] == {"404": missing["requests"]}
     assert missing["throughput"] == 0
+
+
+def test_inferstack_binary_is_measured_with_its_batching(package: Path, tmp_path: Path) -> None:
+    pytest.importorskip("inferstack.runtime.server", reason="the serving runtime is not installed")
+    cfg = _config(tmp_path)
+    cfg.concurrency = [4]
+    x = SPEC.request_array()
+    bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
+
+    setups = measure_server("inferstack", ["binary"], package, SPEC, bodies, x @ W, cfg, print)
+
+    result = setups["inferstack-binary"]
+    assert result["status"] == "ok", result
+    point = result["points"]["4"]
+    (run,) = point["repeats"]
+    assert run["errors"] == 0 and run["statuses"] == {"200": run["requests"]} and point["throughput"] > 50
+    # the server's own counters were read around the point: every request went through a batch
+    batching = point["batching"]
+    assert batching["batches"] >= 1 and 1 <= batching["mean_batch"] <= 4
 
 
 def test_cli_rejects_an_unknown_model() -> None:
