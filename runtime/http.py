@@ -161,7 +161,7 @@ class Connection(asyncio.Protocol):
         status: int,
         body: bytes | Iterable[bytes | memoryview],
         content_type: bytes = b"application/json",
-        headers: Iterable[tuple[str, str]] = (),
+        headers: tuple[tuple[str, str], ...] = (),
         keep_alive: bool = True,
     ) -> None:
         """Write one answer; then go on with the next pipelined request, or close."""
@@ -171,25 +171,22 @@ class Connection(asyncio.Protocol):
             return
         # when shutting down, finish the requests already read, then close
         keep_alive = keep_alive and not (self.closing and not self._queue)
-        if isinstance(body, bytes):
-            chunks: list[bytes | memoryview] = [body]
-            length = len(body)
+        extra = b"".join([f"{n}: {v}\r\n".encode("latin-1") for n, v in headers]) if headers else b""
+        if not keep_alive:
+            extra += b"connection: close\r\n"
+        status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode()
+        if type(body) is bytes:
+            transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
+                status_line, content_type, len(body), extra, body))
         else:
             chunks = list(body)
             length = sum(len(c) for c in chunks)
-        head = [
-            _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode(),
-            b"content-type: ", content_type, b"\r\ncontent-length: ", str(length).encode(), b"\r\n",
-        ]
-        for name, value in headers:
-            head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if not keep_alive:
-            head.append(b"connection: close\r\n")
-        head.append(b"\r\n")
-        if length <= 65536:
-            transport.write(b"".join(head + chunks))
-        else:
-            transport.writelines([b"".join(head), *chunks])
+            head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+                status_line, content_type, length, extra)
+            if length <= 65536:
+                transport.write(b"".join([head, *chunks]))
+            else:
+                transport.writelines([head, *chunks])
         self.busy = False
         if not keep_alive:
             self.close()

@@ -172,18 +172,21 @@ def _check_shape(tensor: dict[str, Any], spec: TensorInfo, model: Model) -> list
         got = repr(datatype) if isinstance(datatype, str) else _json_type(datatype)
         raise BadRequest(f"input {name!r}: datatype {got} does not match the model's {spec.dtype.v2}")
     shape = tensor.get("shape")
-    if not isinstance(shape, list) or any(
-        isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape
-    ):
-        raise BadRequest(f"input {name!r}: 'shape' must be an array of non-negative integers")
     expected = spec.shape
+    if type(shape) is not list:
+        raise BadRequest(f"input {name!r}: 'shape' must be an array of non-negative integers")
     if len(shape) != len(expected):
-        raise BadRequest(
-            f"input {name!r}: shape {_describe(shape)} has {len(shape)} dimensions, the model's "
-            f"{_describe(expected)} has {len(expected)}"
-        )
-    for i, (d, e) in enumerate(zip(shape, expected, strict=True)):
-        if e != -1 and d != e:
+        if all(type(d) is int and d >= 0 for d in shape):
+            raise BadRequest(
+                f"input {name!r}: shape {_describe(shape)} has {len(shape)} dimensions, the model's "
+                f"{_describe(expected)} has {len(expected)}"
+            )
+        raise BadRequest(f"input {name!r}: 'shape' must be an array of non-negative integers")
+    for i, d in enumerate(shape):  # type(d) is int: not bool, not float
+        if type(d) is not int or d < 0:
+            raise BadRequest(f"input {name!r}: 'shape' must be an array of non-negative integers")
+        e = expected[i]
+        if d != e and e != -1:
             raise BadRequest(
                 f"input {name!r}: shape {_describe(shape)} does not match the model's "
                 f"{_describe(expected)} (dim {i} is {d}, expected {e})"
