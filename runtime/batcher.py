@@ -179,6 +179,8 @@ class Batcher:
             return True
         jobs = self._collect(first)
         taken = time.perf_counter()
+        observe_size(len(jobs))
+        observe_rows(sum(j.rows for j in jobs))
         try:
             outputs = self._run(jobs)
         except HTTPError as e:
@@ -198,8 +200,6 @@ class Batcher:
         computed = time.perf_counter()
         self._post(jobs, outputs, None)  # answer first, then bookkeeping
         observe_compute(computed - taken)
-        observe_size(len(jobs))
-        observe_rows(sum(j.rows for j in jobs))
         for job in jobs:
             observe_queue(taken - job.enqueued)
         return True

@@ -54,6 +54,7 @@ class Model:
     input_by_name: dict[str, TensorInfo] = field(init=False)
     output_by_name: dict[str, TensorInfo] = field(init=False)
     output_names: list[str] = field(init=False)
+    run_options: Any = None
 
     def __post_init__(self) -> None:
         self.input_by_name = {t.name: t for t in self.inputs}
@@ -69,7 +70,7 @@ class Model:
         return any(p in GPU_PROVIDERS for p in self.providers)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds)  # type: ignore[no-any-return]
+        return self.session.run(self.output_names, feeds, self.run_options)  # type: ignore[no-any-return]
 
 
 def _dims(shape: Any) -> tuple[int, ...]:
@@ -149,7 +150,10 @@ def load_model(source: ModelSource, config: ServerConfig) -> Model:
                     "serving without batching", origin, max_batch)
         max_batch = 0
 
+    run_options = ort.RunOptions()
+    run_options.log_severity_level = 4  # a request's bad values are answered 400, not logged as errors
     model = Model(
+        run_options=run_options,
         name=config.name or source.default_name,
         version=source.version,
         session=session,

@@ -182,3 +182,46 @@ def test_ready_follows_the_lifecycle(serve, mlp_package: Path) -> None:
     listening = next(i for i, line in enumerate(lines) if "listening on" in line)
     ready = next(i for i, line in enumerate(lines) if "ready: model mlp" in line)
     assert listening < ready
+
+
+def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, models_dir: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    table = helper.make_tensor("table", TensorProto.FLOAT, [5, 2], [float(v) for v in range(10)])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "idx"], ["out"], axis=0)],
+        "lookup",
+        [helper.make_tensor_value_info("idx", TensorProto.INT64, ["batch"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])],
+        initializer=[table],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "lookup.onnx"
+    onnx.save(model, str(path))
+    # the bad index shares a merged batch with good ones: only its own request fails
+    s = serve(path, "--max-queue-delay-us", "300000")
+    indices = [1, 4, 7, 0, 2]
+
+    def call(i: int) -> httpx.Response:
+        doc = {
+            "inputs": [{"name": "idx", "shape": [1], "datatype": "INT64", "data": [i]}],
+            "outputs": [{"name": "out", "parameters": {"binary_data": False}}],
+        }
+        return httpx.post(f"{s.url}/v2/models/lookup/infer", json=doc, timeout=10)
+
+    with ThreadPoolExecutor(5) as pool:
+        responses = list(pool.map(call, indices))
+    for i, r in zip(indices, responses, strict=True):
+        if i < 5:
+            assert r.status_code == 200, r.text
+            assert r.json()["outputs"][0]["data"] == [2.0 * i, 2.0 * i + 1]
+        else:
+            assert r.status_code == 400
+            assert "could not run on this input" in r.json()["error"]
+            assert "out of data bounds" in r.json()["error"]
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, "inferstack_batch_size_sum") > _metric(metrics, "inferstack_batch_size_count")
+    assert _metric(metrics, 'inferstack_request_failures_total{reason="model_rejected_input"}') == 1
+    assert "Traceback" not in s.log()
