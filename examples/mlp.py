@@ -13,7 +13,11 @@ class MLP(nn.Module):
     def __init__(self, d_in: int = 256, hidden: int = 1024, classes: int = 10) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(d_in, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, classes)
+            nn.Linear(d_in, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

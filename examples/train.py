@@ -42,11 +42,11 @@ def evaluate(model: object, x: np.ndarray, labels: np.ndarray) -> float:
 
 
 #: batch size and learning rate per example: small batches, so that a few seconds are many steps
-SETTINGS = {"cnn": (32, 3e-3), "transformer": (16, 1e-3), "mlp": (64, 1e-3)}
+SETTINGS = {"cnn": (32, 5e-3), "transformer": (16, 1e-3), "mlp": (64, 1e-3)}
 
 
-def train(kind: str, seconds: float = 5.0, seed: int = 0) -> tuple[object, TrainResult]:
-    """Train ``inferstack.examples.<kind>.build()`` for about ``seconds``.
+def train(kind: str, seconds: float = 5.0, seed: int = 0, min_steps: int = 5) -> tuple[object, TrainResult]:
+    """Train ``inferstack.examples.<kind>.build()`` for about ``seconds``, and at least ``min_steps``.
 
     Returns the model (in eval mode) and its scores.
     """
@@ -56,8 +56,8 @@ def train(kind: str, seconds: float = 5.0, seed: int = 0) -> tuple[object, Train
     module = importlib.import_module(f"inferstack.examples.{kind}")
     model = module.build()
     torch.manual_seed(seed)
-    x_train, y_train = data.make(kind, 4096, seed=seed)
-    x_test, y_test = data.make(kind, 1024, seed=seed + 1000)
+    x_train, y_train = data.make(kind, 2048, seed=seed)
+    x_test, y_test = data.make(kind, 512, seed=seed + 1000)
     xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     loss_fn = torch.nn.CrossEntropyLoss()
@@ -66,7 +66,7 @@ def train(kind: str, seconds: float = 5.0, seed: int = 0) -> tuple[object, Train
     steps = 0
     recent: list[float] = []
     gen = torch.Generator().manual_seed(seed)
-    while time.perf_counter() - start < seconds or steps < 5:
+    while time.perf_counter() - start < seconds or steps < min_steps:
         idx = torch.randint(0, len(xt), (batch,), generator=gen)
         logits = model(xt[idx])
         loss = loss_fn(logits, yt[idx])
@@ -87,12 +87,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where to save the state dict (.pt)")
     parser.add_argument("--data", type=Path, help="also write held-out samples + labels (.npz) for optimize")
     parser.add_argument("--samples", type=int, default=512, help="samples in --data (default 512)")
+    parser.add_argument("--min-steps", type=int, default=5, help="train at least this many steps (default 5)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
     import torch
 
-    model, result = train(args.kind, args.seconds, args.seed)
+    model, result = train(args.kind, args.seconds, args.seed, args.min_steps)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     assert isinstance(model, torch.nn.Module)
     torch.save(model.state_dict(), args.out)

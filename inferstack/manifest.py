@@ -145,7 +145,7 @@ def file_entries(root: str | os.PathLike[str], paths: list[str]) -> list[FileEnt
 @lru_cache(maxsize=1)
 def schema() -> dict[str, Any]:
     text = resources.files("inferstack").joinpath("manifest.schema.json").read_text()
-    return json.loads(text)  # type: ignore[no-any-return]
+    return json.loads(text)
 
 
 def validate(data: Any, where: str = MANIFEST_NAME) -> None:

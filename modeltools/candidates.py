@@ -126,7 +126,7 @@ class _Feeds:
 def _int8_static(ctx: BuildContext, out: Path) -> Path:
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    class Reader(_Feeds, CalibrationDataReader):  # type: ignore[misc]
+    class Reader(_Feeds, CalibrationDataReader):
         pass
 
     if not ctx.calibration:

@@ -152,12 +152,12 @@ def load_data(path: Path | None, manifest: Manifest, samples: int) -> tuple[dict
             data[t.name] = (
                 rng.standard_normal(shape) if dt.kind == "f" else rng.integers(0, 10, shape)
             ).astype(dt)
-        rows = samples if batched else 1
+        generated = samples if batched else 1
         return (
             data,
             None,
             (
-                f"generated: {rows} random samples (standard normal); pass --data FILE.npz with "
+                f"generated: {generated} random samples (standard normal); pass --data FILE.npz with "
                 "real inputs for scores that reflect your traffic"
             ),
         )
@@ -179,7 +179,7 @@ def load_data(path: Path | None, manifest: Manifest, samples: int) -> tuple[dict
             f"(arrays: {', '.join(sorted(arrays)) or 'none'})"
         )
     data = {}
-    rows = None
+    rows: int | None = None
     for t in manifest.inputs:
         a = arrays[t.name]
         want = datatypes.by_v2(t.datatype).numpy
