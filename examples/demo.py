@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     work: Path = args.workdir
     started = time.monotonic()
     try:
-        step(f"1. train the example CNN for {args.train_seconds:g} s on its synthetic task")
+        step(f"1. train the example CNN for {args.train_seconds:g} s (at least 20 steps), synthetic task")
         from inferstack.examples import train
 
         train.main(
@@ -153,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(work / "cnn-heldout.npz"),
                 "--samples",
                 "512",
+                "--min-steps",
+                "20",
             ]
         )
 
