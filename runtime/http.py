@@ -175,11 +175,11 @@ class Connection(asyncio.Protocol):
         if not keep_alive:
             extra += b"connection: close\r\n"
         status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode()
-        if type(body) is bytes:
+        if isinstance(body, bytes):
             transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
                 status_line, content_type, len(body), extra, body))
         else:
-            chunks = list(body)
+            chunks: list[bytes | memoryview] = list(body)
             length = sum(len(c) for c in chunks)
             head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
                 status_line, content_type, length, extra)

@@ -70,7 +70,7 @@ class Model:
         return any(p in GPU_PROVIDERS for p in self.providers)
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        return self.session.run(self.output_names, feeds, self.run_options)  # type: ignore[no-any-return]
+        return self.session.run(self.output_names, feeds, self.run_options)
 
 
 def _dims(shape: Any) -> tuple[int, ...]:

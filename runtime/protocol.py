@@ -75,6 +75,7 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
     """Parse and check an infer request body; ``header_length`` is the value of
     ``Inference-Header-Content-Length`` (None when the whole body is JSON)."""
     size = len(body)
+    header: bytes | memoryview
     if header_length is None:
         header, binary_start = body, size
     else:
@@ -415,7 +416,7 @@ def _to_binary(array: np.ndarray, info: TensorInfo) -> bytes | memoryview:
         return b"".join(parts)
     if array.dtype != info.dtype.numpy:
         array = array.astype(info.dtype.numpy)
-    return memoryview(np.ascontiguousarray(array)).cast("B")
+    return memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
 
 
 def dumps(doc: Any) -> bytes:

@@ -48,7 +48,6 @@ from inferstack.runtime.protocol import BINARY_CONTENT_TYPE, InferRequest, decod
 from inferstack.runtime.source import resolve
 
 from inferstack import __version__
-from inferstack.errors import InferstackError
 
 log = logging.getLogger("inferstack.runtime")
 
@@ -382,9 +381,14 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         config = self.config
-        listener = await loop.create_server(
-            lambda: Connection(self.app), config.host, config.port, backlog=2048, reuse_address=True
-        )
+        try:
+            listener = await loop.create_server(
+                lambda: Connection(self.app), config.host, config.port, backlog=2048, reuse_address=True
+            )
+        except OSError as e:
+            raise ConfigError(
+                f"--host / --port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
+            ) from None
         self.port = listener.sockets[0].getsockname()[1]
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
@@ -420,10 +424,9 @@ class Server:
                 source = resolve(self.config.model, self.config.cache_dir)
                 result = load_model(source, self.config)
             except BaseException as e:  # handed to the event loop, raised there
-                error = e
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_exception(error))
+                loop.call_soon_threadsafe(_settle, done, None, e)
                 return
-            loop.call_soon_threadsafe(lambda: done.done() or done.set_result(result))
+            loop.call_soon_threadsafe(_settle, done, result, None)
 
         threading.Thread(target=work, name="inferstack-load", daemon=True).start()
         assert self._stop is not None
@@ -444,20 +447,28 @@ class Server:
         await asyncio.sleep(0.05)
 
 
+def _settle(future: asyncio.Future[Model], result: Model | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails."""
     server = Server(config)
     try:
         import uvloop
 
-        runner = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is in the runtime extra
-        runner = asyncio.run
+        have_uvloop = True
+    except ImportError:  # pragma: no cover - uvloop is in the runtime extra; not on Windows
+        have_uvloop = False
     try:
-        runner(server.serve())
-    except InferstackError:
-        raise
-    except OSError as e:
-        raise ConfigError(
-            f"--host/--port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
-        ) from None
+        if have_uvloop:
+            uvloop.run(server.serve())
+        else:  # pragma: no cover
+            asyncio.run(server.serve())
+    except KeyboardInterrupt:  # pragma: no cover - SIGINT before the handler was installed
+        pass

@@ -154,3 +154,17 @@ def test_healthcheck_command_probes_readiness(name: str, mlp_server: Served) -> 
         subprocess.run([sys.executable, *command[1:]], env=env, timeout=30, capture_output=True).returncode
         != 0
     )
+
+
+def test_a_port_in_use_fails_with_one_line(mlp_package: Path) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = CliRunner().invoke(
+            app, ["serve", str(mlp_package), "--port", str(port)], env={"COLUMNS": "300"}
+        )
+    assert result.exit_code == 1
+    assert f"--host / --port: cannot listen on 127.0.0.1:{port}" in result.output
