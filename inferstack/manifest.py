@@ -153,11 +153,15 @@ def validate(data: Any, where: str = MANIFEST_NAME) -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema())
-    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    errors = sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
         e = errors[0]
+        # "null or an object like this" (anyOf): report what is wrong inside the object
+        while e.context:
+            e = max(e.context, key=lambda c: len(c.absolute_path))
         loc = "/".join(str(p) for p in e.absolute_path) or "(top level)"
-        raise ManifestError(f"{where}: invalid at {loc}: {e.message}")
+        message = e.message if len(e.message) <= 200 else e.message[:200] + "..."
+        raise ManifestError(f"{where}: invalid at {loc}: {message}")
 
 
 def load_manifest(package_dir: str | os.PathLike[str]) -> Manifest:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from modeltools_helpers import assert_one_line_error, read_manifest, run_cli
 
 from inferstack.manifest import Manifest, file_entries, load_manifest, write_manifest
@@ -59,13 +60,25 @@ def test_corrupted_onnx_with_a_matching_manifest_is_caught(tiny_pkg: Path, copy_
     assert_one_line_error(r, "onnx failed", "not a valid ONNX model")
 
 
-def test_manifest_that_breaks_the_schema_names_the_field(tiny_pkg: Path, copy_pkg) -> None:
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        (lambda d: d.update(max_batch_size=-3), "invalid at max_batch_size"),
+        (lambda d: d["parity"].pop("passed"), "invalid at parity"),
+        (lambda d: d["parity"].update(batches=[]), "invalid at parity/batches"),
+        (lambda d: d["inputs"][0].update(datatype="FLOAT"), "invalid at inputs/0/datatype"),
+        (lambda d: d.update(optimization={"chosen": "int8-static"}), "invalid at optimization"),
+    ],
+)
+def test_manifest_that_breaks_the_schema_names_the_field(
+    tiny_pkg: Path, copy_pkg, damage, needle: str
+) -> None:
     pkg = copy_pkg(tiny_pkg)
     data = read_manifest(pkg)
-    data["max_batch_size"] = -3
+    damage(data)
     (pkg / "manifest.json").write_text(json.dumps(data))
     r = run_cli("verify", pkg)
-    assert_one_line_error(r, "manifest failed", "invalid at max_batch_size")
+    assert_one_line_error(r, "manifest failed", needle)
 
 
 def test_missing_package_is_one_line(tmp_path: Path) -> None:
