@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from pathlib import Path
 
 import httpx
@@ -118,7 +119,8 @@ def test_every_datatype_round_trips(
 
 
 def test_fixed_first_dim_is_served_without_batching(serve, fixed_onnx: Path, ort_run) -> None:
-    s = serve(fixed_onnx)
+    # asking for batching changes nothing: the graph has no dynamic first axis
+    s = serve(fixed_onnx, "--max-batch-size", "8", "--max-queue-delay-us", "50000")
     client = th.InferenceServerClient(s.address)
     assert s.name == "fixed"  # the file stem
     assert client.get_model_config("fixed")["max_batch_size"] == 0
@@ -129,6 +131,24 @@ def test_fixed_first_dim_is_served_without_batching(serve, fixed_onnx: Path, ort
     bad = {"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]}
     r = httpx.post(f"{s.url}/v2/models/fixed/infer", json=bad)
     assert r.status_code == 400 and "dim 0 is 1, expected 2" in r.json()["error"]
+
+    # concurrent requests each run alone and get their own answer
+    def call(i: int) -> np.ndarray:
+        xi = x + 10 * i
+        return _infer(
+            th.InferenceServerClient(s.address), "fixed", {"x": xi}, {"x": "FP32"}, False, True, ["z"]
+        ).as_numpy("z")
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(call, range(6)))
+    for i, got in enumerate(results):
+        np.testing.assert_array_equal(got, (x + 10 * i) * 2 + 1)
+    metrics = httpx.get(f"{s.url}/metrics").text
+    sizes = {k: float(v) for k, v in re.findall(r"^inferstack_batch_size_(sum|count) (\S+)$", metrics, re.M)}
+    assert sizes["count"] == sizes["sum"] == 7
+    assert "serving without batching" in s.log()
 
 
 def _post(url: str, body: bytes | dict, headers: dict[str, str] | None = None) -> httpx.Response:

@@ -60,6 +60,9 @@ def test_concurrent_clients_get_their_own_rows(serve, mlp_package: Path, ort_run
     assert runs < merged, "no batch merged more than one request"
     assert _metric(metrics, 'inferstack_requests_total{outcome="success"}') == len(inputs)
     assert _metric(metrics, "inferstack_queue_depth") == 0
+    assert _metric(metrics, "inferstack_queue_seconds_count") == len(inputs)
+    assert _metric(metrics, "inferstack_compute_seconds_count") == runs
+    assert _metric(metrics, "inferstack_request_seconds_count") == len(inputs)
 
 
 def test_full_queue_answers_503_with_retry_after(serve, mlp_package: Path) -> None:
