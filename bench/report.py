@@ -138,7 +138,7 @@ def markdown(results: dict[str, Any]) -> str:
     lines += ["## Targets", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
     for t in targets(results):
         value = t["value"]
-        shown = "not run" if value is None else (f"{value:.0f} us" if "us" in t["goal"] else f"{value:.2f}x")
+        shown = "not run" if value is None else (f"{value:.0f} us" if "us" in t["goal"] else f"{value:.3f}x")
         met = {True: "yes", False: "**no**", None: "-"}[t["met"]]
         note = f" ({t['note']})" if t["note"] else ""
         lines.append(f"| {t['target']}{note} | {shown} | {t['goal']} | {met} |")
