@@ -20,6 +20,18 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _virtualization() -> str | None:
+    """The hypervisor, when this is a virtual machine (its cores may share physical ones)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in out.splitlines():
+        if line.startswith("Hypervisor vendor:"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
 def _mem_gib() -> float | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
@@ -52,6 +64,7 @@ def describe() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "memory_gib": _mem_gib(),
         "kernel": platform.release(),
+        "hypervisor": _virtualization(),
         "python": platform.python_version(),
         "versions": {
             d: _version(d)

@@ -86,7 +86,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark results ({results['started']})",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}, "
+        f"Machine: {m['cpu']}, {m['cores']} cores"
+        + (f" (virtual machine, {m['hypervisor']})" if m.get("hypervisor") else "")
+        + f", {m['memory_gib']} GiB, Linux {m['kernel']}, "
         f"Python {m['python']}; onnxruntime {v.get('onnxruntime')}, numpy {v.get('numpy')}, "
         f"starlette {v.get('starlette')}, uvicorn {v.get('uvicorn')}, {v.get('wrk')}.",
         "",
@@ -100,6 +102,13 @@ def markdown(results: dict[str, Any]) -> str:
         f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s.",
         "",
     ]
+    peers: dict[str, str] = {}
+    for mres in results["models"].values():
+        for setup, r in mres["setups"].items():
+            if r.get("versions"):
+                peers[setup.split("-")[0]] = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    if peers:
+        lines += ["Peer environments: " + "; ".join(f"{k}: {v}" for k, v in sorted(peers.items())) + ".", ""]
     for model, mres in results["models"].items():
         lines += [
             f"## {model}",
