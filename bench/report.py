@@ -225,7 +225,8 @@ def plots(results: dict[str, Any], out_dir: Path, stem: str) -> list[Path]:
         )
         for ax in (a, b):
             ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=8)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=8)
         fig.tight_layout()
         path = out_dir / f"{stem}-{model}.png"
         fig.savefig(path, dpi=110)
