@@ -75,6 +75,14 @@ def _fmt_ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
 
+def _load_note(results: dict[str, Any]) -> str:
+    start, end = results.get("load_average_start"), results.get("load_average_end")
+    if not start:
+        return ""
+    note = f" Load average (1 min) when the run started: {start[0]:.2f}"
+    return note + (f", when it ended: {end[0]:.2f}." if end else ".")
+
+
 def _fmt_x(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
@@ -99,7 +107,7 @@ def markdown(results: dict[str, Any]) -> str:
         f"max batch {cfg['server']['max_batch_size']}, "
         f"max queue delay {cfg['server']['max_queue_delay_us']} us. "
         f"Ceiling: one thread looping session.run on a ready batch of min(c, "
-        f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s.",
+        f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s." + _load_note(results),
         "",
     ]
     peers: dict[str, str] = {}

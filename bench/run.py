@@ -362,6 +362,7 @@ def run(cfg: Config, log: Log = print) -> dict[str, Any]:
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": cfg.to_dict(),
         "machine": machine.describe(),
+        "load_average_start": os.getloadavg(),
         "models": {},
     }
     t_start = time.perf_counter()
@@ -407,6 +408,7 @@ def run(cfg: Config, log: Log = print) -> dict[str, Any]:
         except (StartFailed, OSError, subprocess.CalledProcessError) as e:
             results["cold_start"] = {"status": "failed", "reason": str(e)}
     results["elapsed_s"] = time.perf_counter() - t_start
+    results["load_average_end"] = os.getloadavg()
     return results
 
 
