@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
+from runtime_harness import Served
 
 
 def _metric(text: str, name: str) -> float:
@@ -88,7 +89,7 @@ def test_full_queue_answers_503_with_retry_after(serve, mlp_package: Path) -> No
 
 
 def test_slow_answers_time_out_with_504(serve, mlp_package: Path) -> None:
-    s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "1500000")
+    s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "800000")
     started = time.monotonic()
     r = httpx.post(
         f"{s.url}/v2/models/mlp/infer", content=_infer_body(np.ones((1, 16), np.float32)), timeout=10
@@ -98,7 +99,7 @@ def test_slow_answers_time_out_with_504(serve, mlp_package: Path) -> None:
     assert time.monotonic() - started < 1.0
     # the server stays healthy, and the late result is not written onto the connection
     assert httpx.get(f"{s.url}/v2/health/ready").status_code == 200
-    time.sleep(1.6)
+    time.sleep(0.9)
     metrics = httpx.get(f"{s.url}/metrics").text
     assert _metric(metrics, 'inferstack_requests_total{outcome="timeout"}') == 1
     assert _metric(metrics, "inferstack_inflight_requests") == 0
@@ -177,8 +178,8 @@ def test_token_from_environment(serve, mlp_package: Path) -> None:
     assert httpx.get(f"{s.url}/v2", headers={"Authorization": "Bearer from-env"}).status_code == 200
 
 
-def test_ready_follows_the_lifecycle(serve, mlp_package: Path) -> None:
-    s = serve(mlp_package)
+def test_ready_follows_the_lifecycle(mlp_server: Served) -> None:
+    s = mlp_server
     assert httpx.get(f"{s.url}/v2/health/ready").status_code == 200
     assert httpx.get(f"{s.url}/v2/models/mlp/ready").status_code == 200
     lines = s.log().splitlines()

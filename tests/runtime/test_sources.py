@@ -9,6 +9,7 @@ import functools
 import hashlib
 import http.server
 import ipaddress
+import re
 import shutil
 import socket
 import ssl
@@ -238,8 +239,21 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(mlp_package.parent))
-    handler.log_message = lambda *a: None  # type: ignore[attr-defined]
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        """Serves the models directory; under /slow/ the manifest takes a second (a slow store)."""
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/slow/"):
+                self.path = self.path[5:]
+                if self.path.endswith("manifest.json"):
+                    time.sleep(1.0)
+            super().do_GET()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    handler = functools.partial(Handler, directory=str(mlp_package.parent))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert_pem, key_pem)
@@ -268,3 +282,27 @@ def test_https_with_an_untrusted_certificate_refuses(
     s = serve(f"{base}/{mlp_package.name}", "--cache-dir", str(tmp_path), wait_ready=False)
     assert s.wait_exit() == 1
     assert "CERTIFICATE_VERIFY_FAILED" in s.log() or "certificate verify failed" in s.log()
+
+
+def test_not_ready_while_loading(serve, tls_site, mlp_package: Path, tmp_path: Path) -> None:
+    base, cert = tls_site
+    s = serve(
+        f"{base}/slow/{mlp_package.name}",
+        "--cache-dir",
+        str(tmp_path),
+        env={"SSL_CERT_FILE": str(cert)},
+        wait_ready=False,
+    )
+    deadline = time.monotonic() + 30
+    while not (m := re.search(r"listening on http://127.0.0.1:(\d+)", s.log())):
+        assert time.monotonic() < deadline and s.proc.poll() is None, s.log()
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{m.group(1)}"
+    assert httpx.get(f"{url}/v2/health/live").status_code == 200
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 503
+    r = httpx.post(f"{url}/v2/models/mlp/infer", json={"inputs": []})
+    assert r.status_code == 503 and r.json()["error"] == "the model is still loading"
+    while "ready: model mlp" not in s.log():
+        assert time.monotonic() < deadline and s.proc.poll() is None, s.log()
+        time.sleep(0.02)
+    assert httpx.get(f"{url}/v2/health/ready").status_code == 200
