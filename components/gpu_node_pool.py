@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -123,7 +124,7 @@ class GpuNodePool(pulumi.ComponentResource):
             opts=child,
         )
         labels = {"inferstack.dev/pool": name}
-        taints: list[dict[str, str]] = []
+        taints: list[Any] = []
         asg_tags = {
             f"{_AUTOSCALER}/enabled": "true",
             f"{_AUTOSCALER}/{args.autoscaler_cluster}": "owned",
@@ -162,7 +163,7 @@ class GpuNodePool(pulumi.ComponentResource):
             ),
         )
         # Node-group tags do not reach the Auto Scaling Group the autoscaler reads; tag it directly.
-        asg_name = self.node_group.resources.apply(lambda r: r[0].autoscaling_groups[0].name if r else "")
+        asg_name = self.node_group.resources.apply(_asg_name)
         for key, value in sorted(asg_tags.items()):
             aws.autoscaling.Tag(
                 f"{name}-asg-{_slug(key)}",
@@ -175,6 +176,11 @@ class GpuNodePool(pulumi.ComponentResource):
         self.register_outputs(
             {"node_group_name": self.node_group_name, "instance_types": args.instance_types}
         )
+
+
+def _asg_name(resources: Any) -> str:
+    groups = (resources[0].autoscaling_groups if resources else None) or []
+    return (groups[0].name or "") if groups else ""
 
 
 def node_template_tags(instance_type: str) -> dict[str, str]:

@@ -113,12 +113,13 @@ class InferenceService(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
         ns_name = args.namespace or args.model_name
-        labels = {
+        labels: dict[str, Any] = {
             "app.kubernetes.io/name": "inferstack-runtime",
             "app.kubernetes.io/instance": args.model_name,
             "app.kubernetes.io/managed-by": "pulumi",
         }
 
+        meta: Any = {"name": args.model_name, "namespace": ns_name, "labels": labels}
         ns = k8s.core.v1.Namespace(
             f"{name}-namespace",
             metadata={
@@ -130,7 +131,7 @@ class InferenceService(pulumi.ComponentResource):
         in_ns = pulumi.ResourceOptions(parent=self, depends_on=[ns])
         sa = k8s.core.v1.ServiceAccount(
             f"{name}-service-account",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            metadata=meta,
             automount_service_account_token=False,
             opts=in_ns,
         )
@@ -269,7 +270,7 @@ class InferenceService(pulumi.ComponentResource):
             pod_spec["node_selector"] = {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
 
         scaling = args.autoscaling or Autoscaling(args.replicas, args.replicas)
-        deployment_spec: dict[str, Any] = {
+        deployment_spec: Any = {
             "selector": {"match_labels": labels},
             # Never below capacity: a new pod must be ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 0, "max_surge": 1}},
@@ -292,7 +293,7 @@ class InferenceService(pulumi.ComponentResource):
         # else: the HPA owns spec.replicas; leaving it out keeps `pulumi up` from resetting it.
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            metadata=meta,
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -326,7 +327,7 @@ class InferenceService(pulumi.ComponentResource):
         )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            metadata=meta,
             spec={
                 "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": args.model_name},
                 "min_replicas": scaling.min_replicas,
@@ -350,14 +351,14 @@ class InferenceService(pulumi.ComponentResource):
         )
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            metadata=meta,
             # Drains take replicas one at a time and are never blocked outright.
             spec={"max_unavailable": 1, "selector": {"match_labels": labels}},
             opts=in_ns,
         )
         k8s.networking.v1.NetworkPolicy(
             f"{name}-network-policy",
-            metadata={"name": args.model_name, "namespace": ns_name, "labels": labels},
+            metadata=meta,
             spec=_network_policy(labels, args.port, args.s3_endpoint),
             opts=in_ns,
         )
@@ -487,7 +488,7 @@ def _exposure(exposure: str) -> tuple[str, dict[str, str]]:
     return "LoadBalancer", annotations
 
 
-def _network_policy(labels: dict[str, str], port: int, s3_endpoint: str | None) -> dict[str, Any]:
+def _network_policy(labels: dict[str, str], port: int, s3_endpoint: str | None) -> Any:
     egress_ports = [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]
     if s3_endpoint:
         parsed = urlparse(s3_endpoint)

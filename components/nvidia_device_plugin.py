@@ -28,7 +28,7 @@ class NvidiaDevicePluginArgs:
 
 
 class NvidiaDevicePlugin(pulumi.ComponentResource):
-    release_name: pulumi.Output[str]
+    release_name: pulumi.Output[str | None]
     status: pulumi.Output[str]
 
     def __init__(
@@ -57,5 +57,9 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         self.release_name = release.name
-        self.status = release.status.apply(lambda s: s.status if s else "")
+        self.status = release.status.apply(_status)
         self.register_outputs({"release_name": self.release_name, "status": self.status})
+
+
+def _status(status: object) -> str:
+    return str(getattr(status, "status", None) or "")
