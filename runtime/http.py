@@ -28,6 +28,7 @@ _WANTED = frozenset(
 )
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _MAX_PIPELINED = 16
+_MAX_HEAD_BYTES = 256 * 1024
 
 
 class Handler(Protocol):
@@ -63,6 +64,8 @@ class Connection(asyncio.Protocol):
         self.closing = False  # close once the current answer is written (shutdown)
         self._queue: deque[Request] = deque()
         self._paused = False
+        self._in_head = False  # between on_message_begin and on_headers_complete
+        self._head_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
@@ -87,8 +90,14 @@ class Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail_protocol("protocol upgrades are not supported")
+            return
         except httptools.HttpParserError as e:
             self._fail_protocol(f"malformed HTTP request: {e}")
+            return
+        if self._in_head:  # a request line and headers that never end must not grow without bound
+            self._head_bytes += len(data)
+            if self._head_bytes > _MAX_HEAD_BYTES:
+                self._fail_protocol(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
 
     def _fail_protocol(self, message: str) -> None:
         if self.busy:  # answers must stay in order; drop the connection instead
@@ -99,6 +108,7 @@ class Connection(asyncio.Protocol):
     # -- httptools callbacks -----------------------------------------------------------------
     def on_message_begin(self) -> None:
         self._reset()
+        self._in_head = True
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -109,6 +119,8 @@ class Connection(asyncio.Protocol):
             self._headers[name] = value
 
     def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_bytes = 0
         limit = self.app.max_body_bytes
         length = self._headers.get(b"content-length")
         if length is not None and length.isdigit() and int(length) > limit:

@@ -111,11 +111,13 @@ class App:
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
         try:
-            if request.error is not None:
-                raise request.error
             raw = request.url
             q = raw.find(b"?")
             path = (raw if q < 0 else raw[:q]).decode("latin-1")
+            if path.endswith("/infer"):  # counted in the request metrics, whatever the outcome
+                request.started = time.perf_counter()
+            if request.error is not None:
+                raise request.error
             if path in self._infer_paths:  # the hot path first
                 self._authorize(request)
                 if request.method != b"POST":
@@ -252,7 +254,6 @@ class App:
 
     # -- inference ---------------------------------------------------------------------------
     def _infer(self, conn: Connection, request: Request) -> None:
-        request.started = time.perf_counter()
         model = self.model
         batcher = self.batcher
         if model is None or batcher is None or not self.ready:

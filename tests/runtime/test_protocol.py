@@ -4,6 +4,7 @@ directly, every datatype, and a precise 4xx for every kind of bad request."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import re
@@ -327,3 +328,33 @@ def test_keep_alive_and_pipelined_requests_are_answered_in_order(mlp_server: Ser
             data += chunk
     ids = [json.loads(part.split(b"\r\n\r\n", 1)[1])["id"] for part in data.split(b"HTTP/1.1 ")[1:]]
     assert ids == ["0", "1", "2", "3", "4"]
+
+
+def test_endless_headers_are_refused(mlp_server: Served) -> None:
+    import socket
+
+    with socket.create_connection((mlp_server.host, mlp_server.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2 HTTP/1.1\r\nHost: x\r\nX-Long: ")
+        with contextlib.suppress(OSError):  # the server may close while we still send
+            for _ in range(40):
+                sock.sendall(b"a" * 16384)
+        data = b""
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(65536):
+                data += chunk
+    assert data.startswith(b"HTTP/1.1 400 ")
+    assert b"request line and headers exceed" in data
+
+
+def test_large_bodies_are_read_whole(dtypes_server: Served) -> None:
+    big = ["x" * 300_000, "y" * 200_000, "z"]
+    inputs = [
+        {"name": n, "shape": [1, 3], "datatype": v2, "data": [0, 0, 0] if v2 != "BOOL" else [False] * 3}
+        for n, (v2, _, _) in DTYPE_CASES.items()
+        if v2 != "BYTES"
+    ]
+    inputs.append({"name": "s", "shape": [1, 3], "datatype": "BYTES", "data": big})
+    body = {"inputs": inputs, "outputs": [{"name": "s_out", "parameters": {"binary_data": False}}]}
+    r = _post(f"{dtypes_server.url}/v2/models/dtypes/infer", body)
+    assert r.status_code == 200, r.text[:200]
+    assert r.json()["outputs"][0]["data"] == big

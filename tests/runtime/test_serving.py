@@ -117,6 +117,10 @@ def test_too_large_body_gets_413(serve, mlp_package: Path) -> None:
     assert r.status_code == 413 and "exceeds the limit of 2048 bytes" in r.json()["error"]
     small = _infer_body(np.ones((1, 16), np.float32))
     assert httpx.post(f"{s.url}/v2/models/mlp/infer", content=small).status_code == 200
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, 'inferstack_request_failures_total{reason="too_large"}') == 2
+    assert _metric(metrics, 'inferstack_requests_total{outcome="client_error"}') == 2
+    assert _metric(metrics, 'inferstack_requests_total{outcome="success"}') == 1
 
 
 def test_sigterm_finishes_accepted_requests_and_exits_0(serve, mlp_package: Path, ort_run) -> None:
