@@ -8,9 +8,12 @@ is measured, never assumed. A candidate that fails is reported with its error, n
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -272,6 +275,18 @@ def choose(cands: list[Candidate], objective: str, min_gain: float, metric: str)
 # ---- the run --------------------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_logging() -> Iterator[None]:
+    """ORT's quantizer logs per-tensor warnings on the root logger; the table reports what matters."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _first_line(e: BaseException) -> str:
     text = [ln for ln in str(e).strip().splitlines() if ln.strip()]
     return f"{type(e).__name__}: {text[0].strip()[:300]}" if text else type(e).__name__
@@ -338,7 +353,8 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
                 continue
             progress(f"building and scoring {name}")
             try:
-                c.path = candidates.build(name, ctx)
+                with _quiet_logging():
+                    c.path = candidates.build(name, ctx)
                 c.size_bytes = sum(p.stat().st_size for p in candidates.model_files(c.path))
                 session, c.load_ms = bench.open_session(c.path, providers, opts.threads)
                 outputs = bench.predict(session, data, rows, chunk)

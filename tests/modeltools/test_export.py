@@ -251,12 +251,15 @@ def test_replacing_an_existing_package_is_atomic(tmp_path: Path, models_file: Pa
         ("{custom}:custom", "x:batch,4:FP32", ["unsupported operator inferstack_test.scramble.default"]),
         ("{models}:diverges", "x:batch,16:FP32", ["parity check failed", "output", "--atol"]),
         ("{models}:tiny", "x:batch,16", ["expected NAME:DIMS:DTYPE"]),
+        ("{garbage}", "x:batch,16:FP32", ["broken.pt2: not a torch.export program"]),
     ],
 )
 def test_bad_input_is_one_line_exit_1_and_writes_nothing(
     tmp_path: Path, models_file: Path, source: str, spec: str, needles: list[str]
 ) -> None:
-    src = source.format(models=models_file, custom=models_file.parent / "custom_op.py")
+    garbage = tmp_path / "broken.pt2"
+    garbage.write_bytes(b"PK\x03\x04 truncated archive")
+    src = source.format(models=models_file, custom=models_file.parent / "custom_op.py", garbage=garbage)
     before = {p.name for p in tmp_path.iterdir()}
     r = run_cli("export", src, "--input", spec, "--out", tmp_path / "out")
     assert_one_line_error(r, *needles)

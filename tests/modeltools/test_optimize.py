@@ -199,6 +199,15 @@ def test_a_damaged_package_is_refused_before_any_work(tmp_path: Path, tiny_pkg: 
     assert_one_line_error(r, "model.onnx: size 8 bytes, manifest.json says")
     assert_nothing_written(tmp_path, before)
 
+    # a corrupted graph whose manifest was rewritten to match it
+    from inferstack.manifest import Manifest, file_entries, load_manifest, write_manifest
+
+    m = load_manifest(tiny_pkg)
+    write_manifest(pkg, Manifest(**{**m.__dict__, "files": file_entries(pkg, ["model.onnx"]), "digest": ""}))
+    r = run_cli("optimize", pkg, "--out", tmp_path / "o", *FAST)
+    assert_one_line_error(r, "model.onnx: not a valid ONNX model")
+    assert_nothing_written(tmp_path, before)
+
     data = read_manifest(tiny_pkg)
     bad = tmp_path / "copy"
     (bad / "manifest.json").write_text(json.dumps({**data, "digest": "0" * 64}))
