@@ -25,26 +25,28 @@ def plot(
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
     try:
         shown = [c for c in cands if c.latency_ms is not None and c.metric is not None]
-        for c in shown:
-            color = (
-                "tab:green"
-                if c.name == chosen
-                else ("tab:orange" if c.status == "over budget" else "tab:blue")
-            )
+        seen: dict[float, int] = {}
+        for c in sorted(shown, key=lambda c: c.latency_ms or 0.0):
+            chosen_one = c.name == chosen
+            color = "tab:green" if chosen_one else ("tab:orange" if c.status == "over budget" else "tab:blue")
             ax.scatter(
                 c.latency_ms,
                 c.metric,
-                s=90 if c.name == chosen else 45,
+                s=90 if chosen_one else 45,
                 color=color,
                 zorder=3,
-                edgecolors="black" if c.name == chosen else "none",
+                edgecolors="black" if chosen_one else "none",
             )
+            # variants with the same score would print over each other: stack their labels
+            k = seen.get(round(c.metric or 0.0, 4), 0)
+            seen[round(c.metric or 0.0, 4)] = k + 1
             ax.annotate(
-                c.name + (" (chosen)" if c.name == chosen else ""),
+                c.name + (" (chosen)" if chosen_one else ""),
                 (c.latency_ms, c.metric),
                 textcoords="offset points",
-                xytext=(6, 4),
+                xytext=(6, 4 - 11 * k),
                 fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if k else None,
             )
         for m, _op, value in budget:
             if m == metric:
