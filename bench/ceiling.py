@@ -31,6 +31,7 @@ def measure(model: str, batch: int, seconds: float, warmup_s: float) -> dict[str
     while time.perf_counter() < end:
         session.run(None, feeds)
     times = []
+    cpu_start = time.process_time()
     start = time.perf_counter()
     end = start + seconds
     now = start
@@ -40,11 +41,15 @@ def measure(model: str, batch: int, seconds: float, warmup_s: float) -> dict[str
         times.append(t - now)
         now = t
     elapsed = now - start
+    cpu = time.process_time() - cpu_start
     return {
         "batch": batch,
         "runs": len(times),
         "seconds": elapsed,
         "throughput": batch * len(times) / elapsed,
+        # CPU time per request: the same as 1/throughput on an idle core, and less disturbed by
+        # other work on a busy one
+        "cpu_us_per_request": cpu / (batch * len(times)) * 1e6,
         "run_p50_us": float(np.percentile(times, 50) * 1e6),
         "run_p99_us": float(np.percentile(times, 99) * 1e6),
     }

@@ -95,6 +95,10 @@ class Server:
             return "(no log)"
         return " | ".join(text[-lines:]) or "(empty log)"
 
+    def cpu_seconds(self) -> float:
+        """CPU time the server's process group has used so far."""
+        return group_cpu_seconds(self.proc.pid) if self.proc is not None else 0.0
+
     def rss_bytes(self) -> int:
         """Resident memory of the server's whole process group."""
         if self.proc is None:
@@ -123,17 +127,34 @@ class Server:
         self.stop()
 
 
-def group_rss_bytes(pgid: int) -> int:
-    total = 0
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _group_stats(pgid: int) -> list[tuple[Path, list[str]]]:
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text()
-            # fields after the parenthesised command: state ppid pgrp ...
-            fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:
-                continue
+        except OSError:
+            continue
+        # fields after the parenthesised command: state ppid pgrp ...
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if len(fields) > 12 and int(fields[2]) == pgid:
+            found.append((entry, fields))
+    return found
+
+
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of the live processes of a process group (all their threads)."""
+    return sum(int(f[11]) + int(f[12]) for _, f in _group_stats(pgid)) / _TICKS
+
+
+def group_rss_bytes(pgid: int) -> int:
+    total = 0
+    for entry, _ in _group_stats(pgid):
+        try:
             for line in (entry / "status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     total += int(line.split()[1]) * 1024

@@ -164,6 +164,7 @@ def measure_ceiling(package: Path, cfg: Config, log: Log) -> dict[str, Any]:
                 "batch": batch,
                 "throughput": statistics.median(r["throughput"] for r in runs),
                 "run_p50_us": statistics.median(r["run_p50_us"] for r in runs),
+                "cpu_us_per_request": statistics.median(r["cpu_us_per_request"] for r in runs),
                 "repeats": runs,
             }
             log(f"  ceiling batch {batch}: {by_batch[batch]['throughput']:.0f} req/s")
@@ -216,10 +217,15 @@ def measure_server(
                     wrk.run(url, body, c, cfg.warmup_s, core=cfg.client_core)
                 before = scrape_batching(how.base_url) if server_name == "inferstack" else None
                 t_before = time.perf_counter()
+                cpu_before = server.cpu_seconds()
                 repeats = [
                     wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core) for _ in range(cfg.repeats)
                 ]
                 points[str(c)] = _median_point(repeats)
+                served = sum(r["requests"] for r in repeats)
+                points[str(c)]["cpu_us_per_request"] = (
+                    (server.cpu_seconds() - cpu_before) / served * 1e6 if served else None
+                )
                 if before is not None:
                     seconds = time.perf_counter() - t_before
                     points[str(c)]["batching"] = batching_delta(
@@ -229,7 +235,8 @@ def measure_server(
                 b = p.get("batching")
                 log(
                     f"  {setup} c={c}: {p['throughput']:.0f} req/s, p50 {_ms(p['p50_us'])} ms, "
-                    f"p99 {_ms(p['p99_us'])} ms, errors {p['errors']}"
+                    f"p99 {_ms(p['p99_us'])} ms, errors {p['errors']}, "
+                    f"CPU {p['cpu_us_per_request'] or 0:.0f} us/request"
                     + (f", mean batch {b['mean_batch']:.1f}, ORT busy {b['compute_share']:.0%}" if b else "")
                 )
             results[setup] = {

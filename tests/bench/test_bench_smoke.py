@@ -99,6 +99,7 @@ def test_plain_peer_is_measured_and_reported(package: Path, tmp_path: Path) -> N
         assert run["errors"] == 0 and run["statuses"] == {"200": run["requests"]}
         assert point["throughput"] > 50  # a matmul of 8x3 over loopback: far more than 50 req/s
         assert 0 < point["p50_us"] <= point["p90_us"] <= point["p99_us"]
+        assert point["cpu_us_per_request"] > 0  # the server's own CPU time was read around the point
     assert ceiling["points"]["4"]["batch"] == 4 and ceiling["points"]["4"]["throughput"] > 0
 
     results = {
@@ -112,7 +113,7 @@ def test_plain_peer_is_measured_and_reported(package: Path, tmp_path: Path) -> N
     md = (cfg.out_dir / "smoke.md").read_text()
     assert f"| plain-json | 4 | {result['points']['4']['throughput']:.0f} |" in md
     # the ratio needs inferstack's rows, which this run does not have: shown as not run, not as a pass
-    assert "| MLP c=32: inferstack JSON / plain JSON | not run | >= 1.3x | - |" in md
+    assert "| MLP c=32: inferstack json / plain JSON | not run | >= 1.3x | - |" in md
     assert (
         json.loads((cfg.out_dir / "smoke.json").read_text())["models"]["mlp"]["setups"]["plain-json"][
             "status"
