@@ -88,7 +88,13 @@ def _load_note(results: dict[str, Any]) -> str:
     start, end = results.get("load_average_start"), results.get("load_average_end")
     if not start:
         return ""
-    note = f" Load average (1 min) when the run started: {start[0]:.2f}"
+    source = results.get("source")
+    note = ""
+    if source:
+        note = f" Code: commit {source['commit']}" + (
+            " with local runtime changes." if source["runtime_modified"] else "."
+        )
+    note += f" Load average (1 min) when the run started: {start[0]:.2f}"
     return note + (f", when it ended: {end[0]:.2f}." if end else ".")
 
 

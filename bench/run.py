@@ -370,6 +370,7 @@ def run(cfg: Config, log: Log = print) -> dict[str, Any]:
         "config": cfg.to_dict(),
         "machine": machine.describe(),
         "load_average_start": os.getloadavg(),
+        "source": _source_revision(),
         "models": {},
     }
     t_start = time.perf_counter()
@@ -417,6 +418,25 @@ def run(cfg: Config, log: Log = print) -> dict[str, Any]:
     results["elapsed_s"] = time.perf_counter() - t_start
     results["load_average_end"] = os.getloadavg()
     return results
+
+
+def _source_revision() -> dict[str, Any] | None:
+    """The commit the benchmarked code comes from, and whether the runtime had local changes."""
+    root = BENCH_DIR.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "runtime"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return {"commit": head, "runtime_modified": bool(dirty)}
 
 
 def _save_partial(results: dict[str, Any], cfg: Config) -> None:
