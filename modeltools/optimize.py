@@ -160,8 +160,8 @@ def load_data(path: Path | None, manifest: Manifest, samples: int) -> tuple[dict
             data,
             None,
             (
-                f"generated: {generated} random samples (standard normal); pass --data FILE.npz with "
-                "real inputs for scores that reflect your traffic"
+                f"generated: {generated} random samples (floats standard normal, integers 0-9); "
+                "pass --data FILE.npz with real inputs for scores that reflect your traffic"
             ),
         )
     if not path.is_file():
