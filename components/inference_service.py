@@ -239,7 +239,8 @@ class InferenceService(pulumi.ComponentResource):
                 {
                     "name": "runtime",
                     "image": args.image,
-                    "command": ["inferstack", "serve"],
+                    # The image's entrypoint is the runtime (`python -m inferstack.runtime`, the same
+                    # code as `inferstack serve`); its one argument is the model URI.
                     "args": [args.model_uri],
                     "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"}],
                     "env": env,

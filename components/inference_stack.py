@@ -19,6 +19,7 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from inferstack.components.cluster import Cluster, ClusterArgs
+from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from inferstack.components.config import ModelConfig, StackConfig
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from inferstack.components.inference_service import (
@@ -154,9 +155,27 @@ class InferenceStack(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self, depends_on=[cluster]),
         )
         on_k8s = pulumi.ResourceOptions(parent=self, providers={"aws": provider, "kubernetes": kube})
-        plugin_deps: list[pulumi.Resource] = []
+        cluster_addons: list[pulumi.Resource] = []
+        if cfg.gpu_pools:
+            # Scales the GPU pools from zero when an inference pod is pending, and back when idle.
+            cluster_addons.append(
+                ClusterAutoscaler(
+                    f"{name}-autoscaler",
+                    ClusterAutoscalerArgs(
+                        cluster_name=cluster_name,
+                        cluster_version=cfg.cluster_version,
+                        region=cfg.region,
+                        tags=cfg.tags,
+                    ),
+                    opts=pulumi.ResourceOptions(
+                        parent=self,
+                        providers={"aws": provider, "kubernetes": kube},
+                        depends_on=[*cluster.addons, *pools],
+                    ),
+                )
+            )
         if any(p.ami_type.startswith("AL2023") for p in cfg.gpu_pools):
-            plugin_deps.append(
+            cluster_addons.append(
                 NvidiaDevicePlugin(
                     f"{name}-device-plugin",
                     opts=pulumi.ResourceOptions(
@@ -216,7 +235,7 @@ class InferenceStack(pulumi.ComponentResource):
                     tags=cfg.tags,
                 ),
                 opts=pulumi.ResourceOptions.merge(
-                    on_k8s, pulumi.ResourceOptions(depends_on=[*cluster.addons, *plugin_deps])
+                    on_k8s, pulumi.ResourceOptions(depends_on=[*cluster.addons, *cluster_addons])
                 ),
             )
             endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri

@@ -206,3 +206,29 @@ def test_cluster_is_pinned_uses_access_entries_and_pod_identity() -> None:
     assert kubeconfig["users"][0]["user"]["exec"]["args"][:2] == ["eks", "get-token"]
     with pytest.raises(ValueError, match="ClusterArgs.version"):
         run_program(lambda: Cluster("c", ClusterArgs(cluster_name="x", version="latest", subnet_ids=[])))
+
+
+def test_cluster_autoscaler_discovers_the_pools_and_may_scale_only_owned_groups() -> None:
+    from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
+
+    p = run_program(
+        lambda: ClusterAutoscaler(
+            "ca", ClusterAutoscalerArgs(cluster_name="inferstack-dev", cluster_version="1.34")
+        )
+    )
+    rel = p.one("kubernetes:helm.sh/v3:Release")
+    values = rel.inputs["values"]
+    assert values["autoDiscovery"]["clusterName"] == "inferstack-dev", rel.urn
+    assert values["image"]["tag"] == "v1.34.0", rel.urn
+    assoc = p.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
+    assert assoc.inputs["serviceAccount"] == values["rbac"]["serviceAccount"]["name"], assoc.urn
+    assert assoc.urn in rel.dependencies, rel.urn
+    policy = json.loads(p.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
+    writes = [s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"]]
+    assert len(writes) == 1, policy
+    assert writes[0]["Condition"] == {
+        "StringEquals": {"aws:ResourceTag/k8s.io/cluster-autoscaler/inferstack-dev": "owned"}
+    }
+    # the pools carry exactly the tag the condition asks for
+    pool = run_program(lambda: _pool())
+    assert pool.one(NODE_GROUP).inputs["tags"][f"{CA}/inferstack-dev"] == "owned"

@@ -122,7 +122,7 @@ def test_dev_stack_specifics() -> None:
         gpu.urn
     )
     assert p.one("aws:eks/cluster:Cluster").inputs["version"] == "1.34"
-    assert p.one("kubernetes:helm.sh/v3:Release").inputs["chart"] == "nvidia-device-plugin"
+    assert p.one("kubernetes:helm.sh/v3:Release", "device-plugin").inputs["chart"] == "nvidia-device-plugin"
     res = container(p)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
 
@@ -215,3 +215,17 @@ def test_automation_api_preview_of_the_local_stack(tmp_path: Path) -> None:
 
 def _plain(value: object) -> str:
     return str(getattr(value, "path", value))
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_aws_stacks_install_the_autoscaler_and_device_plugin_before_the_model(stack: str) -> None:
+    p = _run(stack)
+    charts = {r.inputs["chart"]: r for r in p.of_type("kubernetes:helm.sh/v3:Release")}
+    assert set(charts) == {"cluster-autoscaler", "nvidia-device-plugin"}
+    assert (
+        charts["cluster-autoscaler"].inputs["values"]["autoDiscovery"]["clusterName"] == f"inferstack-{stack}"
+    )
+    svc = p.one("inferstack:inference_service:InferenceService")
+    deps = set(svc.dependencies)  # the engine expands a component into its children
+    for release in charts.values():
+        assert release.urn in deps, f"{svc.urn} does not wait for {release.urn}"
