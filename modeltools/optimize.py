@@ -256,11 +256,16 @@ def choose(cands: list[Candidate], objective: str, min_gain: float, metric: str)
     if failed:
         tail += f"; failed: {', '.join(failed)}"
     if best is ref or (best.speedup or 0) < 1 + min_gain:
-        why = (
-            f"no variant inside the budget beats the reference by {min_gain:.0%} on {unit} "
-            f"(best: {best.name} at {fmt(best)}, {best.speedup or 1:.2f}x; reference {fmt(ref)}), "
-            f"so the exported model is kept{tail}"
-        )
+        variants = [c for c in eligible if c is not ref]
+        if not variants:
+            why = f"no variant but the reference is inside the budget, so the exported model is kept{tail}"
+        else:
+            o = min(variants, key=lambda c: _objective_value(c, objective))
+            why = (
+                f"the fastest variant inside the budget, {o.name} at {fmt(o)} ({o.speedup or 0:.2f}x), "
+                f"is not {min_gain:.0%} faster on {unit} than the reference ({fmt(ref)}), "
+                f"so the exported model is kept{tail}"
+            )
         return "reference", why
     score = f"{metric} {best.metric:.4f}" if best.metric is not None else ""
     why = (
