@@ -56,8 +56,10 @@ class Batcher:
         self.metrics = metrics
         self.max_rows = model.max_batch_size
         self.delay = max_queue_delay_s if model.batching else 0.0
-        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
-        self._carry: deque[Job] = deque()
+        # lists of jobs, one per turn of the event loop; [None] stops the worker
+        self._queue: queue.SimpleQueue[list[Job | None]] = queue.SimpleQueue()
+        self._carry: deque[Job | None] = deque()  # taken from the queue, not yet run (worker only)
+        self._running = 0  # jobs in the worker's current run (written by the worker)
         self._staged: list[Job] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -66,7 +68,8 @@ class Batcher:
         metrics.watch(self.queue_depth, lambda: self.pending)
 
     def queue_depth(self) -> int:
-        return len(self._staged) + self._queue.qsize() + len(self._carry)
+        """Admitted requests not (yet) in an onnxruntime run (read at scrape time)."""
+        return max(0, self.pending - self._running)
 
     # -- event-loop side ---------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -87,12 +90,10 @@ class Batcher:
         # Requests parsed in one turn of the event loop reach the worker together: it wakes once
         # and finds them all queued (a larger batch at no added latency).
         staged, self._staged = self._staged, []
-        put = self._queue.put
-        for job in staged:
-            put(job)
+        self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:
-        self._queue.put(_STOP)
+        self._queue.put([_STOP])
         if self._thread is not None:
             self._thread.join(timeout)
 
@@ -117,11 +118,15 @@ class Batcher:
 
     # -- worker thread -----------------------------------------------------------------------
     def _next(self, block: bool, timeout: float | None = None) -> Job | None:
-        if self._carry:
-            return self._carry.popleft()
-        if not block:
-            return self._queue.get_nowait()
-        return self._queue.get(timeout=timeout) if timeout is not None else self._queue.get()
+        carry = self._carry
+        if not carry:
+            if not block:
+                carry.extend(self._queue.get_nowait())
+            elif timeout is not None:
+                carry.extend(self._queue.get(timeout=timeout))
+            else:
+                carry.extend(self._queue.get())
+        return carry.popleft()
 
     def _collect(self, first: Job) -> list[Job]:
         batch = [first]
@@ -141,13 +146,13 @@ class Batcher:
                 except queue.Empty:
                     break
             if job is _STOP:
-                self._queue.put(_STOP)  # let the loop see it after this batch
+                self._carry.appendleft(_STOP)  # seen again after this batch
                 break
             if job.cancelled:
                 self._post([job], None, None)
                 continue
             if job.key != first.key or rows + job.rows > self.max_rows:
-                self._carry.append(job)
+                self._carry.appendleft(job)  # first in line for the next batch
                 break
             batch.append(job)
             rows += job.rows
@@ -155,6 +160,7 @@ class Batcher:
 
     def _post(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
         assert self._loop is not None
+        self._running = 0
         with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
             self._loop.call_soon_threadsafe(self._deliver, jobs, outputs, error)
 
@@ -178,6 +184,7 @@ class Batcher:
             self._post([first], None, None)
             return True
         jobs = self._collect(first)
+        self._running = len(jobs)
         taken = time.perf_counter()
         observe_size(len(jobs))
         observe_rows(sum(j.rows for j in jobs))

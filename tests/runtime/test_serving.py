@@ -233,3 +233,44 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
     assert _metric(metrics, "inferstack_batch_size_sum") > _metric(metrics, "inferstack_batch_size_count")
     assert _metric(metrics, 'inferstack_request_failures_total{reason="model_rejected_input"}') == 1
     assert "Traceback" not in s.log()
+
+
+def test_requests_merge_only_with_equal_non_batch_shapes(serve, models_dir: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"])],
+        "double",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
+        initializer=[two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "double.onnx"
+    onnx.save(model, str(path))
+    s = serve(path, "--max-queue-delay-us", "100000", "--max-batch-size", "4")
+    # sequence lengths 2 and 3 interleaved, 1 or 2 rows each: merges must respect both
+    cases = [np.full((1 + i % 2, 2 + i % 3 % 2), float(i), np.float32) for i in range(24)]
+
+    def call(i: int) -> np.ndarray:
+        client = th.InferenceServerClient(s.address)
+        inp = th.InferInput("x", list(cases[i].shape), "FP32")
+        inp.set_data_from_numpy(cases[i])
+        return client.infer("double", [inp]).as_numpy("y")
+
+    with ThreadPoolExecutor(12) as pool:
+        results = list(pool.map(call, range(len(cases))))
+    for x, got in zip(cases, results, strict=True):
+        np.testing.assert_array_equal(got, x * 2)
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, "inferstack_batch_size_sum") == len(cases)
+    assert _metric(metrics, "inferstack_batch_size_count") < len(cases)
+    rows = _metric(metrics, "inferstack_batch_rows_sum")
+    assert rows == sum(x.shape[0] for x in cases)
+    # never more rows in one run than --max-batch-size: the 4-row bucket holds every run
+    assert _metric(metrics, 'inferstack_batch_rows_bucket{le="4.0"}') == _metric(
+        metrics, "inferstack_batch_rows_count"
+    )
