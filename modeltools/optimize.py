@@ -155,12 +155,12 @@ def load_data(path: Path | None, manifest: Manifest, samples: int) -> tuple[dict
             data[t.name] = (
                 rng.standard_normal(shape) if dt.kind == "f" else rng.integers(0, 10, shape)
             ).astype(dt)
-        generated = samples if batched else 1
+        what = f"{samples} random samples" if batched else "one random input of the model's fixed shape"
         return (
             data,
             None,
             (
-                f"generated: {generated} random samples (floats standard normal, integers 0-9); "
+                f"generated: {what} (floats standard normal, integers 0-9); "
                 "pass --data FILE.npz with real inputs for scores that reflect your traffic"
             ),
         )
