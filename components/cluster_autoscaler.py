@@ -22,7 +22,9 @@ CHART = "cluster-autoscaler"
 REPOSITORY = "https://kubernetes.github.io/autoscaler"
 NAMESPACE = "kube-system"
 SERVICE_ACCOUNT = "cluster-autoscaler"
-_READ_ACTIONS = [
+# AWS supports no resource-level permissions for these read-only Describe calls: "*" is the only
+# Resource they accept (see the Service Authorization Reference for Auto Scaling and EC2).
+_DESCRIBE_ANY = [
     "autoscaling:DescribeAutoScalingGroups",
     "autoscaling:DescribeAutoScalingInstances",
     "autoscaling:DescribeLaunchConfigurations",
@@ -32,7 +34,6 @@ _READ_ACTIONS = [
     "ec2:DescribeInstanceTypes",
     "ec2:DescribeLaunchTemplateVersions",
     "ec2:GetInstanceTypesFromInstanceRequirements",
-    "eks:DescribeNodegroup",
 ]
 _WRITE_ACTIONS = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
 
@@ -93,7 +94,7 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         aws.iam.RolePolicy(
             f"{name}-policy",
             role=role.id,
-            policy=json.dumps(autoscaler_policy(args.cluster_name)),
+            policy=json.dumps(autoscaler_policy(args.cluster_name, args.region)),
             opts=child,
         )
         association = aws.eks.PodIdentityAssociation(
@@ -135,17 +136,24 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         self.register_outputs({"role_arn": self.role_arn, "release_name": self.release_name})
 
 
-def autoscaler_policy(cluster_name: str) -> dict[str, Any]:
-    """Describe anything; change only the Auto Scaling Groups tagged as owned by this cluster."""
+def autoscaler_policy(cluster_name: str, region: str) -> dict[str, Any]:
+    """Describe what it must; read only this cluster's node groups; change only the Auto Scaling
+    Groups of managed node groups (``eks-*``) that are tagged as owned by this cluster."""
     return {
         "Version": "2012-10-17",
         "Statement": [
-            {"Sid": "Discover", "Effect": "Allow", "Action": _READ_ACTIONS, "Resource": "*"},
+            {"Sid": "DescribeScalingState", "Effect": "Allow", "Action": _DESCRIBE_ANY, "Resource": "*"},
+            {
+                "Sid": "ReadNodeGroups",
+                "Effect": "Allow",
+                "Action": ["eks:DescribeNodegroup"],
+                "Resource": [f"arn:aws:eks:{region}:*:nodegroup/{cluster_name}/*/*"],
+            },
             {
                 "Sid": "ScaleOwnedGroups",
                 "Effect": "Allow",
                 "Action": _WRITE_ACTIONS,
-                "Resource": "*",
+                "Resource": [f"arn:aws:autoscaling:{region}:*:autoScalingGroup:*:autoScalingGroupName/eks-*"],
                 "Condition": {
                     "StringEquals": {f"aws:ResourceTag/k8s.io/cluster-autoscaler/{cluster_name}": "owned"}
                 },

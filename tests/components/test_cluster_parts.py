@@ -226,6 +226,13 @@ def test_cluster_autoscaler_discovers_the_pools_and_may_scale_only_owned_groups(
     policy = json.loads(p.one("aws:iam/rolePolicy:RolePolicy").inputs["policy"])
     writes = [s for s in policy["Statement"] if "autoscaling:SetDesiredCapacity" in s["Action"]]
     assert len(writes) == 1, policy
+    assert writes[0]["Resource"] != "*" and all(
+        r.startswith("arn:aws:autoscaling:") for r in writes[0]["Resource"]
+    )
+    star = [s for s in policy["Statement"] if s["Resource"] == "*"]
+    assert all(
+        a.split(":")[1].startswith(("Describe", "GetInstanceTypes")) for s in star for a in s["Action"]
+    )
     assert writes[0]["Condition"] == {
         "StringEquals": {"aws:ResourceTag/k8s.io/cluster-autoscaler/inferstack-dev": "owned"}
     }
