@@ -215,6 +215,8 @@ def load(project_dir: Path | None = None) -> StackConfig:
         seen.append(m.name)
         if m.gpus > 0 and target == "aws" and not gpu_pools:
             raise ConfigError(f"models[{i}].gpus", m.gpus, "0, or at least one entry in gpuPools")
+        if m.gpus > 0 and target == "aws":
+            _check_gpu_capacity(m, i, gpu_pools)
         if m.image == "ecr" and not runtime_image.ecr:
             raise ConfigError(
                 f"models[{i}].image", m.image, "an image reference, or 'ecr' only with runtimeImage.ecr: true"
@@ -263,6 +265,25 @@ def load(project_dir: Path | None = None) -> StackConfig:
         project_dir=root,
         cluster_admins=admins,
     )
+
+
+def _check_gpu_capacity(m: ModelConfig, i: int, pools: list[GpuPoolConfig]) -> None:
+    """The rollout surges one replica before an old one goes (maxUnavailable 0): at the largest
+    replica count the pools must still fit one more, or a rollout at peak waits forever."""
+    from inferstack.components.gpu_node_pool import gpus_per_node
+
+    capacity = sum(p.max_size * min(gpus_per_node(t) for t in p.instance_types) for p in pools)
+    peak = m.autoscaling.max_replicas if m.autoscaling else m.replicas
+    needed = m.gpus * (peak + 1)
+    if capacity < needed:
+        key = f"models[{i}].autoscaling.maxReplicas" if m.autoscaling else f"models[{i}].replicas"
+        raise ConfigError(
+            key,
+            peak,
+            f"at most {capacity // m.gpus - 1}: the GPU pools hold {capacity} GPUs at maxSize, and "
+            f"{peak} replicas of {m.gpus} GPU(s) plus one surging during a rollout need {needed} "
+            "(raise gpuPools[].maxSize or lower the replicas)",
+        )
 
 
 # -- sections ------------------------------------------------------------------------------

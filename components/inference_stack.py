@@ -283,6 +283,7 @@ class InferenceStack(pulumi.ComponentResource):
                 kms=False,
                 block_public_access=False,
                 require_tls=False,
+                abort_incomplete_upload_days=None,
                 tags={},
             ),
             opts=on_store,

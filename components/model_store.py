@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from typing import Any
 
 import pulumi
 import pulumi_aws as aws
@@ -30,6 +31,9 @@ class ModelStoreArgs:
     require_tls: bool = True
     """Bucket policy denying every request not made over TLS. Default true; a local store served over
     plain http (kind + MinIO) sets false."""
+    abort_incomplete_upload_days: int | None = 7
+    """Days before an unfinished multipart upload is discarded; None leaves the rule out (stores
+    whose lifecycle API lacks it). Default 7."""
     tags: dict[str, str] = field(default_factory=dict)
     """Tags on every taggable resource. Default none."""
 
@@ -101,20 +105,17 @@ class ModelStore(pulumi.ComponentResource):
                 ],
                 opts=child,
             )
-        aws.s3.BucketLifecycleConfiguration(
-            f"{name}-lifecycle",
-            bucket=bucket.id,
-            rules=[
-                {
-                    "id": "expire-noncurrent-versions",
-                    "status": "Enabled",
-                    "filter": {"prefix": ""},
-                    "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
-                    "abort_incomplete_multipart_upload": {"days_after_initiation": 7},
-                }
-            ],
-            opts=child,
-        )
+        rule: Any = {
+            "id": "expire-noncurrent-versions",
+            "status": "Enabled",
+            "filter": {"prefix": ""},
+            "noncurrent_version_expiration": {"noncurrent_days": args.noncurrent_version_days},
+        }
+        if args.abort_incomplete_upload_days is not None:
+            rule["abort_incomplete_multipart_upload"] = {
+                "days_after_initiation": args.abort_incomplete_upload_days
+            }
+        aws.s3.BucketLifecycleConfiguration(f"{name}-lifecycle", bucket=bucket.id, rules=[rule], opts=child)
         if args.require_tls:
             aws.s3.BucketPolicy(
                 f"{name}-tls-only",

@@ -162,3 +162,8 @@ def test_kubernetes_target_rules() -> None:
 def test_bad_admins_and_tags() -> None:
     _expect(_set(_dev(), "clusterAdmins", ["alice"]), "clusterAdmins[0]", "'alice'", "IAM role or user ARNs")
     _expect(_set(_dev(), "tags", {"team": 5}), "tags.team", "string tag values")
+
+
+def test_gpu_pools_must_fit_a_rollout_at_peak() -> None:
+    cfg = _pool(_dev(), maxSize=2)  # dev scales to 2 replicas of 1 GPU; the surge needs a third GPU
+    _expect(cfg, "models[0].autoscaling.maxReplicas", "at most 1", "need 3", "gpuPools[].maxSize")

@@ -165,3 +165,14 @@ def test_outputs_are_registered_not_empty() -> None:
     p = run_program(lambda: _store())
     assert isinstance(p.result.bucket_arn, pulumi.Output)
     assert resolve(p.result.bucket_arn).startswith("arn:aws:s3:::")
+
+
+def test_lifecycle_discards_stale_multipart_uploads_unless_the_store_lacks_the_rule() -> None:
+    rule = run_program(lambda: _store()).one(
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+    )
+    assert rule.inputs["rules"][0]["abortIncompleteMultipartUpload"]["daysAfterInitiation"] == 7, rule.urn
+    other = run_program(lambda: _store(abort_incomplete_upload_days=None)).one(
+        "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+    )
+    assert "abortIncompleteMultipartUpload" not in other.inputs["rules"][0], other.urn
