@@ -213,3 +213,47 @@ def test_a_damaged_package_is_refused_before_any_work(tmp_path: Path, tiny_pkg: 
     (bad / "manifest.json").write_text(json.dumps({**data, "digest": "0" * 64}))
     r = run_cli("optimize", bad, "--out", tmp_path / "o", *FAST)
     assert_one_line_error(r, "digest", "does not match its files list")
+
+
+def test_variants_of_an_external_data_model_are_self_contained(tmp_path: Path, models_file: Path) -> None:
+    import shutil
+
+    pkg = tmp_path / "ext"
+    r = run_cli(
+        "export",
+        f"{models_file}:tiny",
+        "-i",
+        "x:batch,16:FP32",
+        "-o",
+        pkg,
+        "--external-data",
+        "--skip-parity",
+    )
+    assert r.exit_code == 0, r.stderr
+    original = {p.name: p.read_bytes() for p in pkg.iterdir()}
+    feeds = [{"x": np.random.default_rng(i).standard_normal((1, 16)).astype(np.float32)} for i in range(4)]
+    ctx = candidate_builders.BuildContext(
+        pkg / "model.onnx", tmp_path / "work", ["CPUExecutionProvider"], feeds, True
+    )
+    ctx.work.mkdir()
+    x = np.ones((2, 16), np.float32)
+    (expected,) = ort.InferenceSession(str(pkg / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x}
+    )
+    for name in ("ort-basic", "ort-extended", "ort-all", "int8-dynamic", "int8-static", "fp16"):
+        model = candidate_builders.build(name, ctx)
+        files = candidate_builders.model_files(model)
+        # small quantized tensors may be stored inline; large ones go to the .data file beside the graph
+        assert files[0].name == "model.onnx" and {f.name for f in files[1:]} <= {"model.onnx.data"}, name
+        if name.startswith("ort-"):
+            assert len(files) == 2, name
+        # copied alone into a fresh directory (as optimize packages it), the variant still loads
+        alone = tmp_path / f"alone-{name}"
+        alone.mkdir()
+        for f in files:
+            shutil.copyfile(f, alone / f.name)
+        (y,) = ort.InferenceSession(str(alone / "model.onnx"), providers=["CPUExecutionProvider"]).run(
+            None, {"x": x}
+        )
+        assert y.shape == (2, 4) and np.abs(y - expected).max() < 0.5, name
+    assert {p.name: p.read_bytes() for p in pkg.iterdir()} == original  # the source package is untouched
