@@ -209,7 +209,8 @@ def run_program(
     @pulumi.runtime.test
     def body() -> Any:
         program.result = fn()
-        return None
+        # An Output (e.g. ``Output.all(...).apply(check)``) is awaited: a failing check fails the run.
+        return program.result if isinstance(program.result, pulumi.Output) else None
 
     body()
     root = pulumi_settings.get_root_resource()

@@ -239,3 +239,29 @@ def test_every_child_is_parented_and_named_after_the_component() -> None:
 def test_bad_args_name_the_field(kw: dict[str, Any], field: str) -> None:
     with pytest.raises(ValueError, match=f"InferenceServiceArgs.{field}"):
         run_program(lambda: _svc(**kw))
+
+
+def test_outputs_checked_through_apply_carry_the_urn() -> None:
+    def prog() -> pulumi.Output[None]:
+        svc = _svc(exposure="cluster")
+
+        def check(args: list[Any]) -> None:
+            urn, url, namespace, role_arn = args
+            assert url == "http://tiny.tiny.svc.cluster.local:8000", f"{urn}: endpoint {url}"
+            assert namespace == "tiny", f"{urn}: namespace {namespace}"
+            assert role_arn.startswith("arn:aws:iam::"), f"{urn}: role {role_arn}"
+
+        return pulumi.Output.all(svc.urn, svc.endpoint_url, svc.namespace, svc.role_arn).apply(check)
+
+    run_program(prog)
+
+    def failing() -> pulumi.Output[None]:
+        svc = _svc()
+
+        def check(args: list[Any]) -> None:
+            assert args[1] == "elsewhere", f"{args[0]}: endpoint {args[1]}"
+
+        return pulumi.Output.all(svc.urn, svc.endpoint_url).apply(check)
+
+    with pytest.raises(AssertionError, match="InferenceService::tiny: endpoint"):
+        run_program(failing)
