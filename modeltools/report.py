@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from rich.table import Table
 
-from inferstack.console import err, out
+from inferstack.console import err, out, verbose
 from inferstack.manifest import Manifest
 
 if TYPE_CHECKING:
@@ -23,8 +23,10 @@ def status(what: str) -> Iterator[Callable[[str], None]]:
     if err.is_terminal:
         with err.status(what) as st:
             yield lambda msg: st.update(f"{what}: {msg}")
-    else:
+    elif verbose():
         yield lambda msg: err.print(f"[dim]{msg}[/]", highlight=False)
+    else:  # a pipe or a CI log: the result table, or the one error line, and nothing else
+        yield lambda _msg: None
 
 
 def _shape(shape: list[int]) -> str:

@@ -138,8 +138,9 @@ def run_cli(*args: str) -> Result:
 def assert_one_line_error(r: Result, *needles: str) -> str:
     """Exit 1, one ``error:`` line on stderr naming the problem, and no traceback."""
     assert r.exit_code == 1, (r.stdout, r.stderr)
-    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    # rich soft-wraps nothing (soft_wrap=True): the message is exactly one line
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
     # rich may soft-wrap; join to compare
     text = " ".join(r.stderr.split())
