@@ -196,6 +196,8 @@ def load(project_dir: Path | None = None) -> StackConfig:
     object_store = None
     kube_context = cfg.get("kubeContext")
     kubeconfig = cfg.get("kubeconfig")
+    if kubeconfig and "\n" not in kubeconfig:  # a path (not inline contents): ~ and relative paths
+        kubeconfig = str((root / Path(kubeconfig).expanduser()).resolve())
     if target == "kubernetes":
         if gpu_pools:
             raise ConfigError("gpuPools", names, "no GPU pools with target kubernetes (the cluster exists)")

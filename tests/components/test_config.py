@@ -167,3 +167,11 @@ def test_bad_admins_and_tags() -> None:
 def test_gpu_pools_must_fit_a_rollout_at_peak() -> None:
     cfg = _pool(_dev(), maxSize=2)  # dev scales to 2 replicas of 1 GPU; the surge needs a third GPU
     _expect(cfg, "models[0].autoscaling.maxReplicas", "at most 1", "need 3", "gpuPools[].maxSize")
+
+
+def test_kubeconfig_path_resolves_against_the_project_root() -> None:
+    local = copy.deepcopy(load_stack("local"))
+    local["inferstack:kubeconfig"] = "kube/config"
+    seen: dict[str, config.StackConfig] = {}
+    run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), local, stack="local")
+    assert seen["cfg"].kubeconfig == str(ROOT / "kube" / "config")
