@@ -7,6 +7,8 @@ it exactly and accuracy, top-1 agreement and calibration mean something. Same se
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 CLASSES = 10
@@ -67,4 +69,5 @@ def input_name(kind: str) -> str:
 def save_npz(path: str, kind: str, n: int, seed: int = 1) -> None:
     """An .npz for ``inferstack optimize --data``: the input array under its name, plus ``labels``."""
     x, labels = make(kind, n, seed)
-    np.savez(path, **{input_name(kind): x, "labels": labels})
+    arrays: dict[str, Any] = {input_name(kind): x, "labels": labels}
+    np.savez(path, **arrays)
