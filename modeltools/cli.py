@@ -140,7 +140,10 @@ def optimize(
     ] = None,
     providers: Annotated[
         list[str] | None,
-        typer.Option(help="Target execution provider(s), e.g. CUDAExecutionProvider. Default: CPU."),
+        typer.Option(
+            help="Target execution provider(s), in order, e.g. CUDAExecutionProvider "
+            "(comma-separated or repeated). Default: CPU."
+        ),
     ] = None,
     candidates: Annotated[
         list[str] | None,
@@ -170,7 +173,7 @@ def optimize(
         out=out_dir,
         data=data,
         budget=budget or [],
-        providers=providers or [],
+        providers=[p.strip() for v in providers or [] for p in v.split(",") if p.strip()],
         candidates=candidates or [],
         objective=objective,
         batch=batch,
