@@ -253,6 +253,34 @@ S3_WRITE_ACTIONS = (
 )
 BROAD_MANAGED_POLICIES = ("FullAccess", "AdministratorAccess", "PowerUserAccess")
 
+# Read-only actions for which AWS supports no resource-level permissions: the Service Authorization
+# Reference (docs.aws.amazon.com/service-authorization/latest/reference/) lists no resource type for
+# them, so "*" is the only Resource they accept. A statement may allow Resource "*" only when every
+# action it names is on this list, spelled out in full: a wildcard such as "ec2:Describe*" is not
+# accepted, since it also matches actions that can be scoped. Add an action here only after checking
+# that its "Resource types" column is empty and its access level is List or Read.
+RESOURCE_LESS_READ_ACTIONS = frozenset(
+    a.lower()
+    for a in (
+        # Amazon EC2 Auto Scaling (the cluster autoscaler's discovery)
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeLaunchConfigurations",
+        "autoscaling:DescribeScalingActivities",
+        "autoscaling:DescribeTags",
+        # Amazon EC2 (Describe* calls are not resource-scoped)
+        "ec2:DescribeAvailabilityZones",
+        "ec2:DescribeImages",
+        "ec2:DescribeInstances",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ec2:DescribeSubnets",
+        "ec2:GetInstanceTypesFromInstanceRequirements",
+        # Amazon ECR: the registry login token is account-wide
+        "ecr:GetAuthorizationToken",
+    )
+)
+
 
 def is_pod_role(props: Mapping[str, Any]) -> bool:
     trust = _document(props.get("assumeRolePolicy"))
@@ -284,7 +312,15 @@ def policy_document_problems(document: Mapping[str, Any]) -> list[str]:
         if "NotAction" in st or "NotResource" in st:
             problems.append(f"{label} allows with NotAction/NotResource (grants everything not listed)")
         if any(str(r).strip() == "*" for r in _as_list(st.get("Resource"))):
-            problems.append(f'{label} allows Resource "*"')
+            actions = [str(a) for a in _as_list(st.get("Action"))]
+            scoped = sorted({a for a in actions if a.lower() not in RESOURCE_LESS_READ_ACTIONS})
+            if scoped or not actions:
+                shown = ", ".join(scoped[:3]) + (", ..." if len(scoped) > 3 else "")
+                problems.append(
+                    f'{label} allows Resource "*" for {shown or "its actions"}, which AWS lets you scope '
+                    "to resource ARNs (only read-only actions without resource-level permissions may use "
+                    '"*"; see RESOURCE_LESS_READ_ACTIONS)'
+                )
         writes = sorted(
             {
                 a
@@ -517,7 +553,8 @@ RULES: tuple[Rule, ...] = (
     ),
     Rule(
         "pod-roles-least-privilege",
-        'Roles assumed by pods have no "*" resources and no S3 write actions.',
+        'Roles assumed by pods have no "*" resources (except for read-only actions AWS cannot scope) '
+        "and no S3 write actions.",
         True,
         stack_check=check_pod_roles,
     ),

@@ -205,6 +205,61 @@ def test_pod_role(statement: dict, expected: str) -> None:
     assert expected in message and urn.endswith("::read")
 
 
+AUTOSCALER_DESCRIBE = {
+    "Sid": "DescribeScalingState",
+    "Effect": "Allow",
+    "Action": [
+        "autoscaling:DescribeAutoScalingGroups",
+        "autoscaling:DescribeAutoScalingInstances",
+        "autoscaling:DescribeLaunchConfigurations",
+        "autoscaling:DescribeScalingActivities",
+        "autoscaling:DescribeTags",
+        "ec2:DescribeImages",
+        "ec2:DescribeInstanceTypes",
+        "ec2:DescribeLaunchTemplateVersions",
+        "ec2:GetInstanceTypesFromInstanceRequirements",
+    ],
+    "Resource": "*",
+}
+
+
+def test_resource_star_allowed_for_read_only_actions_aws_cannot_scope() -> None:
+    name = "pod-roles-least-privilege"
+    assert run_stack(name, _role_stack(AUTOSCALER_DESCRIBE)) == []
+    # the same statement written as a list, in another case: IAM action names are case-insensitive
+    lowered = {**AUTOSCALER_DESCRIBE, "Action": [a.lower() for a in AUTOSCALER_DESCRIBE["Action"]]}
+    assert run_stack(name, _role_stack({**lowered, "Resource": ["*"]})) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        (["eks:DescribeNodegroup"], "eks:DescribeNodegroup"),  # can be scoped to the node group ARN
+        (["autoscaling:SetDesiredCapacity"], "autoscaling:SetDesiredCapacity"),  # a write
+        (["s3:GetObject"], "s3:GetObject"),
+        (["ec2:Describe*"], "ec2:Describe*"),  # a wildcard also matches scopable actions
+    ],
+)
+def test_resource_star_fails_when_a_statement_mixes_in_other_actions(extra: list[str], named: str) -> None:
+    statement = {**AUTOSCALER_DESCRIBE, "Action": [*AUTOSCALER_DESCRIBE["Action"], *extra]}
+    ((message, urn),) = run_stack("pod-roles-least-privilege", _role_stack(statement))
+    assert 'statement DescribeScalingState allows Resource "*" for ' + named in message
+    assert "autoscaling:DescribeAutoScalingGroups" not in message and urn.endswith("::read")
+
+
+def test_resource_star_never_excuses_s3_writes() -> None:
+    statement = {**AUTOSCALER_DESCRIBE, "Action": [*AUTOSCALER_DESCRIBE["Action"], "s3:PutObject"]}
+    messages = sorted(m for m, _ in run_stack("pod-roles-least-privilege", _role_stack(statement)))
+    assert len(messages) == 2
+    assert 'Resource "*" for s3:PutObject' in messages[0] and "S3 writes (s3:PutObject)" in messages[1]
+
+
+def test_s3_get_object_on_star_fails() -> None:
+    statement = {"Effect": "Allow", "Action": "s3:GetObject", "Resource": "*"}
+    ((message, _),) = run_stack("pod-roles-least-privilege", _role_stack(statement))
+    assert 'allows Resource "*" for s3:GetObject' in message
+
+
 def test_role_not_assumed_by_pods_is_out_of_scope() -> None:
     stack = _role_stack({**READ_ONLY, "Resource": "*"})
     stack[0].props = {
