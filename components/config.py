@@ -34,6 +34,7 @@ CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
 DEFAULT_CLUSTER_VERSION = "1.34"
 DEFAULT_GPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-gpu"
 DEFAULT_CPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-cpu"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
 _BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,35}$")
@@ -128,6 +129,8 @@ class ModelConfig:
     autoscaling: AutoscalingConfig | None = None
     exposure: str = "internal"
     auth: bool = False
+    image_pull_policy: str | None = None
+    """None: Always for a tag, IfNotPresent for a digest (see InferenceServiceArgs)."""
 
 
 @dataclass(frozen=True)
@@ -403,7 +406,19 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     _keys(
         raw,
         key,
-        {"name", "path", "image", "replicas", "gpus", "cpu", "memory", "autoscaling", "exposure", "auth"},
+        {
+            "name",
+            "path",
+            "image",
+            "imagePullPolicy",
+            "replicas",
+            "gpus",
+            "cpu",
+            "memory",
+            "autoscaling",
+            "exposure",
+            "auth",
+        },
     )
     name = _name(raw.get("name"), f"{key}.name")
     rel = raw.get("path")
@@ -451,7 +466,12 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
         scaling = AutoscalingConfig(lo, hi, tgt)
     exposure = _choice(raw.get("exposure", "internal"), f"{key}.exposure", EXPOSURES)
     auth = _bool(raw.get("auth", False), f"{key}.auth")
-    return ModelConfig(name, path, manifest, image, replicas, gpus, cpu, memory, scaling, exposure, auth)
+    pull = raw.get("imagePullPolicy")
+    if pull is not None:
+        pull = _choice(pull, f"{key}.imagePullPolicy", PULL_POLICIES)
+    return ModelConfig(
+        name, path, manifest, image, replicas, gpus, cpu, memory, scaling, exposure, auth, pull
+    )
 
 
 # -- primitives ----------------------------------------------------------------------------

@@ -4,7 +4,11 @@ Declares the namespace, a ServiceAccount whose cloud identity may only read the 
 Deployment (GPU request, toleration and node selector, v2 health probes, hardened securityContext,
 a rollout that never drops below capacity), the Service, HPA, PodDisruptionBudget and NetworkPolicy.
 The same code serves both targets: on ``aws`` the identity is an IAM role bound through an EKS Pod
-Identity association; on ``kubernetes`` it is a Secret with the S3-compatible store's credentials.
+Identity association; on ``kubernetes`` it is the S3-compatible store's credentials, a Secret mounted
+read-only as a shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``), never environment variables.
+
+Where the Deployment departs from a scanner's default (an image by tag, a pull policy other than
+Always), it says why in ``checkov.io/skip<N>`` annotations next to the container.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ EXPOSURES = ("cluster", "internal", "public")
 RUNTIME_UID = 10001
 CACHE_DIR = "/var/cache/inferstack"
 TOKEN_DIR = "/var/run/inferstack/auth"
+S3_CREDENTIALS_DIR = "/var/run/inferstack/s3"
+S3_CREDENTIALS_FILE = f"{S3_CREDENTIALS_DIR}/credentials"
+PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 
 @dataclass
@@ -51,13 +58,17 @@ class InferenceServiceArgs:
     model_name: str
     """DNS label; names the namespace (unless ``namespace``), Deployment and Service. Required."""
     image: pulumi.Input[str]
-    """The runtime image reference. Required."""
+    """The runtime image reference, by tag or pinned by digest (``repo@sha256:...``). Required."""
     model_uri: pulumi.Input[str]
     """``s3://bucket/prefix/`` of the uploaded package, with its digest. Required."""
     bucket: pulumi.Input[str]
     """Bucket holding the model (for the read-only policy). Required."""
     model_prefix: str
     """Key prefix of the model inside the bucket, ending in ``/``. Required."""
+    image_pull_policy: str | None = None
+    """``Always``, ``IfNotPresent`` or ``Never``. Default: ``IfNotPresent`` for an image pinned by digest
+    (it cannot change), ``Always`` for a tag (a re-pushed tag is picked up). ``IfNotPresent``/``Never``
+    with a tag is for an image loaded onto the nodes that no registry serves (``kind load``)."""
     namespace: str | None = None
     """Namespace to create. Default: ``model_name``."""
     cluster_name: pulumi.Input[str] | None = None
@@ -136,6 +147,7 @@ class InferenceService(pulumi.ComponentResource):
             opts=in_ns,
         )
 
+        image = pulumi.Output.from_input(args.image)
         env: list[dict[str, Any]] = [
             {"name": "INFERSTACK_MODEL", "value": args.model_uri},
             {"name": "INFERSTACK_PORT", "value": str(args.port)},
@@ -175,24 +187,21 @@ class InferenceService(pulumi.ComponentResource):
             )
             self.role_arn = role.arn
         if args.s3_credentials is not None:
+            key_id, secret_key = args.s3_credentials.access_key_id, args.s3_credentials.secret_access_key
             creds = k8s.core.v1.Secret(
                 f"{name}-s3-credentials",
                 metadata={"name": f"{args.model_name}-s3", "namespace": ns_name, "labels": labels},
                 type="Opaque",
                 string_data={
-                    "AWS_ACCESS_KEY_ID": args.s3_credentials.access_key_id,
-                    "AWS_SECRET_ACCESS_KEY": args.s3_credentials.secret_access_key,
+                    "credentials": pulumi.Output.secret(
+                        pulumi.Output.all(key_id, secret_key).apply(lambda v: credentials_file(v[0], v[1]))
+                    )
                 },
                 opts=in_ns,
             )
             identity.append(creds)
-            for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-                env.append(
-                    {
-                        "name": key,
-                        "value_from": {"secret_key_ref": {"name": f"{args.model_name}-s3", "key": key}},
-                    }
-                )
+            # boto3 (the runtime's S3 client) reads the file itself: the keys never enter the environment.
+            env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": S3_CREDENTIALS_FILE})
         if args.s3_endpoint:
             env.append({"name": "AWS_ENDPOINT_URL_S3", "value": args.s3_endpoint})
 
@@ -204,6 +213,14 @@ class InferenceService(pulumi.ComponentResource):
             {"name": "model-cache", "mount_path": CACHE_DIR},
             {"name": "tmp", "mount_path": "/tmp"},
         ]
+        if args.s3_credentials is not None:
+            volumes.append(
+                {
+                    "name": "s3-credentials",
+                    "secret": {"secret_name": f"{args.model_name}-s3", "default_mode": 0o440},
+                }
+            )
+            mounts.append({"name": "s3-credentials", "mount_path": S3_CREDENTIALS_DIR, "read_only": True})
         if args.auth_token is not None:
             identity.append(
                 k8s.core.v1.Secret(
@@ -238,7 +255,8 @@ class InferenceService(pulumi.ComponentResource):
             "containers": [
                 {
                     "name": "runtime",
-                    "image": args.image,
+                    "image": image,
+                    "image_pull_policy": image.apply(lambda i: pull_policy(i, args.image_pull_policy)),
                     # The image's entrypoint is the runtime (`python -m inferstack.runtime`, the same
                     # code as `inferstack serve`); its one argument is the model URI.
                     "args": [args.model_uri],
@@ -294,7 +312,10 @@ class InferenceService(pulumi.ComponentResource):
         # else: the HPA owns spec.replicas; leaving it out keeps `pulumi up` from resetting it.
         deployment = k8s.apps.v1.Deployment(
             f"{name}-deployment",
-            metadata=meta,
+            metadata={
+                **meta,
+                "annotations": image.apply(lambda i: scan_skips(i, pull_policy(i, args.image_pull_policy))),
+            },
             spec=deployment_spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -422,6 +443,51 @@ def read_model_policy(bucket: str, prefix: str, kms_key_arn: str | None, region:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
+def credentials_file(access_key_id: str, secret_access_key: str) -> str:
+    """The keys as a shared credentials file (the format boto3 and the AWS CLI read)."""
+    for what, value in (("access_key_id", access_key_id), ("secret_access_key", secret_access_key)):
+        if not value or any(c in value for c in "\r\n[]"):
+            raise ValueError(f"S3Credentials.{what}: expected a non-empty key on one line")
+    return f"[default]\naws_access_key_id = {access_key_id}\naws_secret_access_key = {secret_access_key}\n"
+
+
+def has_digest(image: str) -> bool:
+    return "@sha256:" in image
+
+
+def pull_policy(image: str, requested: str | None) -> str:
+    """The requested policy, else IfNotPresent for a digest (immutable) and Always for a tag."""
+    if requested is not None:
+        return requested
+    return "IfNotPresent" if has_digest(image) else "Always"
+
+
+def scan_skips(image: str, policy: str) -> dict[str, str]:
+    """``checkov.io/skip<N>`` annotations, each with its reason, for the checks this Deployment
+    cannot pass as configured; none when the image is pinned by digest."""
+    if has_digest(image):
+        return {}
+    loaded = policy != "Always"
+    if loaded:
+        digest_reason = (
+            f"{image} is built locally and loaded onto the nodes (imagePullPolicy {policy}); "
+            "an image no registry serves has no registry digest"
+        )
+    else:
+        digest_reason = (
+            f"{image} is referenced by the tag set per stack in models[].image; pin it by digest "
+            "there (repo@sha256:...) for production, which drops this skip"
+        )
+    skips = {"CKV_K8S_43": digest_reason}
+    if loaded:
+        skips["CKV_K8S_15"] = (
+            f"imagePullPolicy {policy} is set in the stack because {image} is loaded onto the nodes "
+            "(kind load docker-image) and no registry serves it; Always would fail the pull"
+        )
+    # checkov splits each annotation at '=': the reasons must not contain one.
+    return {f"checkov.io/skip{i}": f"{check}={reason}" for i, (check, reason) in enumerate(skips.items(), 1)}
+
+
 def _validate(args: InferenceServiceArgs) -> None:
     import re
 
@@ -455,6 +521,11 @@ def _validate(args: InferenceServiceArgs) -> None:
     if not 1 <= args.port <= 65535 or args.port < 1024:
         raise ValueError(
             f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)"
+        )
+    if args.image_pull_policy is not None and args.image_pull_policy not in PULL_POLICIES:
+        raise ValueError(
+            f"InferenceServiceArgs.image_pull_policy: {args.image_pull_policy!r}; "
+            f"expected one of {', '.join(PULL_POLICIES)}"
         )
     if args.startup_timeout_s < 60:
         raise ValueError(f"InferenceServiceArgs.startup_timeout_s: {args.startup_timeout_s}; expected >= 60")

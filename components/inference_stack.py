@@ -330,4 +330,5 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
         "gpus": m.gpus,
         "cpu": m.cpu,
         "memory": m.memory,
+        "image_pull_policy": m.image_pull_policy,
     }

@@ -112,6 +112,11 @@ def test_bad_models() -> None:
         "from 3",
     )
     _expect(_model(_dev(), image="ecr"), "models[0].image", "runtimeImage.ecr")
+    _expect(
+        _model(_dev(), imagePullPolicy="Sometimes"),
+        "models[0].imagePullPolicy",
+        "Always, IfNotPresent, Never",
+    )
     cfg = _dev()
     cfg["inferstack:models"].append(dict(cfg["inferstack:models"][0]))
     _expect(cfg, "models[1].name", "one model only")

@@ -12,6 +12,7 @@ from inferstack.components.inference_service import (
     InferenceService,
     InferenceServiceArgs,
     S3Credentials,
+    credentials_file,
 )
 from pulumi_harness import container, env_of, resolve, run_program
 
@@ -172,24 +173,79 @@ def test_pod_identity_role_reads_only_the_model_prefix() -> None:
     assert assoc.urn in p.one(DEPLOYMENT).dependencies, "pods start after their identity exists"
 
 
-def test_s3_compatible_store_gets_credentials_from_a_secret_and_the_endpoint() -> None:
-    p = run_program(
-        lambda: _svc(
-            cluster_name=None,
-            kms_key_arn=None,
-            s3_credentials=S3Credentials("minio", pulumi.Output.secret("minio-secret")),
-            s3_endpoint="http://minio.minio.svc.cluster.local:9000",
-        )
+def _on_s3_compatible_store() -> InferenceService:
+    return _svc(
+        cluster_name=None,
+        kms_key_arn=None,
+        s3_credentials=S3Credentials("minio", pulumi.Output.secret("minio-secret")),
+        s3_endpoint="http://minio.minio.svc.cluster.local:9000",
     )
+
+
+def test_s3_compatible_store_gets_a_mounted_credentials_file_and_the_endpoint() -> None:
+    p = run_program(_on_s3_compatible_store)
     assert not p.of_type("aws:iam/role:Role")
     secret = p.one("kubernetes:core/v1:Secret", "s3")
-    assert secret.inputs["stringData"]["AWS_ACCESS_KEY_ID"] == "minio", secret.urn
-    env = env_of(container(p))
+    assert secret.inputs["stringData"] == {
+        "credentials": "[default]\naws_access_key_id = minio\naws_secret_access_key = minio-secret\n"
+    }, secret.urn
+    c = container(p)
+    env = env_of(c)
     assert env["AWS_ENDPOINT_URL_S3"] == "http://minio.minio.svc.cluster.local:9000"
-    assert env["AWS_SECRET_ACCESS_KEY"]["secretKeyRef"]["name"] == secret.inputs["metadata"]["name"]
+    # the keys never enter the environment: no key variables, no secretKeyRef at all
+    assert not {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"} & set(env)
+    assert not [e for e in c["env"] if "valueFrom" in e], c["env"]
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "s3-credentials")
+    assert mount["readOnly"] is True
+    assert env["AWS_SHARED_CREDENTIALS_FILE"] == f"{mount['mountPath']}/credentials"
+    volumes = p.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]["volumes"]
+    volume = next(v for v in volumes if v["name"] == "s3-credentials")
+    assert volume["secret"] == {"secretName": secret.inputs["metadata"]["name"], "defaultMode": 0o440}
     np = p.one("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     ports = [pt["port"] for rule in np.inputs["spec"]["egress"] for pt in rule["ports"]]
     assert 9000 in ports, f"{np.urn}: the store's port must be reachable"
+
+
+def test_aws_pods_get_no_credentials_file() -> None:
+    p = run_program(lambda: _svc())
+    c = container(p)
+    assert "AWS_SHARED_CREDENTIALS_FILE" not in env_of(c)
+    assert not [m for m in c["volumeMounts"] if m["name"] == "s3-credentials"]
+    assert not p.of_type("kubernetes:core/v1:Secret")
+
+
+@pytest.mark.parametrize("bad", ["", "key\n[other]", "a]b"])
+def test_credentials_that_would_break_the_file_are_refused(bad: str) -> None:
+    with pytest.raises(ValueError, match="S3Credentials.access_key_id"):
+        credentials_file(bad, "secret")
+
+
+@pytest.mark.parametrize(
+    ("image", "requested", "policy", "skipped"),
+    [
+        ("registry/runtime:1", None, "Always", ["CKV_K8S_43"]),
+        ("registry/runtime:1@sha256:" + "a" * 64, None, "IfNotPresent", []),
+        ("registry/runtime@sha256:" + "b" * 64, "Always", "Always", []),
+        ("inferstack-runtime:cpu", "IfNotPresent", "IfNotPresent", ["CKV_K8S_43", "CKV_K8S_15"]),
+        ("inferstack-runtime:cpu", "Never", "Never", ["CKV_K8S_43", "CKV_K8S_15"]),
+    ],
+)
+def test_pull_policy_and_the_scan_skips_it_explains(
+    image: str, requested: str | None, policy: str, skipped: list[str]
+) -> None:
+    p = run_program(lambda: _svc(image=image, image_pull_policy=requested))
+    c = container(p)
+    assert c["image"] == image and c["imagePullPolicy"] == policy
+    annotations = p.one(DEPLOYMENT).inputs["metadata"].get("annotations") or {}
+    skips = dict(v.split("=", 1) for k, v in annotations.items() if k.startswith("checkov.io/skip"))
+    assert sorted(skips) == sorted(skipped)
+    for check, reason in skips.items():
+        # checkov splits an annotation at '=': exactly one, and a reason that names the image
+        assert "=" not in reason and image in reason, (check, reason)
+    if "CKV_K8S_15" in skips:
+        assert f"imagePullPolicy {policy}" in skips["CKV_K8S_15"]
+    elif skipped:
+        assert "pin it by digest" in skips["CKV_K8S_43"]
 
 
 def test_auth_token_is_a_mounted_secret_file() -> None:
@@ -234,6 +290,7 @@ def test_every_child_is_parented_and_named_after_the_component() -> None:
         ({"autoscaling": Autoscaling(3, 2)}, "autoscaling"),
         ({"port": 80}, "port"),
         ({"s3_credentials": S3Credentials("a", "b")}, "s3_credentials"),
+        ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
     ],
 )
 def test_bad_args_name_the_field(kw: dict[str, Any], field: str) -> None:

@@ -124,6 +124,7 @@ def test_dev_stack_specifics() -> None:
     assert p.one("kubernetes:helm.sh/v3:Release", "device-plugin").inputs["chart"] == "nvidia-device-plugin"
     res = container(p)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
+    assert container(p)["imagePullPolicy"] == "Always", "a tag is pulled each start"
 
 
 def test_prod_stack_specifics() -> None:
@@ -155,6 +156,11 @@ def test_local_stack_uses_the_s3_compatible_store_and_no_aws_infrastructure() ->
     assert "nvidia.com/gpu" not in c["resources"]["limits"]
     assert env_of(c)["AWS_ENDPOINT_URL_S3"] == "http://minio.minio.svc.cluster.local:9000"
     assert c["image"] == "inferstack-runtime:cpu"
+    # loaded into kind, served by no registry: IfNotPresent, and the Deployment says why it skips the scan
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    annotations = p.one("kubernetes:apps/v1:Deployment").inputs["metadata"]["annotations"]
+    assert sorted(v.split("=")[0] for v in annotations.values()) == ["CKV_K8S_15", "CKV_K8S_43"]
+    assert not [e for e in c["env"] if "valueFrom" in e], "store keys come from a mounted file"
     assert p.one("kubernetes:core/v1:Service").inputs["spec"]["type"] == "ClusterIP"
 
 
