@@ -40,6 +40,10 @@ class ScanReport:
         return not self.failed and not self.parsing_errors
 
 
+# What checkov records for a skip annotation or comment written without a reason (no "=" / ":").
+NO_REASON = "No comment provided"
+
+
 def _finding(framework: str, raw: dict[str, Any]) -> Finding:
     line_range = raw.get("file_line_range")
     result = raw.get("check_result") or {}
@@ -50,7 +54,9 @@ def _finding(framework: str, raw: dict[str, Any]) -> Finding:
         file=str(raw.get("file_path") or raw.get("repo_file_path") or "").lstrip("/"),
         resource=str(raw.get("resource", "")),
         lines=(int(line_range[0]), int(line_range[1])) if line_range else None,
-        reason=result.get("suppress_comment"),
+        reason=None
+        if result.get("suppress_comment") in (None, "", NO_REASON)
+        else result["suppress_comment"],
     )
 
 

@@ -45,6 +45,15 @@ def test_exit_code_and_table(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     clean.write_text(json.dumps(raw))
     assert main([str(clean)]) == 0
 
+    for r in raw:  # a skip written without a reason (checkov fills in a placeholder) does not count
+        for skipped in r["results"]["skipped_checks"]:
+            skipped["check_result"]["suppress_comment"] = "No comment provided"
+    clean.write_text(json.dumps(raw))
+    capsys.readouterr()
+    assert main([str(clean)]) == 1
+    captured = capsys.readouterr()
+    assert "(no reason given)" in captured.out and "1 skipped checks without a reason" in captured.err
+
 
 def test_rejects_what_is_not_a_report(tmp_path: Path) -> None:
     with pytest.raises(InferstackError, match="no `results`"):
