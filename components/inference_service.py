@@ -188,15 +188,16 @@ class InferenceService(pulumi.ComponentResource):
             self.role_arn = role.arn
         if args.s3_credentials is not None:
             key_id, secret_key = args.s3_credentials.access_key_id, args.s3_credentials.secret_access_key
+            plain: pulumi.Output[str] = pulumi.Output.all(key_id, secret_key).apply(
+                lambda v: credentials_file(v[0], v[1])
+            )
+            # a secret in the state even when the key id (or, locally, both keys) came in plain
+            file_text: pulumi.Output[str] = pulumi.Output.secret(plain)
             creds = k8s.core.v1.Secret(
                 f"{name}-s3-credentials",
                 metadata={"name": f"{args.model_name}-s3", "namespace": ns_name, "labels": labels},
                 type="Opaque",
-                string_data={
-                    "credentials": pulumi.Output.secret(
-                        pulumi.Output.all(key_id, secret_key).apply(lambda v: credentials_file(v[0], v[1]))
-                    )
-                },
+                string_data={"credentials": file_text},
                 opts=in_ns,
             )
             identity.append(creds)
