@@ -9,31 +9,14 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-GPU_FAMILIES = (
-    "g4dn",
-    "g5",
-    "g5g",
-    "g6",
-    "g6e",
-    "g6f",
-    "gr6",
-    "p3",
-    "p4d",
-    "p4de",
-    "p5",
-    "p5e",
-    "p5en",
-    "p6",
-)
+# One list of NVIDIA GPU instance families, shared with the policy pack (which must stay importable
+# without the rest of inferstack when the Pulumi CLI runs it).
+from inferstack.policy.rules import is_gpu_instance
 
 
 @cache
 def price_table() -> dict[str, Any]:
     return json.loads(resources.files("inferstack.plan").joinpath("prices.json").read_text(encoding="utf-8"))
-
-
-def is_gpu_instance(instance_type: str) -> bool:
-    return instance_type.split(".")[0] in GPU_FAMILIES
 
 
 @dataclass
