@@ -14,6 +14,7 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from inferstack.errors import InferstackError
 
@@ -36,7 +37,8 @@ def verbose() -> bool:
 
 def fail(message: str) -> typer.Exit:
     """Print ``error: message`` in red on stderr and return the Exit(1) to raise."""
-    err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False, soft_wrap=True)
+    # The message carries user text (paths, patterns with brackets): escape it so rich prints it as is.
+    err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     return typer.Exit(code=1)
 
 
