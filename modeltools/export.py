@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from inferstack.modeltools import loading, parity, signature
+from inferstack.modeltools._text import first_line
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import InputSpec, random_arrays
 from inferstack.modeltools.staging import staged_dir
@@ -60,11 +61,6 @@ class ExportOptions:
 
 
 Progress = Callable[[str], None]
-
-
-def _first_line(e: BaseException) -> str:
-    text = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {text[0].strip()}" if text else type(e).__name__
 
 
 def default_name(source: Source) -> str:
@@ -134,7 +130,7 @@ def _check_forward(model: Any, args: tuple[Any, ...], specs: list[InputSpec]) ->
             model(*args)
     except Exception as e:
         raise ExportError(
-            f"the model does not accept the inputs {_shapes_text(specs)}: {_first_line(e)} "
+            f"the model does not accept the inputs {_shapes_text(specs)}: {first_line(e)} "
             "(check --input against the module's forward)"
         ) from e
 
@@ -159,7 +155,7 @@ def _explain_export_failure(e: BaseException, opset: int) -> str:
             "give that dimension a number in --input, or make the module accept any size"
         )
     summary = re.search(r"## Exception summary\s+(.*?)(?:\n\n|$)", text, re.S)
-    detail = summary.group(1).strip().splitlines()[0] if summary else _first_line(e)
+    detail = summary.group(1).strip().splitlines()[0] if summary else first_line(e)
     return "ONNX export failed: " + _ANSI.sub("", detail)
 
 
@@ -231,7 +227,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             try:
                 program.save(model_path, external_data=external)
             except Exception as e:
-                raise ExportError(f"saving the ONNX model failed: {_first_line(e)}") from e
+                raise ExportError(f"saving the ONNX model failed: {first_line(e)}") from e
         if log.getvalue():
             logging.getLogger(__name__).debug(log.getvalue())
         del program
@@ -240,7 +236,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         try:
             onnx.checker.check_model(str(model_path))
         except Exception as e:
-            raise ExportError(f"the exported model fails onnx.checker: {_first_line(e)}") from e
+            raise ExportError(f"the exported model fails onnx.checker: {first_line(e)}") from e
         graph = signature.load_graph(model_path)
         inputs, outputs = signature.signature(graph, model_path)
         opset = signature.opset(graph)

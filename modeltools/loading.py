@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from inferstack.modeltools._text import first_line
+
 from inferstack.errors import InferstackError
 
 if TYPE_CHECKING:
@@ -51,11 +53,6 @@ class Source:
         return {"spec": self.spec, "weights": self.weights, "trust_pickle": self.trust_pickle}
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
-
-
 def _split_factory(spec: str) -> tuple[str, str]:
     target, sep, attr = spec.rpartition(":")
     if not sep or not target or not attr:
@@ -83,7 +80,7 @@ def _import_target(target: str) -> Any:
             spec.loader.exec_module(module)
         except Exception as e:
             del sys.modules[name]
-            raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+            raise SourceError(f"{target}: importing it failed: {first_line(e)}") from e
         return module
     # Like `python -m`, a module in the working directory is importable by its name.
     if "" not in sys.path and str(Path.cwd()) not in sys.path:
@@ -93,9 +90,9 @@ def _import_target(target: str) -> Any:
     except ModuleNotFoundError as e:
         if e.name and target.startswith(e.name):
             raise SourceError(f"{target}: no such Python module (is the package installed?)") from e
-        raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+        raise SourceError(f"{target}: importing it failed: {first_line(e)}") from e
     except Exception as e:
-        raise SourceError(f"{target}: importing it failed: {_first_line(e)}") from e
+        raise SourceError(f"{target}: importing it failed: {first_line(e)}") from e
 
 
 def _load_factory(source: Source) -> torch.nn.Module:
@@ -111,7 +108,7 @@ def _load_factory(source: Source) -> torch.nn.Module:
     try:
         model = factory()
     except Exception as e:
-        raise SourceError(f"{source.spec}: the factory raised {_first_line(e)}") from e
+        raise SourceError(f"{source.spec}: the factory raised {first_line(e)}") from e
     if not isinstance(model, torch.nn.Module):
         raise SourceError(
             f"{source.spec}: the factory returned {type(model).__name__}, not a torch.nn.Module"
@@ -133,11 +130,11 @@ def _load_weights(model: torch.nn.Module, weights: str) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise SourceError(
-            f"{weights}: not a plain state dict (weights_only loading refused it: {_first_line(e)}); "
+            f"{weights}: not a plain state dict (weights_only loading refused it: {first_line(e)}); "
             "save it with torch.save(model.state_dict(), PATH)"
         ) from e
     except Exception as e:
-        raise SourceError(f"{weights}: cannot be read as a PyTorch state dict: {_first_line(e)}") from e
+        raise SourceError(f"{weights}: cannot be read as a PyTorch state dict: {first_line(e)}") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -166,7 +163,7 @@ def _load_pickle(source: Source) -> torch.nn.Module:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:
-        raise SourceError(f"{source.spec}: cannot be unpickled: {_first_line(e)}") from e
+        raise SourceError(f"{source.spec}: cannot be unpickled: {first_line(e)}") from e
     if not isinstance(obj, torch.nn.Module):
         hint = ""
         if isinstance(obj, dict):
@@ -184,7 +181,7 @@ def _load_program(source: Source) -> torch.export.ExportedProgram:
     try:
         return torch.export.load(path)
     except Exception as e:
-        raise SourceError(f"{source.spec}: not a torch.export program: {_first_line(e)}") from e
+        raise SourceError(f"{source.spec}: not a torch.export program: {first_line(e)}") from e
 
 
 def load(source: Source) -> torch.nn.Module | torch.export.ExportedProgram:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from inferstack.modeltools import bench, candidates, signature
+from inferstack.modeltools._text import first_line
 from inferstack.modeltools.staging import check_destination, staged_dir
 
 from inferstack import datatypes
@@ -292,11 +293,6 @@ def _quiet_logging() -> Iterator[None]:
         root.setLevel(level)
 
 
-def _first_line(e: BaseException) -> str:
-    text = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return f"{type(e).__name__}: {text[0].strip()[:300]}" if text else type(e).__name__
-
-
 def _selected(opts: OptimizeOptions, providers: list[str]) -> list[tuple[str, str | None]]:
     """(candidate, reason to skip or None), in the fixed order."""
     unknown = [c for c in opts.candidates if c not in candidates.ORDER]
@@ -366,9 +362,9 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
             except Exception as e:
                 if name == "reference":
                     raise OptimizeError(
-                        f"{model_path}: the reference model does not run: {_first_line(e)}"
+                        f"{model_path}: the reference model does not run: {first_line(e, limit=300)}"
                     ) from e
-                c.status, c.note = "failed", _first_line(e)
+                c.status, c.note = "failed", first_line(e, limit=300)
                 continue
             if name == "reference":
                 reference_out = outputs

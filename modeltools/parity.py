@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from inferstack.modeltools._text import first_line
 from inferstack.modeltools.spec import InputSpec
 
 from inferstack.errors import InferstackError
@@ -212,8 +213,7 @@ def main() -> None:
     except InferstackError as e:
         result = {"error": str(e)}
     except Exception as e:  # reported to the parent as one line; the parent decides
-        first = (str(e).strip().splitlines() or [""])[0]
-        result = {"error": f"{type(e).__name__}: {first}"}
+        result = {"error": first_line(e)}
     sys.stdout.write("\n" + _RESULT + json.dumps(result) + "\n")
     sys.stdout.flush()
 

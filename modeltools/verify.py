@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from inferstack.modeltools import loading, parity
+from inferstack.modeltools._text import first_line
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import parse_inputs
 
@@ -23,11 +24,6 @@ class Check:
     name: str
     status: str  # pass | fail | skip
     detail: str
-
-
-def _first_line(e: BaseException) -> str:
-    text = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-    return text[0].strip() if text else type(e).__name__
 
 
 def _smoke_inputs(manifest: Manifest) -> dict[str, Any]:
@@ -53,7 +49,7 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
         onnx.checker.check_model(str(path))
     except Exception as e:
         return [
-            Check("onnx", "fail", f"{path}: not a valid ONNX model ({_first_line(e)})"),
+            Check("onnx", "fail", f"{path}: not a valid ONNX model ({first_line(e, with_type=False)})"),
             Check("onnxruntime", "skip", "the ONNX check failed"),
         ]
     checks = [Check("onnx", "pass", f"onnx.checker accepts {manifest.model_file} (opset {manifest.opset})")]
@@ -65,7 +61,11 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
     except Exception as e:
         return [
             *checks,
-            Check("onnxruntime", "fail", f"{path}: onnxruntime cannot load it ({_first_line(e)})"),
+            Check(
+                "onnxruntime",
+                "fail",
+                f"{path}: onnxruntime cannot load it ({first_line(e, with_type=False)})",
+            ),
         ]
     problems = []
     for kind, declared, actual in (
@@ -81,7 +81,8 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
     try:
         results = session.run(None, _smoke_inputs(manifest))
     except Exception as e:
-        return [*checks, Check("onnxruntime", "fail", f"inference at batch 1 failed ({_first_line(e)})")]
+        detail = f"inference at batch 1 failed ({first_line(e, with_type=False)})"
+        return [*checks, Check("onnxruntime", "fail", detail)]
     for spec, value in zip(manifest.outputs, results, strict=True):
         if len(spec.shape) != value.ndim or any(
             d not in (-1, v) for d, v in zip(spec.shape, value.shape, strict=True)
