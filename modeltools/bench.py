@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from inferstack.modeltools._ort import session_options
 
 
 @dataclass
@@ -27,12 +28,10 @@ def open_session(model: Path, providers: list[str], threads: int) -> tuple[Any, 
     """A session as the runtime opens one (ORT_ENABLE_ALL), and how long it took to load."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
+    options = session_options(threads)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3
     start = time.perf_counter()
     session = ort.InferenceSession(str(model), options, providers=providers)
     load_ms = (time.perf_counter() - start) * 1e3

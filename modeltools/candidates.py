@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from inferstack.modeltools._ort import session_options
+
 #: name -> (description, needs calibration data, GPU-only by default)
 DESCRIPTIONS: dict[str, str] = {
     "reference": "the exported fp32 model, as the runtime loads it",
@@ -34,12 +36,8 @@ class BuildContext:
 
 
 def _session_options(level: Any, threads: int = 1) -> Any:
-    import onnxruntime as ort
-
-    o = ort.SessionOptions()
+    o = session_options(threads)
     o.graph_optimization_level = level
-    o.intra_op_num_threads = threads
-    o.log_severity_level = 3
     return o
 
 

@@ -361,8 +361,9 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
                 outputs = bench.predict(session, data, rows, chunk)
             except Exception as e:
                 if name == "reference":
+                    on = f" on --data {opts.data}" if opts.data else ""
                     raise OptimizeError(
-                        f"{model_path}: the reference model does not run: {first_line(e, limit=300)}"
+                        f"{model_path}: the reference model does not run{on}: {first_line(e, limit=300)}"
                     ) from e
                 c.status, c.note = "failed", first_line(e, limit=300)
                 continue

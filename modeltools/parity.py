@@ -21,6 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from inferstack.modeltools._ort import session_options
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.spec import InputSpec
 
@@ -172,9 +173,7 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.log_severity_level = 3
+    options = session_options(1)
     session = ort.InferenceSession(request["model"], options, providers=["CPUExecutionProvider"])
     out_names = [o.name for o in session.get_outputs()]
     atol, rtol = float(request["atol"]), float(request["rtol"])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from inferstack.modeltools import loading, parity
+from inferstack.modeltools._ort import session_options
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import parse_inputs
@@ -53,9 +54,7 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
             Check("onnxruntime", "skip", "the ONNX check failed"),
         ]
     checks = [Check("onnx", "pass", f"onnx.checker accepts {manifest.model_file} (opset {manifest.opset})")]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = 1
+    options = session_options(1)
     try:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as e:

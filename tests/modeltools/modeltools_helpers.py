@@ -79,6 +79,23 @@ MODELS = textwrap.dedent(
     def small_encoder():
         torch.manual_seed(0)
         return SmallEncoder().eval()
+
+
+    class Embed(nn.Module):
+        """Token ids through a 100-row embedding: ids out of range make onnxruntime fail at run time."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding = nn.Embedding(100, 8)
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, ids):
+            return self.fc(self.embedding(ids).mean(1))
+
+
+    def embed():
+        torch.manual_seed(0)
+        return Embed().eval()
     '''
 )
 

@@ -257,3 +257,20 @@ def test_variants_of_an_external_data_model_are_self_contained(tmp_path: Path, m
         )
         assert y.shape == (2, 4) and np.abs(y - expected).max() < 0.5, name
     assert {p.name: p.read_bytes() for p in pkg.iterdir()} == original  # the source package is untouched
+
+
+def test_data_the_model_rejects_is_one_line_without_onnxruntime_log(
+    tmp_path: Path, models_file: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    pkg = tmp_path / "embed"
+    r = run_cli("export", f"{models_file}:embed", "-i", "ids:batch,6:INT64", "-o", pkg, "--skip-parity")
+    assert r.exit_code == 0, r.stderr
+    npz = tmp_path / "ids.npz"
+    np.savez(npz, ids=np.full((4, 6), 5000, np.int64))  # the embedding has 100 rows
+    capfd.readouterr()
+    r = run_cli("optimize", pkg, "--out", tmp_path / "o", "--data", npz, *FAST)
+    assert_one_line_error(r, "the reference model does not run on --data", "ids.npz", "idx=5000")
+    # onnxruntime writes its own log to file descriptor 2, past the CLI's stderr
+    native = capfd.readouterr()
+    assert "onnxruntime" not in native.err and "onnxruntime" not in native.out, native.err
+    assert not (tmp_path / "o").exists()
