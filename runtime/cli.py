@@ -49,6 +49,24 @@ def serve(
     request_timeout_s: Annotated[float, typer.Option(
         envvar=_env("request-timeout-s"), help="Seconds a request may wait and run; past it, 504.",
     )] = 30.0,
+    header_timeout_s: Annotated[float, typer.Option(
+        envvar=_env("header-timeout-s"),
+        help="Seconds to receive a request line and headers; past it, 408 and close.",
+    )] = 10.0,
+    body_timeout_s: Annotated[float, typer.Option(
+        envvar=_env("body-timeout-s"), help="Seconds a request body may stall; past it, 408 and close.",
+    )] = 30.0,
+    idle_timeout_s: Annotated[float, typer.Option(
+        envvar=_env("idle-timeout-s"), help="Seconds an idle keep-alive connection stays open.",
+    )] = 75.0,
+    max_buffered_bytes: Annotated[int, typer.Option(
+        envvar=_env("max-buffered-bytes"),
+        help="Request bytes all connections together may hold; past it, 503 with Retry-After.",
+    )] = 256 * 1024 * 1024,
+    drain_delay_s: Annotated[float, typer.Option(
+        envvar=_env("drain-delay-s"),
+        help="After SIGTERM, seconds to keep accepting (readiness 503) before draining.",
+    )] = 0.0,
     providers: Annotated[str, typer.Option(
         envvar=_env("providers"),
         help="onnxruntime execution providers in priority order (those available are used).",
@@ -89,6 +107,11 @@ def serve(
         max_queue_size=max_queue_size,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout_s,
+        header_timeout_s=header_timeout_s,
+        body_timeout_s=body_timeout_s,
+        idle_timeout_s=idle_timeout_s,
+        max_buffered_bytes=max_buffered_bytes,
+        drain_delay_s=drain_delay_s,
         providers=parse_providers(providers),
         require_gpu=require_gpu,
         intra_op_threads=intra_op_threads,

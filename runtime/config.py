@@ -51,6 +51,17 @@ class ServerConfig:
     """Requests admitted to the batcher at once (waiting or running); past it, 503 + Retry-After."""
     max_body_bytes: int = 64 * 1024 * 1024
     request_timeout_s: float = 30.0
+    header_timeout_s: float = 10.0
+    """Seconds a client may take to send a request line and headers; past it, 408 and close."""
+    body_timeout_s: float = 30.0
+    """Seconds a request body may stall (no bytes arrive); past it, 408 and close."""
+    idle_timeout_s: float = 75.0
+    """Seconds a keep-alive connection may sit idle between requests before it is closed."""
+    max_buffered_bytes: int = 256 * 1024 * 1024
+    """Request bytes all connections together may hold (declared bodies being read, pipelined
+    requests waiting, requests being answered); past it, 503 + Retry-After."""
+    drain_delay_s: float = 0.0
+    """After SIGTERM: seconds to keep accepting (readiness already 503) before draining."""
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     require_gpu: bool = False
     intra_op_threads: int = 0
@@ -77,6 +88,18 @@ class ServerConfig:
             raise ConfigError(f"{setting('max-body-bytes')}: must be >= 1, got {self.max_body_bytes}")
         if not self.request_timeout_s > 0:
             raise ConfigError(f"{setting('request-timeout-s')}: must be > 0, got {self.request_timeout_s}")
+        for flag, value in (("header-timeout-s", self.header_timeout_s),
+                            ("body-timeout-s", self.body_timeout_s),
+                            ("idle-timeout-s", self.idle_timeout_s)):
+            if not value > 0:
+                raise ConfigError(f"{setting(flag)}: must be > 0, got {value}")
+        if self.max_buffered_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"{setting('max-buffered-bytes')}: must be >= --max-body-bytes ({self.max_body_bytes}), "
+                f"got {self.max_buffered_bytes}"
+            )
+        if not self.drain_delay_s >= 0:
+            raise ConfigError(f"{setting('drain-delay-s')}: must be >= 0, got {self.drain_delay_s}")
         if self.intra_op_threads < 0:
             raise ConfigError(f"{setting('intra-op-threads')}: must be >= 0, got {self.intra_op_threads}")
         if not self.providers:

@@ -66,6 +66,19 @@ class QueueFull(ServiceUnavailable):
     reason = "queue_full"
 
 
+class ClientTimeout(HTTPError):
+    """The client stopped sending a request (headers or body) for too long."""
+
+    status_code = 408
+    reason = "client_timeout"
+
+
+class Overloaded(ServiceUnavailable):
+    """The server holds as many request bytes as it may (--max-buffered-bytes)."""
+
+    reason = "buffer_full"
+
+
 class RequestTimeout(HTTPError):
     status_code = 504
     reason = "timeout"

@@ -1,7 +1,8 @@
 """Prometheus metrics of one server, in their own registry (so tests can build several servers).
 
 Per request: ``inferstack_requests_total{outcome}`` (success, client_error, rejected, timeout,
-error), ``inferstack_request_failures_total{reason}``, ``inferstack_request_seconds`` (end to end)
+error, disconnected: the client left before its answer), ``inferstack_request_failures_total{reason}``,
+``inferstack_request_seconds`` (end to end, whatever the outcome)
 and ``inferstack_queue_seconds`` (admitted to picked by the batcher). Per ORT run:
 ``inferstack_compute_seconds`` and ``inferstack_batch_size`` (requests merged) /
 ``inferstack_batch_rows`` (rows along the batch axis). Gauges read at scrape time:
@@ -15,7 +16,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-OUTCOMES = ("success", "client_error", "rejected", "timeout", "error")
+OUTCOMES = ("success", "client_error", "rejected", "timeout", "error", "disconnected")
 _LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
@@ -34,7 +35,7 @@ class Metrics:
             "inferstack_request_failures", "Failed requests by reason.", ["reason"], registry=r
         )
         self.request_seconds = Histogram(
-            "inferstack_request_seconds", "Inference request time from parsed to answered.",
+            "inferstack_request_seconds", "Inference request time from parsed to answered, any outcome.",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
         self.queue_seconds = Histogram(

@@ -286,6 +286,19 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
         array = np.empty(count, dtype=object)
         array[:] = flat
         return array.reshape(shape)
+    # cheap checks before numpy converts anything: the element count the data implies (flat, or
+    # along the first path of a nested array) must be the shape's
+    if data and isinstance(data[0], list):
+        implied, level = 1, data
+        for _ in range(64):
+            implied *= len(level)
+            if not level or not isinstance(level[0], list):
+                break
+            level = level[0]
+    else:
+        implied = len(data)
+    if implied != count:
+        raise BadRequest(f"input {name!r}: shape {_describe(shape)} needs {count} elements, got {implied}")
     try:
         array = np.asarray(data)
     except (ValueError, TypeError, OverflowError, RecursionError):
@@ -305,6 +318,8 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
             # integers beyond int64 (UINT64's upper half) make numpy fall back to float or object
             array = _exact_integers(data, array, target, spec)
             kind = array.dtype.kind
+        if kind == "f" and target.kind in "iu":
+            _integers_in_range(array, target, spec)
         if kind not in allowed:
             want = {"b": "true/false", "i": "integers", "u": "integers", "f": "numbers"}[target.kind]
             raise BadRequest(f"input {name!r}: {dtype.v2} data must be {want}; found {_kind_name(kind)}")
@@ -318,6 +333,17 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
         return array.astype(dtype.numpy, copy=False).reshape(shape)
     except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"input {name!r}: 'data' cannot be read as {dtype.v2}") from None
+
+
+def _integers_in_range(array: np.ndarray, target: np.dtype, spec: TensorInfo) -> None:
+    """JSON integers too large for 64 bits arrive as floats: name the range, not the kind."""
+    info = np.iinfo(target)
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(array) & (array == np.floor(array))
+    if whole.all() and (array.min() < info.min or array.max() > info.max):
+        raise BadRequest(
+            f"input {spec.name!r}: a value is out of range for {spec.dtype.v2} ({info.min}..{info.max})"
+        )
 
 
 def _exact_integers(data: Any, array: np.ndarray, target: np.dtype, spec: TensorInfo) -> np.ndarray:

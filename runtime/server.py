@@ -24,6 +24,7 @@ import threading
 import time
 import zlib
 from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
@@ -55,6 +56,8 @@ log = logging.getLogger("inferstack.runtime")
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+#: bodies larger than this (and every compressed body) are decoded off the event loop
+_INLINE_DECODE_BYTES = 1 << 20
 
 
 def _status_outcome(status: int) -> str:
@@ -76,9 +79,13 @@ class App:
         self.config = config
         self.metrics = metrics or Metrics()
         self.max_body_bytes = config.max_body_bytes
+        self.max_buffered_bytes = config.max_buffered_bytes
+        self.buffered = 0  # request body bytes the connections hold (see http.Connection)
+        self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
         self.model: Model | None = None
         self.batcher: Batcher | None = None
         self.ready = False
+        self.stopping = False  # SIGTERM seen: not ready, still serving (--drain-delay-s)
         self.draining = False
         self.connections: set[Connection] = set()
         self._token = config.auth_token.encode() if config.auth_token else None
@@ -88,6 +95,30 @@ class App:
         self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
         self._outcomes = self.metrics.outcome
         self._observe_request = self.metrics.request_seconds.observe
+        self._decoder: ThreadPoolExecutor | None = None
+        self._clock_loop: asyncio.AbstractEventLoop | None = None
+        timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
+        self._tick_every = max(0.05, min(1.0, min(timeouts) / 4))
+
+    def start_clock(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the periodic sweep over connections (header, body and idle timeouts): one timer
+        for all of them, instead of one per connection or per read."""
+        self._clock_loop = loop
+        self.now = time.monotonic()
+        loop.call_later(self._tick_every, self._tick)
+
+    def _tick(self) -> None:
+        self.now = now = time.monotonic()
+        c = self.config
+        for conn in list(self.connections):
+            conn.check_timeouts(now, c.header_timeout_s, c.body_timeout_s, c.idle_timeout_s)
+        loop = self._clock_loop
+        if loop is not None and not loop.is_closed():
+            loop.call_later(self._tick_every, self._tick)
+
+    @property
+    def serving_ready(self) -> bool:
+        return self.ready and not self.stopping and not self.draining
 
     # -- lifecycle hooks ---------------------------------------------------------------------
     def attach(self, model: Model, loop: asyncio.AbstractEventLoop) -> None:
@@ -133,10 +164,11 @@ class App:
             self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
 
     def _refuse(self, conn: Connection, error: HTTPError, request: Request) -> None:
+        written = conn.respond_error(error, keep_alive=request.keep_alive)
         if request.started:  # an infer request: count it
-            self._outcomes[_status_outcome(error.status_code)].inc()
+            self._outcomes[_status_outcome(error.status_code) if written else "disconnected"].inc()
             self.metrics.failure(error.reason)
-        conn.respond_error(error, keep_alive=request.keep_alive)
+            self._observe_request(time.perf_counter() - request.started)
 
     def _authorize(self, request: Request) -> None:
         if self._token is None:
@@ -154,7 +186,7 @@ class App:
                 conn.respond(200, self.metrics.render(), content_type=CONTENT_TYPE.encode(),
                              keep_alive=request.keep_alive)
                 return
-            ok = path == "/v2/health/live" or (self.ready and not self.draining)
+            ok = path == "/v2/health/live" or self.serving_ready
             conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
                          keep_alive=request.keep_alive)
             return
@@ -185,7 +217,7 @@ class App:
             return
         self._require_get(method, path)
         if action == "ready":
-            ok = self.ready and not self.draining
+            ok = self.serving_ready
             conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
                          keep_alive=request.keep_alive)
         elif action == "config":
@@ -264,21 +296,37 @@ class App:
                 f"the queue is full ({batcher.pending} requests; --max-queue-size / "
                 f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
             )
-        headers = request.headers
-        body = self._body(request)
-        header_length: int | None = None
-        raw_length = headers.get(b"inference-header-content-length")
-        if raw_length is not None:
-            try:
-                header_length = int(raw_length)
-            except ValueError:
-                header_length = -1
-            if header_length < 0:
-                raise BadRequest(
-                    "Inference-Header-Content-Length must be a non-negative integer, got "
-                    f"{raw_length.decode('latin-1')!r}"
-                )
-        infer = decode(body, header_length, model)
+        header_length = _header_length(request.headers)
+        encoding = request.headers.get(b"content-encoding")
+        if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity"):
+            self._submit(conn, request, model, batcher, decode(request.body, header_length, model))
+            return
+        # a large or compressed body: parse it in a thread, so the event loop keeps answering
+        # (health checks, small requests) meanwhile
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
+        future = self._decoder.submit(self._decode_body, request, header_length, model)
+        loop = self._loop
+        assert loop is not None
+        future.add_done_callback(
+            lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, model, batcher)
+        )
+
+    def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
+        return decode(self._body(request), header_length, model)
+
+    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request, model: Model,
+                 batcher: Batcher) -> None:
+        try:
+            self._submit(conn, request, model, batcher, future.result())
+        except HTTPError as e:
+            self._refuse(conn, e, request)
+        except Exception as e:
+            log.exception("error while decoding %r", request.url)
+            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+
+    def _submit(self, conn: Connection, request: Request, model: Model, batcher: Batcher,
+                infer: InferRequest) -> None:
         keep_alive = request.keep_alive
 
         def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
@@ -286,12 +334,16 @@ class App:
                 self._refuse(conn, error or InternalError("no outputs"), request)
                 return
             try:
-                self._answer(conn, model, infer, outputs, keep_alive)
+                written = self._answer(conn, model, infer, outputs, keep_alive)
             except Exception as e:
                 log.exception("error while encoding a response")
                 self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
                 return
-            self._outcomes["success"].inc()
+            if written:
+                self._outcomes["success"].inc()
+            else:  # the client left before its answer
+                self._outcomes["disconnected"].inc()
+                self.metrics.failure("disconnected")
             self._observe_request(time.perf_counter() - request.started)
 
         job = Job(infer.inputs, infer.rows, infer.key, done)
@@ -345,14 +397,13 @@ class App:
 
     @staticmethod
     def _answer(conn: Connection, model: Model, infer: InferRequest, outputs: dict[str, Any],
-                keep_alive: bool) -> None:
+                keep_alive: bool) -> bool:
         header, blobs, header_length = encode(model, infer, outputs)
         if header_length is None:
-            conn.respond(200, header, keep_alive=keep_alive)
-        else:
-            conn.respond(200, [header, *blobs], content_type=BINARY_CONTENT_TYPE,
-                         headers=(("inference-header-content-length", str(header_length)),),
-                         keep_alive=keep_alive)
+            return conn.respond(200, header, keep_alive=keep_alive)
+        return conn.respond(200, [header, *blobs], content_type=BINARY_CONTENT_TYPE,
+                            headers=(("inference-header-content-length", str(header_length)),),
+                            keep_alive=keep_alive)
 
     # -- shutdown ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
@@ -360,9 +411,24 @@ class App:
         for conn in list(self.connections):
             conn.shutdown()
 
+    def stop_decoding(self) -> None:
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=False, cancel_futures=True)
+
     def idle(self) -> bool:
         pending = self.batcher.pending if self.batcher else 0
         return pending == 0 and not any(c.busy for c in self.connections)
+
+
+def _header_length(headers: dict[bytes, bytes]) -> int | None:
+    raw = headers.get(b"inference-header-content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():  # ASCII digits only (not int()'s "+16", "1_6", " 16")
+        raise BadRequest(
+            f"Inference-Header-Content-Length must be a non-negative integer, got {raw.decode('latin-1')!r}"
+        )
+    return int(raw)
 
 
 class Server:
@@ -375,6 +441,21 @@ class Server:
         self._stop: asyncio.Event | None = None
 
     def request_stop(self) -> None:
+        """SIGTERM/SIGINT: with --drain-delay-s, first turn not ready and keep serving (new
+        connections included) for that long, so that load balancers stop routing here; then stop
+        accepting and finish what was read. A second signal skips the rest of the delay."""
+        if self._stop is None or self._stop.is_set():
+            return
+        app = self.app
+        delay = self.config.drain_delay_s
+        if delay > 0 and app.ready and not app.stopping:
+            app.stopping = True
+            log.info("stopping: not ready; still serving for %gs (--drain-delay-s), then draining", delay)
+            asyncio.get_running_loop().call_later(delay, self._stop_now)
+            return
+        self._stop_now()
+
+    def _stop_now(self) -> None:
         if self._stop is not None and not self._stop.is_set():
             log.info("stopping: no new connections; finishing requests in flight")
             self._stop.set()
@@ -392,6 +473,7 @@ class Server:
                 f"--host / --port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
         self.port = listener.sockets[0].getsockname()[1]
+        self.app.start_clock(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self.request_stop)
@@ -417,6 +499,7 @@ class Server:
             listener.close()
             if self.app.batcher is not None:
                 self.app.batcher.stop()
+            self.app.stop_decoding()
             for conn in list(self.app.connections):
                 conn.close()
         log.info("stopped")
