@@ -63,6 +63,17 @@ class ExportOptions:
 Progress = Callable[[str], None]
 
 
+def max_opset() -> int:
+    """The newest default-domain opset the installed onnx knows (and so can check)."""
+    import onnx
+
+    return int(onnx.defs.onnx_opset_version())
+
+
+def _opset_range() -> str:
+    return f"supported opsets are {MIN_OPSET} (the dynamo exporter's oldest) to {max_opset()} (onnx's newest)"
+
+
 def default_name(source: Source) -> str:
     """A package name from the source: the file stem, or module and factory names."""
     spec = source.spec
@@ -186,8 +197,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
     import onnx
     import torch
 
-    if opts.opset < MIN_OPSET:
-        raise ExportError(f"--opset {opts.opset}: the dynamo exporter needs opset {MIN_OPSET} or newer")
+    if not MIN_OPSET <= opts.opset <= max_opset():
+        raise ExportError(f"--opset {opts.opset}: {_opset_range()}")
     names = [s.name for s in opts.inputs]
     if len(set(opts.outputs)) != len(opts.outputs):
         raise ExportError(f"--output: names must be unique, got {', '.join(opts.outputs)}")
@@ -241,6 +252,11 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         inputs, outputs = signature.signature(graph, model_path)
         opset = signature.opset(graph)
         del graph
+        if opset != opts.opset:
+            raise ExportError(
+                f"--opset {opts.opset}: the exporter could not convert the model to it and wrote opset "
+                f"{opset}; {_opset_range()}, but some operators may not convert (try another --opset)"
+            )
         if [t.name for t in inputs] != names:
             raise ExportError(
                 f"the exported graph's inputs are {[t.name for t in inputs]}, not {names} "

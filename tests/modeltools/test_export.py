@@ -107,6 +107,35 @@ def test_fixed_dims_mean_no_batch_axis_and_options_are_recorded(tmp_path: Path, 
     assert_one_line_error(r, "--max-batch-size 8", "no dynamic batch axis")
 
 
+@pytest.mark.parametrize("opset", ["17", "99"])
+def test_an_opset_outside_the_supported_range_is_refused(
+    tmp_path: Path, models_file: Path, opset: str
+) -> None:
+    newest = str(onnx.defs.onnx_opset_version())
+    before = {p.name for p in tmp_path.iterdir()}
+    r = run_cli(
+        "export", f"{models_file}:tiny", "-i", "x:batch,16:FP32", "-o", tmp_path / "o", "--opset", opset
+    )
+    assert_one_line_error(r, f"--opset {opset}", "supported opsets are 18", f"to {newest}")
+    assert_nothing_written(tmp_path, before)
+
+
+def test_an_opset_the_exporter_cannot_reach_is_not_silently_lowered(
+    tmp_path: Path, models_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An onnx release that knows opsets beyond what the exporter converts to: the exporter then
+    # saves its base opset (18) instead; the saved model's opset is what is checked.
+    from inferstack.modeltools import export as export_module
+
+    monkeypatch.setattr(export_module, "max_opset", lambda: 99)
+    before = {p.name for p in tmp_path.iterdir()}
+    r = run_cli(
+        "export", f"{models_file}:tiny", "-i", "x:batch,16:FP32", "-o", tmp_path / "o", "--opset", "99"
+    )
+    assert_one_line_error(r, "--opset 99", "wrote opset 18", "supported opsets are 18")
+    assert_nothing_written(tmp_path, before)
+
+
 def test_max_batch_size_flag_and_the_larger_parity_batch_follow_it(tmp_path: Path, models_file: Path) -> None:
     out = tmp_path / "mb"
     r = run_cli("export", f"{models_file}:tiny", "-i", "x:batch,16:FP32", "-o", out, "--max-batch-size", "4")
