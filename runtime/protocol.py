@@ -340,7 +340,10 @@ def _integers_in_range(array: np.ndarray, target: np.dtype, spec: TensorInfo) ->
     info = np.iinfo(target)
     with np.errstate(invalid="ignore"):
         whole = np.isfinite(array) & (array == np.floor(array))
-    if whole.all() and (array.min() < info.min or array.max() > info.max):
+    # (as floats the bounds round to +-2**63 / 2**64; an integer equal to them arrives as an int)
+    low, high = float(info.min), float(info.max)
+    lowest = array.min()
+    if whole.all() and (array.max() >= high or lowest < low or (info.min < 0 and lowest <= low)):
         raise BadRequest(
             f"input {spec.name!r}: a value is out of range for {spec.dtype.v2} ({info.min}..{info.max})"
         )

@@ -178,6 +178,9 @@ BAD_JSON = [
     ({"inputs": [_x(data=[0.5] * 15)]}, "shape [1, 16] needs 16 elements, got 15"),
     ({"inputs": [_x(data=["a"] * 16)]}, "FP32 data must be numbers; found strings"),
     ({"inputs": [_x(data=[[0.5] * 8, [0.5] * 7])]}, "not a regular array"),
+    # the count is checked before numpy converts anything
+    ({"inputs": [_x(data=[[0.5] * 7, [0.5] * 9])]}, "shape [1, 16] needs 16 elements, got 14"),
+    ({"inputs": [_x(data=[0.5] * 100_000)]}, "shape [1, 16] needs 16 elements, got 100000"),
     ({"inputs": [_x(data=None)]}, "'data' must be an array, got null"),
     (
         {"inputs": [_x(shape=[17, 16], data=[0.5] * 272)]},
@@ -236,6 +239,10 @@ def test_bad_binary_framing_gets_a_precise_400(mlp_server: Served) -> None:
     body, hl = _binary_body()
     cases.append((body, {"Inference-Header-Content-Length": str(len(body) + 1)}, "but the body has only"))
     cases.append((body, {"Inference-Header-Content-Length": "abc"}, "must be a non-negative integer"))
+    digits = str(hl)
+    # int() would take the first two
+    for lenient in (f"+{digits}", f"{digits[0]}_{digits[1:]}", f"{digits}.0", f"-{digits}"):
+        cases.append((body, {"Inference-Header-Content-Length": lenient}, "must be a non-negative integer"))
     cases.append(
         (body, {"Inference-Header-Content-Length": str(hl - 3)}, "request JSON header is not valid JSON")
     )
@@ -358,3 +365,49 @@ def test_large_bodies_are_read_whole(dtypes_server: Served) -> None:
     r = _post(f"{dtypes_server.url}/v2/models/dtypes/infer", body)
     assert r.status_code == 200, r.text[:200]
     assert r.json()["outputs"][0]["data"] == big
+
+
+def test_int64_out_of_range_is_named_precisely(dtypes_server: Served) -> None:
+    def body(value: int) -> bytes:
+        inputs = [
+            {"name": n, "shape": [1, 3], "datatype": v2, "data": [0, 0, 0] if v2 != "BOOL" else [False] * 3}
+            for n, (v2, _, _) in DTYPE_CASES.items()
+            if n not in ("s", "i64")
+        ]
+        inputs.append({"name": "s", "shape": [1, 3], "datatype": "BYTES", "data": ["a", "b", "c"]})
+        inputs.append({"name": "i64", "shape": [1, 3], "datatype": "INT64", "data": [0, value, 1]})
+        return json.dumps({"inputs": inputs}).encode()
+
+    for value in (2**63, 2**64, 2**70, -(2**63) - 1, -(2**64)):
+        r = _post(f"{dtypes_server.url}/v2/models/dtypes/infer", body(value))
+        assert r.status_code == 400, (value, r.text)
+        assert r.json()["error"] == (
+            "input 'i64': a value is out of range for INT64 (-9223372036854775808..9223372036854775807)"
+        ), value
+    r = _post(f"{dtypes_server.url}/v2/models/dtypes/infer", body(2**63 - 1))
+    assert r.status_code == 200, r.text
+
+
+def test_large_and_compressed_bodies_are_decoded_off_the_loop(
+    mlp_server: Served, mlp_package: Path, ort_run
+) -> None:
+    """Bodies over 1 MiB (and compressed ones) are parsed in a worker thread: same answers, same
+    precise errors."""
+    url = f"{mlp_server.url}/v2/models/mlp/infer"
+    x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+    doc = {"id": " " * 1_200_000, "inputs": [_x(shape=[4, 16], data=x.ravel().tolist())],
+           "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+    big = json.dumps(doc).encode()
+    assert len(big) > 1 << 20
+    r = _post(url, big)
+    assert r.status_code == 200, r.text[:200]
+    expected = ort_run(mlp_package / "mlp.onnx", {"x": x})[0]
+    np.testing.assert_allclose(np.array(r.json()["outputs"][0]["data"]), expected.ravel(), rtol=1e-5)
+    r = _post(url, big[:-1])
+    assert r.status_code == 400 and "request body is not valid JSON" in r.json()["error"]
+    # a count mismatch in a large body is refused before numpy converts the data
+    doc["inputs"] = [_x(data=[0.5] * 300_000)]
+    r = _post(url, json.dumps(doc).encode())
+    assert r.status_code == 400 and "needs 16 elements, got 300000" in r.json()["error"]
+    r = _post(url, gzip.compress(big), {"Content-Encoding": "gzip"})
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [4, 4]

@@ -274,3 +274,73 @@ def test_requests_merge_only_with_equal_non_batch_shapes(serve, models_dir: Path
     assert _metric(metrics, 'inferstack_batch_rows_bucket{le="4.0"}') == _metric(
         metrics, "inferstack_batch_rows_count"
     )
+
+
+def test_sigterm_with_drain_delay_keeps_serving_while_not_ready(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package, "--drain-delay-s", "1")
+    body = _infer_body(np.ones((1, 16), np.float32))
+    assert httpx.get(f"{s.url}/v2/health/ready").status_code == 200
+    s.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    # during the delay: not ready, but new connections are accepted and served
+    assert httpx.get(f"{s.url}/v2/health/ready").status_code == 503
+    assert httpx.get(f"{s.url}/v2/models/mlp/ready").status_code == 503
+    assert httpx.get(f"{s.url}/v2/health/live").status_code == 200
+    r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=body)
+    assert r.status_code == 200 and len(r.json()["outputs"][0]["data"]) == 4
+    assert s.proc.poll() is None
+    assert s.wait_exit(10) == 0
+    assert "still serving for 1s (--drain-delay-s)" in s.log()
+    with pytest.raises(OSError):
+        socket.create_connection((s.host, s.port), timeout=1).close()
+
+
+def test_outputs_off_the_batch_axis_turn_batching_off(serve, models_dir: Path) -> None:
+    """Concat(x, x) along axis 0 doubles the rows: merged batches would hand requests each
+    other's rows, so the warm-up check serves it without batching."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Concat", ["x", "x"], ["y"], axis=0)],
+        "twice",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 4])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "twice.onnx"
+    onnx.save(model, str(path))
+    s = serve(path, "--max-batch-size", "8", "--max-queue-delay-us", "100000")
+    assert "outputs do not follow the batch axis" in s.log()
+    assert httpx.get(f"{s.url}/v2/models/twice/config").json()["max_batch_size"] == 0
+
+    def call(i: int) -> httpx.Response:
+        doc = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [float(i)] * 4}],
+               "outputs": [{"name": "y", "parameters": {"binary_data": False}}]}
+        return httpx.post(f"{s.url}/v2/models/twice/infer", json=doc, timeout=10)
+
+    with ThreadPoolExecutor(8) as pool:
+        responses = list(pool.map(call, range(16)))
+    for i, r in enumerate(responses):
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["shape"] == [2, 4]
+        assert r.json()["outputs"][0]["data"] == [float(i)] * 8
+
+
+def test_clients_that_leave_early_are_not_counted_as_success(serve, mlp_package: Path) -> None:
+    # the batcher waits 0.5 s for company: the client is gone before its answer
+    s = serve(mlp_package, "--max-queue-delay-us", "500000")
+    body = _infer_body(np.ones((1, 16), np.float32))
+    with socket.create_connection((s.host, s.port), timeout=5) as sock:
+        sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
+                     + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        time.sleep(0.1)
+    time.sleep(0.8)
+    # a refused request is timed too (end to end, whatever the outcome)
+    assert httpx.post(f"{s.url}/v2/models/mlp/infer", content=b"{").status_code == 400
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, 'inferstack_requests_total{outcome="disconnected"}') == 1
+    assert _metric(metrics, 'inferstack_requests_total{outcome="success"}') == 0
+    assert _metric(metrics, 'inferstack_request_failures_total{reason="disconnected"}') == 1
+    assert _metric(metrics, "inferstack_request_seconds_count") == 2
