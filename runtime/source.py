@@ -13,15 +13,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
 import ssl
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from inferstack.runtime.errors import ModelLoadError
 
@@ -30,8 +31,12 @@ from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_f
 
 log = logging.getLogger("inferstack.runtime")
 
-#: fetch(relative_path, destination) downloads one object of a remote package
-Fetch = Callable[[str, Path], None]
+#: fetch(relative_path, destination, max_bytes) downloads one object of a remote package; more than
+#: max_bytes (the manifest's size of the file; None: unknown) is an error, not read
+Fetch = Callable[[str, Path, "int | None"], None]
+_MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: a ``.part-*`` file not written to for this long is left from a download that died
+_STALE_PART_S = 600.0
 
 
 @dataclass
@@ -121,34 +126,57 @@ def _remote(uri: str, cache_dir: Path, fetch: Fetch) -> ModelSource:
     """Download a package (``.../manifest.json`` and the files it lists) or a single ``.onnx``."""
     target = Path(cache_dir) / hashlib.sha256(uri.encode()).hexdigest()[:24]
     target.mkdir(parents=True, exist_ok=True)
+    _remove_stale_parts(target)
     base = uri.rstrip("/")
     if base.endswith(".onnx"):
         name = PurePosixPath(urllib.parse.urlparse(base).path).name
         dest = target / name
-        _download(fetch, "", dest, uri)
+        _download(fetch, "", dest, uri, None)
         return ModelSource(uri, dest, None)
     manifest_path = target / MANIFEST_NAME
-    _download(fetch, MANIFEST_NAME, manifest_path, _join(uri, MANIFEST_NAME))
-    manifest = _load_manifest(target)
+    manifest_uri = _join(uri, MANIFEST_NAME)
+    _download(fetch, MANIFEST_NAME, manifest_path, manifest_uri, _MAX_MANIFEST_BYTES)
+    try:
+        manifest = load_manifest(target)
+    except ManifestError as e:  # name the store's object, not the cache's copy
+        raise ModelLoadError(str(e).replace(str(manifest_path), manifest_uri)) from None
     for entry in manifest.files:
         dest = target / entry.path
         if not dest.resolve().is_relative_to(target.resolve()):
-            raise ModelLoadError(f"{_join(uri, MANIFEST_NAME)}: file path {entry.path!r} leaves the package")
+            raise ModelLoadError(f"{manifest_uri}: file path {entry.path!r} leaves the package")
         if dest.is_file() and dest.stat().st_size == entry.bytes and sha256_file(dest) == entry.sha256:
             log.info("cached: %s", entry.path)
             continue
-        _download(fetch, entry.path, dest, _join(uri, entry.path))
+        _download(fetch, entry.path, dest, _join(uri, entry.path), entry.bytes)
     _verify(target, manifest, uri)
     return ModelSource(uri, target / manifest.model_file, manifest)
 
 
-def _download(fetch: Fetch, rel: str, dest: Path, where: str) -> None:
+def _remove_stale_parts(target: Path) -> None:
+    """Partial downloads of a process that died stay behind: remove those nobody writes to."""
+    cutoff = time.time() - _STALE_PART_S
+    for part in target.rglob(".part-*"):
+        try:
+            if part.is_file() and part.stat().st_mtime < cutoff:
+                part.unlink()
+                log.info("removed a stale partial download: %s", part.name)
+        except OSError:  # another process removed it meanwhile
+            pass
+
+
+def _too_large(where: str, max_bytes: int) -> ModelLoadError:
+    return ModelLoadError(
+        f"{where}: larger than the {max_bytes} bytes the manifest lists; download stopped"
+    )
+
+
+def _download(fetch: Fetch, rel: str, dest: Path, where: str, max_bytes: int | None) -> None:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".part-")
     os.close(fd)
     try:
         log.info("downloading %s", where)
-        fetch(rel, Path(tmp))
+        fetch(rel, Path(tmp), max_bytes)
         os.replace(tmp, dest)
     except InferstackError:
         raise
@@ -170,9 +198,13 @@ def _s3_fetcher(uri: str, bucket: str, prefix: str) -> Fetch:
     client = boto3.client("s3", config=config)
     prefix = prefix.rstrip("/")
 
-    def fetch(rel: str, dest: Path) -> None:
+    def fetch(rel: str, dest: Path, max_bytes: int | None) -> None:
         key = f"{prefix}/{rel}" if rel else prefix
         try:
+            if max_bytes is not None:
+                size = client.head_object(Bucket=bucket, Key=key)["ContentLength"]
+                if size > max_bytes:
+                    raise _too_large(f"s3://{bucket}/{key}", max_bytes)
             client.download_file(bucket, key, str(dest))
         except ClientError as e:
             code = e.response.get("Error", {}).get("Code", "")
@@ -192,11 +224,18 @@ def _https_fetcher(uri: str) -> Fetch:
     if cafile:
         context.load_verify_locations(cafile=cafile)
 
-    def fetch(rel: str, dest: Path) -> None:
+    opener = urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), _HttpsRedirectsOnly())
+
+    def fetch(rel: str, dest: Path, max_bytes: int | None) -> None:
         url = f"{base}/{urllib.parse.quote(rel)}" if rel else base
         try:
-            with urllib.request.urlopen(url, timeout=60, context=context) as resp, open(dest, "wb") as fh:
-                shutil.copyfileobj(resp, fh, 1 << 20)
+            with opener.open(url, timeout=60) as resp, open(dest, "wb") as fh:
+                total = 0
+                while chunk := resp.read(1 << 20):
+                    total += len(chunk)
+                    if max_bytes is not None and total > max_bytes:
+                        raise _too_large(url, max_bytes)
+                    fh.write(chunk)
         except urllib.error.HTTPError as e:
             raise ModelLoadError(f"{url}: HTTP {e.code} {e.reason}") from None
         except (urllib.error.URLError, OSError) as e:
@@ -204,3 +243,13 @@ def _https_fetcher(uri: str) -> Fetch:
             raise ModelLoadError(f"{url}: {reason}") from None
 
     return fetch
+
+
+class _HttpsRedirectsOnly(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to https:// (a store must not send the weights over plain http)."""
+
+    def redirect_request(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
+                         headers: Any, newurl: str) -> urllib.request.Request | None:
+        if urllib.parse.urlparse(newurl).scheme.lower() != "https":
+            raise ModelLoadError(f"{req.full_url}: redirected to {newurl}; only https:// is followed")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)

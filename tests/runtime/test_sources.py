@@ -244,6 +244,14 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         """Serves the models directory; under /slow/ the manifest takes a second (a slow store)."""
 
         def do_GET(self) -> None:
+            for prefix, scheme in (("/to-http/", "http"), ("/to-https/", "https")):
+                if self.path.startswith(prefix):  # a store that redirects elsewhere
+                    port = self.server.server_address[1]
+                    self.send_response(302)
+                    self.send_header("Location", f"{scheme}://127.0.0.1:{port}/{self.path[len(prefix):]}")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
             if self.path.startswith("/slow/"):
                 self.path = self.path[5:]
                 if self.path.endswith("manifest.json"):
@@ -306,3 +314,76 @@ def test_not_ready_while_loading(serve, tls_site, mlp_package: Path, tmp_path: P
         assert time.monotonic() < deadline and s.proc.poll() is None, s.log()
         time.sleep(0.02)
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
+
+
+@pytest.fixture
+def trust_site(tls_site, monkeypatch: pytest.MonkeyPatch) -> str:
+    base, cert = tls_site
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert))
+    return str(base)
+
+
+def test_https_redirects_are_followed_only_to_https(
+    trust_site: str, mlp_package: Path, tmp_path: Path
+) -> None:
+    source = resolve(f"{trust_site}/to-https/{mlp_package.name}", tmp_path)
+    assert sha256_file(source.model_path) == sha256_file(mlp_package / "mlp.onnx")
+    with pytest.raises(ModelLoadError, match=r"redirected to http://127\.0\.0\.1:\d+/mlp/manifest\.json; "
+                       r"only https:// is followed"):
+        resolve(f"{trust_site}/to-http/{mlp_package.name}", tmp_path)
+
+
+def test_https_download_stops_at_the_manifest_size(
+    trust_site: str, mlp_package: Path, tmp_path: Path
+) -> None:
+    # a store whose file is larger than the manifest says: reading stops past the listed size
+    grown = mlp_package.parent / "grown"
+    shutil.copytree(mlp_package, grown, dirs_exist_ok=True)
+    listed = (grown / "mlp.onnx.data").stat().st_size
+    with open(grown / "mlp.onnx.data", "ab") as fh:
+        fh.write(b"\0" * (4 << 20))
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError) as info:
+        resolve(f"{trust_site}/grown", cache)
+    assert str(info.value) == (
+        f"{trust_site}/grown/mlp.onnx.data: larger than the {listed} bytes the manifest lists; "
+        "download stopped"
+    )
+    assert not list(cache.rglob("mlp.onnx.data")) and not list(cache.rglob(".part-*"))
+
+
+def test_bad_remote_manifest_names_the_uri(trust_site: str, mlp_package: Path, tmp_path: Path) -> None:
+    bad = mlp_package.parent / "bad-manifest"
+    bad.mkdir(exist_ok=True)
+    (bad / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelLoadError) as info:
+        resolve(f"{trust_site}/bad-manifest", tmp_path)
+    message = str(info.value)
+    assert message.startswith(f"{trust_site}/bad-manifest/manifest.json: not valid JSON"), message
+    assert str(tmp_path) not in message
+
+
+def test_https_cache_is_reused_and_stale_parts_removed(
+    trust_site: str, mlp_package: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import os
+
+    uri = f"{trust_site}/{mlp_package.name}"
+    first = resolve(uri, tmp_path)
+    entry = first.model_path.parent
+    inodes = {p.name: p.stat().st_ino for p in entry.iterdir()}
+    stale, fresh = entry / ".part-crashed", entry / ".part-in-progress"
+    stale.write_bytes(b"half a download")
+    fresh.write_bytes(b"another process is writing this")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    with caplog.at_level(logging.INFO, logger="inferstack.runtime"):
+        second = resolve(uri, tmp_path)
+    assert second.model_path == first.model_path
+    # the verified files were kept, not downloaded again (same inodes); only the manifest is re-read
+    for name in ("mlp.onnx", "mlp.onnx.data"):
+        assert (entry / name).stat().st_ino == inodes[name]
+        assert f"cached: {name}" in caplog.text
+    assert f"downloading {uri}/mlp.onnx" not in caplog.text
+    assert not stale.exists() and fresh.exists()
