@@ -46,7 +46,9 @@ def export(
     trust_pickle: Annotated[
         bool, typer.Option("--trust-pickle", help="Allow a pickled whole module (unpickling runs code).")
     ] = False,
-    opset: Annotated[int, typer.Option(help="ONNX opset: 18 up to the newest the installed onnx knows.")] = 18,
+    opset: Annotated[
+        int, typer.Option(help="ONNX opset: 18 up to the newest the installed onnx knows.")
+    ] = 18,
     max_batch_size: Annotated[
         int | None,
         typer.Option(help="Largest batch the runtime merges (default 64 with a dynamic batch axis, else 0)."),

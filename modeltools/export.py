@@ -24,9 +24,10 @@ from typing import Any
 
 from inferstack.modeltools import loading, parity, signature
 from inferstack.modeltools._text import first_line
+from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import InputSpec, random_arrays
-from inferstack.modeltools.staging import staged_dir
+from inferstack.modeltools.staging import check_destination, staged_dir
 
 from inferstack.errors import InferstackError
 from inferstack.manifest import MANIFEST_NAME, Manifest, file_entries, sha256_file, write_manifest
@@ -192,6 +193,19 @@ def _producer() -> dict[str, str | None]:
     return out
 
 
+def _check_flags(opts: ExportOptions, name: str) -> None:
+    """Flags the manifest would reject, refused before any work, each by its flag."""
+    check_field("--name", "name", name)
+    check_field("--version", "version", opts.version)
+    if opts.max_batch_size is not None and opts.max_batch_size < 0:
+        raise ExportError(
+            f"--max-batch-size {opts.max_batch_size}: must be 0 (no batching) or a positive batch size"
+        )
+    for flag, tol in (("--atol", opts.atol), ("--rtol", opts.rtol)):
+        if not tol >= 0:  # also refuses NaN
+            raise ExportError(f"{flag} {tol}: a tolerance must be 0 or more")
+
+
 def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple[Manifest, Path]:
     """Export, check and package; return the manifest and the package directory."""
     import onnx
@@ -205,6 +219,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
     if set(opts.outputs) & set(names):
         raise ExportError("--output: an output cannot have the name of an input")
     name = opts.name or default_name(opts.source)
+    _check_flags(opts, name)
+    check_destination(opts.out)
 
     progress(f"loading {opts.source.spec}")
     model = loading.load(opts.source)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 from inferstack.modeltools import bench, candidates, signature
 from inferstack.modeltools._text import first_line
+from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.staging import check_destination, staged_dir
 
 from inferstack import datatypes
@@ -319,6 +320,8 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
         raise OptimizeError(f"{opts.package}: no such package directory")
     if opts.out.resolve() == opts.package.resolve():
         raise OptimizeError(f"--out {opts.out}: must differ from the package being optimized")
+    if opts.name is not None:
+        check_field("--name", "name", opts.name)
     check_destination(opts.out)
     manifest = load_manifest(opts.package)
     verify_files(opts.package, manifest)

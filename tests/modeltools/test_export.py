@@ -295,6 +295,32 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
     assert_nothing_written(tmp_path, before)
 
 
+@pytest.mark.parametrize(
+    ("flags", "needles"),
+    [
+        (["--max-batch-size", "-1"], ["--max-batch-size -1: must be 0"]),
+        (["--name", "my model"], ["--name 'my model': must start with a letter or digit"]),
+        (["--version", "v 2"], ["--version 'v 2'"]),
+        (["--atol", "-1"], ["--atol -1.0: a tolerance must be 0 or more"]),
+        (["--out", "{tmp}/a-file/pkg"], ["--out {tmp}/a-file/pkg", "a-file is not a directory"]),
+        (["--out", "/proc/nope/pkg"], ["--out /proc/nope/pkg: cannot create a directory in /proc"]),
+    ],
+)
+def test_bad_flags_are_named_before_any_work(
+    tmp_path: Path, models_file: Path, flags: list[str], needles: list[str]
+) -> None:
+    if "/proc/nope/pkg" in flags and not Path("/proc/self").is_dir():
+        pytest.skip("needs a /proc file system, where no directory can be created")
+    (tmp_path / "a-file").write_text("not a directory")
+    before = {p.name for p in tmp_path.iterdir()}
+    # the factory raises when called: an error about the flag proves the flag was checked first
+    args = ["export", f"{models_file}:raises", "-i", "x:batch,16:FP32", "-o", tmp_path / "out"]
+    r = run_cli(*args, *[f.format(tmp=tmp_path) for f in flags])
+    assert_one_line_error(r, *[n.format(tmp=tmp_path) for n in needles])
+    assert "checkpoint directory is empty" not in r.stderr
+    assert_nothing_written(tmp_path, before)
+
+
 def test_verbose_shows_the_traceback(tmp_path: Path, models_file: Path) -> None:
     r = run_cli("--verbose", "export", f"{models_file}:raises", "-i", "x:batch,16:FP32", "-o", tmp_path / "o")
     assert r.exit_code == 1

@@ -178,6 +178,7 @@ def test_choose_follows_the_objective_and_the_minimum_gain() -> None:
         (["--data", "{tmp}/absent.npz"], ["absent.npz: file not found"]),
         (["--data", "{tmp}/bad.npz"], ["array 'x' has shape [5, 3]", "[-1, 16]"]),
         (["--data", "{tmp}/other.npz"], ["no array for input 'x'"]),
+        (["--name", "a b"], ["--name 'a b': must start with a letter or digit"]),
     ],
 )
 def test_bad_options_are_one_line_and_write_nothing(
@@ -274,3 +275,12 @@ def test_data_the_model_rejects_is_one_line_without_onnxruntime_log(
     native = capfd.readouterr()
     assert "onnxruntime" not in native.err and "onnxruntime" not in native.out, native.err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_unwritable_out_is_named_before_any_work(tmp_path: Path, tiny_pkg: Path) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    r = run_cli("optimize", tiny_pkg, "--out", tmp_path / "a-file" / "o", *FAST)
+    assert_one_line_error(r, f"--out {tmp_path}/a-file/o", "a-file is not a directory")
+    if Path("/proc/self").is_dir():
+        r = run_cli("optimize", tiny_pkg, "--out", "/proc/nope/o", *FAST)
+        assert_one_line_error(r, "--out /proc/nope/o: cannot create a directory in /proc")
