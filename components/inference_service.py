@@ -33,6 +33,10 @@ EXPOSURES = ("cluster", "internal", "public")
 RUNTIME_UID = 10001
 CACHE_DIR = "/var/cache/inferstack"
 TOKEN_DIR = "/var/run/inferstack/auth"
+#: seconds the runtime keeps serving after SIGTERM with readiness 503, before it drains
+DRAIN_DELAY_S = 5
+#: the runtime's default --request-timeout-s: the longest a request in flight takes to finish
+RUNTIME_REQUEST_TIMEOUT_S = 30
 S3_CREDENTIALS_DIR = "/var/run/inferstack/s3"
 S3_CREDENTIALS_FILE = f"{S3_CREDENTIALS_DIR}/credentials"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -154,6 +158,10 @@ class InferenceService(pulumi.ComponentResource):
             {"name": "INFERSTACK_HOST", "value": "0.0.0.0"},
             {"name": "INFERSTACK_CACHE_DIR", "value": CACHE_DIR},
             {"name": "INFERSTACK_REQUIRE_GPU", "value": "true" if args.gpus else "false"},
+            # On SIGTERM the runtime first answers 503 on readiness and keeps serving (new
+            # connections included) while the endpoint removal reaches every node's proxy; then it
+            # stops accepting and finishes what it read.
+            {"name": "INFERSTACK_DRAIN_DELAY_S", "value": str(DRAIN_DELAY_S)},
             {"name": "AWS_REGION", "value": args.region},
         ]
         identity: list[pulumi.Resource] = []
@@ -245,7 +253,8 @@ class InferenceService(pulumi.ComponentResource):
         pod_spec: dict[str, Any] = {
             "service_account_name": args.model_name,
             "automount_service_account_token": False,
-            "termination_grace_period_seconds": 60,
+            # the drain delay, then requests in flight (the runtime's request timeout), with room
+            "termination_grace_period_seconds": DRAIN_DELAY_S + RUNTIME_REQUEST_TIMEOUT_S + 25,
             "security_context": {
                 "run_as_non_root": True,
                 "run_as_user": RUNTIME_UID,

@@ -322,3 +322,14 @@ def test_outputs_checked_through_apply_carry_the_urn() -> None:
 
     with pytest.raises(AssertionError, match="InferenceService::tiny: endpoint"):
         run_program(failing)
+
+
+def test_pods_drain_after_a_delay_within_the_grace_period() -> None:
+    """On SIGTERM the runtime keeps serving (readiness 503) while the endpoint removal spreads, then
+    drains: the grace period covers the delay plus the longest request."""
+    p = run_program(lambda: _svc())
+    dep = p.one(DEPLOYMENT)
+    delay = float(env_of(container(p))["INFERSTACK_DRAIN_DELAY_S"])
+    assert delay >= 5, dep.urn
+    grace = dep.inputs["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace >= delay + 30 + 10, dep.urn
