@@ -242,10 +242,13 @@ def test_replacing_an_existing_package_is_atomic(tmp_path: Path, models_file: Pa
         assert r.exit_code == 0, r.stderr
     assert load_manifest(out).version == "2"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
-    # a failing export leaves the previous package untouched
-    r = run_cli("export", f"{models_file}:raises", "-i", "x:batch,16:FP32", "-o", out)
-    assert r.exit_code == 1
+    # an export that fails after its files were staged (parity runs on the staged model) leaves the
+    # previous package untouched and no staging directory behind
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    r = run_cli("export", f"{models_file}:diverges", "-i", "x:batch,16:FP32", "-o", out, "--version", "3")
+    assert_one_line_error(r, "parity check failed")
     assert load_manifest(out).version == "2"
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg"]
 
     keep = tmp_path / "notes"
