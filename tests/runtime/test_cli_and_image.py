@@ -62,6 +62,19 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
         (["--request-timeout-s", "0"], {}, "--request-timeout-s / INFERSTACK_REQUEST_TIMEOUT_S: must be > 0"),
         (["--log-level", "loud"], {}, "--log-level / INFERSTACK_LOG_LEVEL: must be one of"),
         (
+            [],
+            {"INFERSTACK_HEADER_TIMEOUT_S": "0"},
+            "--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S: must be > 0",
+        ),
+        (["--body-timeout-s", "-1"], {}, "--body-timeout-s / INFERSTACK_BODY_TIMEOUT_S: must be > 0"),
+        (["--idle-timeout-s", "0"], {}, "--idle-timeout-s / INFERSTACK_IDLE_TIMEOUT_S: must be > 0"),
+        (["--drain-delay-s", "-1"], {}, "--drain-delay-s / INFERSTACK_DRAIN_DELAY_S: must be >= 0"),
+        (
+            ["--max-body-bytes", "2000", "--max-buffered-bytes", "1000"],
+            {},
+            "--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES: must be >= --max-body-bytes (2000)",
+        ),
+        (
             ["--providers", " , "],
             {},
             "--providers / INFERSTACK_PROVIDERS: give at least one execution provider",
