@@ -1,5 +1,7 @@
 """A lean HTTP/1.1 server protocol on asyncio and httptools: keep-alive, pipelining (answers in
-order), ``Expect: 100-continue``, a body size limit and graceful closing.
+order, bounded by count and bytes), ``Expect: 100-continue``, a body size limit and a server-wide
+budget of buffered body bytes (both checked at the headers), header/body/idle timeouts (checked by
+the application's periodic sweep, nothing per read but one attribute store) and graceful closing.
 
 It parses a request into a :class:`Request` and hands it to the application's ``handle``; the
 application answers (now or later) with :meth:`Connection.respond`. Nothing else: no routing, no
