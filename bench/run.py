@@ -99,6 +99,8 @@ def check_answer(url: str, body: payloads.Body, spec: ModelSpec, expected: np.nd
         raise ValueError(f"wrong result: max abs diff {float(np.max(np.abs(got - expected))):.3g}")
 
 
+#: servers whose bare HTTP round trip (GET of the model's ready endpoint at c=1) is measured
+FLOOR_SERVERS = ("inferstack", "plain")
 _METRICS = ("inferstack_batch_size_sum", "inferstack_batch_size_count", "inferstack_compute_seconds_sum")
 
 
@@ -202,6 +204,13 @@ def measure_server(
             return {s: {"status": "unavailable", "reason": f"did not start: {e}"} for s in setups}
         log(f"  {server_name}: ready after {cold:.2f} s")
         url = how.infer_url(spec.name)
+        floor = None
+        if server_name in FLOOR_SERVERS and 1 in cfg.concurrency:
+            # the HTTP round trip with no model work: what c=1 latency cannot go below
+            ready_url = how.base_url + how.ready_path(spec.name)
+            wrk.run(ready_url, None, 1, min(cfg.warmup_s, 2.0) or 1, core=cfg.client_core)
+            floor = wrk.run(ready_url, None, 1, min(cfg.duration_s, 5.0), core=cfg.client_core)
+            log(f"  {server_name}: GET ready at c=1 (HTTP floor): p50 {_ms(floor['p50_us'])} ms")
         for body_name, setup in zip(bodies_wanted, setups, strict=False):
             body = bodies[body_name]
             try:
@@ -245,6 +254,7 @@ def measure_server(
                 "rss_mb_before": rss_before / 2**20,
                 "rss_mb_after": server.rss_bytes() / 2**20,
                 "versions": how.versions,
+                "http_floor_c1": floor,
                 "points": points,
             }
     except wrk.WrkFailed as e:

@@ -31,17 +31,22 @@ def available() -> str | None:
 
 def run(
     url: str,
-    body: Body,
+    body: Body | None,
     connections: int,
     duration_s: float,
     core: int | None = 1,
     timeout_s: float = 10.0,
 ) -> dict[str, Any]:
-    """One wrk run; returns throughput, latency percentiles (microseconds) and error counts."""
-    script = LUA_DIR / ("binary.lua" if body.header_length is not None else "json.lua")
-    env = dict(os.environ, BENCH_BODY=str(body.path), BENCH_LUA_DIR=str(LUA_DIR))
-    if body.header_length is not None:
-        env["BENCH_HEADER_LENGTH"] = str(body.header_length)
+    """One wrk run (a GET when ``body`` is None); returns throughput, latency percentiles
+    (microseconds) and error counts."""
+    env = dict(os.environ, BENCH_LUA_DIR=str(LUA_DIR))
+    if body is None:
+        script = LUA_DIR / "get.lua"
+    else:
+        script = LUA_DIR / ("binary.lua" if body.header_length is not None else "json.lua")
+        env["BENCH_BODY"] = str(body.path)
+        if body.header_length is not None:
+            env["BENCH_HEADER_LENGTH"] = str(body.header_length)
     argv = [
         "wrk",
         "-t1",
