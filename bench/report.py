@@ -144,7 +144,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"max batch {cfg['server']['max_batch_size']}, "
         f"max queue delay {cfg['server']['max_queue_delay_us']} us. "
         f"Ceiling: one thread looping session.run on a ready batch of min(c, "
-        f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s." + _load_note(results),
+        f"{cfg['server']['max_batch_size']}) rows, requests/s = rows x runs / s (mean of a measurement "
+        f"before and one after the model's servers)." + _load_note(results),
         "",
     ]
     peers: dict[str, str] = {}
