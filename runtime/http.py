@@ -12,6 +12,7 @@ latency budget of a small model.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in
 _MAX_PIPELINED = 8  # requests read ahead of the answer in progress; past it, reading pauses
 _MAX_QUEUED_BYTES = 4 * 1024 * 1024  # ... or past this many body bytes read ahead
 _MAX_HEAD_BYTES = 256 * 1024
+_LINGER_S = 2.0  # after a final answer, how long to read and discard before closing for good
 
 
 class Handler(Protocol):
@@ -78,6 +80,7 @@ class Connection(asyncio.Protocol):
         self._in_body = False  # between on_headers_complete and on_message_complete
         self._fresh = True  # no request started yet on this connection
         self._discard = False  # a request was refused while reading: ignore the rest, then close
+        self._lingering = False  # half-closed after a final answer; reading and discarding until EOF
         self._head_bytes = 0
         self._head_since = 0.0
         self._mark = app.now  # when bytes last arrived or the last answer was written
@@ -108,6 +111,8 @@ class Connection(asyncio.Protocol):
         self.app.connection_closed(self)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering:  # the answer is out and the connection is closing: discard the rest
+            return
         self._mark = self.app.now
         try:
             self.parser.feed_data(data)
@@ -326,7 +331,7 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self._mark = self.app.now
         if not keep_alive:
-            self.close()
+            self._linger_close()
             return True
         if self._queue:
             request = self._queue.popleft()
@@ -345,6 +350,24 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _linger_close(self) -> None:
+        """Close after a final answer without losing it: closing a socket that still has unread
+        request bytes makes the kernel send a reset, which can discard the answer before the client
+        reads it (a 413 or 503 sent while the client is still sending its body). So: send FIN after
+        the answer (half-close), read and discard what still arrives, and close for good when the
+        client closes or after ``_LINGER_S``."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        if not transport.can_write_eof():
+            transport.close()
+            return
+        self._lingering = True
+        transport.write_eof()
+        with contextlib.suppress(Exception):  # reading may have been paused for back-pressure
+            transport.resume_reading()
+        asyncio.get_running_loop().call_later(_LINGER_S, self.close)
 
     def shutdown(self) -> None:
         """Close now when idle; otherwise after the answer in progress (no new requests read)."""
