@@ -107,47 +107,35 @@ class InferenceStack(pulumi.ComponentResource):
             ),
             opts=on_aws,
         )
+
+        def node_pool(role: str, instance_types: list[str], min_size: int, max_size: int,
+                      desired_size: int, **kind: Any) -> GpuNodePool:
+            # what every pool of this cluster shares; `kind` is what makes it a system or GPU pool
+            return GpuNodePool(
+                f"{name}-{role}",
+                GpuNodePoolArgs(
+                    cluster_name=cluster.name,
+                    node_role_arn=cluster.node_role_arn,
+                    subnet_ids=network.private_subnet_ids,
+                    instance_types=instance_types,
+                    autoscaler_cluster=cluster_name,
+                    min_size=min_size,
+                    max_size=max_size,
+                    desired_size=desired_size,
+                    **kind,
+                ),
+                opts=on_aws,
+            )
+
         pools: list[GpuNodePool] = []
         if cfg.system_pool is not None:
             sp = cfg.system_pool
-            pools.append(
-                GpuNodePool(
-                    f"{name}-system",
-                    GpuNodePoolArgs(
-                        cluster_name=cluster.name,
-                        node_role_arn=cluster.node_role_arn,
-                        subnet_ids=network.private_subnet_ids,
-                        instance_types=sp.instance_types,
-                        autoscaler_cluster=cluster_name,
-                        min_size=sp.min_size,
-                        max_size=sp.max_size,
-                        desired_size=sp.desired_size,
-                        disk_size_gib=50,
-                        gpu=False,
-                    ),
-                    opts=on_aws,
-                )
-            )
+            pools.append(node_pool("system", sp.instance_types, sp.min_size, sp.max_size, sp.desired_size,
+                                   disk_size_gib=50, gpu=False))
         for pool in cfg.gpu_pools:
-            pools.append(
-                GpuNodePool(
-                    f"{name}-{pool.name}",
-                    GpuNodePoolArgs(
-                        cluster_name=cluster.name,
-                        node_role_arn=cluster.node_role_arn,
-                        subnet_ids=network.private_subnet_ids,
-                        instance_types=pool.instance_types,
-                        autoscaler_cluster=cluster_name,
-                        min_size=pool.min_size,
-                        max_size=pool.max_size,
-                        desired_size=pool.desired_size,
-                        disk_size_gib=pool.disk_size_gib,
-                        ami_type=pool.ami_type,
-                        capacity_type=pool.capacity_type,
-                    ),
-                    opts=on_aws,
-                )
-            )
+            pools.append(node_pool(pool.name, pool.instance_types, pool.min_size, pool.max_size,
+                                   pool.desired_size, disk_size_gib=pool.disk_size_gib,
+                                   ami_type=pool.ami_type, capacity_type=pool.capacity_type))
 
         kube = k8s.Provider(
             f"{name}-k8s",
