@@ -6,16 +6,11 @@ process without ``AWS_SHARED_CREDENTIALS_FILE`` finds no credentials."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pulumi
-import pytest
 from inferstack.components.inference_service import InferenceService, InferenceServiceArgs, S3Credentials
 from pulumi_harness import container, env_of, run_program
 
@@ -31,33 +26,6 @@ from inferstack.runtime.source import resolve
 src = resolve(sys.argv[1], Path(sys.argv[2]))
 print(src.model_path)
 """
-
-
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
 
 
 def _upload(endpoint: str, package: Path) -> None:

@@ -13,8 +13,6 @@ import re
 import shutil
 import socket
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -119,32 +117,7 @@ def test_require_gpu_fails_without_a_gpu_provider(serve, mlp_package: Path) -> N
     assert "--require-gpu / INFERSTACK_REQUIRE_GPU: no GPU execution provider is active" in s.log()
 
 
-# -- s3 ------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def moto_s3() -> Iterator[str]:
-    exe = Path(sys.executable).parent / "moto_server"
-    if not exe.exists():
-        pytest.skip("moto_server is not installed (pip install 'moto[server]')")
-    port = _free_port()
-    proc = subprocess.Popen(
-        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(url, timeout=1)
-            break
-        except httpx.TransportError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("moto_server did not start")
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
+# -- s3 (moto_s3: tests/conftest.py) ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def s3_env(moto_s3: str) -> dict[str, str]:
     return {
