@@ -11,7 +11,6 @@ import http.server
 import ipaddress
 import re
 import shutil
-import socket
 import ssl
 import threading
 import time
@@ -28,12 +27,6 @@ from runtime_harness import Served
 
 from inferstack.errors import ChecksumMismatch
 from inferstack.manifest import sha256_file
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _check_infer(s: Served, package: Path, ort_run) -> None:
