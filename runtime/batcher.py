@@ -48,19 +48,29 @@ class Job:
 
 
 _STOP = None
+_MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
 
 
 class Batcher:
-    def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0) -> None:
+    def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0,
+                 follow_wait: float = 0.25) -> None:
         self.model = model
         self.metrics = metrics
         self.max_rows = model.max_batch_size
         self.delay = max_queue_delay_s if model.batching else 0.0
+        self.follow_wait = follow_wait if model.batching else 0.0
+        self._last_rows = 0  # rows of the last run (worker only)
+        self._last_compute = 0.0  # its onnxruntime seconds (worker only)
         # lists of jobs, one per turn of the event loop; [None] stops the worker
         self._queue: queue.SimpleQueue[list[Job | None]] = queue.SimpleQueue()
         self._carry: deque[Job | None] = deque()  # taken from the queue, not yet run (worker only)
         self._running = 0  # jobs in the worker's current run (written by the worker)
         self._staged: list[Job] = []
+        self._staged_rows = 0
+        self._staged_at = 0.0
+        # finished runs waiting for the event loop: (jobs, outputs, error); appended by the worker
+        self._finished: deque[tuple[list[Job], list[np.ndarray] | None, HTTPError | None]] = deque()
+        self._wake_pending = False  # a deliver_finished call is scheduled on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         #: admitted and not yet answered (waiting or running); read and written on the event loop only
@@ -78,24 +88,45 @@ class Batcher:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        job.enqueued = time.perf_counter()
+        # Requests parsed in one turn of the event loop reach the worker together: it wakes once
+        # and finds them all queued (a larger batch at no added latency). A long turn (a flood of
+        # requests) hands them over early: once a full batch is staged, or after _MAX_STAGE_S.
+        job.enqueued = now = time.perf_counter()
         self.pending += 1
         staged = self._staged
         staged.append(job)
+        self._staged_rows += job.rows
         if len(staged) == 1:
+            self._staged_at = now
             assert self._loop is not None
             self._loop.call_soon(self._flush)
+        elif self._staged_rows >= self.max_rows or now - self._staged_at >= _MAX_STAGE_S:
+            self._flush()
 
     def _flush(self) -> None:
-        # Requests parsed in one turn of the event loop reach the worker together: it wakes once
-        # and finds them all queued (a larger batch at no added latency).
-        staged, self._staged = self._staged, []
-        self._queue.put(staged)  # type: ignore[arg-type]
+        staged = self._staged
+        if staged:
+            self._staged = []
+            self._staged_rows = 0
+            self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:
         self._queue.put([_STOP])
         if self._thread is not None:
             self._thread.join(timeout)
+
+    @property
+    def has_finished(self) -> bool:
+        return bool(self._finished)
+
+    def deliver_finished(self) -> None:
+        """Answer every finished run. Scheduled by the worker, and also called by the server
+        before it reads each new request: under a flood of requests one turn of the event loop can
+        take many milliseconds, and answers (which free queue places) must not wait for its end."""
+        self._wake_pending = False
+        finished = self._finished
+        while finished:
+            self._deliver(*finished.popleft())
 
     def _deliver(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
         self.pending -= len(jobs)
@@ -134,11 +165,16 @@ class Batcher:
             return batch
         rows = first.rows
         deadline = first.enqueued + self.delay
+        # the last run's clients are likely to come back soon (closed-loop load): while fewer rows
+        # than it had are here, wait for them up to a fraction of its compute time
+        target = min(self._last_rows, self.max_rows)
+        follow = time.perf_counter() + self.follow_wait * self._last_compute if target > rows else 0.0
         while rows < self.max_rows:
             try:
                 job = self._next(block=False)
             except queue.Empty:
-                remaining = deadline - time.perf_counter()
+                until = deadline if rows >= target else max(deadline, follow)
+                remaining = until - time.perf_counter()
                 if remaining <= 0:
                     break
                 try:
@@ -161,8 +197,11 @@ class Batcher:
     def _post(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
         assert self._loop is not None
         self._running = 0
-        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._deliver, jobs, outputs, error)
+        self._finished.append((jobs, outputs, error))
+        if not self._wake_pending:  # one wake-up for however many runs finish before the loop looks
+            self._wake_pending = True
+            with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
+                self._loop.call_soon_threadsafe(self.deliver_finished)
 
     def _work(self) -> None:
         while True:
@@ -206,6 +245,8 @@ class Batcher:
             raise
         computed = time.perf_counter()
         self._post(jobs, outputs, None)  # answer first, then bookkeeping
+        self._last_rows = sum(j.rows for j in jobs)
+        self._last_compute = computed - taken
         observe_compute(computed - taken)
         for job in jobs:
             observe_queue(taken - job.enqueued)

@@ -40,6 +40,11 @@ def serve(
         envvar=_env("max-queue-delay-us"),
         help="Microseconds the batcher may wait for more requests; 0 takes whatever is queued.",
     )] = 0,
+    follow_wait: Annotated[float, typer.Option(
+        envvar=_env("follow-wait"),
+        help="After a run of N rows, while fewer than N are queued, wait for the rest for up to this "
+        "fraction of that run's compute time (clients under steady load come back); 0: never wait.",
+    )] = 0.25,
     max_queue_size: Annotated[int, typer.Option(
         envvar=_env("max-queue-size"), help="Requests admitted at once; past it, 503 with Retry-After.",
     )] = 256,
@@ -104,6 +109,7 @@ def serve(
         port=port,
         max_batch_size=max_batch_size,
         max_queue_delay_us=max_queue_delay_us,
+        follow_wait=follow_wait,
         max_queue_size=max_queue_size,
         max_body_bytes=max_body_bytes,
         request_timeout_s=request_timeout_s,

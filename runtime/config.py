@@ -47,6 +47,9 @@ class ServerConfig:
     """Largest merged batch; default: the manifest's max_batch_size (0 = no batching)."""
     max_queue_delay_us: int = 0
     """How long the batcher may wait for more requests once one is queued; 0 = take what is there."""
+    follow_wait: float = 0.25
+    """After a run of N rows, while fewer than N rows are queued, wait up to this fraction of that
+    run's compute time for the rest (closed-loop clients come back); 0 = never wait."""
     max_queue_size: int = 256
     """Requests admitted to the batcher at once (waiting or running); past it, 503 + Retry-After."""
     max_body_bytes: int = 64 * 1024 * 1024
@@ -82,6 +85,8 @@ class ServerConfig:
             raise ConfigError(f"{setting('max-batch-size')}: must be >= 0, got {self.max_batch_size}")
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"{setting('max-queue-delay-us')}: must be >= 0, got {self.max_queue_delay_us}")
+        if not 0 <= self.follow_wait <= 1:
+            raise ConfigError(f"{setting('follow-wait')}: must be from 0 to 1, got {self.follow_wait}")
         if self.max_queue_size < 1:
             raise ConfigError(f"{setting('max-queue-size')}: must be >= 1, got {self.max_queue_size}")
         if self.max_body_bytes < 1:

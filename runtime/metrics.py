@@ -7,13 +7,20 @@ and ``inferstack_queue_seconds`` (admitted to picked by the batcher). Per ORT ru
 ``inferstack_compute_seconds`` and ``inferstack_batch_size`` (requests merged) /
 ``inferstack_batch_rows`` (rows along the batch axis). Gauges read at scrape time:
 ``inferstack_queue_depth`` (waiting for the batcher) and ``inferstack_inflight_requests``.
+
+The counters and histograms are plain numbers updated without locks and turned into Prometheus
+families only when scraped: prometheus_client's own ``Histogram.observe`` (a lock and a walk over
+the buckets) cost more than answering a rejected request. Each one is written by one thread only
+(the event loop, or the onnxruntime worker), which is what makes that safe.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 OUTCOMES = ("success", "client_error", "rejected", "timeout", "error", "disconnected")
@@ -25,51 +32,106 @@ _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
+class Count:
+    """A counter; ``inc`` from one thread only."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.value += n
+
+
+class Histogram:
+    """A histogram with fixed upper bounds (``le``); ``observe`` from one thread only."""
+
+    __slots__ = ("name", "help", "bounds", "counts", "sum")
+
+    def __init__(self, name: str, help: str, bounds: tuple[float, ...]) -> None:
+        self.name = name
+        self.help = help
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def family(self) -> HistogramMetricFamily:
+        counts = list(self.counts)  # one snapshot, so the buckets agree with each other
+        cumulative: list[tuple[str, float]] = []
+        total = 0
+        for bound, n in zip((*[repr(float(b)) for b in self.bounds], "+Inf"), counts, strict=True):
+            total += n
+            cumulative.append((bound, total))
+        return HistogramMetricFamily(self.name, self.help, buckets=cumulative, sum_value=self.sum)
+
+
 class Metrics:
     def __init__(self, model: str = "") -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        requests = Counter("inferstack_requests", "Inference requests by outcome.", ["outcome"], registry=r)
-        self.outcome = {o: requests.labels(o) for o in OUTCOMES}
-        self._failures = Counter(
-            "inferstack_request_failures", "Failed requests by reason.", ["reason"], registry=r
-        )
+        self.outcome = {o: Count() for o in OUTCOMES}
+        self._failures: dict[str, Count] = {}
         self.request_seconds = Histogram(
             "inferstack_request_seconds", "Inference request time from parsed to answered, any outcome.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            _LATENCY_BUCKETS,
         )
         self.queue_seconds = Histogram(
-            "inferstack_queue_seconds", "Time a request waited for the batcher.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "inferstack_queue_seconds", "Time a request waited for the batcher.", _LATENCY_BUCKETS
         )
         self.compute_seconds = Histogram(
-            "inferstack_compute_seconds", "onnxruntime run time per (merged) batch.",
-            buckets=_LATENCY_BUCKETS, registry=r,
+            "inferstack_compute_seconds", "onnxruntime run time per (merged) batch.", _LATENCY_BUCKETS
         )
         self.batch_size = Histogram(
-            "inferstack_batch_size", "Requests merged into one onnxruntime run.",
-            buckets=_BATCH_BUCKETS, registry=r,
+            "inferstack_batch_size", "Requests merged into one onnxruntime run.", _BATCH_BUCKETS
         )
         self.batch_rows = Histogram(
-            "inferstack_batch_rows", "Rows along the batch axis of one onnxruntime run.",
-            buckets=_BATCH_BUCKETS, registry=r,
+            "inferstack_batch_rows", "Rows along the batch axis of one onnxruntime run.", _BATCH_BUCKETS
         )
-        self.queue_depth = Gauge("inferstack_queue_depth", "Requests waiting for the batcher.", registry=r)
-        self.inflight = Gauge(
-            "inferstack_inflight_requests", "Requests admitted to the batcher and not yet answered.",
-            registry=r,
-        )
-        self._failure_children: dict[str, Counter] = {}
+        self._gauges: dict[str, Callable[[], float]] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
 
     def failure(self, reason: str) -> None:
-        child = self._failure_children.get(reason)
-        if child is None:
-            child = self._failure_children[reason] = self._failures.labels(reason)
-        child.inc()
+        count = self._failures.get(reason)
+        if count is None:
+            count = self._failures[reason] = Count()
+        count.value += 1
 
     def watch(self, queue_depth: Callable[[], float], inflight: Callable[[], float]) -> None:
-        self.queue_depth.set_function(queue_depth)
-        self.inflight.set_function(inflight)
+        self._gauges = {"queue_depth": queue_depth, "inflight": inflight}
+
+    def families(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("inferstack_requests", "Inference requests by outcome.",
+                                       labels=["outcome"])
+        for outcome, count in self.outcome.items():
+            requests.add_metric([outcome], count.value)
+        yield requests
+        failures = CounterMetricFamily("inferstack_request_failures", "Failed requests by reason.",
+                                       labels=["reason"])
+        for reason, count in sorted(self._failures.items()):
+            failures.add_metric([reason], count.value)
+        yield failures
+        for histogram in (self.request_seconds, self.queue_seconds, self.compute_seconds,
+                          self.batch_size, self.batch_rows):
+            yield histogram.family()
+        depth = self._gauges.get("queue_depth")
+        inflight = self._gauges.get("inflight")
+        yield GaugeMetricFamily("inferstack_queue_depth", "Requests waiting for the batcher.",
+                                value=depth() if depth else 0)
+        yield GaugeMetricFamily("inferstack_inflight_requests",
+                                "Requests admitted to the batcher and not yet answered.",
+                                value=inflight() if inflight else 0)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self._metrics.families()

@@ -124,7 +124,7 @@ class App:
     def attach(self, model: Model, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self.model = model
-        self.batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s)
+        self.batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait)
         self.batcher.start(loop)
         loop.call_later(self._sweep_every, self._sweep)
         base = f"/v2/models/{model.name}"
@@ -142,6 +142,9 @@ class App:
 
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
+        batcher = self.batcher
+        if batcher is not None and batcher.has_finished:  # answers first: they free queue places
+            batcher.deliver_finished()
         try:
             raw = request.url
             q = raw.find(b"?")

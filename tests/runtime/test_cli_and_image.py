@@ -24,6 +24,7 @@ FLAGS = [
     "--port",
     "--max-batch-size",
     "--max-queue-delay-us",
+    "--follow-wait",
     "--max-queue-size",
     "--max-body-bytes",
     "--request-timeout-s",
@@ -69,6 +70,11 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
         (["--body-timeout-s", "-1"], {}, "--body-timeout-s / INFERSTACK_BODY_TIMEOUT_S: must be > 0"),
         (["--idle-timeout-s", "0"], {}, "--idle-timeout-s / INFERSTACK_IDLE_TIMEOUT_S: must be > 0"),
         (["--drain-delay-s", "-1"], {}, "--drain-delay-s / INFERSTACK_DRAIN_DELAY_S: must be >= 0"),
+        (
+            [],
+            {"INFERSTACK_FOLLOW_WAIT": "1.5"},
+            "--follow-wait / INFERSTACK_FOLLOW_WAIT: must be from 0 to 1, got 1.5",
+        ),
         (
             ["--max-body-bytes", "2000", "--max-buffered-bytes", "1000"],
             {},
