@@ -2,10 +2,12 @@
 along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each request its
 rows back on the event loop.
 
-The batcher never waits for company when the worker is idle: it takes whatever is queued (greedy);
-only with ``max_queue_delay`` > 0 does it wait up to that long (counted from the oldest request's
-arrival) for the batch to fill. Requests merge only when their non-batch dimensions agree.
-onnxruntime releases the GIL while it runs, so the event loop keeps parsing the next requests.
+The batcher does not wait for company when the worker is idle: it takes whatever is queued
+(greedy), with two exceptions: ``max_queue_delay`` > 0 waits up to that long (counted from the
+oldest request's arrival) for the batch to fill, and the follow-up wait gives the last run's clients
+a short time (a fraction of that run's compute time) to come back. Requests merge only when their
+non-batch dimensions agree. onnxruntime releases the GIL while it runs, so the event loop keeps
+parsing the next requests. A lone request for a fast model runs on the event loop itself.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ class Job:
 
 _STOP = None
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
+_INLINE_MAX_S = 0.0005  # a lone request runs on the event loop when the last run took less
 
 
 class Batcher:
@@ -60,7 +63,7 @@ class Batcher:
         self.delay = max_queue_delay_s if model.batching else 0.0
         self.follow_wait = follow_wait if model.batching else 0.0
         self._last_rows = 0  # rows of the last run (worker only)
-        self._last_compute = 0.0  # its onnxruntime seconds (worker only)
+        self._last_compute = 1.0  # its onnxruntime seconds (unknown at first: as if long)
         # lists of jobs, one per turn of the event loop; [None] stops the worker
         self._queue: queue.SimpleQueue[list[Job | None]] = queue.SimpleQueue()
         self._carry: deque[Job | None] = deque()  # taken from the queue, not yet run (worker only)
@@ -105,10 +108,21 @@ class Batcher:
 
     def _flush(self) -> None:
         staged = self._staged
-        if staged:
-            self._staged = []
-            self._staged_rows = 0
-            self._queue.put(staged)  # type: ignore[arg-type]
+        if not staged:
+            return
+        self._staged = []
+        self._staged_rows = 0
+        if len(staged) == 1 and self.pending == 1 and self._last_rows <= 1 \
+                and self._last_compute < _INLINE_MAX_S:
+            # The only request anywhere (and the last run was a lone one too, so no follow-up
+            # wait is due), for a model that runs in a fraction of a millisecond: run it here.
+            # Handing it to the worker and its answer back costs two thread wake-ups, which on a
+            # busy host take longer than such a run.
+            self._running = 1
+            self._execute(staged, self._deliver)
+            self._running = 0
+            return
+        self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:
         self._queue.put([_STOP])
@@ -212,10 +226,6 @@ class Batcher:
                 log.exception("batcher worker error")
 
     def _serve_one(self) -> bool:
-        observe_queue = self.metrics.queue_seconds.observe
-        observe_compute = self.metrics.compute_seconds.observe
-        observe_size = self.metrics.batch_size.observe
-        observe_rows = self.metrics.batch_rows.observe
         first = self._next(block=True)
         if first is _STOP:
             return False
@@ -224,9 +234,17 @@ class Batcher:
             return True
         jobs = self._collect(first)
         self._running = len(jobs)
+        self._execute(jobs, self._post)
+        return True
+
+    def _execute(self, jobs: list[Job], answer: Callable[[list[Job], list[np.ndarray] | None,
+                                                          HTTPError | None], None]) -> None:
+        """One onnxruntime run of ``jobs`` (answered through ``answer``) and its bookkeeping."""
+        metrics = self.metrics
         taken = time.perf_counter()
-        observe_size(len(jobs))
-        observe_rows(sum(j.rows for j in jobs))
+        rows = sum(j.rows for j in jobs)
+        metrics.batch_size.observe(len(jobs))
+        metrics.batch_rows.observe(rows)
         try:
             outputs = self._run(jobs)
         except HTTPError as e:
@@ -234,23 +252,23 @@ class Batcher:
                 # one request's values may have upset the model: run each alone, so only it fails
                 for job in jobs:
                     try:
-                        self._post([job], self._run([job]), None)
+                        answer([job], self._run([job]), None)
                     except HTTPError as e1:
-                        self._post([job], None, e1)
+                        answer([job], None, e1)
             else:
-                self._post(jobs, None, e)
-            return True
+                answer(jobs, None, e)
+            return
         except BaseException as e:
-            self._post(jobs, None, InternalError(f"internal error: {type(e).__name__}: {e}"))
+            answer(jobs, None, InternalError(f"internal error: {type(e).__name__}: {e}"))
             raise
         computed = time.perf_counter()
-        self._post(jobs, outputs, None)  # answer first, then bookkeeping
-        self._last_rows = sum(j.rows for j in jobs)
+        answer(jobs, outputs, None)  # answer first, then bookkeeping
+        self._last_rows = rows
         self._last_compute = computed - taken
-        observe_compute(computed - taken)
+        metrics.compute_seconds.observe(computed - taken)
+        observe_queue = metrics.queue_seconds.observe
         for job in jobs:
             observe_queue(taken - job.enqueued)
-        return True
 
     def _run(self, jobs: list[Job]) -> list[np.ndarray]:
         if len(jobs) == 1:
