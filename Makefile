@@ -32,7 +32,7 @@ lint: install
 
 # The serving benchmark against its peers (a few minutes); BENCH_ARGS="--full" for the full run.
 bench: install
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/inferstack bench $(BENCH_ARGS)
 
 clean:
 	rm -rf build .pytest_cache .mypy_cache .ruff_cache

@@ -1,4 +1,4 @@
 """The serving benchmark: inferstack's runtime side by side with its peers on one machine.
 
-``python -m bench`` (or ``make bench``) runs it; see bench/README.md for the method.
+``inferstack bench`` (or ``make bench``) runs it; see bench/README.md for the method.
 """

@@ -1,4 +1,4 @@
-"""``python -m bench`` / ``make bench``: run the benchmark and write results, table and plots."""
+"""``inferstack bench`` / ``make bench``: run the benchmark and write results, table and plots."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from inferstack.console import cli_errors, out
 
 def _csv(value: str) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _counts(value: str) -> list[int]:
+    from inferstack.errors import InferstackError
+
+    counts = [c for c in _csv(value) if c.isdigit() and int(c) > 0]
+    if not counts or len(counts) != len(_csv(value)):
+        raise InferstackError(
+            f"--concurrency: expected positive whole numbers separated by commas, got {value!r}"
+        )
+    return [int(c) for c in counts]
 
 
 @cli_errors
@@ -50,14 +61,14 @@ def bench(
     name: Annotated[str, typer.Option(help="File stem of the results.")] = "latest",
 ) -> None:
     """Benchmark the serving runtime against its peers (server on core 0, wrk on core 1)."""
-    from bench import report
-    from bench.run import Config, run
-    from bench.setups import SETUPS, ServerConfig
+    from inferstack.bench import report
+    from inferstack.bench.run import Config, run
+    from inferstack.bench.setups import SETUPS, ServerConfig
 
     cfg = Config(
         models=["mlp", "transformer", "cnn"] if full else _csv(models),
         setups=list(SETUPS) if setups == "all" else _csv(setups),
-        concurrency=[int(c) for c in _csv(concurrency)],
+        concurrency=_counts(concurrency),
         duration_s=duration,
         warmup_s=warmup,
         repeats=3 if full else repeats,

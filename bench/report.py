@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.setups import SETUPS
+from inferstack.bench.setups import SETUPS
 
 TARGET_C = "32"
 

@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from inferstack.bench import envs, machine, payloads, wrk
+from inferstack.bench.models import MODELS, ModelSpec, ensure_package
+from inferstack.bench.procs import Server, StartFailed, http_post
+from inferstack.bench.setups import SETUPS, ServerConfig, launch, split
 
-from bench import envs, machine, payloads, wrk
-from bench.models import MODELS, ModelSpec, ensure_package
-from bench.procs import Server, StartFailed, http_post
-from bench.setups import SETUPS, ServerConfig, launch, split
 from inferstack.errors import InferstackError
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -349,7 +349,7 @@ def measure_overload(
 
 
 def measure_cold_start(cfg: Config, log: Log) -> dict[str, Any]:
-    from bench import coldstart
+    from inferstack.bench import coldstart
 
     def start(package: Path) -> float:
         how = launch("inferstack", package, "large", cfg.server, cfg.venvs_dir)

@@ -7,8 +7,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import envs
-from bench.procs import free_port, pinned
+from inferstack.bench import envs
+from inferstack.bench.procs import free_port, pinned
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from bench.payloads import Body
+from inferstack.bench.payloads import Body
 
 LUA_DIR = Path(__file__).resolve().parent / "lua"
 MARKER = "BENCH_RESULT "

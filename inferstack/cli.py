@@ -51,6 +51,9 @@ def _register() -> None:
     from inferstack.runtime.cli import serve
 
     app.command("serve")(serve)
+    from inferstack.bench.cli import bench
+
+    app.command("bench")(bench)
 
 
 _register()

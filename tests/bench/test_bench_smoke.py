@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from inferstack.bench import payloads, report, wrk
+from inferstack.bench.models import ModelSpec
+from inferstack.bench.procs import Server
+from inferstack.bench.run import Config, check_answer, measure_ceiling, measure_server
+from inferstack.bench.setups import ServerConfig, launch
 
-from bench import payloads, report, wrk
-from bench.models import ModelSpec
-from bench.procs import Server
-from bench.run import Config, check_answer, measure_ceiling, measure_server
-from bench.setups import ServerConfig, launch
 from inferstack.manifest import Manifest, TensorSpec, file_entries, write_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -123,7 +123,7 @@ def test_plain_peer_is_measured_and_reported(package: Path, tmp_path: Path) -> N
 
 
 def _machine() -> dict[str, object]:
-    from bench import machine
+    from inferstack.bench import machine
 
     return machine.describe()
 
