@@ -49,6 +49,8 @@ class Config:
     overload_queue_size: int = 64
     overload_duration_s: float = 60.0
     cold_start: bool = False
+    #: models whose inferstack points each get the ceiling measured right after them
+    paired_ceiling_models: tuple[str, ...] = ("transformer",)
     work_dir: Path = Path("build/bench")
     out_dir: Path = Path("bench/results")
     venvs_dir: Path = Path(".bench-venvs")
@@ -138,30 +140,36 @@ def batching_delta(
     }
 
 
+def run_ceiling(package: Path, batch: int, seconds: float, warmup_s: float, core: int) -> dict[str, Any]:
+    """One run of the in-process loop (bench/ceiling.py) pinned to ``core``."""
+    argv = [
+        "taskset",
+        "-c",
+        str(core),
+        sys.executable,
+        str(BENCH_DIR / "ceiling.py"),
+        str(package / "model.onnx"),
+        "--batch",
+        str(batch),
+        "--seconds",
+        str(seconds),
+        "--warmup",
+        str(warmup_s),
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
 def measure_ceiling(package: Path, cfg: Config, log: Log) -> dict[str, Any]:
     points: dict[str, Any] = {}
     by_batch: dict[int, dict[str, Any]] = {}
     for c in cfg.concurrency:
         batch = min(c, cfg.server.max_batch_size)
         if batch not in by_batch:
-            runs = []
-            for _ in range(cfg.repeats):
-                argv = [
-                    "taskset",
-                    "-c",
-                    str(cfg.server.core),
-                    sys.executable,
-                    str(BENCH_DIR / "ceiling.py"),
-                    str(package / "model.onnx"),
-                    "--batch",
-                    str(batch),
-                    "--seconds",
-                    str(cfg.duration_s),
-                    "--warmup",
-                    str(min(cfg.warmup_s, 2.0)),
-                ]
-                out = subprocess.run(argv, capture_output=True, text=True, check=True)
-                runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            runs = [
+                run_ceiling(package, batch, cfg.duration_s, min(cfg.warmup_s, 2.0), cfg.server.core)
+                for _ in range(cfg.repeats)
+            ]
             by_batch[batch] = {
                 "batch": batch,
                 "throughput": statistics.median(r["throughput"] for r in runs),
@@ -238,28 +246,39 @@ def measure_server(
                 if cfg.warmup_s > 0:
                     wrk.run(url, body, c, cfg.warmup_s, core=cfg.client_core)
                 before = scrape_batching(how.base_url) if server_name == "inferstack" else None
-                t_before = time.perf_counter()
+                paired = server_name == "inferstack" and spec.name in cfg.paired_ceiling_models
                 cpu_before = server.cpu_seconds()
-                repeats = [
-                    wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core) for _ in range(cfg.repeats)
-                ]
-                points[str(c)] = _median_point(repeats)
+                wall = 0.0  # seconds under load (the paired ceiling runs between them are left out)
+                repeats, ceilings = [], []
+                for _ in range(cfg.repeats):
+                    t0 = time.perf_counter()
+                    repeats.append(wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core))
+                    wall += time.perf_counter() - t0
+                    if paired:
+                        # The machine's speed drifts (other tenants of the host): the ceiling is
+                        # measured again right after each run, and the ratio taken pair by pair.
+                        batch = min(c, cfg.server.max_batch_size)
+                        ceilings.append(run_ceiling(package, batch, min(cfg.duration_s, 5.0), 1.0,
+                                                    cfg.server.core)["throughput"])
+                point = points[str(c)] = _median_point(repeats)
                 served = sum(r["requests"] for r in repeats)
-                points[str(c)]["cpu_us_per_request"] = (
+                point["cpu_us_per_request"] = (
                     (server.cpu_seconds() - cpu_before) / served * 1e6 if served else None
                 )
-                if before is not None:
-                    seconds = time.perf_counter() - t_before
-                    points[str(c)]["batching"] = batching_delta(
-                        before, scrape_batching(how.base_url), seconds
+                if ceilings:
+                    point["paired_ceiling"] = ceilings
+                    point["paired_ratio"] = statistics.median(
+                        r["throughput"] / t for r, t in zip(repeats, ceilings, strict=True) if t
                     )
-                p = points[str(c)]
-                b = p.get("batching")
+                if before is not None:
+                    point["batching"] = batching_delta(before, scrape_batching(how.base_url), wall)
+                b = point.get("batching")
                 log(
-                    f"  {setup} c={c}: {p['throughput']:.0f} req/s, p50 {_ms(p['p50_us'])} ms, "
-                    f"p99 {_ms(p['p99_us'])} ms, errors {p['errors']}, "
-                    f"CPU {p['cpu_us_per_request'] or 0:.0f} us/request"
+                    f"  {setup} c={c}: {point['throughput']:.0f} req/s, p50 {_ms(point['p50_us'])} ms, "
+                    f"p99 {_ms(point['p99_us'])} ms, errors {point['errors']}, "
+                    f"CPU {point['cpu_us_per_request'] or 0:.0f} us/request"
                     + (f", mean batch {b['mean_batch']:.1f}, ORT busy {b['compute_share']:.0%}" if b else "")
+                    + (f", {point['paired_ratio']:.3f}x the ceiling run after it" if ceilings else "")
                 )
             results[setup] = {
                 "status": "ok",

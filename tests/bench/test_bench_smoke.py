@@ -150,6 +150,7 @@ def test_inferstack_binary_is_measured_with_its_batching(package: Path, tmp_path
     pytest.importorskip("inferstack.runtime.server", reason="the serving runtime is not installed")
     cfg = _config(tmp_path)
     cfg.concurrency = [4]
+    cfg.paired_ceiling_models = (SPEC.name,)
     x = SPEC.request_array()
     bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
 
@@ -163,6 +164,10 @@ def test_inferstack_binary_is_measured_with_its_batching(package: Path, tmp_path
     # the server's own counters were read around the point: every request went through a batch
     batching = point["batching"]
     assert batching["batches"] >= 1 and 1 <= batching["mean_batch"] <= 4
+    # the ceiling measured right after the run, and the ratio of the pair
+    (ceiling,) = point["paired_ceiling"]
+    assert ceiling > 0
+    assert point["paired_ratio"] == pytest.approx(run["throughput"] / ceiling)
 
 
 def test_cli_rejects_an_unknown_model() -> None:
