@@ -9,7 +9,7 @@ import pulumi
 import pulumi_aws as aws
 
 from inferstack.errors import InferstackError
-from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, verify_files
+from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file, verify_files
 
 TYPE = "inferstack:model_artifact:ModelArtifact"
 
@@ -21,18 +21,21 @@ class ModelArtifactArgs:
     package_dir: Path
     """A model package directory: the files its manifest.json lists, and manifest.json. Required."""
     key_root: str = "models"
-    """First part of the object keys: ``<key_root>/<model name>/<digest>/<file>``. Default ``models``."""
+    """First part of the object keys: ``<key_root>/<model name>/<revision>/<file>``. Default ``models``."""
 
 
 class ModelArtifact(pulumi.ComponentResource):
-    """Uploads every file of the package and its manifest under ``models/<name>/<digest>/``.
+    """Uploads every file of the package and its manifest under ``models/<name>/<revision>/``.
 
-    The digest is the manifest's content hash, so the prefix (and the ``uri`` output the Deployment
-    receives) changes exactly when a file of the model changes: a new model rolls out, an unchanged
-    one leaves the Deployment alone. Each file is checked against its sha256 before upload.
+    The revision is the sha256 of manifest.json, which lists every file's sha256 and every setting
+    the runtime reads from it (max batch size, signature): the prefix (and the ``uri`` output the
+    Deployment receives) changes exactly when the package changes, a model file or only its
+    manifest; a new package rolls out, an unchanged one leaves the Deployment alone. Each file is
+    checked against its sha256 before upload. ``digest`` is the hash of the files alone.
     """
 
     prefix: str
+    revision: str
     digest: str
     uri: pulumi.Output[str]
     keys: pulumi.Output[list[str]]
@@ -56,7 +59,8 @@ class ModelArtifact(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
 
         self.digest = manifest.digest
-        self.prefix = f"{args.key_root}/{manifest.name}/{manifest.digest}/"
+        self.revision = sha256_file(package / MANIFEST_NAME)
+        self.prefix = f"{args.key_root}/{manifest.name}/{self.revision}/"
         objects = []
         for rel in [*(f.path for f in manifest.files), MANIFEST_NAME]:
             objects.append(
@@ -73,5 +77,6 @@ class ModelArtifact(pulumi.ComponentResource):
         self.keys = pulumi.Output.all(*[o.key for o in objects])
         self.uri = pulumi.Output.all(args.bucket, self.keys).apply(lambda v: f"s3://{v[0]}/{self.prefix}")
         self.register_outputs(
-            {"prefix": self.prefix, "digest": self.digest, "uri": self.uri, "keys": self.keys}
+            {"prefix": self.prefix, "revision": self.revision, "digest": self.digest, "uri": self.uri,
+             "keys": self.keys}
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -92,11 +93,12 @@ def _artifact(package: Path) -> ModelArtifact:
     return ModelArtifact("tiny", ModelArtifactArgs(bucket="models-bucket", package_dir=package))
 
 
-def test_artifact_uploads_every_file_under_a_prefix_with_the_digest(tiny_package: Path) -> None:
+def test_artifact_uploads_every_file_under_a_prefix_with_the_revision(tiny_package: Path) -> None:
     manifest = load_manifest(tiny_package)
     p = run_program(lambda: _artifact(tiny_package))
     objects = p.of_type("aws:s3/bucketObjectv2:BucketObjectv2")
-    prefix = f"models/{manifest.name}/{manifest.digest}/"
+    revision = hashlib.sha256((tiny_package / "manifest.json").read_bytes()).hexdigest()
+    prefix = f"models/{manifest.name}/{revision}/"
     keys = sorted(o.inputs["key"] for o in objects)
     assert keys == sorted(prefix + f for f in [*(f.path for f in manifest.files), "manifest.json"]), keys
     for o in objects:
@@ -125,7 +127,23 @@ def test_a_changed_model_gets_a_new_prefix_an_unchanged_one_keeps_it(
     )
     write_manifest(changed, new)  # ...correctly packaged
     after = resolve(run_program(lambda: _artifact(changed)).result.uri)
-    assert after != before and new.digest in after and manifest.digest not in after
+    revision = hashlib.sha256((changed / "manifest.json").read_bytes()).hexdigest()
+    assert after != before and after.endswith(f"/{revision}/")
+
+
+def test_a_manifest_only_change_gets_a_new_prefix(tiny_package: Path, tmp_path: Path) -> None:
+    """The same model file with a different max batch size in its manifest is a different
+    package for the runtime: it must roll out too."""
+    before = resolve(run_program(lambda: _artifact(tiny_package)).result.uri)
+    changed = tmp_path / "pkg"
+    shutil.copytree(tiny_package, changed)
+    manifest = load_manifest(changed)
+    from inferstack.manifest import Manifest
+
+    write_manifest(changed, Manifest(**{**manifest.__dict__, "max_batch_size": manifest.max_batch_size + 1}))
+    assert load_manifest(changed).digest == manifest.digest  # the files are the same...
+    after = resolve(run_program(lambda: _artifact(changed)).result.uri)
+    assert after != before  # ...but the package is not
 
 
 def test_artifact_refuses_a_tampered_package(tiny_package: Path, tmp_path: Path) -> None:
