@@ -96,6 +96,20 @@ def plan(
             err.print(f"policy {v.policy} ({level}): {escape(v.message)}", highlight=False, soft_wrap=True)
         if policy and result.mandatory_violations:
             failed = True
+    if check:
+        from inferstack.plan.stackconfig import stack_names
+
+        known = set(stack_names(root))
+        for orphan in sorted(p.stem for p in folder.glob("*.json") if p.stem not in known):
+            # a removed stack's plan would go on showing reviewers resources nobody declares
+            err.print(
+                f"[bold red]stale:[/] {_shown(folder, root)}/{orphan}.json is the plan of stack "
+                f"{orphan!r}, which has no Pulumi.{orphan}.yaml any more; delete {orphan}.json, "
+                f"{orphan}.md and {orphan}/ from {_shown(folder, root)}/",
+                highlight=False,
+                soft_wrap=True,
+            )
+            failed = True
     if failed:
         raise typer.Exit(code=1)
 

@@ -78,6 +78,14 @@ def _blank_secure(value: Any) -> Any:
     return value
 
 
+def stack_names(root: Path) -> list[str]:
+    """The stacks the project has: ``Pulumi.<name>.yaml`` files in its stackConfigDir."""
+    project_doc = _read_yaml(root / "Pulumi.yaml") or {}
+    where = project_doc.get("stackConfigDir") if isinstance(project_doc, dict) else None
+    config_dir = root / str(where or ".")
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
+
+
 def load_stack_config(root: Path, stack: str) -> StackConfig:
     """Read ``Pulumi.yaml`` (project name, config defaults, stackConfigDir) and the stack's file."""
     project_file = root / "Pulumi.yaml"

@@ -141,6 +141,16 @@ def test_check_exit_codes(project) -> None:
     assert _plan(project, "--stack", "dev").exit_code == 0
     assert not leftover.exists()
 
+    # the plan of a stack whose Pulumi.<stack>.yaml was removed
+    orphan = project.root / "plan" / "staging.json"
+    orphan.write_bytes((project.root / "plan" / "dev.json").read_bytes())
+    removed = _plan(project, "--stack", "dev", "--check")
+    assert removed.exit_code == 1
+    expected = "plan/staging.json is the plan of stack 'staging', which has no Pulumi.staging.yaml"
+    assert expected in removed.output
+    orphan.unlink()
+    assert _plan(project, "--stack", "dev", "--check").exit_code == 0
+
 
 def test_policy_violation_fails_the_plan(project) -> None:
     project.set_stack("dev", gpuTaint=False)
