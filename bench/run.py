@@ -121,6 +121,22 @@ def scrape_batching(base_url: str) -> dict[str, float] | None:
     return values if len(values) == len(_METRICS) else None
 
 
+def wait_idle(base_url: str, timeout_s: float = 30.0) -> None:
+    """Wait until inferstack has answered every admitted request (wrk stops sending at the end of
+    a run, but at high concurrency the server still has a queue to work through)."""
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return
+        line = next((ln for ln in text.splitlines() if ln.startswith("inferstack_inflight_requests ")), None)
+        if line is None or float(line.split()[1]) == 0:
+            return
+        time.sleep(0.02)
+
+
 def batching_delta(
     before: dict[str, float] | None, after: dict[str, float] | None, seconds: float
 ) -> dict[str, float] | None:
@@ -253,6 +269,8 @@ def measure_server(
                 for _ in range(cfg.repeats):
                     t0 = time.perf_counter()
                     repeats.append(wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core))
+                    if paired:
+                        wait_idle(how.base_url)  # the queue's last requests are part of the run
                     wall += time.perf_counter() - t0
                     if paired:
                         # The machine's speed drifts (other tenants of the host): the ceiling is
