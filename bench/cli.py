@@ -17,8 +17,8 @@ def _csv(value: str) -> list[str]:
 def _counts(value: str) -> list[int]:
     from inferstack.errors import InferstackError
 
-    counts = [c for c in _csv(value) if c.isdigit() and int(c) > 0]
-    if not counts or len(counts) != len(_csv(value)):
+    counts = _csv(value)
+    if not counts or not all(c.isdigit() and int(c) > 0 for c in counts):
         raise InferstackError(
             f"--concurrency: expected positive whole numbers separated by commas, got {value!r}"
         )

@@ -106,8 +106,8 @@ FLOOR_SERVERS = ("inferstack", "plain")
 _METRICS = ("inferstack_batch_size_sum", "inferstack_batch_size_count", "inferstack_compute_seconds_sum")
 
 
-def scrape_batching(base_url: str) -> dict[str, float] | None:
-    """inferstack's batch and compute counters from /metrics (None when not available)."""
+def scrape_metrics(base_url: str, names: tuple[str, ...]) -> dict[str, float] | None:
+    """The named unlabelled samples from inferstack's /metrics (None when not all are available)."""
     try:
         with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
             text = r.read().decode()
@@ -116,9 +116,14 @@ def scrape_batching(base_url: str) -> dict[str, float] | None:
     values = {}
     for line in text.splitlines():
         name, _, value = line.partition(" ")
-        if name in _METRICS:
+        if name in names:
             values[name] = float(value)
-    return values if len(values) == len(_METRICS) else None
+    return values if len(values) == len(names) else None
+
+
+def scrape_batching(base_url: str) -> dict[str, float] | None:
+    """inferstack's batch and compute counters from /metrics (None when not available)."""
+    return scrape_metrics(base_url, _METRICS)
 
 
 def wait_idle(base_url: str, timeout_s: float = 30.0) -> None:
@@ -126,13 +131,8 @@ def wait_idle(base_url: str, timeout_s: float = 30.0) -> None:
     a run, but at high concurrency the server still has a queue to work through)."""
     end = time.monotonic() + timeout_s
     while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
-                text = r.read().decode()
-        except OSError:
-            return
-        line = next((ln for ln in text.splitlines() if ln.startswith("inferstack_inflight_requests ")), None)
-        if line is None or float(line.split()[1]) == 0:
+        inflight = scrape_metrics(base_url, ("inferstack_inflight_requests",))
+        if inflight is None or inflight["inferstack_inflight_requests"] == 0:
             return
         time.sleep(0.02)
 

@@ -62,7 +62,8 @@ class Batcher:
         self.max_rows = model.max_batch_size
         self.delay = max_queue_delay_s if model.batching else 0.0
         self.follow_wait = follow_wait if model.batching else 0.0
-        self._last_rows = 0  # rows of the last run (worker only)
+        # the last run (by the worker, or inline on the event loop while the worker is idle)
+        self._last_rows = 0  # its rows
         self._last_compute = 1.0  # its onnxruntime seconds (unknown at first: as if long)
         # lists of jobs, one per turn of the event loop; [None] stops the worker
         self._queue: queue.SimpleQueue[list[Job | None]] = queue.SimpleQueue()

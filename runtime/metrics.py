@@ -10,8 +10,9 @@ and ``inferstack_queue_seconds`` (admitted to picked by the batcher). Per ORT ru
 
 The counters and histograms are plain numbers updated without locks and turned into Prometheus
 families only when scraped: prometheus_client's own ``Histogram.observe`` (a lock and a walk over
-the buckets) cost more than answering a rejected request. Each one is written by one thread only
-(the event loop, or the onnxruntime worker), which is what makes that safe.
+the buckets) cost more than answering a rejected request. Each one is written by one thread at a
+time (the event loop, or the onnxruntime worker; the batcher's run metrics move to the event loop
+only for a lone request, while the worker is idle), which is what makes that safe.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class Metrics:
         self.batch_rows = Histogram(
             "inferstack_batch_rows", "Rows along the batch axis of one onnxruntime run.", _BATCH_BUCKETS
         )
-        self._gauges: dict[str, Callable[[], float]] = {}
+        self._queue_depth: Callable[[], float] = lambda: 0
+        self._inflight: Callable[[], float] = lambda: 0
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
@@ -98,10 +100,10 @@ class Metrics:
         count = self._failures.get(reason)
         if count is None:
             count = self._failures[reason] = Count()
-        count.value += 1
+        count.inc()
 
     def watch(self, queue_depth: Callable[[], float], inflight: Callable[[], float]) -> None:
-        self._gauges = {"queue_depth": queue_depth, "inflight": inflight}
+        self._queue_depth, self._inflight = queue_depth, inflight
 
     def families(self) -> Iterator[Metric]:
         requests = CounterMetricFamily("inferstack_requests", "Inference requests by outcome.",
@@ -117,13 +119,11 @@ class Metrics:
         for histogram in (self.request_seconds, self.queue_seconds, self.compute_seconds,
                           self.batch_size, self.batch_rows):
             yield histogram.family()
-        depth = self._gauges.get("queue_depth")
-        inflight = self._gauges.get("inflight")
         yield GaugeMetricFamily("inferstack_queue_depth", "Requests waiting for the batcher.",
-                                value=depth() if depth else 0)
+                                value=self._queue_depth())
         yield GaugeMetricFamily("inferstack_inflight_requests",
                                 "Requests admitted to the batcher and not yet answered.",
-                                value=inflight() if inflight else 0)
+                                value=self._inflight())
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

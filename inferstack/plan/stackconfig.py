@@ -78,12 +78,18 @@ def _blank_secure(value: Any) -> Any:
     return value
 
 
+def _config_dir(root: Path, project_doc: Any) -> Path:
+    where = project_doc.get("stackConfigDir") if isinstance(project_doc, dict) else None
+    return root / str(where or ".")
+
+
+def _stacks_in(config_dir: Path) -> list[str]:
+    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
+
+
 def stack_names(root: Path) -> list[str]:
     """The stacks the project has: ``Pulumi.<name>.yaml`` files in its stackConfigDir."""
-    project_doc = _read_yaml(root / "Pulumi.yaml") or {}
-    where = project_doc.get("stackConfigDir") if isinstance(project_doc, dict) else None
-    config_dir = root / str(where or ".")
-    return sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
+    return _stacks_in(_config_dir(root, _read_yaml(root / "Pulumi.yaml")))
 
 
 def load_stack_config(root: Path, stack: str) -> StackConfig:
@@ -93,10 +99,10 @@ def load_stack_config(root: Path, stack: str) -> StackConfig:
     if not isinstance(project_doc, dict) or not isinstance(project_doc.get("name"), str):
         raise InferstackError(f"{project_file}: needs a `name:`")
     project = project_doc["name"]
-    config_dir = root / str(project_doc.get("stackConfigDir") or ".")
+    config_dir = _config_dir(root, project_doc)
     stack_file = config_dir / f"Pulumi.{stack}.yaml"
     if not stack_file.is_file():
-        known = sorted(p.name[len("Pulumi.") : -len(".yaml")] for p in config_dir.glob("Pulumi.*.yaml"))
+        known = _stacks_in(config_dir)
         raise InferstackError(
             f"no stack {stack!r}: {stack_file.relative_to(root)} does not exist "
             f"(stacks: {', '.join(known) or 'none'})"
