@@ -32,6 +32,7 @@ EXPOSURES = ("internal", "public")
 # Kubernetes versions this project renders and validates (kubernetes-validate ships their schemas).
 CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
 DEFAULT_CLUSTER_VERSION = "1.34"
+SUPPORT_TYPES = ("STANDARD", "EXTENDED")
 DEFAULT_GPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-gpu"
 DEFAULT_CPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-cpu"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
@@ -158,6 +159,9 @@ class StackConfig:
     auth_token: pulumi.Output[str] | None
     project_dir: Path
     cluster_admins: list[str] = field(default_factory=list)
+    cluster_support_type: str = "EXTENDED"
+    """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
+    standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -185,6 +189,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         raise ConfigError("region", region, "an AWS region name such as us-east-1")
     version = str(cfg.get("clusterVersion") or DEFAULT_CLUSTER_VERSION)
     _choice(version, "clusterVersion", CLUSTER_VERSIONS)
+    support_type = _choice(cfg.get("clusterSupportType") or "EXTENDED", "clusterSupportType", SUPPORT_TYPES)
 
     network = _network(_obj(cfg, "network") or {})
     gpu_pools = [_gpu_pool(p, f"gpuPools[{i}]") for i, p in enumerate(_list(cfg, "gpuPools"))]
@@ -246,6 +251,10 @@ def load(project_dir: Path | None = None) -> StackConfig:
             )
     if admins and target != "aws":
         raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
+    if cfg.get("clusterSupportType") is not None and target != "aws":
+        raise ConfigError(
+            "clusterSupportType", support_type, "clusterSupportType only with target aws (EKS upgrade policy)"
+        )
 
     tags = _obj(cfg, "tags") or {}
     for k, v in tags.items():
@@ -269,6 +278,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         auth_token=auth_token,
         project_dir=root,
         cluster_admins=admins,
+        cluster_support_type=support_type,
     )
 
 
@@ -333,6 +343,12 @@ def _gpu_pool(raw: Any, key: str) -> GpuPoolConfig:
     disk = _int(raw.get("diskSizeGiB", 100), f"{key}.diskSizeGiB", 50, 16384)
     ami = _choice(raw.get("amiType", AMI_TYPES[0]), f"{key}.amiType", AMI_TYPES)
     cap = _choice(raw.get("capacityType", "ON_DEMAND"), f"{key}.capacityType", CAPACITY_TYPES)
+    from inferstack.components.gpu_node_pool import gpu_model
+
+    try:
+        gpu_model(types)
+    except ValueError as e:
+        raise ConfigError(f"{key}.instanceTypes", types, f"one GPU model per pool ({e})") from None
     return GpuPoolConfig(name, types, lo, hi, desired, disk, ami, cap)
 
 

@@ -21,6 +21,7 @@ import pulumi_kubernetes as k8s
 from inferstack.components.cluster import Cluster, ClusterArgs
 from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from inferstack.components.config import ModelConfig, StackConfig
+from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from inferstack.components.inference_service import (
     Autoscaling,
@@ -93,6 +94,8 @@ class InferenceStack(pulumi.ComponentResource):
                 cidr=cfg.network.cidr,
                 az_count=cfg.network.az_count,
                 nat=cfg.network.nat,
+                region=cfg.region,
+                gpu_instance_types=[t for p in cfg.gpu_pools for t in p.instance_types],
             ),
             opts=on_aws,
         )
@@ -104,6 +107,18 @@ class InferenceStack(pulumi.ComponentResource):
                 subnet_ids=network.private_subnet_ids,
                 region=cfg.region,
                 admin_principal_arns=cfg.cluster_admins,
+                support_type=cfg.cluster_support_type,
+            ),
+            opts=on_aws,
+        )
+        # The CNI (with NetworkPolicy enforcement) and kube-proxy before the nodes; CoreDNS after them.
+        networking = EksAddons(
+            f"{name}-networking",
+            EksAddonsArgs(
+                cluster_name=cluster.name,
+                cluster_version=cfg.cluster_version,
+                addons=["vpc-cni", "kube-proxy"],
+                tags=cfg.tags,
             ),
             opts=on_aws,
         )
@@ -119,6 +134,8 @@ class InferenceStack(pulumi.ComponentResource):
                     subnet_ids=network.private_subnet_ids,
                     instance_types=instance_types,
                     autoscaler_cluster=cluster_name,
+                    version=cluster.version,
+                    node_group_depends_on=[*cluster.node_policy_attachments, *networking.addons.values()],
                     min_size=min_size,
                     max_size=max_size,
                     desired_size=desired_size,
@@ -137,6 +154,18 @@ class InferenceStack(pulumi.ComponentResource):
                                    pool.desired_size, disk_size_gib=pool.disk_size_gib,
                                    ami_type=pool.ami_type, capacity_type=pool.capacity_type))
 
+        dns = EksAddons(
+            f"{name}-dns",
+            EksAddonsArgs(
+                cluster_name=cluster.name,
+                cluster_version=cfg.cluster_version,
+                addons=["coredns"],
+                depends_on=list(pools),
+                tags=cfg.tags,
+            ),
+            opts=on_aws,
+        )
+        managed_addons: list[pulumi.Resource] = [*networking.addons.values(), *dns.addons.values()]
         kube = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=cluster.kubeconfig,
@@ -223,7 +252,8 @@ class InferenceStack(pulumi.ComponentResource):
                     tags=cfg.tags,
                 ),
                 opts=pulumi.ResourceOptions.merge(
-                    on_k8s, pulumi.ResourceOptions(depends_on=[*cluster.addons, *cluster_addons])
+                    on_k8s,
+                    pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
                 ),
             )
             endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri

@@ -180,3 +180,18 @@ def test_kubeconfig_path_resolves_against_the_project_root() -> None:
     seen: dict[str, config.StackConfig] = {}
     run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), local, stack="local")
     assert seen["cfg"].kubeconfig == str(ROOT / "kube" / "config")
+
+
+def test_a_gpu_pool_has_one_gpu_model() -> None:
+    _expect(
+        _pool(_dev(), instanceTypes=["g6.xlarge", "g5.xlarge"]),
+        "gpuPools[0].instanceTypes",
+        "one GPU model per pool",
+        "nvidia-a10g, nvidia-l4",
+    )
+
+
+def test_cluster_support_type() -> None:
+    _expect(_set(_dev(), "clusterSupportType", "LTS"), "clusterSupportType", "'LTS'", "STANDARD, EXTENDED")
+    local = _set(copy.deepcopy(load_stack("local")), "clusterSupportType", "STANDARD")
+    _expect(local, "clusterSupportType", "only with target aws")

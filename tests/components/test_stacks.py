@@ -124,7 +124,8 @@ def test_dev_stack_specifics() -> None:
     assert gpu.inputs["instanceTypes"] == ["g4dn.xlarge"] and gpu.inputs["scalingConfig"]["minSize"] == 0, (
         gpu.urn
     )
-    assert p.one("aws:eks/cluster:Cluster").inputs["version"] == "1.34"
+    eks = p.one("aws:eks/cluster:Cluster")
+    assert eks.inputs["version"] == "1.35" and eks.inputs["upgradePolicy"] == {"supportType": "STANDARD"}
     assert p.one("kubernetes:helm.sh/v3:Release", "device-plugin").inputs["chart"] == "nvidia-device-plugin"
     res = container(p)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
@@ -139,7 +140,9 @@ def test_prod_stack_specifics() -> None:
                 assert r.protect and r.retain_on_delete and not r.inputs.get("forceDestroy"), r.urn
     assert len(p.of_type("aws:ec2/natGateway:NatGateway")) == 3
     gpu = p.one("aws:eks/nodeGroup:NodeGroup", "gpu")
-    assert gpu.inputs["instanceTypes"] == ["g6.xlarge", "g5.xlarge"], gpu.urn
+    assert gpu.inputs["instanceTypes"] == ["g6.xlarge", "g6.2xlarge"], gpu.urn
+    assert gpu.inputs["labels"]["k8s.amazonaws.com/accelerator"] == "nvidia-l4", gpu.urn
+    assert p.one("aws:eks/cluster:Cluster").inputs["upgradePolicy"] == {"supportType": "EXTENDED"}
     assert "scalingConfig.desiredSize" in gpu.ignore_changes, gpu.urn
     assert p.one("kubernetes:core/v1:Secret", "auth").inputs["stringData"]["token"] == "prod-token"
     hpa = p.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
@@ -246,3 +249,29 @@ def test_aws_stacks_install_the_autoscaler_and_device_plugin_before_the_model(st
     deps = set(svc.dependencies)  # the engine expands a component into its children
     for release in charts.values():
         assert release.urn in deps, f"{svc.urn} does not wait for {release.urn}"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_aws_stacks_order_nodes_between_their_policies_cni_and_coredns(stack: str) -> None:
+    p = _run(stack)
+    eks = p.one("aws:eks/cluster:Cluster")
+    policies = [
+        r.urn for r in p.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "-node-" in r.name
+    ]
+    addons = {r.inputs["addonName"]: r for r in p.of_type("aws:eks/addon:Addon")}
+    assert {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent"} <= set(addons)
+    assert json.loads(addons["vpc-cni"].inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    groups = p.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert len(groups) == 2
+    for ng in groups:
+        assert ng.inputs["version"] == eks.inputs["version"], ng.urn
+        missing = [
+            u
+            for u in [*policies, addons["vpc-cni"].urn, addons["kube-proxy"].urn]
+            if u not in ng.dependencies
+        ]
+        assert not missing, f"{ng.urn} does not wait for {missing}"
+        assert ng.urn in addons["coredns"].dependencies, f"coredns would wait DEGRADED without {ng.urn}"
+    svc = p.one("inferstack:inference_service:InferenceService")
+    assert addons["vpc-cni"].urn in svc.dependencies, "the NetworkPolicy is declared before its enforcer"
+    assert p.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs["vpcEndpointType"] == "Gateway"
