@@ -28,7 +28,8 @@ TARGETS = ("aws", "kubernetes")
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 NAT_MODES = ("single", "perAz")
-EXPOSURES = ("internal", "public")
+# internal / public: an internal / internet-facing NLB on aws; on kubernetes ClusterIP / LoadBalancer.
+EXPOSURES = ("internal", "public", "clusterIP", "nodePort", "loadBalancer", "ingress")
 # Kubernetes versions this project renders and validates (kubernetes-validate ships their schemas).
 CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
 DEFAULT_CLUSTER_VERSION = "1.34"
@@ -132,6 +133,12 @@ class ModelConfig:
     auth: bool = False
     image_pull_policy: str | None = None
     """None: Always for a tag, IfNotPresent for a digest (see InferenceServiceArgs)."""
+    cache_size: str = "10Gi"
+    """``cacheSize``: the model cache emptyDir's size limit (ephemeral-storage follows it)."""
+    ingress_class: str | None = None
+    """``ingress.className`` with ``exposure: ingress``."""
+    ingress_host: str | None = None
+    """``ingress.host`` with ``exposure: ingress``."""
 
 
 @dataclass(frozen=True)
@@ -434,6 +441,8 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
             "autoscaling",
             "exposure",
             "auth",
+            "cacheSize",
+            "ingress",
         },
     )
     name = _name(raw.get("name"), f"{key}.name")
@@ -481,12 +490,57 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
         tgt = _int(a.get("targetCpuUtilization", 70), f"{key}.autoscaling.targetCpuUtilization", 10, 95)
         scaling = AutoscalingConfig(lo, hi, tgt)
     exposure = _choice(raw.get("exposure", "internal"), f"{key}.exposure", EXPOSURES)
+    cache_size = _quantity(raw.get("cacheSize", "10Gi"), f"{key}.cacheSize")
+    from inferstack.components.inference_service import ephemeral_storage
+
+    try:
+        ephemeral_storage(cache_size)
+    except ValueError:
+        raise ConfigError(
+            f"{key}.cacheSize", cache_size, "a storage size of at least 64Mi such as 10Gi"
+        ) from None
+    ingress = raw.get("ingress")
+    ingress_class = ingress_host = None
+    if exposure == "ingress":
+        if not isinstance(ingress, Mapping):
+            raise ConfigError(
+                f"{key}.ingress", ingress, "a mapping with className and host (exposure: ingress)"
+            )
+        _keys(ingress, f"{key}.ingress", {"className", "host"})
+        ingress_class = ingress.get("className")
+        if not isinstance(ingress_class, str) or not re.match(
+            r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", ingress_class
+        ):
+            raise ConfigError(f"{key}.ingress.className", ingress_class, "an IngressClass name such as nginx")
+        ingress_host = ingress.get("host")
+        if not isinstance(ingress_host, str) or not re.match(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?$", ingress_host
+        ):
+            raise ConfigError(
+                f"{key}.ingress.host", ingress_host, "a DNS name such as tiny.models.example.com"
+            )
+    elif ingress is not None:
+        raise ConfigError(f"{key}.ingress", "(set)", "ingress only with exposure: ingress")
     auth = _bool(raw.get("auth", False), f"{key}.auth")
     pull = raw.get("imagePullPolicy")
     if pull is not None:
         pull = _choice(pull, f"{key}.imagePullPolicy", PULL_POLICIES)
     return ModelConfig(
-        name, path, manifest, image, replicas, gpus, cpu, memory, scaling, exposure, auth, pull
+        name,
+        path,
+        manifest,
+        image,
+        replicas,
+        gpus,
+        cpu,
+        memory,
+        scaling,
+        exposure,
+        auth,
+        pull,
+        cache_size=cache_size,
+        ingress_class=ingress_class,
+        ingress_host=ingress_host,
     )
 
 

@@ -50,8 +50,10 @@ class EksAddons(pulumi.ComponentResource):
     versions: pulumi.Output[dict[str, str]]
 
     def __init__(self, name: str, args: EksAddonsArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        if not args.addons or any(a not in ADDONS for a in args.addons) or len(set(args.addons)) < len(
-            args.addons
+        if (
+            not args.addons
+            or any(a not in ADDONS for a in args.addons)
+            or len(set(args.addons)) < len(args.addons)
         ):
             raise ValueError(
                 f"EksAddonsArgs.addons: {args.addons!r}; expected distinct names from {', '.join(ADDONS)}"

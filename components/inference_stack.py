@@ -245,7 +245,7 @@ class InferenceStack(pulumi.ComponentResource):
                     kms_key_arn=store.kms_key_arn,
                     region=cfg.region,
                     **_sizing(m),
-                    exposure=m.exposure,
+                    **_exposure(m, "aws"),
                     auth_token=cfg.auth_token if m.auth else None,
                     # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
                     service_depends_on=[*network.gateways, *pools],
@@ -325,7 +325,7 @@ class InferenceStack(pulumi.ComponentResource):
                     s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
                     s3_endpoint=store_cfg.cluster_endpoint,
                     **_sizing(m),
-                    exposure="public" if m.exposure == "public" else "cluster",
+                    **_exposure(m, "kubernetes"),
                     auth_token=cfg.auth_token if m.auth else None,
                 ),
                 opts=on_k8s,
@@ -349,4 +349,17 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
         "cpu": m.cpu,
         "memory": m.memory,
         "image_pull_policy": m.image_pull_policy,
+        "cache_size": m.cache_size,
     }
+
+
+def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:
+    """``models[].exposure`` as InferenceService arguments. ``internal`` and ``public`` keep their
+    meaning per target: an internal / internet-facing AWS NLB on ``aws``; on ``kubernetes``, whose
+    clusters may have no load balancer at all, ClusterIP / a plain LoadBalancer Service.
+    ``loadBalancer`` on ``aws`` is an internal NLB (``public`` is the internet-facing one)."""
+    if target == "aws" and m.exposure in ("internal", "public", "loadBalancer"):
+        scheme = "internet-facing" if m.exposure == "public" else "internal"
+        return {"exposure": "loadBalancer", "load_balancer_scheme": scheme}
+    exposure = {"internal": "clusterIP", "public": "loadBalancer"}.get(m.exposure, m.exposure)
+    return {"exposure": exposure, "ingress_class": m.ingress_class, "ingress_host": m.ingress_host}

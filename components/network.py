@@ -68,11 +68,13 @@ class Network(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        available: list[str] = list(aws.get_availability_zones(
-            state="available",
-            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-            opts=pulumi.InvokeOptions(parent=self),
-        ).names)
+        available: list[str] = list(
+            aws.get_availability_zones(
+                state="available",
+                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+                opts=pulumi.InvokeOptions(parent=self),
+            ).names
+        )
         if len(available) < args.az_count:
             raise ValueError(
                 f"NetworkArgs.az_count: {args.az_count}; the region has only {len(available)} zones"

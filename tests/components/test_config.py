@@ -195,3 +195,17 @@ def test_cluster_support_type() -> None:
     _expect(_set(_dev(), "clusterSupportType", "LTS"), "clusterSupportType", "'LTS'", "STANDARD, EXTENDED")
     local = _set(copy.deepcopy(load_stack("local")), "clusterSupportType", "STANDARD")
     _expect(local, "clusterSupportType", "only with target aws")
+
+
+def test_bad_cache_size_and_ingress() -> None:
+    _expect(_model(_dev(), cacheSize="lots"), "models[0].cacheSize", "'lots'", "quantity")
+    _expect(_model(_dev(), cacheSize="1Mi"), "models[0].cacheSize", "at least 64Mi")
+    _expect(_model(_dev(), exposure="ingress"), "models[0].ingress", "className and host")
+    _expect(
+        _model(_dev(), exposure="ingress", ingress={"className": "nginx", "host": "not a host"}),
+        "models[0].ingress.host",
+        "DNS name",
+    )
+    _expect(
+        _model(_dev(), ingress={"className": "nginx"}), "models[0].ingress", "only with exposure: ingress"
+    )

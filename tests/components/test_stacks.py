@@ -275,3 +275,55 @@ def test_aws_stacks_order_nodes_between_their_policies_cni_and_coredns(stack: st
     svc = p.one("inferstack:inference_service:InferenceService")
     assert addons["vpc-cni"].urn in svc.dependencies, "the NetworkPolicy is declared before its enforcer"
     assert p.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs["vpcEndpointType"] == "Gateway"
+
+
+@pytest.mark.parametrize(
+    ("stack", "exposure", "svc_type", "scheme"),
+    [
+        ("local", "internal", "ClusterIP", None),
+        ("local", "clusterIP", "ClusterIP", None),
+        ("local", "nodePort", "NodePort", None),
+        ("local", "public", "LoadBalancer", None),
+        ("local", "loadBalancer", "LoadBalancer", None),
+        ("dev", "internal", "LoadBalancer", "internal"),
+        ("dev", "loadBalancer", "LoadBalancer", "internal"),
+        ("dev", "public", "LoadBalancer", "internet-facing"),
+        ("dev", "clusterIP", "ClusterIP", None),
+    ],
+)
+def test_exposure_per_target(stack: str, exposure: str, svc_type: str, scheme: str | None) -> None:
+    cfg = _config(stack)
+    cfg["inferstack:models"][0]["exposure"] = exposure
+    if exposure == "public":
+        cfg["inferstack:models"][0]["auth"] = True
+        cfg["inferstack:authToken"] = "t"
+    p = run_program(main, cfg, stack=stack)
+    svc = p.one("kubernetes:core/v1:Service")
+    ann = svc.inputs["metadata"].get("annotations") or {}
+    assert svc.inputs["spec"]["type"] == svc_type, svc.urn
+    assert ann.get("service.beta.kubernetes.io/aws-load-balancer-scheme") == scheme, svc.urn
+    # no wait for an address that only a LoadBalancer Service gets
+    assert (ann.get("pulumi.com/skipAwait") == "true") == (svc_type != "LoadBalancer"), svc.urn
+
+
+def test_ingress_exposure_on_any_cluster() -> None:
+    cfg = _config("local")
+    cfg["inferstack:models"][0].update(
+        exposure="ingress", ingress={"className": "traefik", "host": "tiny.example.com"}
+    )
+    p = run_program(main, cfg, stack="local")
+    assert p.one("kubernetes:core/v1:Service").inputs["spec"]["type"] == "ClusterIP"
+    ing = p.one("kubernetes:networking.k8s.io/v1:Ingress")
+    assert ing.inputs["spec"]["ingressClassName"] == "traefik", ing.urn
+    assert p.outputs["endpointUrl"] == "http://tiny.example.com"
+    kubernetes_validate.validate(as_manifest(ing), "1.34.0", strict=True)
+
+
+def test_model_cache_size_from_the_stack() -> None:
+    cfg = _config("dev")
+    cfg["inferstack:models"][0]["cacheSize"] = "30Gi"
+    p = run_program(main, cfg, stack="dev")
+    c = container(p)
+    assert c["resources"]["limits"]["ephemeral-storage"] == f"{30 * 1024 + 1536}Mi"
+    volumes = p.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["volumes"]
+    assert {v["name"]: v for v in volumes}["model-cache"]["emptyDir"]["sizeLimit"] == "30Gi"
