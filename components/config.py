@@ -40,6 +40,8 @@ PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
 _BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,35}$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ADDRESSING_STYLES = ("path", "virtual")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # x86_64 NVIDIA families (the AMI types above are x86_64 NVIDIA; g5g is ARM, g4ad is AMD).
 _GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
@@ -98,6 +100,9 @@ class ModelStoreConfig:
     force_destroy: bool = False
     protect: bool = False
     noncurrent_version_days: int = 30
+    bucket_name: str | None = None
+    """``modelStore.bucketName``: the exact bucket name, no random suffix (Tencent COS needs
+    ``<name>-<appid>``). Default none: ``bucketPrefix`` plus a unique suffix."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +114,9 @@ class ObjectStoreConfig:
     access_key_id: str
     secret_access_key: pulumi.Output[str]
     region: str = "us-east-1"
+    addressing_style: str = "path"
+    """``objectStore.addressingStyle``: ``path`` (MinIO, Ceph; the default) or ``virtual`` (Alibaba
+    OSS, Tencent COS, which refuse path-style requests)."""
 
 
 @dataclass(frozen=True)
@@ -369,7 +377,9 @@ def _system_pool(raw: Mapping[str, Any]) -> SystemPoolConfig:
 
 
 def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
-    _keys(raw, "modelStore", {"bucketPrefix", "forceDestroy", "protect", "noncurrentVersionDays"})
+    _keys(
+        raw, "modelStore", {"bucketPrefix", "bucketName", "forceDestroy", "protect", "noncurrentVersionDays"}
+    )
     prefix = raw.get("bucketPrefix", ModelStoreConfig.bucket_prefix)
     if not isinstance(prefix, str) or not _BUCKET_PREFIX.match(prefix) or ".." in prefix:
         raise ConfigError(
@@ -382,7 +392,18 @@ def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
     if force and protect:
         raise ConfigError("modelStore.forceDestroy", force, "false when modelStore.protect is true")
     days = _int(raw.get("noncurrentVersionDays", 30), "modelStore.noncurrentVersionDays", 1, 3650)
-    return ModelStoreConfig(prefix, force, protect, days)
+    name = raw.get("bucketName")
+    if name is not None:
+        if "bucketPrefix" in raw:
+            raise ConfigError("modelStore.bucketName", name, "bucketName or bucketPrefix, not both")
+        if not isinstance(name, str) or not _BUCKET_NAME.match(name) or ".." in name:
+            raise ConfigError(
+                "modelStore.bucketName",
+                name,
+                "an S3 bucket name: 3-63 characters of a-z, 0-9, '.', '-', starting and ending with a "
+                "letter or digit (e.g. models-1250000000 on Tencent COS)",
+            )
+    return ModelStoreConfig(prefix, force, protect, days, bucket_name=name)
 
 
 def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
@@ -394,7 +415,11 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
             "a mapping with endpoint, clusterEndpoint, accessKeyId "
             "(and secretAccessKey) for target kubernetes",
         )
-    _keys(raw, "objectStore", {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region"})
+    _keys(
+        raw,
+        "objectStore",
+        {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region", "addressingStyle"},
+    )
     endpoint = _url(raw.get("endpoint"), "objectStore.endpoint")
     cluster_endpoint = _url(raw.get("clusterEndpoint", endpoint), "objectStore.clusterEndpoint")
     access_key = raw.get("accessKeyId")
@@ -409,7 +434,10 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
             "'inferstack:objectStore.secretAccessKey' ...)",
         )
     region = raw.get("region", "us-east-1")
-    return ObjectStoreConfig(endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region)
+    style = _choice(raw.get("addressingStyle", "path"), "objectStore.addressingStyle", ADDRESSING_STYLES)
+    return ObjectStoreConfig(
+        endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region, addressing_style=style
+    )
 
 
 def _runtime_image(raw: Mapping[str, Any], target: str) -> RuntimeImageConfig:

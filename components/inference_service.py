@@ -91,6 +91,9 @@ class InferenceServiceArgs:
     """``AWS_ENDPOINT_URL_S3`` for the runtime (MinIO etc.). Default none (AWS S3)."""
     region: str = "us-east-1"
     """Region for the S3 client. Default us-east-1."""
+    s3_addressing_style: str | None = None
+    """``path`` or ``virtual`` bucket addressing for the runtime's S3 client
+    (``INFERSTACK_S3_ADDRESSING_STYLE``). Default none: path with ``s3_endpoint``, else boto's."""
     replicas: int = 1
     """Replicas when there is no autoscaling. Default 1."""
     autoscaling: Autoscaling | None = None
@@ -232,6 +235,8 @@ class InferenceService(pulumi.ComponentResource):
             env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": S3_CREDENTIALS_FILE})
         if args.s3_endpoint:
             env.append({"name": "AWS_ENDPOINT_URL_S3", "value": args.s3_endpoint})
+        if args.s3_addressing_style:
+            env.append({"name": "INFERSTACK_S3_ADDRESSING_STYLE", "value": args.s3_addressing_style})
 
         volumes: list[dict[str, Any]] = [
             {"name": "model-cache", "empty_dir": {"size_limit": args.cache_size}},
@@ -625,6 +630,11 @@ def _validate(args: InferenceServiceArgs) -> None:
         raise ValueError(
             "InferenceServiceArgs.s3_credentials: not allowed with cluster_name "
             "(EKS pods get their identity from Pod Identity)"
+        )
+    if args.s3_addressing_style not in (None, "path", "virtual"):
+        raise ValueError(
+            f"InferenceServiceArgs.s3_addressing_style: {args.s3_addressing_style!r}; "
+            "expected path or virtual"
         )
     if args.s3_endpoint is not None and urlparse(args.s3_endpoint).scheme not in ("http", "https"):
         raise ValueError(f"InferenceServiceArgs.s3_endpoint: {args.s3_endpoint!r}; expected an http(s) URL")

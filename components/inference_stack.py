@@ -205,6 +205,7 @@ class InferenceStack(pulumi.ComponentResource):
             f"{name}-store",
             ModelStoreArgs(
                 bucket_prefix=cfg.model_store.bucket_prefix,
+                bucket_name=cfg.model_store.bucket_name,
                 force_destroy=cfg.model_store.force_destroy,
                 protect=cfg.model_store.protect,
                 noncurrent_version_days=cfg.model_store.noncurrent_version_days,
@@ -274,7 +275,8 @@ class InferenceStack(pulumi.ComponentResource):
             access_key=store_cfg.access_key_id,
             secret_key=store_cfg.secret_access_key,
             endpoints=[{"s3": store_cfg.endpoint}],
-            s3_use_path_style=True,
+            # MinIO/Ceph: path-style; OSS and COS refuse it (objectStore.addressingStyle: virtual)
+            s3_use_path_style=store_cfg.addressing_style == "path",
             skip_credentials_validation=True,
             skip_requesting_account_id=True,
             skip_metadata_api_check=True,
@@ -295,6 +297,7 @@ class InferenceStack(pulumi.ComponentResource):
             f"{name}-store",
             ModelStoreArgs(
                 bucket_prefix=cfg.model_store.bucket_prefix,
+                bucket_name=cfg.model_store.bucket_name,
                 force_destroy=cfg.model_store.force_destroy,
                 protect=cfg.model_store.protect,
                 noncurrent_version_days=cfg.model_store.noncurrent_version_days,
@@ -324,6 +327,7 @@ class InferenceStack(pulumi.ComponentResource):
                     region=store_cfg.region,
                     s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
                     s3_endpoint=store_cfg.cluster_endpoint,
+                    s3_addressing_style=store_cfg.addressing_style,
                     **_sizing(m),
                     **_exposure(m, "kubernetes"),
                     auth_token=cfg.auth_token if m.auth else None,

@@ -101,8 +101,12 @@ class Mocks(pulumi.runtime.Mocks):
             }, []
         if tok == "aws:eks/getAddonVersion:getAddonVersion":
             name, version = args.args["addonName"], args.args["kubernetesVersion"]
-            return {"id": name, "addonName": name, "kubernetesVersion": version,
-                    "version": f"v-{name}-for-{version}"}, []
+            return {
+                "id": name,
+                "addonName": name,
+                "kubernetesVersion": version,
+                "version": f"v-{name}-for-{version}",
+            }, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
                 "accountId": ACCOUNT,

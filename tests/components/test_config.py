@@ -209,3 +209,17 @@ def test_bad_cache_size_and_ingress() -> None:
     _expect(
         _model(_dev(), ingress={"className": "nginx"}), "models[0].ingress", "only with exposure: ingress"
     )
+
+
+def test_bad_addressing_style_and_bucket_name() -> None:
+    local = copy.deepcopy(load_stack("local"))
+    local["inferstack:objectStore"]["addressingStyle"] = "dns"
+    _expect(local, "objectStore.addressingStyle", "'dns'", "path, virtual")
+    _expect(
+        _set(_dev(), "modelStore", {"bucketName": "Models_1"}), "modelStore.bucketName", "'Models_1'", "3-63"
+    )
+    _expect(
+        _set(_dev(), "modelStore", {"bucketName": "models-1", "bucketPrefix": "models"}),
+        "modelStore.bucketName",
+        "not both",
+    )

@@ -327,3 +327,25 @@ def test_model_cache_size_from_the_stack() -> None:
     assert c["resources"]["limits"]["ephemeral-storage"] == f"{30 * 1024 + 1536}Mi"
     volumes = p.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["volumes"]
     assert {v["name"]: v for v in volumes}["model-cache"]["emptyDir"]["sizeLimit"] == "30Gi"
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_addressing_style_reaches_the_provider_and_the_runtime(style: str) -> None:
+    cfg = _config("local")
+    cfg["inferstack:objectStore"]["addressingStyle"] = style
+    p = run_program(main, cfg, stack="local")
+    provider = p.one("pulumi:providers:aws")
+    assert provider.inputs["s3UsePathStyle"] in ((style == "path"), str(style == "path").lower()), (
+        provider.urn
+    )
+    assert env_of(container(p))["INFERSTACK_S3_ADDRESSING_STYLE"] == style
+
+
+def test_an_exact_bucket_name_gets_no_suffix() -> None:
+    cfg = _config("local")
+    cfg["inferstack:modelStore"] = {"bucketName": "models-1250000000", "forceDestroy": True}
+    p = run_program(main, cfg, stack="local")
+    bucket = p.one("aws:s3/bucket:Bucket")
+    assert bucket.inputs["bucket"] == "models-1250000000" and "bucketPrefix" not in bucket.inputs, bucket.urn
+    assert p.outputs["bucketName"] == "models-1250000000"
+    assert p.outputs["modelUri"].startswith("s3://models-1250000000/models/")
