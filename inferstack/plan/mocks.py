@@ -192,7 +192,9 @@ class PlanMocks(pulumi.runtime.Mocks):
         if function == "getInstanceTypeOfferings":
             # every requested instance type in every zone getAvailabilityZones names
             wanted = [
-                v for f in args.args.get("filters") or [] if f.get("name") == "instance-type"
+                v
+                for f in args.args.get("filters") or []
+                if f.get("name") == "instance-type"
                 for v in f.get("values") or []
             ]
             pairs = [(f"{region}{x}", t) for x in "abc" for t in wanted]
