@@ -4,7 +4,7 @@
   KMS), RuntimeImage (prebuilt or ECR), and per model a ModelArtifact and an InferenceService whose
   pods read the model through EKS Pod Identity.
 * ``kubernetes``: an existing cluster from a kubeconfig context and any S3-compatible store (MinIO,
-  Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and path-style addressing; no
+  Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and its addressing style; no
   node pools, the CPU runtime image, static store credentials in a Secret.
 
 The Kubernetes part (InferenceService) is the same code on both targets.
