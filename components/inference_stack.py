@@ -20,7 +20,7 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from inferstack.components.cluster import Cluster, ClusterArgs
 from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
-from inferstack.components.config import ModelConfig, StackConfig
+from inferstack.components.config import ConfigError, ModelConfig, StackConfig
 from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from inferstack.components.inference_service import (
@@ -31,7 +31,7 @@ from inferstack.components.inference_service import (
 )
 from inferstack.components.model_artifact import ModelArtifact, ModelArtifactArgs
 from inferstack.components.model_store import ModelStore, ModelStoreArgs
-from inferstack.components.network import Network, NetworkArgs
+from inferstack.components.network import Network, NetworkArgs, ZoneShortage
 from inferstack.components.nvidia_device_plugin import NvidiaDevicePlugin
 from inferstack.components.runtime_image import RuntimeImage, RuntimeImageArgs
 
@@ -87,18 +87,25 @@ class InferenceStack(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         on_aws = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
-        network = Network(
-            f"{name}-network",
-            NetworkArgs(
-                cluster_name=cluster_name,
-                cidr=cfg.network.cidr,
-                az_count=cfg.network.az_count,
-                nat=cfg.network.nat,
-                region=cfg.region,
-                gpu_instance_types=[t for p in cfg.gpu_pools for t in p.instance_types],
-            ),
-            opts=on_aws,
-        )
+        try:
+            network = Network(
+                f"{name}-network",
+                NetworkArgs(
+                    cluster_name=cluster_name,
+                    cidr=cfg.network.cidr,
+                    az_count=cfg.network.az_count,
+                    nat=cfg.network.nat,
+                    region=cfg.region,
+                    gpu_instance_types=[t for p in cfg.gpu_pools for t in p.instance_types],
+                ),
+                opts=on_aws,
+            )
+        except ZoneShortage as e:
+            raise ConfigError(
+                "network.azCount",
+                e.az_count,
+                f"at most {len(e.zones)}: {e.detail} (or choose GPU instance types offered in more zones)",
+            ) from None
         cluster = Cluster(
             f"{name}-cluster",
             ClusterArgs(

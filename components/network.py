@@ -42,6 +42,21 @@ class NetworkArgs:
     """Tags on every resource. Default none."""
 
 
+class ZoneShortage(ValueError):
+    """Fewer zones offer the GPU instance types than ``az_count`` asks for."""
+
+    def __init__(self, az_count: int, region: str, instance_types: list[str], zones: list[str]) -> None:
+        self.az_count, self.zones = az_count, zones
+        self.detail = (
+            f"only {len(zones)} zone(s) of {region} offer {', '.join(sorted(set(instance_types)))}"
+            f"{': ' + ', '.join(zones) if zones else ''}"
+        )
+        super().__init__(
+            f"NetworkArgs.az_count: {az_count}; {self.detail} "
+            "(lower the zone count, or choose instance types offered in more zones)"
+        )
+
+
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     private_subnet_ids: pulumi.Output[list[str]]
@@ -90,13 +105,7 @@ class Network(pulumi.ComponentResource):
                 available, list(offered.locations), list(offered.instance_types), args.gpu_instance_types
             )
             if len(offering) < args.az_count:
-                raise ValueError(
-                    f"NetworkArgs.az_count (inferstack:network.azCount): {args.az_count}; only "
-                    f"{len(offering)} zone(s) of {args.region} offer "
-                    f"{', '.join(sorted(set(args.gpu_instance_types)))}"
-                    f"{': ' + ', '.join(offering) if offering else ''} "
-                    "(lower azCount, or choose instance types offered in more zones)"
-                )
+                raise ZoneShortage(args.az_count, args.region, args.gpu_instance_types, offering)
         zones = offering[: args.az_count]
         self.zones = zones
         blocks = list(net.subnets(new_prefix=net.prefixlen + 4))

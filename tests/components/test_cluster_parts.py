@@ -383,6 +383,7 @@ def test_zones_are_chosen_among_those_offering_the_gpu_types() -> None:
     zones = sorted(s.inputs["availabilityZone"] for s in p.of_type("aws:ec2/subnet:Subnet"))
     assert zones == ["us-east-1b", "us-east-1b", "us-east-1c", "us-east-1c"], zones
     with pytest.raises(
-        ValueError, match=r"network.azCount.*only 2 zone\(s\) of us-east-1 offer g6.2xlarge, g6.xlarge"
+        ValueError,
+        match=r"NetworkArgs.az_count: 3; only 2 zone\(s\) of us-east-1 offer g6.2xlarge, g6.xlarge",
     ):
         run_program(lambda: net(3), mocks=Mocks(unoffered={"us-east-1a": {"g6.2xlarge"}}))

@@ -349,3 +349,15 @@ def test_an_exact_bucket_name_gets_no_suffix() -> None:
     assert bucket.inputs["bucket"] == "models-1250000000" and "bucketPrefix" not in bucket.inputs, bucket.urn
     assert p.outputs["bucketName"] == "models-1250000000"
     assert p.outputs["modelUri"].startswith("s3://models-1250000000/models/")
+
+
+def test_too_few_zones_offering_the_gpu_type_is_a_config_error() -> None:
+    from inferstack.components.config import ConfigError
+    from pulumi_harness import Mocks
+
+    mocks = Mocks(unoffered={"us-east-1a": {"g6.xlarge"}})
+    with pytest.raises(ConfigError) as info:
+        run_program(main, _config("prod"), stack="prod", mocks=mocks)
+    msg = str(info.value)
+    assert msg.startswith("inferstack:network.azCount: 3 is not allowed; expected at most 2:"), msg
+    assert "us-east-1b, us-east-1c" in msg, msg
