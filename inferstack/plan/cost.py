@@ -246,13 +246,13 @@ def estimate(snapshot: dict[str, Any]) -> CostEstimate:
         meta = inputs.get("metadata") or {}
         spec = inputs.get("spec") or {}
         ns, name = meta.get("namespace") or "default", str(meta.get("name") or r["name"])
-        gpus = _gpus_of((spec.get("template") or {}).get("spec"))
+        per_replica = _gpus_of((spec.get("template") or {}).get("spec"))
         if (ns, name) in scalers:
             lo, hi, by = scalers[(ns, name)]
         else:
             lo = hi = _int(spec.get("replicas"), 1)
             by = "replicas"
-        est.workloads.append(Workload(f"{ns}/{name}", gpus, lo, hi, by))
+        est.workloads.append(Workload(f"{ns}/{name}", per_replica, lo, hi, by))
     _place(est.pools, est.workloads, est.unplaced)
 
     fixed = est.usd_per_hour_fixed
