@@ -1,4 +1,7 @@
-"""Cluster: an EKS control plane with a pinned version, API access entries and the Pod Identity agent."""
+"""Cluster: an EKS control plane with a pinned version and support type, API access entries and the
+Pod Identity agent. The node role's policy attachments are exposed so that node groups can list them
+in ``depends_on``: created before the nodes, destroyed after them (a node that loses its policies
+mid-destroy cannot drain)."""
 
 from __future__ import annotations
 
@@ -12,6 +15,9 @@ import pulumi_aws as aws
 TYPE = "inferstack:cluster:Cluster"
 _MANAGED = "arn:aws:iam::aws:policy/"
 NODE_POLICIES = ("AmazonEKSWorkerNodePolicy", "AmazonEKS_CNI_Policy", "AmazonEC2ContainerRegistryReadOnly")
+#: EKS upgrade policy: STANDARD upgrades the cluster automatically when its version leaves standard
+#: support; EXTENDED keeps it for 12 more months at the extended-support price per cluster hour.
+SUPPORT_TYPES = ("STANDARD", "EXTENDED")
 
 
 @dataclass
@@ -26,6 +32,9 @@ class ClusterArgs:
     """Region, written into the kubeconfig's token command. Default us-east-1."""
     admin_principal_arns: list[str] = field(default_factory=list)
     """IAM principals given cluster-admin through access entries (besides the creator). Default none."""
+    support_type: str = "EXTENDED"
+    """``STANDARD`` or ``EXTENDED`` (the EKS default): what happens when the version leaves standard
+    support. Default EXTENDED."""
     public_access_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
     """Who may reach the public API endpoint. Default anywhere (authentication still applies)."""
     tags: dict[str, str] = field(default_factory=dict)
@@ -39,7 +48,11 @@ class Cluster(pulumi.ComponentResource):
     kubeconfig: pulumi.Output[str]
     """A kubeconfig (secret) that gets its token from ``aws eks get-token``."""
     security_group_id: pulumi.Output[str]
+    version: pulumi.Output[str]
+    """The control plane's Kubernetes version; node groups follow it."""
     addons: list[pulumi.Resource]
+    node_policy_attachments: list[pulumi.Resource]
+    """The node role's policy attachments: node groups depend on them."""
 
     def __init__(self, name: str, args: ClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         if not re.match(r"^1\.[0-9]{2}$", args.version):
@@ -49,6 +62,10 @@ class Cluster(pulumi.ComponentResource):
         if not re.match(r"^[a-zA-Z][a-zA-Z0-9-]{0,99}$", args.cluster_name):
             raise ValueError(
                 f"ClusterArgs.cluster_name: {args.cluster_name!r}; expected letters, digits, '-'"
+            )
+        if args.support_type not in SUPPORT_TYPES:
+            raise ValueError(
+                f"ClusterArgs.support_type: {args.support_type!r}; expected one of {', '.join(SUPPORT_TYPES)}"
             )
         for arn in args.admin_principal_arns:
             if not arn.startswith("arn:aws"):
@@ -93,6 +110,7 @@ class Cluster(pulumi.ComponentResource):
             },
             encryption_config={"resources": ["secrets"], "provider": {"key_arn": secrets_key.arn}},
             enabled_cluster_log_types=["api", "audit", "authenticator"],
+            upgrade_policy={"support_type": args.support_type},
             tags=args.tags,
             opts=pulumi.ResourceOptions(
                 parent=self,
@@ -124,10 +142,12 @@ class Cluster(pulumi.ComponentResource):
             tags=args.tags,
             opts=child,
         )
-        for policy in NODE_POLICIES:
+        self.node_policy_attachments = [
             aws.iam.RolePolicyAttachment(
                 f"{name}-node-{policy}", role=node_role.name, policy_arn=_MANAGED + policy, opts=child
             )
+            for policy in NODE_POLICIES
+        ]
         # Pods get AWS credentials through EKS Pod Identity (InferenceService's association).
         pod_identity = aws.eks.Addon(
             f"{name}-pod-identity-agent",
@@ -142,6 +162,7 @@ class Cluster(pulumi.ComponentResource):
 
         self.name = cluster.name
         self.endpoint = cluster.endpoint
+        self.version = cluster.version
         self.node_role_arn = node_role.arn
         self.security_group_id = cluster.vpc_config.cluster_security_group_id
         self.kubeconfig = pulumi.Output.secret(
@@ -156,6 +177,7 @@ class Cluster(pulumi.ComponentResource):
                 "node_role_arn": self.node_role_arn,
                 "kubeconfig": self.kubeconfig,
                 "security_group_id": self.security_group_id,
+                "version": self.version,
             }
         )
 

@@ -36,6 +36,17 @@ _DESCRIBE_ANY = [
     "ec2:GetInstanceTypesFromInstanceRequirements",
 ]
 _WRITE_ACTIONS = ["autoscaling:SetDesiredCapacity", "autoscaling:TerminateInstanceInAutoScalingGroup"]
+IMAGE_REPOSITORY = "registry.k8s.io/autoscaling/cluster-autoscaler"
+#: The newest cluster-autoscaler patch release per Kubernetes minor version (the autoscaler is
+#: released per minor and must match the control plane's). Source: the ``cluster-autoscaler-1.NN.P``
+#: tags of github.com/kubernetes/autoscaler as of 2026-08-22; bump a patch here when a new one is out.
+IMAGE_TAGS = {
+    "1.31": "v1.31.5",
+    "1.32": "v1.32.7",
+    "1.33": "v1.33.6",
+    "1.34": "v1.34.5",
+    "1.35": "v1.35.2",
+}
 
 
 @dataclass
@@ -43,7 +54,7 @@ class ClusterAutoscalerArgs:
     cluster_name: str
     """The EKS cluster (plain name: it is in the discovery tags). Required."""
     cluster_version: str
-    """Kubernetes minor version; the autoscaler image is ``v<version>.0`` to match. Required."""
+    """Kubernetes minor version; the image is that minor's newest patch (``IMAGE_TAGS``). Required."""
     region: str = "us-east-1"
     """Region of the Auto Scaling Groups. Default us-east-1."""
     chart_version: str = "9.46.6"
@@ -64,6 +75,11 @@ class ClusterAutoscaler(pulumi.ComponentResource):
         if not re.match(r"^1\.[0-9]{2}$", args.cluster_version):
             raise ValueError(
                 f"ClusterAutoscalerArgs.cluster_version: {args.cluster_version!r}; expected 1.NN"
+            )
+        if args.cluster_version not in IMAGE_TAGS:
+            raise ValueError(
+                f"ClusterAutoscalerArgs.cluster_version: {args.cluster_version!r}; expected one of "
+                f"{', '.join(IMAGE_TAGS)} (the versions with a known cluster-autoscaler release)"
             )
         if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", args.chart_version):
             raise ValueError(f"ClusterAutoscalerArgs.chart_version: {args.chart_version!r}; expected x.y.z")
@@ -112,7 +128,7 @@ class ClusterAutoscaler(pulumi.ComponentResource):
             "autoDiscovery": {"clusterName": args.cluster_name},
             "fullnameOverride": CHART,
             "rbac": {"serviceAccount": {"create": True, "name": SERVICE_ACCOUNT}},
-            "image": {"tag": f"v{args.cluster_version}.0"},
+            "image": {"repository": IMAGE_REPOSITORY, "tag": IMAGE_TAGS[args.cluster_version]},
             "extraArgs": {
                 "balance-similar-node-groups": True,
                 "expander": "least-waste",

@@ -28,16 +28,20 @@ TARGETS = ("aws", "kubernetes")
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
 NAT_MODES = ("single", "perAz")
-EXPOSURES = ("internal", "public")
+# internal / public: an internal / internet-facing NLB on aws; on kubernetes ClusterIP / LoadBalancer.
+EXPOSURES = ("internal", "public", "clusterIP", "nodePort", "loadBalancer", "ingress")
 # Kubernetes versions this project renders and validates (kubernetes-validate ships their schemas).
 CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
 DEFAULT_CLUSTER_VERSION = "1.34"
+SUPPORT_TYPES = ("STANDARD", "EXTENDED")
 DEFAULT_GPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-gpu"
 DEFAULT_CPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-cpu"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
 _BUCKET_PREFIX = re.compile(r"^[a-z0-9][a-z0-9.-]{1,35}$")
+_BUCKET_NAME = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+ADDRESSING_STYLES = ("path", "virtual")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 # x86_64 NVIDIA families (the AMI types above are x86_64 NVIDIA; g5g is ARM, g4ad is AMD).
 _GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
@@ -96,6 +100,9 @@ class ModelStoreConfig:
     force_destroy: bool = False
     protect: bool = False
     noncurrent_version_days: int = 30
+    bucket_name: str | None = None
+    """``modelStore.bucketName``: the exact bucket name, no random suffix (Tencent COS needs
+    ``<name>-<appid>``). Default none: ``bucketPrefix`` plus a unique suffix."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +114,9 @@ class ObjectStoreConfig:
     access_key_id: str
     secret_access_key: pulumi.Output[str]
     region: str = "us-east-1"
+    addressing_style: str = "path"
+    """``objectStore.addressingStyle``: ``path`` (MinIO, Ceph; the default) or ``virtual`` (Alibaba
+    OSS, Tencent COS, which refuse path-style requests)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +141,12 @@ class ModelConfig:
     auth: bool = False
     image_pull_policy: str | None = None
     """None: Always for a tag, IfNotPresent for a digest (see InferenceServiceArgs)."""
+    cache_size: str = "10Gi"
+    """``cacheSize``: the model cache emptyDir's size limit (ephemeral-storage follows it)."""
+    ingress_class: str | None = None
+    """``ingress.className`` with ``exposure: ingress``."""
+    ingress_host: str | None = None
+    """``ingress.host`` with ``exposure: ingress``."""
 
 
 @dataclass(frozen=True)
@@ -158,6 +174,9 @@ class StackConfig:
     auth_token: pulumi.Output[str] | None
     project_dir: Path
     cluster_admins: list[str] = field(default_factory=list)
+    cluster_support_type: str = "EXTENDED"
+    """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
+    standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -185,6 +204,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         raise ConfigError("region", region, "an AWS region name such as us-east-1")
     version = str(cfg.get("clusterVersion") or DEFAULT_CLUSTER_VERSION)
     _choice(version, "clusterVersion", CLUSTER_VERSIONS)
+    support_type = _choice(cfg.get("clusterSupportType") or "EXTENDED", "clusterSupportType", SUPPORT_TYPES)
 
     network = _network(_obj(cfg, "network") or {})
     gpu_pools = [_gpu_pool(p, f"gpuPools[{i}]") for i, p in enumerate(_list(cfg, "gpuPools"))]
@@ -246,6 +266,10 @@ def load(project_dir: Path | None = None) -> StackConfig:
             )
     if admins and target != "aws":
         raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
+    if cfg.get("clusterSupportType") is not None and target != "aws":
+        raise ConfigError(
+            "clusterSupportType", support_type, "clusterSupportType only with target aws (EKS upgrade policy)"
+        )
 
     tags = _obj(cfg, "tags") or {}
     for k, v in tags.items():
@@ -269,6 +293,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         auth_token=auth_token,
         project_dir=root,
         cluster_admins=admins,
+        cluster_support_type=support_type,
     )
 
 
@@ -333,6 +358,12 @@ def _gpu_pool(raw: Any, key: str) -> GpuPoolConfig:
     disk = _int(raw.get("diskSizeGiB", 100), f"{key}.diskSizeGiB", 50, 16384)
     ami = _choice(raw.get("amiType", AMI_TYPES[0]), f"{key}.amiType", AMI_TYPES)
     cap = _choice(raw.get("capacityType", "ON_DEMAND"), f"{key}.capacityType", CAPACITY_TYPES)
+    from inferstack.components.gpu_node_pool import gpu_model
+
+    try:
+        gpu_model(types)
+    except ValueError as e:
+        raise ConfigError(f"{key}.instanceTypes", types, f"one GPU model per pool ({e})") from None
     return GpuPoolConfig(name, types, lo, hi, desired, disk, ami, cap)
 
 
@@ -346,7 +377,9 @@ def _system_pool(raw: Mapping[str, Any]) -> SystemPoolConfig:
 
 
 def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
-    _keys(raw, "modelStore", {"bucketPrefix", "forceDestroy", "protect", "noncurrentVersionDays"})
+    _keys(
+        raw, "modelStore", {"bucketPrefix", "bucketName", "forceDestroy", "protect", "noncurrentVersionDays"}
+    )
     prefix = raw.get("bucketPrefix", ModelStoreConfig.bucket_prefix)
     if not isinstance(prefix, str) or not _BUCKET_PREFIX.match(prefix) or ".." in prefix:
         raise ConfigError(
@@ -359,7 +392,18 @@ def _model_store(raw: Mapping[str, Any]) -> ModelStoreConfig:
     if force and protect:
         raise ConfigError("modelStore.forceDestroy", force, "false when modelStore.protect is true")
     days = _int(raw.get("noncurrentVersionDays", 30), "modelStore.noncurrentVersionDays", 1, 3650)
-    return ModelStoreConfig(prefix, force, protect, days)
+    name = raw.get("bucketName")
+    if name is not None:
+        if "bucketPrefix" in raw:
+            raise ConfigError("modelStore.bucketName", name, "bucketName or bucketPrefix, not both")
+        if not isinstance(name, str) or not _BUCKET_NAME.match(name) or ".." in name:
+            raise ConfigError(
+                "modelStore.bucketName",
+                name,
+                "an S3 bucket name: 3-63 characters of a-z, 0-9, '.', '-', starting and ending with a "
+                "letter or digit (e.g. models-1250000000 on Tencent COS)",
+            )
+    return ModelStoreConfig(prefix, force, protect, days, bucket_name=name)
 
 
 def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
@@ -371,7 +415,11 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
             "a mapping with endpoint, clusterEndpoint, accessKeyId "
             "(and secretAccessKey) for target kubernetes",
         )
-    _keys(raw, "objectStore", {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region"})
+    _keys(
+        raw,
+        "objectStore",
+        {"endpoint", "clusterEndpoint", "accessKeyId", "secretAccessKey", "region", "addressingStyle"},
+    )
     endpoint = _url(raw.get("endpoint"), "objectStore.endpoint")
     cluster_endpoint = _url(raw.get("clusterEndpoint", endpoint), "objectStore.clusterEndpoint")
     access_key = raw.get("accessKeyId")
@@ -386,7 +434,10 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
             "'inferstack:objectStore.secretAccessKey' ...)",
         )
     region = raw.get("region", "us-east-1")
-    return ObjectStoreConfig(endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region)
+    style = _choice(raw.get("addressingStyle", "path"), "objectStore.addressingStyle", ADDRESSING_STYLES)
+    return ObjectStoreConfig(
+        endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region, addressing_style=style
+    )
 
 
 def _runtime_image(raw: Mapping[str, Any], target: str) -> RuntimeImageConfig:
@@ -418,6 +469,8 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
             "autoscaling",
             "exposure",
             "auth",
+            "cacheSize",
+            "ingress",
         },
     )
     name = _name(raw.get("name"), f"{key}.name")
@@ -465,12 +518,57 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
         tgt = _int(a.get("targetCpuUtilization", 70), f"{key}.autoscaling.targetCpuUtilization", 10, 95)
         scaling = AutoscalingConfig(lo, hi, tgt)
     exposure = _choice(raw.get("exposure", "internal"), f"{key}.exposure", EXPOSURES)
+    cache_size = _quantity(raw.get("cacheSize", "10Gi"), f"{key}.cacheSize")
+    from inferstack.components.inference_service import ephemeral_storage
+
+    try:
+        ephemeral_storage(cache_size)
+    except ValueError:
+        raise ConfigError(
+            f"{key}.cacheSize", cache_size, "a storage size of at least 64Mi such as 10Gi"
+        ) from None
+    ingress = raw.get("ingress")
+    ingress_class = ingress_host = None
+    if exposure == "ingress":
+        if not isinstance(ingress, Mapping):
+            raise ConfigError(
+                f"{key}.ingress", ingress, "a mapping with className and host (exposure: ingress)"
+            )
+        _keys(ingress, f"{key}.ingress", {"className", "host"})
+        ingress_class = ingress.get("className")
+        if not isinstance(ingress_class, str) or not re.match(
+            r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", ingress_class
+        ):
+            raise ConfigError(f"{key}.ingress.className", ingress_class, "an IngressClass name such as nginx")
+        ingress_host = ingress.get("host")
+        if not isinstance(ingress_host, str) or not re.match(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?$", ingress_host
+        ):
+            raise ConfigError(
+                f"{key}.ingress.host", ingress_host, "a DNS name such as tiny.models.example.com"
+            )
+    elif ingress is not None:
+        raise ConfigError(f"{key}.ingress", "(set)", "ingress only with exposure: ingress")
     auth = _bool(raw.get("auth", False), f"{key}.auth")
     pull = raw.get("imagePullPolicy")
     if pull is not None:
         pull = _choice(pull, f"{key}.imagePullPolicy", PULL_POLICIES)
     return ModelConfig(
-        name, path, manifest, image, replicas, gpus, cpu, memory, scaling, exposure, auth, pull
+        name,
+        path,
+        manifest,
+        image,
+        replicas,
+        gpus,
+        cpu,
+        memory,
+        scaling,
+        exposure,
+        auth,
+        pull,
+        cache_size=cache_size,
+        ingress_class=ingress_class,
+        ingress_host=ingress_host,
     )
 
 

@@ -3,6 +3,13 @@
 * AMI ``AL2023_x86_64_NVIDIA`` (driver + container toolkit) by default, Bottlerocket NVIDIA as option.
 * Taint ``nvidia.com/gpu=true:NoSchedule`` and label ``nvidia.com/gpu.present=true``: only pods that
   tolerate the taint (the inference pods, the device plugin) land on the expensive nodes.
+* Label ``k8s.amazonaws.com/accelerator=<gpu model>`` (e.g. ``nvidia-tesla-t4``), the cluster
+  autoscaler's GPU label on AWS: a node that carries it while its device plugin has not yet
+  advertised ``nvidia.com/gpu`` counts as a GPU node still starting, so the autoscaler does not add
+  more nodes for the same pending pods (cluster autoscaler AWS README, "Special note on GPU
+  instances"). One GPU model per pool, so the label is true on every node.
+* Follows the cluster's Kubernetes version (``version``) and depends on the node role's policy
+  attachments and the networking add-ons (``node_group_depends_on``).
 * ``min_size`` may be 0. The desired size is set once and then left to the cluster autoscaler
   (``ignore_changes``), so a later ``pulumi up`` does not scale the pool back.
 * cluster-autoscaler node-template tags (label, taint, GPU count) on the node group and on its Auto
@@ -44,6 +51,42 @@ _GPUS_BY_TYPE = {
     "g4dn.metal": 8,
 }
 _GPUS_BY_SIZE = {"12xlarge": 4, "24xlarge": 4, "48xlarge": 8}
+#: The cluster autoscaler's GPU label on AWS (cloudprovider/aws: ``GPULabel``).
+ACCELERATOR_LABEL = "k8s.amazonaws.com/accelerator"
+#: GPU model per x86_64 NVIDIA family, as the label's value (lower-case, ``nvidia-`` prefix, the
+#: names GKE's ``cloud.google.com/gke-accelerator`` uses and the autoscaler's docs cite, e.g.
+#: ``nvidia-tesla-k80`` for P2).
+GPU_MODELS = {
+    "g4dn": "nvidia-tesla-t4",
+    "g5": "nvidia-a10g",
+    "g6": "nvidia-l4",
+    "gr6": "nvidia-l4",
+    "g6e": "nvidia-l40s",
+    "p3": "nvidia-tesla-v100",
+    "p4d": "nvidia-a100",
+    "p4de": "nvidia-a100",
+    "p5": "nvidia-h100",
+    "p5e": "nvidia-h200",
+    "p5en": "nvidia-h200",
+}
+
+
+def gpu_model(instance_types: list[str]) -> str:
+    """The one GPU model of these instance types (``nvidia-tesla-t4`` for g4dn); ``ValueError`` for a
+    family not in ``GPU_MODELS`` or for types with different GPUs (the node label would be false on
+    some nodes)."""
+    models = set()
+    for t in instance_types:
+        family = t.split(".")[0]
+        if family not in GPU_MODELS:
+            raise ValueError(f"{t}: unknown GPU family {family!r}; expected one of {', '.join(GPU_MODELS)}")
+        models.add(GPU_MODELS[family])
+    if len(models) != 1:
+        raise ValueError(
+            f"{', '.join(instance_types)}: {len(models)} GPU models ({', '.join(sorted(models))}); "
+            "expected one GPU model per pool (declare another pool for the other)"
+        )
+    return models.pop()
 
 
 def gpus_per_node(instance_type: str) -> int:
@@ -76,6 +119,12 @@ class GpuNodePoolArgs:
     """``AL2023_x86_64_NVIDIA`` or ``BOTTLEROCKET_x86_64_NVIDIA``. Default AL2023."""
     capacity_type: str = "ON_DEMAND"
     """``ON_DEMAND`` or ``SPOT``. Default on-demand."""
+    version: pulumi.Input[str] | None = None
+    """Kubernetes version of the nodes: the cluster's (``Cluster.version``), so an upgrade of the control
+    plane rolls the nodes too. Default: the version EKS picks at creation, never changed after."""
+    node_group_depends_on: list[pulumi.Resource] = field(default_factory=list)
+    """What the node group needs first and must outlive: the node role's policy attachments
+    (``Cluster.node_policy_attachments``) and the networking add-ons. Default none."""
     gpu: bool = True
     """False declares a CPU pool (standard AL2023 AMI, no taint, no GPU tags). Default true."""
     tags: dict[str, str] = field(default_factory=dict)
@@ -132,10 +181,11 @@ class GpuNodePool(pulumi.ComponentResource):
         }
         if args.gpu:
             labels[GPU_LABEL[0]] = GPU_LABEL[1]
+            labels[ACCELERATOR_LABEL] = gpu_model(args.instance_types)
             if not ami_type.startswith("BOTTLEROCKET"):
                 labels[NODE_PLUGIN_LABEL[0]] = NODE_PLUGIN_LABEL[1]
             taints.append(GPU_TAINT)
-            asg_tags.update(node_template_tags(args.instance_types[0]))
+            asg_tags.update(node_template_tags(args.instance_types))
 
         self.node_group = aws.eks.NodeGroup(
             f"{name}-node-group",
@@ -143,6 +193,7 @@ class GpuNodePool(pulumi.ComponentResource):
             node_role_arn=args.node_role_arn,
             subnet_ids=args.subnet_ids,
             ami_type=ami_type,
+            version=args.version,
             capacity_type=args.capacity_type,
             instance_types=args.instance_types,
             scaling_config={
@@ -157,6 +208,7 @@ class GpuNodePool(pulumi.ComponentResource):
             tags={**args.tags, **asg_tags},
             opts=pulumi.ResourceOptions(
                 parent=self,
+                depends_on=args.node_group_depends_on,
                 # The autoscaler changes the desired size; `pulumi up` must not set it back.
                 ignore_changes=["scalingConfig.desiredSize"],
                 custom_timeouts=pulumi.CustomTimeouts(create="40m", update="60m", delete="40m"),
@@ -183,10 +235,13 @@ def _asg_name(resources: Any) -> str:
     return (groups[0].name or "") if groups else ""
 
 
-def node_template_tags(instance_type: str) -> dict[str, str]:
-    """What the cluster autoscaler needs to simulate a GPU node it has never seen (scale from zero)."""
+def node_template_tags(instance_types: list[str]) -> dict[str, str]:
+    """What the cluster autoscaler needs to simulate a GPU node it has never seen (scale from zero);
+    the GPU count is the first instance type's (the autoscaler's template)."""
+    instance_type = instance_types[0]
     return {
         f"{_AUTOSCALER}/node-template/label/{GPU_LABEL[0]}": GPU_LABEL[1],
+        f"{_AUTOSCALER}/node-template/label/{ACCELERATOR_LABEL}": gpu_model(instance_types),
         f"{_AUTOSCALER}/node-template/taint/{GPU_TAINT['key']}": "true:NoSchedule",
         f"{_AUTOSCALER}/node-template/resources/nvidia.com/gpu": str(gpus_per_node(instance_type)),
     }
@@ -208,6 +263,11 @@ def _validate(args: GpuNodePoolArgs) -> None:
             f"GpuNodePoolArgs.capacity_type: {args.capacity_type!r}; expected one of "
             f"{', '.join(CAPACITY_TYPES)}"
         )
+    if args.gpu:
+        try:
+            gpu_model(args.instance_types)
+        except ValueError as e:
+            raise ValueError(f"GpuNodePoolArgs.instance_types: {e}") from None
     if args.min_size < 0:
         raise ValueError(f"GpuNodePoolArgs.min_size: {args.min_size}; expected >= 0")
     if args.max_size < max(args.min_size, 1):

@@ -14,6 +14,7 @@ Always), it says why in ``checkov.io/skip<N>`` annotations next to the container
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -29,7 +30,12 @@ GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_NODE_LABEL = ("nvidia.com/gpu.present", "true")
 HEALTH_READY = "/v2/health/ready"
 HEALTH_LIVE = "/v2/health/live"
-EXPOSURES = ("cluster", "internal", "public")
+EXPOSURES = ("clusterIP", "nodePort", "loadBalancer", "ingress")
+LB_SCHEMES = ("internal", "internet-facing")
+#: the emptyDir at /tmp (the runtime's scratch space)
+TMP_SIZE = "1Gi"
+#: ephemeral storage beyond the two emptyDirs: container logs (the root file system is read-only)
+LOG_ALLOWANCE_BYTES = 512 * 1024**2
 RUNTIME_UID = 10001
 CACHE_DIR = "/var/cache/inferstack"
 TOKEN_DIR = "/var/run/inferstack/auth"
@@ -85,6 +91,9 @@ class InferenceServiceArgs:
     """``AWS_ENDPOINT_URL_S3`` for the runtime (MinIO etc.). Default none (AWS S3)."""
     region: str = "us-east-1"
     """Region for the S3 client. Default us-east-1."""
+    s3_addressing_style: str | None = None
+    """``path`` or ``virtual`` bucket addressing for the runtime's S3 client
+    (``INFERSTACK_S3_ADDRESSING_STYLE``). Default none: path with ``s3_endpoint``, else boto's."""
     replicas: int = 1
     """Replicas when there is no autoscaling. Default 1."""
     autoscaling: Autoscaling | None = None
@@ -96,10 +105,23 @@ class InferenceServiceArgs:
     memory: str = "8Gi"
     """Memory request and limit. Default 8Gi."""
     cache_size: str = "10Gi"
-    """Size limit of the emptyDir the model is downloaded into. Default 10Gi."""
-    exposure: str = "cluster"
-    """``cluster`` (ClusterIP), ``internal`` (internal AWS NLB) or ``public`` (internet-facing NLB).
-    Default ``cluster``."""
+    """Size limit of the emptyDir the model is downloaded into (at least the model package's size).
+    The container's ``ephemeral-storage`` request and limit are this plus /tmp's 1Gi and 512Mi for
+    logs, so the scheduler places the pod on a node with that much disk and the kubelet evicts it
+    only past it. Default 10Gi."""
+    exposure: str = "clusterIP"
+    """How clients reach the model: ``clusterIP`` (in-cluster only), ``nodePort``, ``loadBalancer``
+    (a LoadBalancer Service: on clusters without a load balancer implementation its address never
+    comes) or ``ingress`` (a ClusterIP Service behind an Ingress of class ``ingress_class``).
+    Default ``clusterIP``."""
+    load_balancer_scheme: str | None = None
+    """With ``loadBalancer`` on EKS: ``internal`` or ``internet-facing`` AWS NLB (annotations of the
+    AWS cloud provider / load balancer controller). Default none: the cluster's own load balancer."""
+    ingress_class: str | None = None
+    """``ingressClassName`` of the Ingress (``exposure: ingress``), e.g. ``nginx``. Required there."""
+    ingress_host: str | None = None
+    """Host name the Ingress routes to the model; the endpoint URL is ``http://<host>``. Required with
+    ``ingress``."""
     auth_token: pulumi.Input[str] | None = None
     """Bearer token the runtime requires; stored in a Secret, mounted as a file. Default: no auth."""
     port: int = 8000
@@ -213,10 +235,12 @@ class InferenceService(pulumi.ComponentResource):
             env.append({"name": "AWS_SHARED_CREDENTIALS_FILE", "value": S3_CREDENTIALS_FILE})
         if args.s3_endpoint:
             env.append({"name": "AWS_ENDPOINT_URL_S3", "value": args.s3_endpoint})
+        if args.s3_addressing_style:
+            env.append({"name": "INFERSTACK_S3_ADDRESSING_STYLE", "value": args.s3_addressing_style})
 
         volumes: list[dict[str, Any]] = [
             {"name": "model-cache", "empty_dir": {"size_limit": args.cache_size}},
-            {"name": "tmp", "empty_dir": {"size_limit": "1Gi"}},
+            {"name": "tmp", "empty_dir": {"size_limit": TMP_SIZE}},
         ]
         mounts: list[dict[str, Any]] = [
             {"name": "model-cache", "mount_path": CACHE_DIR},
@@ -246,9 +270,10 @@ class InferenceService(pulumi.ComponentResource):
             mounts.append({"name": "auth", "mount_path": TOKEN_DIR, "read_only": True})
             env.append({"name": "INFERSTACK_AUTH_TOKEN_FILE", "value": f"{TOKEN_DIR}/token"})
 
+        storage = ephemeral_storage(args.cache_size)
         resources: dict[str, dict[str, str]] = {
-            "requests": {"cpu": args.cpu, "memory": args.memory},
-            "limits": {"cpu": args.cpu, "memory": args.memory},
+            "requests": {"cpu": args.cpu, "memory": args.memory, "ephemeral-storage": storage},
+            "limits": {"cpu": args.cpu, "memory": args.memory, "ephemeral-storage": storage},
         }
         pod_spec: dict[str, Any] = {
             "service_account_name": args.model_name,
@@ -281,8 +306,10 @@ class InferenceService(pulumi.ComponentResource):
                         "capabilities": {"drop": ["ALL"]},
                         "seccomp_profile": {"type": "RuntimeDefault"},
                     },
+                    # ready = model downloaded, checked and warmed up: the startup budget covers the load
+                    # (live answers as soon as the port is open, so it would guard nothing).
                     "startup_probe": _probe(
-                        HEALTH_LIVE, period=10, failures=max(1, args.startup_timeout_s // 10)
+                        HEALTH_READY, period=10, failures=max(1, args.startup_timeout_s // 10)
                     ),
                     "readiness_probe": _probe(HEALTH_READY, period=5, failures=3),
                     "liveness_probe": _probe(HEALTH_LIVE, period=10, failures=3),
@@ -337,7 +364,7 @@ class InferenceService(pulumi.ComponentResource):
             ),
         )
 
-        svc_type, svc_annotations = _exposure(args.exposure)
+        svc_type, svc_annotations = _exposure(args.exposure, args.load_balancer_scheme)
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={
@@ -357,6 +384,36 @@ class InferenceService(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(create="20m", delete="20m"),
             ),
         )
+        ingress = None
+        if args.exposure == "ingress":
+            ingress = k8s.networking.v1.Ingress(
+                f"{name}-ingress",
+                metadata={
+                    **meta,
+                    # the controller may never publish an address (e.g. a NodePort ingress controller)
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
+                spec={
+                    "ingress_class_name": args.ingress_class,
+                    "rules": [
+                        {
+                            "host": args.ingress_host,
+                            "http": {
+                                "paths": [
+                                    {
+                                        "path": "/",
+                                        "path_type": "Prefix",
+                                        "backend": {
+                                            "service": {"name": args.model_name, "port": {"name": "http"}}
+                                        },
+                                    }
+                                ]
+                            },
+                        }
+                    ],
+                },
+                opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
+            )
         k8s.autoscaling.v2.HorizontalPodAutoscaler(
             f"{name}-hpa",
             metadata=meta,
@@ -397,9 +454,12 @@ class InferenceService(pulumi.ComponentResource):
 
         self.namespace = ns.metadata["name"]
         self.service_name = service.metadata["name"]
-        self.endpoint_url = pulumi.Output.all(service.status, service.metadata).apply(
-            lambda v: _endpoint(v[0], v[1], args.port)
-        )
+        if ingress is not None:
+            self.endpoint_url = pulumi.Output.from_input(f"http://{args.ingress_host}")
+        else:
+            self.endpoint_url = pulumi.Output.all(service.status, service.metadata).apply(
+                lambda v: _endpoint(v[0], v[1], args.port)
+            )
         self.register_outputs(
             {
                 "namespace": self.namespace,
@@ -499,8 +559,6 @@ def scan_skips(image: str, policy: str) -> dict[str, str]:
 
 
 def _validate(args: InferenceServiceArgs) -> None:
-    import re
-
     label = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
     if not label.match(args.model_name):
         raise ValueError(
@@ -513,6 +571,35 @@ def _validate(args: InferenceServiceArgs) -> None:
         raise ValueError(
             f"InferenceServiceArgs.exposure: {args.exposure!r}; expected one of {', '.join(EXPOSURES)}"
         )
+    if args.load_balancer_scheme is not None and (
+        args.load_balancer_scheme not in LB_SCHEMES or args.exposure != "loadBalancer"
+    ):
+        raise ValueError(
+            f"InferenceServiceArgs.load_balancer_scheme: {args.load_balancer_scheme!r}; expected "
+            f"{' or '.join(LB_SCHEMES)}, and only with exposure loadBalancer"
+        )
+    if args.exposure == "ingress":
+        if not args.ingress_class or not re.match(
+            r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$", args.ingress_class
+        ):
+            raise ValueError(
+                f"InferenceServiceArgs.ingress_class: {args.ingress_class!r}; expected the name of an "
+                "IngressClass of the cluster (e.g. nginx) with exposure ingress"
+            )
+        if not args.ingress_host or not re.match(
+            r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?\.)+[a-z0-9]([-a-z0-9]*[a-z0-9])?$", args.ingress_host
+        ):
+            raise ValueError(
+                f"InferenceServiceArgs.ingress_host: {args.ingress_host!r}; expected a DNS name "
+                "(e.g. tiny.models.example.com) with exposure ingress"
+            )
+    try:
+        ephemeral_storage(args.cache_size)
+    except ValueError:
+        raise ValueError(
+            f"InferenceServiceArgs.cache_size: {args.cache_size!r}; expected a quantity of at least "
+            "64Mi such as 10Gi"
+        ) from None
     if not args.model_prefix.endswith("/") or args.model_prefix.startswith("/") or "*" in args.model_prefix:
         raise ValueError(
             f"InferenceServiceArgs.model_prefix: {args.model_prefix!r}; expected a key prefix "
@@ -544,6 +631,11 @@ def _validate(args: InferenceServiceArgs) -> None:
             "InferenceServiceArgs.s3_credentials: not allowed with cluster_name "
             "(EKS pods get their identity from Pod Identity)"
         )
+    if args.s3_addressing_style not in (None, "path", "virtual"):
+        raise ValueError(
+            f"InferenceServiceArgs.s3_addressing_style: {args.s3_addressing_style!r}; "
+            "expected path or virtual"
+        )
     if args.s3_endpoint is not None and urlparse(args.s3_endpoint).scheme not in ("http", "https"):
         raise ValueError(f"InferenceServiceArgs.s3_endpoint: {args.s3_endpoint!r}; expected an http(s) URL")
 
@@ -557,15 +649,54 @@ def _probe(path: str, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _exposure(exposure: str) -> tuple[str, dict[str, str]]:
-    if exposure == "cluster":
-        return "ClusterIP", {}
-    scheme = "internet-facing" if exposure == "public" else "internal"
+_SUFFIXES = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def quantity_bytes(quantity: str) -> int:
+    """A Kubernetes storage quantity (``10Gi``, ``500M``, ``1073741824``) in bytes; ``ValueError``
+    for anything else (``m`` and exponents are not storage sizes)."""
+    m = re.fullmatch(r"([0-9]+(?:\.[0-9]+)?)(Ki|Mi|Gi|Ti|k|M|G|T)?", quantity)
+    if not m:
+        raise ValueError(f"{quantity!r}: not a storage quantity such as 10Gi")
+    return int(float(m.group(1)) * _SUFFIXES[m.group(2) or ""])
+
+
+def ephemeral_storage(cache_size: str) -> str:
+    """The container's ephemeral-storage request and limit: the model cache, /tmp and the logs
+    (emptyDir usage counts toward the pod's ephemeral storage), in Mi rounded up."""
+    cache = quantity_bytes(cache_size)
+    if cache < 64 * 2**20:
+        raise ValueError(f"{cache_size!r}: below 64Mi")
+    total = cache + quantity_bytes(TMP_SIZE) + LOG_ALLOWANCE_BYTES
+    return f"{-(-total // 2**20)}Mi"
+
+
+def _exposure(exposure: str, scheme: str | None) -> tuple[str, dict[str, str]]:
+    """Service type and annotations. Only a LoadBalancer Service is awaited (its address is the
+    endpoint); the others carry ``pulumi.com/skipAwait``: their readiness is the Deployment's, and a
+    Service with no ready endpoint yet (a pool scaling from zero) would hold ``pulumi up``."""
+    skip = {"pulumi.com/skipAwait": "true"}
+    if exposure == "nodePort":
+        return "NodePort", skip
+    if exposure != "loadBalancer":
+        return "ClusterIP", skip
+    if scheme is None:
+        return "LoadBalancer", {}
     annotations = {
         "service.beta.kubernetes.io/aws-load-balancer-type": "nlb",
         "service.beta.kubernetes.io/aws-load-balancer-scheme": scheme,
     }
-    if exposure == "internal":
+    if scheme == "internal":
         annotations["service.beta.kubernetes.io/aws-load-balancer-internal"] = "true"
     return "LoadBalancer", annotations
 

@@ -4,7 +4,7 @@
   KMS), RuntimeImage (prebuilt or ECR), and per model a ModelArtifact and an InferenceService whose
   pods read the model through EKS Pod Identity.
 * ``kubernetes``: an existing cluster from a kubeconfig context and any S3-compatible store (MinIO,
-  Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and path-style addressing; no
+  Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and its addressing style; no
   node pools, the CPU runtime image, static store credentials in a Secret.
 
 The Kubernetes part (InferenceService) is the same code on both targets.
@@ -20,7 +20,8 @@ import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 from inferstack.components.cluster import Cluster, ClusterArgs
 from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
-from inferstack.components.config import ModelConfig, StackConfig
+from inferstack.components.config import ConfigError, ModelConfig, StackConfig
+from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
 from inferstack.components.inference_service import (
     Autoscaling,
@@ -30,7 +31,7 @@ from inferstack.components.inference_service import (
 )
 from inferstack.components.model_artifact import ModelArtifact, ModelArtifactArgs
 from inferstack.components.model_store import ModelStore, ModelStoreArgs
-from inferstack.components.network import Network, NetworkArgs
+from inferstack.components.network import Network, NetworkArgs, ZoneShortage
 from inferstack.components.nvidia_device_plugin import NvidiaDevicePlugin
 from inferstack.components.runtime_image import RuntimeImage, RuntimeImageArgs
 
@@ -86,16 +87,25 @@ class InferenceStack(pulumi.ComponentResource):
             opts=pulumi.ResourceOptions(parent=self),
         )
         on_aws = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
-        network = Network(
-            f"{name}-network",
-            NetworkArgs(
-                cluster_name=cluster_name,
-                cidr=cfg.network.cidr,
-                az_count=cfg.network.az_count,
-                nat=cfg.network.nat,
-            ),
-            opts=on_aws,
-        )
+        try:
+            network = Network(
+                f"{name}-network",
+                NetworkArgs(
+                    cluster_name=cluster_name,
+                    cidr=cfg.network.cidr,
+                    az_count=cfg.network.az_count,
+                    nat=cfg.network.nat,
+                    region=cfg.region,
+                    gpu_instance_types=[t for p in cfg.gpu_pools for t in p.instance_types],
+                ),
+                opts=on_aws,
+            )
+        except ZoneShortage as e:
+            raise ConfigError(
+                "network.azCount",
+                e.az_count,
+                f"at most {len(e.zones)}: {e.detail} (or choose GPU instance types offered in more zones)",
+            ) from None
         cluster = Cluster(
             f"{name}-cluster",
             ClusterArgs(
@@ -104,6 +114,18 @@ class InferenceStack(pulumi.ComponentResource):
                 subnet_ids=network.private_subnet_ids,
                 region=cfg.region,
                 admin_principal_arns=cfg.cluster_admins,
+                support_type=cfg.cluster_support_type,
+            ),
+            opts=on_aws,
+        )
+        # The CNI (with NetworkPolicy enforcement) and kube-proxy before the nodes; CoreDNS after them.
+        networking = EksAddons(
+            f"{name}-networking",
+            EksAddonsArgs(
+                cluster_name=cluster.name,
+                cluster_version=cfg.cluster_version,
+                addons=["vpc-cni", "kube-proxy"],
+                tags=cfg.tags,
             ),
             opts=on_aws,
         )
@@ -119,6 +141,8 @@ class InferenceStack(pulumi.ComponentResource):
                     subnet_ids=network.private_subnet_ids,
                     instance_types=instance_types,
                     autoscaler_cluster=cluster_name,
+                    version=cluster.version,
+                    node_group_depends_on=[*cluster.node_policy_attachments, *networking.addons.values()],
                     min_size=min_size,
                     max_size=max_size,
                     desired_size=desired_size,
@@ -137,6 +161,18 @@ class InferenceStack(pulumi.ComponentResource):
                                    pool.desired_size, disk_size_gib=pool.disk_size_gib,
                                    ami_type=pool.ami_type, capacity_type=pool.capacity_type))
 
+        dns = EksAddons(
+            f"{name}-dns",
+            EksAddonsArgs(
+                cluster_name=cluster.name,
+                cluster_version=cfg.cluster_version,
+                addons=["coredns"],
+                depends_on=list(pools),
+                tags=cfg.tags,
+            ),
+            opts=on_aws,
+        )
+        managed_addons: list[pulumi.Resource] = [*networking.addons.values(), *dns.addons.values()]
         kube = k8s.Provider(
             f"{name}-k8s",
             kubeconfig=cluster.kubeconfig,
@@ -176,6 +212,7 @@ class InferenceStack(pulumi.ComponentResource):
             f"{name}-store",
             ModelStoreArgs(
                 bucket_prefix=cfg.model_store.bucket_prefix,
+                bucket_name=cfg.model_store.bucket_name,
                 force_destroy=cfg.model_store.force_destroy,
                 protect=cfg.model_store.protect,
                 noncurrent_version_days=cfg.model_store.noncurrent_version_days,
@@ -216,14 +253,15 @@ class InferenceStack(pulumi.ComponentResource):
                     kms_key_arn=store.kms_key_arn,
                     region=cfg.region,
                     **_sizing(m),
-                    exposure=m.exposure,
+                    **_exposure(m, "aws"),
                     auth_token=cfg.auth_token if m.auth else None,
                     # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
                     service_depends_on=[*network.gateways, *pools],
                     tags=cfg.tags,
                 ),
                 opts=pulumi.ResourceOptions.merge(
-                    on_k8s, pulumi.ResourceOptions(depends_on=[*cluster.addons, *cluster_addons])
+                    on_k8s,
+                    pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
                 ),
             )
             endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri
@@ -244,7 +282,8 @@ class InferenceStack(pulumi.ComponentResource):
             access_key=store_cfg.access_key_id,
             secret_key=store_cfg.secret_access_key,
             endpoints=[{"s3": store_cfg.endpoint}],
-            s3_use_path_style=True,
+            # MinIO/Ceph: path-style; OSS and COS refuse it (objectStore.addressingStyle: virtual)
+            s3_use_path_style=store_cfg.addressing_style == "path",
             skip_credentials_validation=True,
             skip_requesting_account_id=True,
             skip_metadata_api_check=True,
@@ -265,6 +304,7 @@ class InferenceStack(pulumi.ComponentResource):
             f"{name}-store",
             ModelStoreArgs(
                 bucket_prefix=cfg.model_store.bucket_prefix,
+                bucket_name=cfg.model_store.bucket_name,
                 force_destroy=cfg.model_store.force_destroy,
                 protect=cfg.model_store.protect,
                 noncurrent_version_days=cfg.model_store.noncurrent_version_days,
@@ -294,8 +334,9 @@ class InferenceStack(pulumi.ComponentResource):
                     region=store_cfg.region,
                     s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
                     s3_endpoint=store_cfg.cluster_endpoint,
+                    s3_addressing_style=store_cfg.addressing_style,
                     **_sizing(m),
-                    exposure="public" if m.exposure == "public" else "cluster",
+                    **_exposure(m, "kubernetes"),
                     auth_token=cfg.auth_token if m.auth else None,
                 ),
                 opts=on_k8s,
@@ -319,4 +360,17 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
         "cpu": m.cpu,
         "memory": m.memory,
         "image_pull_policy": m.image_pull_policy,
+        "cache_size": m.cache_size,
     }
+
+
+def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:
+    """``models[].exposure`` as InferenceService arguments. ``internal`` and ``public`` keep their
+    meaning per target: an internal / internet-facing AWS NLB on ``aws``; on ``kubernetes``, whose
+    clusters may have no load balancer at all, ClusterIP / a plain LoadBalancer Service.
+    ``loadBalancer`` on ``aws`` is an internal NLB (``public`` is the internet-facing one)."""
+    if target == "aws" and m.exposure in ("internal", "public", "loadBalancer"):
+        scheme = "internet-facing" if m.exposure == "public" else "internal"
+        return {"exposure": "loadBalancer", "load_balancer_scheme": scheme}
+    exposure = {"internal": "clusterIP", "public": "loadBalancer"}.get(m.exposure, m.exposure)
+    return {"exposure": exposure, "ingress_class": m.ingress_class, "ingress_host": m.ingress_host}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +17,8 @@ TYPE = "inferstack:model_store:ModelStore"
 class ModelStoreArgs:
     bucket_prefix: str = "inferstack-models"
     """Bucket name prefix; the provider appends a unique suffix. Default ``inferstack-models``."""
+    bucket_name: str | None = None
+    """The exact bucket name instead (no suffix), e.g. Tencent COS's ``<name>-<appid>``. Default none."""
     force_destroy: bool = False
     """Let ``pulumi destroy`` delete a non-empty bucket (dev). Default false."""
     protect: bool = False
@@ -50,6 +53,13 @@ class ModelStore(pulumi.ComponentResource):
             raise ValueError(
                 f"ModelStoreArgs.noncurrent_version_days: {args.noncurrent_version_days}; expected 1..3650"
             )
+        if args.bucket_name is not None and not re.match(
+            r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", args.bucket_name
+        ):
+            raise ValueError(
+                f"ModelStoreArgs.bucket_name: {args.bucket_name!r}; expected an S3 bucket name "
+                "(3-63 characters of a-z, 0-9, '.', '-')"
+            )
         super().__init__(TYPE, name, None, opts)
         keep = pulumi.ResourceOptions(parent=self, protect=args.protect, retain_on_delete=args.protect)
         child = pulumi.ResourceOptions(parent=self)
@@ -66,7 +76,8 @@ class ModelStore(pulumi.ComponentResource):
             )
         bucket = aws.s3.Bucket(
             f"{name}-bucket",
-            bucket_prefix=args.bucket_prefix + "-",
+            bucket=args.bucket_name,
+            bucket_prefix=None if args.bucket_name else args.bucket_prefix + "-",
             force_destroy=args.force_destroy,
             tags=args.tags,
             opts=keep,

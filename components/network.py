@@ -1,4 +1,12 @@
-"""Network: a VPC with public subnets (NAT, public load balancers) and private subnets for the nodes."""
+"""Network: a VPC with public subnets (NAT, public load balancers) and private subnets for the nodes.
+
+* Zones are chosen among those that offer every GPU instance type the node groups may launch
+  (``ec2:DescribeInstanceTypeOfferings`` by availability zone): a zone without them would hold a
+  subnet where the GPU node group can never start a node.
+* An S3 gateway endpoint on the private route tables: model downloads and ECR image layers (served
+  from S3) bypass the NAT gateways and their per-GB processing charge; a gateway endpoint itself is
+  free.
+"""
 
 from __future__ import annotations
 
@@ -23,14 +31,38 @@ class NetworkArgs:
     nat: str = "single"
     """``single`` NAT gateway for all zones (dev; a zone outage cuts egress) or ``perAz`` (prod).
     Default single."""
+    region: str = "us-east-1"
+    """Region of the VPC, for the S3 endpoint's service name. Default us-east-1."""
+    gpu_instance_types: list[str] = field(default_factory=list)
+    """Instance types the GPU node groups launch: only zones that offer all of them are used.
+    Default none (any zone)."""
+    s3_gateway_endpoint: bool = True
+    """An S3 gateway endpoint on the private route tables. Default true."""
     tags: dict[str, str] = field(default_factory=dict)
     """Tags on every resource. Default none."""
+
+
+class ZoneShortage(ValueError):
+    """Fewer zones offer the GPU instance types than ``az_count`` asks for."""
+
+    def __init__(self, az_count: int, region: str, instance_types: list[str], zones: list[str]) -> None:
+        self.az_count, self.zones = az_count, zones
+        self.detail = (
+            f"only {len(zones)} zone(s) of {region} offer {', '.join(sorted(set(instance_types)))}"
+            f"{': ' + ', '.join(zones) if zones else ''}"
+        )
+        super().__init__(
+            f"NetworkArgs.az_count: {az_count}; {self.detail} "
+            "(lower the zone count, or choose instance types offered in more zones)"
+        )
 
 
 class Network(pulumi.ComponentResource):
     vpc_id: pulumi.Output[str]
     private_subnet_ids: pulumi.Output[list[str]]
     public_subnet_ids: pulumi.Output[list[str]]
+    zones: list[str]
+    """The availability zones of the subnets, in order."""
     gateways: list[pulumi.Resource]
     """The internet and NAT gateways and routes: a LoadBalancer Service lists them in ``depends_on`` so
     that ``pulumi destroy`` removes its load balancer before the VPC's gateways and subnets."""
@@ -51,13 +83,31 @@ class Network(pulumi.ComponentResource):
         super().__init__(TYPE, name, None, opts)
         child = pulumi.ResourceOptions(parent=self)
 
-        zones = aws.get_availability_zones(
-            state="available",
-            filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
-            opts=pulumi.InvokeOptions(parent=self),
-        ).names[: args.az_count]
-        if len(zones) < args.az_count:
-            raise ValueError(f"NetworkArgs.az_count: {args.az_count}; the region has only {len(zones)} zones")
+        available: list[str] = list(
+            aws.get_availability_zones(
+                state="available",
+                filters=[{"name": "opt-in-status", "values": ["opt-in-not-required"]}],
+                opts=pulumi.InvokeOptions(parent=self),
+            ).names
+        )
+        if len(available) < args.az_count:
+            raise ValueError(
+                f"NetworkArgs.az_count: {args.az_count}; the region has only {len(available)} zones"
+            )
+        offering = available
+        if args.gpu_instance_types:
+            offered = aws.ec2.get_instance_type_offerings(
+                location_type="availability-zone",
+                filters=[{"name": "instance-type", "values": sorted(set(args.gpu_instance_types))}],
+                opts=pulumi.InvokeOptions(parent=self),
+            )
+            offering = offering_zones(
+                available, list(offered.locations), list(offered.instance_types), args.gpu_instance_types
+            )
+            if len(offering) < args.az_count:
+                raise ZoneShortage(args.az_count, args.region, args.gpu_instance_types, offering)
+        zones = offering[: args.az_count]
+        self.zones = zones
         blocks = list(net.subnets(new_prefix=net.prefixlen + 4))
         cluster_tag = {f"kubernetes.io/cluster/{args.cluster_name}": "shared"}
 
@@ -84,7 +134,7 @@ class Network(pulumi.ComponentResource):
         )
         self.gateways = [igw, public_route]
 
-        public, private, nats = [], [], []
+        public, private, nats, private_rts = [], [], [], []
         for i, zone in enumerate(zones):
             pub = aws.ec2.Subnet(
                 f"{name}-public-{i}",
@@ -149,9 +199,20 @@ class Network(pulumi.ComponentResource):
                 f"{name}-private-{i}", subnet_id=priv.id, route_table_id=rt.id, opts=child
             )
             private.append(priv)
+            private_rts.append(rt)
             self.gateways.append(route)
         self.gateways.extend(nats)
         self.gateways.extend(public)
+        if args.s3_gateway_endpoint:
+            aws.ec2.VpcEndpoint(
+                f"{name}-s3",
+                vpc_id=vpc.id,
+                service_name=f"com.amazonaws.{args.region}.s3",
+                vpc_endpoint_type="Gateway",
+                route_table_ids=[rt.id for rt in private_rts],
+                tags={**args.tags, "Name": f"{name}-s3"},
+                opts=child,
+            )
 
         self.vpc_id = vpc.id
         self.private_subnet_ids = pulumi.Output.all(*[s.id for s in private])
@@ -163,3 +224,14 @@ class Network(pulumi.ComponentResource):
                 "public_subnet_ids": self.public_subnet_ids,
             }
         )
+
+
+def offering_zones(
+    zones: list[str], locations: list[str], instance_types: list[str], wanted: list[str]
+) -> list[str]:
+    """The zones (in ``zones`` order) where every type of ``wanted`` is offered; ``locations`` and
+    ``instance_types`` are the parallel lists of ``ec2:DescribeInstanceTypeOfferings``."""
+    offered: dict[str, set[str]] = {}
+    for zone, itype in zip(locations, instance_types, strict=True):
+        offered.setdefault(zone, set()).add(itype)
+    return [z for z in zones if set(wanted) <= offered.get(z, set())]

@@ -29,6 +29,8 @@ from inferstack.runtime.errors import ModelLoadError
 from inferstack.errors import ChecksumMismatch, InferstackError, ManifestError
 from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file, verify_files
 
+#: how boto addresses the bucket of an s3:// model: path, virtual or auto
+S3_ADDRESSING_STYLE_ENV = "INFERSTACK_S3_ADDRESSING_STYLE"
 log = logging.getLogger("inferstack.runtime")
 
 #: fetch(relative_path, destination, max_bytes) downloads one object of a remote package; more than
@@ -193,8 +195,13 @@ def _s3_fetcher(uri: str, bucket: str, prefix: str) -> Fetch:
     from botocore.exceptions import BotoCoreError, ClientError
 
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-    # S3-compatible stores (MinIO, Ceph ...) behind a custom endpoint generally need path-style URLs.
-    config = Config(s3={"addressing_style": "path"}) if endpoint else None
+    # S3-compatible stores behind a custom endpoint: MinIO and Ceph generally need path-style URLs,
+    # Alibaba OSS and Tencent COS refuse them (virtual-hosted only); INFERSTACK_S3_ADDRESSING_STYLE
+    # (path, virtual or auto) says which, else path with a custom endpoint and boto's default without.
+    style = os.environ.get(S3_ADDRESSING_STYLE_ENV) or ("path" if endpoint else None)
+    if style not in (None, "path", "virtual", "auto"):
+        raise ModelLoadError(f"{S3_ADDRESSING_STYLE_ENV}={style!r}: expected path, virtual or auto")
+    config = Config(s3={"addressing_style": style}) if style else None
     client = boto3.client("s3", config=config)
     prefix = prefix.rstrip("/")
 

@@ -189,6 +189,21 @@ class PlanMocks(pulumi.runtime.Mocks):
                 "zoneIds": [f"{region}-az{i + 1}" for i in range(len(letters))],
                 "state": "available",
             }, []
+        if function == "getInstanceTypeOfferings":
+            # every requested instance type in every zone getAvailabilityZones names
+            wanted = [
+                v
+                for f in args.args.get("filters") or []
+                if f.get("name") == "instance-type"
+                for v in f.get("values") or []
+            ]
+            pairs = [(f"{region}{x}", t) for x in "abc" for t in wanted]
+            return {
+                "id": region,
+                "locations": [z for z, _ in pairs],
+                "instanceTypes": [t for _, t in pairs],
+                "locationTypes": [args.args.get("locationType") or "availability-zone"] * len(pairs),
+            }, []
         if function == "getCallerIdentity":
             return {
                 "id": ACCOUNT_ID,

@@ -123,32 +123,79 @@ def render_summary(
                 for p in gpu_pools
             ],
         )
-        lines += ["", f"GPUs: **{cost.gpus_min}** at minimum, **{cost.gpus_max}** at maximum."]
+        lines += [
+            "",
+            f"GPUs: **{cost.gpus_rest}** at rest, **{cost.gpus_max}** at max scale, "
+            f"**{cost.gpus_ceiling}** with every GPU node group at its max size.",
+        ]
     else:
         lines.append("No GPU node groups (GPU capacity comes from the cluster the stack deploys into).")
+    if cost.workloads:
+        lines += [""]
+        lines += _table(
+            ["workload", "GPUs per replica", "replicas at rest", "replicas at max scale", "bounds from"],
+            [
+                [
+                    f"`{w.name}`",
+                    str(w.gpus_per_replica),
+                    str(w.min_replicas),
+                    str(w.max_replicas),
+                    w.scaled_by,
+                ]
+                for w in cost.workloads
+            ],
+        )
+    if cost.unplaced:
+        lines += ["", f"No GPU node group holds a replica of: {', '.join(f'`{n}`' for n in cost.unplaced)}."]
 
     table = price_table()
     lines += ["", "## Estimated cost per hour", ""]
     rows = []
     for p in cost.pools:
-        low = p.min_size * (p.usd_min_node or 0.0)
-        high = p.max_size * (p.usd_max_node or 0.0)
         rows.append(
             [
-                f"node group `{p.name}` ({p.min_size}..{p.max_size} × {', '.join(p.instance_types)})",
-                _money(low),
-                _money(high),
+                f"node group `{p.name}` ({p.instance_types[0] if p.instance_types else '?'}; "
+                f"{p.nodes_rest} at rest, {p.nodes_max} at max scale, {p.min_size}..{p.max_size} allowed)",
+                _money(p.nodes_rest * (p.usd_node or 0.0)),
+                _money(p.nodes_max * (p.usd_node or 0.0)),
             ]
         )
-    if cost.clusters:
-        fixed = cost.clusters * table["eks_control_plane_usd_per_hour"]
-        rows.append([f"EKS control plane × {cost.clusters}", _money(fixed), _money(fixed)])
-    if cost.nat_gateways:
-        fixed = cost.nat_gateways * table["nat_gateway_usd_per_hour"]
-        rows.append([f"NAT gateway × {cost.nat_gateways}", _money(fixed), _money(fixed)])
-    rows.append(["**total**", f"**{_money(cost.usd_per_hour_min)}**", f"**{_money(cost.usd_per_hour_max)}**"])
-    lines += _table(["item", "at min", "at max"], rows)
+    for c in cost.control_planes:
+        if c.end_of_standard_support is None:
+            when = "not in the version table: priced at the standard rate"
+        else:
+            rate = "extended-support" if c.extended else "standard"
+            when = f"standard support ends {c.end_of_standard_support}; {rate} rate"
+        rows.append(
+            [
+                f"EKS control plane `{c.name}` "
+                f"(Kubernetes {c.version}, upgrade policy {c.support_type}, {when})",
+                _money(c.usd_per_hour),
+                _money(c.usd_per_hour),
+            ]
+        )
+    for count, what, key in (
+        (cost.nat_gateways, "NAT gateway", "nat_gateway_usd_per_hour"),
+        (cost.public_ips, "public IPv4 address", "public_ipv4_usd_per_hour"),
+        (cost.load_balancers, "network load balancer (LoadBalancer Service)", "nlb_usd_per_hour"),
+    ):
+        if count:
+            fixed = count * table[key]
+            rows.append([f"{what} × {count}", _money(fixed), _money(fixed)])
+    rows.append(
+        ["**total**", f"**{_money(cost.usd_per_hour_rest)}**", f"**{_money(cost.usd_per_hour_max)}**"]
+    )
+    lines += _table(["item", "at rest", "at max scale"], rows)
     lines += [
+        "",
+        f"Ceiling, every node group at its max size: {_money(cost.usd_per_hour_ceiling)}.",
+        "",
+        "At rest: each GPU workload at its scaler's minimum (else its replicas), each GPU node group "
+        "at the nodes those replicas need and at least its min size, CPU node groups at their min "
+        "size; at max scale: the workloads at their maximum. A node is priced as its group's first "
+        "instance type. The control plane costs the extended-support rate when its upgrade policy is "
+        f"EXTENDED and its version leaves standard support within {table['eks_extended_support_lead_days']} "
+        f"days of {table['as_of']} (versions: {table['eks_versions_source']}).",
         "",
         f"Estimates: on-demand {table['region']} prices as of {table['as_of']} "
         f"(`inferstack/plan/prices.json`). {table['note']}",

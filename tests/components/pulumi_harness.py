@@ -25,8 +25,17 @@ STACKS = ROOT / "stacks"
 ACCOUNT = "123456789012"
 
 
+ZONES = ["us-east-1a", "us-east-1b", "us-east-1c"]
+
+
 class Mocks(pulumi.runtime.Mocks):
-    """Returns the inputs plus the outputs a real provider would add, per type."""
+    """Returns the inputs plus the outputs a real provider would add, per type.
+
+    ``unoffered`` maps a zone to the instance types EC2 does not offer there (every type is offered
+    in every zone unless a test says otherwise)."""
+
+    def __init__(self, unoffered: dict[str, set[str]] | None = None) -> None:
+        self.unoffered = unoffered or {}
 
     def new_resource(self, args: pulumi.runtime.MockResourceArgs) -> tuple[str | None, dict[str, Any]]:
         state = dict(args.inputs)
@@ -75,9 +84,28 @@ class Mocks(pulumi.runtime.Mocks):
         tok = args.token
         if tok == "aws:index/getAvailabilityZones:getAvailabilityZones":
             return {
-                "names": ["us-east-1a", "us-east-1b", "us-east-1c"],
+                "names": ZONES,
                 "zoneIds": ["use1-az1", "use1-az2", "use1-az4"],
                 "id": "us-east-1",
+            }, []
+        if tok == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings":
+            assert args.args.get("locationType") == "availability-zone", args.args
+            filters = args.args.get("filters") or []
+            wanted = [v for f in filters if f["name"] == "instance-type" for v in f["values"]]
+            pairs = [(z, t) for z in ZONES for t in wanted if t not in self.unoffered.get(z, set())]
+            return {
+                "id": "us-east-1",
+                "locations": [z for z, _ in pairs],
+                "instanceTypes": [t for _, t in pairs],
+                "locationTypes": ["availability-zone"] * len(pairs),
+            }, []
+        if tok == "aws:eks/getAddonVersion:getAddonVersion":
+            name, version = args.args["addonName"], args.args["kubernetesVersion"]
+            return {
+                "id": name,
+                "addonName": name,
+                "kubernetesVersion": version,
+                "version": f"v-{name}-for-{version}",
             }, []
         if tok == "aws:index/getCallerIdentity:getCallerIdentity":
             return {
@@ -197,10 +225,12 @@ def run_program(
     config: dict[str, Any] | None = None,
     stack: str = "test",
     program: Program | None = None,
+    mocks: Mocks | None = None,
 ) -> Program:
     """Build ``fn``'s resources afresh under mocks with ``config`` (``inferstack:<key>`` -> value).
-    Pass ``program`` to inspect what was registered when ``fn`` raises."""
-    monitor = RecordingMonitor(Mocks(), program if program is not None else Program())
+    Pass ``program`` to inspect what was registered when ``fn`` raises, ``mocks`` for other answers
+    from the cloud (e.g. ``Mocks(unoffered=...)``)."""
+    monitor = RecordingMonitor(mocks or Mocks(), program if program is not None else Program())
     pulumi_settings.ROOT.set(None)  # a fresh root Stack (and its outputs) for every program
     pulumi.runtime.set_mocks(monitor.mocks, project="inferstack", stack=stack, preview=False, monitor=monitor)
     pulumi.runtime.set_all_config(to_config(config or {}))

@@ -57,6 +57,7 @@ def test_gpu_pool_carries_autoscaler_node_template_tags_on_group_and_asg() -> No
         f"{CA}/node-template/label/nvidia.com/gpu.present": "true",
         f"{CA}/node-template/taint/nvidia.com/gpu": "true:NoSchedule",
         f"{CA}/node-template/resources/nvidia.com/gpu": "4",
+        f"{CA}/node-template/label/k8s.amazonaws.com/accelerator": "nvidia-a10g",
     }
     for k, v in expected.items():
         assert tags.get(k) == v, f"{ng.urn}: tag {k}={tags.get(k)!r}, expected {v!r}"
@@ -219,7 +220,9 @@ def test_cluster_autoscaler_discovers_the_pools_and_may_scale_only_owned_groups(
     rel = p.one("kubernetes:helm.sh/v3:Release")
     values = rel.inputs["values"]
     assert values["autoDiscovery"]["clusterName"] == "inferstack-dev", rel.urn
-    assert values["image"]["tag"] == "v1.34.0", rel.urn
+    # the newest patch of the cluster's minor (v1.34.0 had fixes that 1.34.5 carries)
+    assert values["image"]["tag"] == "v1.34.5", rel.urn
+    assert values["image"]["repository"] == "registry.k8s.io/autoscaling/cluster-autoscaler", rel.urn
     assoc = p.one("aws:eks/podIdentityAssociation:PodIdentityAssociation")
     assert assoc.inputs["serviceAccount"] == values["rbac"]["serviceAccount"]["name"], assoc.urn
     assert assoc.urn in rel.dependencies, rel.urn
@@ -239,3 +242,148 @@ def test_cluster_autoscaler_discovers_the_pools_and_may_scale_only_owned_groups(
     # the pools carry exactly the tag the condition asks for
     pool = run_program(lambda: _pool())
     assert pool.one(NODE_GROUP).inputs["tags"][f"{CA}/inferstack-dev"] == "owned"
+
+
+@pytest.mark.parametrize(
+    ("types", "model"),
+    [
+        (["g4dn.xlarge"], "nvidia-tesla-t4"),
+        (["g5.xlarge"], "nvidia-a10g"),
+        (["g6.xlarge", "g6.2xlarge"], "nvidia-l4"),
+    ],
+)
+def test_gpu_nodes_carry_the_autoscalers_accelerator_label(types: list[str], model: str) -> None:
+    p = run_program(lambda: _pool(instance_types=types))
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["labels"]["k8s.amazonaws.com/accelerator"] == model, ng.urn
+    key = f"{CA}/node-template/label/k8s.amazonaws.com/accelerator"
+    assert ng.inputs["tags"][key] == model, ng.urn
+    asg = [r for r in p.of_type("aws:autoscaling/tag:Tag") if r.inputs["tag"]["key"] == key]
+    assert len(asg) == 1 and asg[0].inputs["tag"]["value"] == model, "ASG lacks the accelerator template tag"
+
+
+def test_cpu_pool_has_no_accelerator_label() -> None:
+    p = run_program(lambda: _pool(gpu=False, instance_types=["t3.medium"], min_size=1, desired_size=1))
+    ng = p.one(NODE_GROUP)
+    assert "k8s.amazonaws.com/accelerator" not in ng.inputs["labels"], ng.urn
+    assert not any("accelerator" in k for k in ng.inputs["tags"]), ng.urn
+
+
+def test_a_pool_mixing_gpu_models_is_refused() -> None:
+    with pytest.raises(ValueError, match="GpuNodePoolArgs.instance_types: .*one GPU model per pool"):
+        run_program(lambda: _pool(instance_types=["g6.xlarge", "g5.xlarge"]))
+
+
+def test_node_group_follows_the_cluster_version_and_depends_on_the_node_policies() -> None:
+    from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
+
+    def prog() -> None:
+        c = Cluster("c", ClusterArgs(cluster_name="inferstack-dev", version="1.35", subnet_ids=["a", "b"]))
+        net = EksAddons(
+            "net",
+            EksAddonsArgs(cluster_name=c.name, cluster_version="1.35", addons=["vpc-cni", "kube-proxy"]),
+        )
+        _pool(
+            cluster_name=c.name,
+            node_role_arn=c.node_role_arn,
+            version=c.version,
+            node_group_depends_on=[*c.node_policy_attachments, *net.addons.values()],
+        )
+
+    p = run_program(prog)
+    ng = p.one(NODE_GROUP)
+    assert ng.inputs["version"] == "1.35", f"{ng.urn}: nodes do not follow the control plane"
+    node_policies = [
+        r for r in p.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "-node-" in r.name
+    ]
+    assert len(node_policies) == 3
+    for attachment in node_policies:
+        assert attachment.urn in ng.dependencies, (
+            f"{ng.urn}: created before / destroyed after {attachment.name}"
+        )
+    cni = p.one("aws:eks/addon:Addon", "vpc-cni")
+    assert cni.urn in ng.dependencies, f"{ng.urn}: nodes join before the managed CNI"
+
+
+def test_managed_addons_with_network_policy_enforcement() -> None:
+    from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
+
+    p = run_program(
+        lambda: EksAddons(
+            "a",
+            EksAddonsArgs(
+                cluster_name="inferstack-dev",
+                cluster_version="1.35",
+                addons=["vpc-cni", "kube-proxy", "coredns"],
+            ),
+        )
+    )
+    addons = {r.inputs["addonName"]: r for r in p.of_type("aws:eks/addon:Addon")}
+    assert set(addons) == {"vpc-cni", "kube-proxy", "coredns"}
+    cni = addons["vpc-cni"]
+    assert json.loads(cni.inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}, cni.urn
+    for name, a in addons.items():
+        assert a.inputs["addonVersion"] == f"v-{name}-for-1.35", f"{a.urn}: not the version for the cluster's"
+        assert a.inputs["resolveConflictsOnCreate"] == "OVERWRITE", a.urn
+    assert "configurationValues" not in addons["coredns"].inputs
+    with pytest.raises(ValueError, match="EksAddonsArgs.addons"):
+        run_program(
+            lambda: EksAddons("a", EksAddonsArgs(cluster_name="c", cluster_version="1.35", addons=["dns"]))
+        )
+
+
+@pytest.mark.parametrize("support", ["STANDARD", "EXTENDED"])
+def test_cluster_support_type_is_set(support: str) -> None:
+    p = run_program(
+        lambda: Cluster(
+            "c",
+            ClusterArgs(
+                cluster_name="inferstack-dev", version="1.35", subnet_ids=["a"], support_type=support
+            ),
+        )
+    )
+    eks = p.one("aws:eks/cluster:Cluster")
+    assert eks.inputs["upgradePolicy"] == {"supportType": support}, eks.urn
+    with pytest.raises(ValueError, match="ClusterArgs.support_type"):
+        run_program(
+            lambda: Cluster(
+                "c", ClusterArgs(cluster_name="x", version="1.35", subnet_ids=[], support_type="LTS")
+            )
+        )
+
+
+def test_autoscaler_image_table_covers_every_supported_cluster_version() -> None:
+    from inferstack.components.cluster_autoscaler import IMAGE_TAGS
+    from inferstack.components.config import CLUSTER_VERSIONS
+
+    for version in CLUSTER_VERSIONS:
+        assert IMAGE_TAGS[version].startswith(f"v{version}."), version
+
+
+def test_network_has_an_s3_gateway_endpoint_on_the_private_route_tables() -> None:
+    p = run_program(lambda: _network("single"))
+    ep = p.one("aws:ec2/vpcEndpoint:VpcEndpoint")
+    assert ep.inputs["vpcEndpointType"] == "Gateway", ep.urn
+    assert ep.inputs["serviceName"] == "com.amazonaws.us-east-1.s3", ep.urn
+    private_rts = {f"{r.name}_id" for r in p.of_type("aws:ec2/routeTable:RouteTable") if "private" in r.name}
+    assert len(private_rts) == 3 and set(ep.inputs["routeTableIds"]) == private_rts, ep.urn
+
+
+def test_zones_are_chosen_among_those_offering_the_gpu_types() -> None:
+    from pulumi_harness import Mocks
+
+    def net(az: int) -> Network:
+        return Network(
+            "net",
+            NetworkArgs(cluster_name="c", az_count=az, gpu_instance_types=["g6.xlarge", "g6.2xlarge"]),
+        )
+
+    mocks = Mocks(unoffered={"us-east-1a": {"g6.2xlarge"}})
+    p = run_program(lambda: net(2), mocks=mocks)
+    zones = sorted(s.inputs["availabilityZone"] for s in p.of_type("aws:ec2/subnet:Subnet"))
+    assert zones == ["us-east-1b", "us-east-1b", "us-east-1c", "us-east-1c"], zones
+    with pytest.raises(
+        ValueError,
+        match=r"NetworkArgs.az_count: 3; only 2 zone\(s\) of us-east-1 offer g6.2xlarge, g6.xlarge",
+    ):
+        run_program(lambda: net(3), mocks=Mocks(unoffered={"us-east-1a": {"g6.2xlarge"}}))

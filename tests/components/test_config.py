@@ -180,3 +180,46 @@ def test_kubeconfig_path_resolves_against_the_project_root() -> None:
     seen: dict[str, config.StackConfig] = {}
     run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), local, stack="local")
     assert seen["cfg"].kubeconfig == str(ROOT / "kube" / "config")
+
+
+def test_a_gpu_pool_has_one_gpu_model() -> None:
+    _expect(
+        _pool(_dev(), instanceTypes=["g6.xlarge", "g5.xlarge"]),
+        "gpuPools[0].instanceTypes",
+        "one GPU model per pool",
+        "nvidia-a10g, nvidia-l4",
+    )
+
+
+def test_cluster_support_type() -> None:
+    _expect(_set(_dev(), "clusterSupportType", "LTS"), "clusterSupportType", "'LTS'", "STANDARD, EXTENDED")
+    local = _set(copy.deepcopy(load_stack("local")), "clusterSupportType", "STANDARD")
+    _expect(local, "clusterSupportType", "only with target aws")
+
+
+def test_bad_cache_size_and_ingress() -> None:
+    _expect(_model(_dev(), cacheSize="lots"), "models[0].cacheSize", "'lots'", "quantity")
+    _expect(_model(_dev(), cacheSize="1Mi"), "models[0].cacheSize", "at least 64Mi")
+    _expect(_model(_dev(), exposure="ingress"), "models[0].ingress", "className and host")
+    _expect(
+        _model(_dev(), exposure="ingress", ingress={"className": "nginx", "host": "not a host"}),
+        "models[0].ingress.host",
+        "DNS name",
+    )
+    _expect(
+        _model(_dev(), ingress={"className": "nginx"}), "models[0].ingress", "only with exposure: ingress"
+    )
+
+
+def test_bad_addressing_style_and_bucket_name() -> None:
+    local = copy.deepcopy(load_stack("local"))
+    local["inferstack:objectStore"]["addressingStyle"] = "dns"
+    _expect(local, "objectStore.addressingStyle", "'dns'", "path, virtual")
+    _expect(
+        _set(_dev(), "modelStore", {"bucketName": "Models_1"}), "modelStore.bucketName", "'Models_1'", "3-63"
+    )
+    _expect(
+        _set(_dev(), "modelStore", {"bucketName": "models-1", "bucketPrefix": "models"}),
+        "modelStore.bucketName",
+        "not both",
+    )

@@ -62,7 +62,8 @@ def test_probes_use_the_v2_health_endpoints_and_the_startup_probe_covers_a_gpu_c
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready", urn
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live", urn
     startup = c["startupProbe"]
-    assert startup["httpGet"]["path"].startswith("/v2/health/"), urn
+    # live answers once the port is open; only ready waits for download, checksum and warm-up
+    assert startup["httpGet"]["path"] == "/v2/health/ready", urn
     window = startup["periodSeconds"] * startup["failureThreshold"]
     assert window >= 900, f"{urn}: startup probe gives up after {window}s"
 
@@ -127,21 +128,27 @@ def test_hpa_pdb_and_network_policy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("exposure", "svc_type", "scheme"),
+    ("exposure", "scheme", "svc_type", "awaited"),
     [
-        ("cluster", "ClusterIP", None),
-        ("internal", "LoadBalancer", "internal"),
-        ("public", "LoadBalancer", "internet-facing"),
+        ("clusterIP", None, "ClusterIP", False),
+        ("nodePort", None, "NodePort", False),
+        ("loadBalancer", None, "LoadBalancer", True),
+        ("loadBalancer", "internal", "LoadBalancer", True),
+        ("loadBalancer", "internet-facing", "LoadBalancer", True),
     ],
 )
-def test_service_is_internal_unless_public(exposure: str, svc_type: str, scheme: str | None) -> None:
-    p = run_program(lambda: _svc(exposure=exposure))
+def test_service_type_per_exposure_and_only_a_load_balancer_is_awaited(
+    exposure: str, scheme: str | None, svc_type: str, awaited: bool
+) -> None:
+    p = run_program(lambda: _svc(exposure=exposure, load_balancer_scheme=scheme))
     svc = p.one("kubernetes:core/v1:Service")
     assert svc.inputs["spec"]["type"] == svc_type, svc.urn
     ann = svc.inputs["metadata"].get("annotations") or {}
     assert ann.get("service.beta.kubernetes.io/aws-load-balancer-scheme") == scheme, svc.urn
-    if exposure == "internal":
+    assert (ann.get("pulumi.com/skipAwait") != "true") == awaited, f"{svc.urn}: {ann}"
+    if scheme == "internal":
         assert ann["service.beta.kubernetes.io/aws-load-balancer-internal"] == "true", svc.urn
+    assert not p.of_type("kubernetes:networking.k8s.io/v1:Ingress")
     url = resolve(p.result.endpoint_url)
     assert url.endswith(":8000") and url.startswith("http://")
 
@@ -263,7 +270,9 @@ def test_auth_token_is_a_mounted_secret_file() -> None:
 def test_service_outlives_the_resources_it_is_told_to() -> None:
     def prog() -> InferenceService:
         gate = pulumi.CustomResource("test:index:Gateway", "gateway", {})
-        return _svc(exposure="public", service_depends_on=[gate])
+        return _svc(
+            exposure="loadBalancer", load_balancer_scheme="internet-facing", service_depends_on=[gate]
+        )
 
     p = run_program(prog)
     gate = p.one("test:index:Gateway")
@@ -300,7 +309,7 @@ def test_bad_args_name_the_field(kw: dict[str, Any], field: str) -> None:
 
 def test_outputs_checked_through_apply_carry_the_urn() -> None:
     def prog() -> pulumi.Output[None]:
-        svc = _svc(exposure="cluster")
+        svc = _svc(exposure="clusterIP")
 
         def check(args: list[Any]) -> None:
             urn, url, namespace, role_arn = args
@@ -333,3 +342,36 @@ def test_pods_drain_after_a_delay_within_the_grace_period() -> None:
     assert delay >= 5, dep.urn
     grace = dep.inputs["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace >= delay + 30 + 10, dep.urn
+
+
+def test_ingress_exposure_routes_to_a_cluster_ip_service_without_waiting() -> None:
+    p = run_program(
+        lambda: _svc(exposure="ingress", ingress_class="nginx", ingress_host="tiny.models.example.com")
+    )
+    svc = p.one("kubernetes:core/v1:Service")
+    assert svc.inputs["spec"]["type"] == "ClusterIP", svc.urn
+    assert svc.inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true", svc.urn
+    ing = p.one("kubernetes:networking.k8s.io/v1:Ingress")
+    assert ing.inputs["spec"]["ingressClassName"] == "nginx", ing.urn
+    rule = ing.inputs["spec"]["rules"][0]
+    assert rule["host"] == "tiny.models.example.com", ing.urn
+    backend = rule["http"]["paths"][0]["backend"]["service"]
+    assert backend == {"name": "tiny", "port": {"name": "http"}}, ing.urn
+    assert ing.inputs["metadata"]["annotations"]["pulumi.com/skipAwait"] == "true", ing.urn
+    assert resolve(p.result.endpoint_url) == "http://tiny.models.example.com"
+    with pytest.raises(ValueError, match="InferenceServiceArgs.ingress_class"):
+        run_program(lambda: _svc(exposure="ingress", ingress_host="a.example.com"))
+    with pytest.raises(ValueError, match="InferenceServiceArgs.load_balancer_scheme"):
+        run_program(lambda: _svc(exposure="clusterIP", load_balancer_scheme="internal"))
+
+
+@pytest.mark.parametrize(("cache", "mib"), [("10Gi", 10 * 1024 + 1024 + 512), ("40Gi", 40 * 1024 + 1536)])
+def test_ephemeral_storage_matches_the_model_cache(cache: str, mib: int) -> None:
+    p = run_program(lambda: _svc(cache_size=cache))
+    c, urn = container(p), p.one(DEPLOYMENT).urn
+    volumes = {v["name"]: v for v in p.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["model-cache"]["emptyDir"]["sizeLimit"] == cache, urn
+    for part in ("requests", "limits"):
+        assert c["resources"][part]["ephemeral-storage"] == f"{mib}Mi", f"{urn}: {part}"
+    with pytest.raises(ValueError, match="InferenceServiceArgs.cache_size"):
+        run_program(lambda: _svc(cache_size="10m"))

@@ -124,7 +124,8 @@ def test_dev_stack_specifics() -> None:
     assert gpu.inputs["instanceTypes"] == ["g4dn.xlarge"] and gpu.inputs["scalingConfig"]["minSize"] == 0, (
         gpu.urn
     )
-    assert p.one("aws:eks/cluster:Cluster").inputs["version"] == "1.34"
+    eks = p.one("aws:eks/cluster:Cluster")
+    assert eks.inputs["version"] == "1.35" and eks.inputs["upgradePolicy"] == {"supportType": "STANDARD"}
     assert p.one("kubernetes:helm.sh/v3:Release", "device-plugin").inputs["chart"] == "nvidia-device-plugin"
     res = container(p)["resources"]
     assert res["limits"]["nvidia.com/gpu"] == "1"
@@ -139,7 +140,9 @@ def test_prod_stack_specifics() -> None:
                 assert r.protect and r.retain_on_delete and not r.inputs.get("forceDestroy"), r.urn
     assert len(p.of_type("aws:ec2/natGateway:NatGateway")) == 3
     gpu = p.one("aws:eks/nodeGroup:NodeGroup", "gpu")
-    assert gpu.inputs["instanceTypes"] == ["g6.xlarge", "g5.xlarge"], gpu.urn
+    assert gpu.inputs["instanceTypes"] == ["g6.xlarge", "g6.2xlarge"], gpu.urn
+    assert gpu.inputs["labels"]["k8s.amazonaws.com/accelerator"] == "nvidia-l4", gpu.urn
+    assert p.one("aws:eks/cluster:Cluster").inputs["upgradePolicy"] == {"supportType": "EXTENDED"}
     assert "scalingConfig.desiredSize" in gpu.ignore_changes, gpu.urn
     assert p.one("kubernetes:core/v1:Secret", "auth").inputs["stringData"]["token"] == "prod-token"
     hpa = p.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
@@ -246,3 +249,115 @@ def test_aws_stacks_install_the_autoscaler_and_device_plugin_before_the_model(st
     deps = set(svc.dependencies)  # the engine expands a component into its children
     for release in charts.values():
         assert release.urn in deps, f"{svc.urn} does not wait for {release.urn}"
+
+
+@pytest.mark.parametrize("stack", ["dev", "prod"])
+def test_aws_stacks_order_nodes_between_their_policies_cni_and_coredns(stack: str) -> None:
+    p = _run(stack)
+    eks = p.one("aws:eks/cluster:Cluster")
+    policies = [
+        r.urn for r in p.of_type("aws:iam/rolePolicyAttachment:RolePolicyAttachment") if "-node-" in r.name
+    ]
+    addons = {r.inputs["addonName"]: r for r in p.of_type("aws:eks/addon:Addon")}
+    assert {"vpc-cni", "kube-proxy", "coredns", "eks-pod-identity-agent"} <= set(addons)
+    assert json.loads(addons["vpc-cni"].inputs["configurationValues"]) == {"enableNetworkPolicy": "true"}
+    groups = p.of_type("aws:eks/nodeGroup:NodeGroup")
+    assert len(groups) == 2
+    for ng in groups:
+        assert ng.inputs["version"] == eks.inputs["version"], ng.urn
+        missing = [
+            u
+            for u in [*policies, addons["vpc-cni"].urn, addons["kube-proxy"].urn]
+            if u not in ng.dependencies
+        ]
+        assert not missing, f"{ng.urn} does not wait for {missing}"
+        assert ng.urn in addons["coredns"].dependencies, f"coredns would wait DEGRADED without {ng.urn}"
+    svc = p.one("inferstack:inference_service:InferenceService")
+    assert addons["vpc-cni"].urn in svc.dependencies, "the NetworkPolicy is declared before its enforcer"
+    assert p.one("aws:ec2/vpcEndpoint:VpcEndpoint").inputs["vpcEndpointType"] == "Gateway"
+
+
+@pytest.mark.parametrize(
+    ("stack", "exposure", "svc_type", "scheme"),
+    [
+        ("local", "internal", "ClusterIP", None),
+        ("local", "clusterIP", "ClusterIP", None),
+        ("local", "nodePort", "NodePort", None),
+        ("local", "public", "LoadBalancer", None),
+        ("local", "loadBalancer", "LoadBalancer", None),
+        ("dev", "internal", "LoadBalancer", "internal"),
+        ("dev", "loadBalancer", "LoadBalancer", "internal"),
+        ("dev", "public", "LoadBalancer", "internet-facing"),
+        ("dev", "clusterIP", "ClusterIP", None),
+    ],
+)
+def test_exposure_per_target(stack: str, exposure: str, svc_type: str, scheme: str | None) -> None:
+    cfg = _config(stack)
+    cfg["inferstack:models"][0]["exposure"] = exposure
+    if exposure == "public":
+        cfg["inferstack:models"][0]["auth"] = True
+        cfg["inferstack:authToken"] = "t"
+    p = run_program(main, cfg, stack=stack)
+    svc = p.one("kubernetes:core/v1:Service")
+    ann = svc.inputs["metadata"].get("annotations") or {}
+    assert svc.inputs["spec"]["type"] == svc_type, svc.urn
+    assert ann.get("service.beta.kubernetes.io/aws-load-balancer-scheme") == scheme, svc.urn
+    # no wait for an address that only a LoadBalancer Service gets
+    assert (ann.get("pulumi.com/skipAwait") == "true") == (svc_type != "LoadBalancer"), svc.urn
+
+
+def test_ingress_exposure_on_any_cluster() -> None:
+    cfg = _config("local")
+    cfg["inferstack:models"][0].update(
+        exposure="ingress", ingress={"className": "traefik", "host": "tiny.example.com"}
+    )
+    p = run_program(main, cfg, stack="local")
+    assert p.one("kubernetes:core/v1:Service").inputs["spec"]["type"] == "ClusterIP"
+    ing = p.one("kubernetes:networking.k8s.io/v1:Ingress")
+    assert ing.inputs["spec"]["ingressClassName"] == "traefik", ing.urn
+    assert p.outputs["endpointUrl"] == "http://tiny.example.com"
+    kubernetes_validate.validate(as_manifest(ing), "1.34.0", strict=True)
+
+
+def test_model_cache_size_from_the_stack() -> None:
+    cfg = _config("dev")
+    cfg["inferstack:models"][0]["cacheSize"] = "30Gi"
+    p = run_program(main, cfg, stack="dev")
+    c = container(p)
+    assert c["resources"]["limits"]["ephemeral-storage"] == f"{30 * 1024 + 1536}Mi"
+    volumes = p.one("kubernetes:apps/v1:Deployment").inputs["spec"]["template"]["spec"]["volumes"]
+    assert {v["name"]: v for v in volumes}["model-cache"]["emptyDir"]["sizeLimit"] == "30Gi"
+
+
+@pytest.mark.parametrize("style", ["path", "virtual"])
+def test_addressing_style_reaches_the_provider_and_the_runtime(style: str) -> None:
+    cfg = _config("local")
+    cfg["inferstack:objectStore"]["addressingStyle"] = style
+    p = run_program(main, cfg, stack="local")
+    provider = p.one("pulumi:providers:aws")
+    assert provider.inputs["s3UsePathStyle"] in ((style == "path"), str(style == "path").lower()), (
+        provider.urn
+    )
+    assert env_of(container(p))["INFERSTACK_S3_ADDRESSING_STYLE"] == style
+
+
+def test_an_exact_bucket_name_gets_no_suffix() -> None:
+    cfg = _config("local")
+    cfg["inferstack:modelStore"] = {"bucketName": "models-1250000000", "forceDestroy": True}
+    p = run_program(main, cfg, stack="local")
+    bucket = p.one("aws:s3/bucket:Bucket")
+    assert bucket.inputs["bucket"] == "models-1250000000" and "bucketPrefix" not in bucket.inputs, bucket.urn
+    assert p.outputs["bucketName"] == "models-1250000000"
+    assert p.outputs["modelUri"].startswith("s3://models-1250000000/models/")
+
+
+def test_too_few_zones_offering_the_gpu_type_is_a_config_error() -> None:
+    from inferstack.components.config import ConfigError
+    from pulumi_harness import Mocks
+
+    mocks = Mocks(unoffered={"us-east-1a": {"g6.xlarge"}})
+    with pytest.raises(ConfigError) as info:
+        run_program(main, _config("prod"), stack="prod", mocks=mocks)
+    msg = str(info.value)
+    assert msg.startswith("inferstack:network.azCount: 3 is not allowed; expected at most 2:"), msg
+    assert "us-east-1b, us-east-1c" in msg, msg

@@ -89,10 +89,16 @@ def test_summary_has_counts_capacity_cost_endpoints_and_tree(project) -> None:
     md = (project.root / "plan" / "dev.md").read_text()
     prices = price_table()
     g4dn = prices["instances"]["g4dn.xlarge"]["usd_per_hour"]
-    eks = prices["eks_control_plane_usd_per_hour"]
+    # the stand-in's cluster runs 1.33 with no upgrade policy: EKS's default (EXTENDED), and 1.33
+    # left standard support on 2026-07-29, before the table's date
+    eks = prices["eks_extended_support_usd_per_hour"]
+    nlb = prices["nlb_usd_per_hour"]
     assert "| `kubernetes:core/v1:Namespace` | 1 |" in md
-    assert "GPUs: **1** at minimum, **3** at maximum." in md
-    assert f"**${1 * g4dn + eks:,.2f}**" in md and f"**${3 * g4dn + eks:,.2f}**" in md
+    # one replica of one GPU, a pool of 1..3 nodes
+    assert "GPUs: **1** at rest, **1** at max scale, **3** with every GPU node group at its max size." in md
+    assert f"| **total** | **${g4dn + eks + nlb:,.2f}** | **${g4dn + eks + nlb:,.2f}** |" in md
+    assert f"Ceiling, every node group at its max size: ${3 * g4dn + eks + nlb:,.2f}." in md
+    assert "upgrade policy EXTENDED, standard support ends 2026-07-29; extended-support rate" in md
     assert prices["as_of"] in md and "Estimates" in md
     assert "Kubernetes Service `inference/model` is internet-facing" in md
     assert "Deleted with their contents (forceDestroy): `inferstack-models`" in md
