@@ -590,3 +590,40 @@ def test_partials_of_a_dead_owner_are_removed_at_start(
     resolve(uri, tmp_path)
     assert not dead.exists() and not reused.exists()
     assert live.exists()
+
+
+# -- a manifest that is not one -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b'{"name": "caf\xe9"}', "not UTF-8 text (byte 13)"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels deep; not a manifest"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, "nested more than 32 levels deep; not a manifest"),
+    ],
+    ids=["latin-1", "deeper-than-the-parser", "deep"],
+)
+def test_a_bad_manifest_is_one_line_for_serve_and_verify(
+    serve, tmp_path: Path, content: bytes, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from inferstack.cli import app
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_bytes(content)
+    s = serve(pkg, wait_ready=False)
+    assert s.wait_exit() == 1
+    assert f"{pkg / 'manifest.json'}: {message}" in s.log()
+    assert "Traceback" not in s.log()
+    r = CliRunner().invoke(app, ["verify", str(pkg)], env={"COLUMNS": "200"})
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit | None), r.exception
+    assert message in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_manifest_over_the_cap_is_not_read(tmp_path: Path) -> None:
+    from inferstack.manifest import MAX_MANIFEST_BYTES
+
+    (tmp_path / "manifest.json").write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ModelLoadError, match=f"larger than {MAX_MANIFEST_BYTES} bytes; not a manifest"):
+        resolve(str(tmp_path), tmp_path / "cache")
