@@ -80,7 +80,7 @@ def test_bad_gpu_pool_values() -> None:
     )
     _expect(_pool(_dev(), diskSizeGiB=10), "gpuPools[0].diskSizeGiB", "10", "from 50")
     _expect(_pool(_dev(), name="GPU_pool"), "gpuPools[0].name", "DNS label")
-    _expect(_pool(_dev(), spot=True), "gpuPools[0].spot", "one of the keys")
+    _expect(_pool(_dev(), spot=True), "gpuPools[0].spot", "unknown key; (known keys: amiType, capacityType")
 
 
 def test_bad_network() -> None:
