@@ -19,22 +19,6 @@ from inferstack.plan.stackconfig import SECRET_PLACEHOLDER
 FORMAT = 1
 
 
-#: Kubernetes Secrets whose data a plan never shows, whether or not the program marked it secret
-_KUBERNETES_SECRET = "kubernetes:core/v1:Secret"
-
-
-def _without_secret_data(reg: Registration) -> dict[str, Any]:
-    if reg.type != _KUBERNETES_SECRET:
-        return reg.inputs
-    inputs = dict(reg.inputs)
-    for field in ("data", "stringData"):
-        if isinstance(inputs.get(field), dict):
-            inputs[field] = {k: SECRET_PLACEHOLDER for k in inputs[field]}
-        elif field in inputs:
-            inputs[field] = SECRET_PLACEHOLDER
-    return inputs
-
-
 def _resource_entry(reg: Registration) -> dict[str, Any]:
     entry: dict[str, Any] = {
         "urn": reg.urn,
@@ -42,7 +26,7 @@ def _resource_entry(reg: Registration) -> dict[str, Any]:
         "name": reg.name,
         "parent": reg.parent,
         "custom": reg.custom,
-        "inputs": _without_secret_data(reg),
+        "inputs": reg.inputs,
     }
     # Options appear only when they differ from Pulumi's defaults, to keep the document short.
     if reg.provider:

@@ -139,7 +139,7 @@ class Stand(pulumi.ComponentResource):
             },
             opts=child,
         )
-        if cfg.get("secretData"):  # a Secret the program forgot to mark secret: the plan masks it anyway
+        if cfg.get("secretData"):  # pulumi_kubernetes marks a Secret's data secret itself
             k8s.core.v1.Secret(
                 f"{name}-creds",
                 metadata={"name": "creds", "namespace": ns.metadata["name"]},

@@ -68,8 +68,9 @@ def test_a_plaintext_secret_is_refused_with_the_command_that_encrypts_it(project
     assert not (project.root / "plan").exists()
 
 
-def test_kubernetes_secret_data_is_masked_even_when_the_program_forgot(project) -> None:
-    # the stand-in reads a plain config value (`secretData`, not a secret to Pulumi) into a Secret
+def test_kubernetes_secret_data_is_masked_in_every_file(project) -> None:
+    # the stand-in reads a plain config value (`secretData`, not a secret to Pulumi) into a Secret,
+    # whose data pulumi_kubernetes marks secret: the plan's json and the manifest show `<secret>`
     project.set_stack("dev", secretData="s3cr3t-in-a-secret")
     result = _plan(project, "--stack", "dev")
     assert result.exit_code == 0, result.output
