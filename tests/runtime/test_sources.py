@@ -627,3 +627,14 @@ def test_a_manifest_over_the_cap_is_not_read(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
     with pytest.raises(ModelLoadError, match=f"larger than {MAX_MANIFEST_BYTES} bytes; not a manifest"):
         resolve(str(tmp_path), tmp_path / "cache")
+
+
+def test_a_bare_remote_onnx_with_external_data_is_refused(
+    trust_site: str, mlp_package: Path, tmp_path: Path
+) -> None:
+    # its weights would have to come unlisted and unhashed: only a package brings them
+    uri = f"{trust_site}/{mlp_package.name}/mlp.onnx"
+    expected = f"{uri}: the model loads external data; serve its package"
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        resolve(uri, tmp_path)
+    assert not list(tmp_path.rglob("mlp.onnx*"))
