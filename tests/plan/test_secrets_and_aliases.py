@@ -139,3 +139,14 @@ def test_the_committed_stacks_hold_no_plaintext_secret() -> None:
         config = yaml.safe_load(path.read_text())["config"]
         assert "secretAccessKey" not in (config.get("inferstack:objectStore") or {}), path.name
         assert not isinstance(config.get("inferstack:authToken"), str), path.name
+
+
+def test_the_repo_program_names_the_key_a_typo_meant(tmp_path: Path) -> None:
+    root = _repo_copy(tmp_path)
+    dev = root / "stacks" / "Pulumi.dev.yaml"
+    doc = yaml.safe_load(dev.read_text())
+    doc["config"]["inferstack:autToken"] = {"secure": "v1:dHlwbw=="}
+    dev.write_text(yaml.safe_dump(doc))
+    result = _repo_plan(root, "dev")
+    _one_line_error(result, "inferstack:autToken: unknown key; did you mean 'authToken'?")
+    assert "dHlwbw==" not in result.output and not (root / "plan").exists()
