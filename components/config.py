@@ -11,7 +11,9 @@ See ``stacks/Pulumi.dev.yaml`` for every key with a comment.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,29 @@ from inferstack.errors import InferstackError
 from inferstack.manifest import Manifest, load_manifest, verify_files
 
 NAMESPACE = "inferstack"
+#: Every top-level key of the namespace (``inferstack:<key>``); any other key is refused as a typo,
+#: with the nearest of these. One per line, sorted: a new key is one added line.
+KNOWN_KEYS = (
+    "authToken",
+    "clusterAdmins",
+    "clusterSupportType",
+    "clusterVersion",
+    "gpuPools",
+    "kubeContext",
+    "kubeconfig",
+    "modelStore",
+    "models",
+    "network",
+    "objectStore",
+    "region",
+    "runtimeImage",
+    "systemPool",
+    "tags",
+    "target",
+)
+#: Keys (``top.nested`` for a value inside an object) that hold secrets: a plaintext value in a
+#: stack file is refused, since Pulumi would then show and store it as plain text.
+SECRET_KEYS = ("authToken", "objectStore.secretAccessKey")
 TARGETS = ("aws", "kubernetes")
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
@@ -59,6 +84,16 @@ class ConfigError(InferstackError, ValueError):
         self.key = key
         self.value = value
         self.allowed = allowed
+
+
+class ConfigKeyError(ConfigError):
+    """A key that is unknown, or a secret set in plain text; the message never shows the value."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        InferstackError.__init__(self, f"{NAMESPACE}:{key}: {problem}")
+        self.key = key
+        self.value = None
+        self.allowed = problem
 
 
 # -- typed config --------------------------------------------------------------------------
@@ -197,6 +232,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
     """Read and validate the whole stack config; raises ``ConfigError`` on the first bad value."""
     cfg = pulumi.Config(NAMESPACE)
     root = project_dir or find_project_dir()
+    _check_keys_and_secrets()
 
     target = _choice(cfg.get("target") or "aws", "target", TARGETS)
     region = cfg.get("region") or "us-east-1"
@@ -295,6 +331,56 @@ def load(project_dir: Path | None = None) -> StackConfig:
         cluster_admins=admins,
         cluster_support_type=support_type,
     )
+
+
+def _stack_values() -> tuple[dict[str, Any], set[str]]:
+    """Every config value Pulumi hands the program (fully qualified key -> text) and the keys that
+    are secrets: from the language host's environment (``PULUMI_CONFIG``,
+    ``PULUMI_CONFIG_SECRET_KEYS``) under ``pulumi up``/``preview``, and from the runtime's config map
+    (which ``inferstack plan`` and Pulumi's mocks set)."""
+    from pulumi.runtime import config as runtime_config
+
+    values = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    secrets = set(runtime_config.get_config_secret_keys_env())
+    secrets |= {k for k in values if runtime_config.is_config_secret(k)}
+    return values, secrets
+
+
+def _nearest(key: str, known: tuple[str, ...] | set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def _check_keys_and_secrets() -> None:
+    """Refuse unknown top-level keys (with the nearest known one) and secrets in plain text (with
+    the command that sets them encrypted), before any value is read."""
+    values, secrets = _stack_values()
+    prefix = f"{NAMESPACE}:"
+    for full in sorted(values):
+        key = full[len(prefix):]
+        if full.startswith(prefix) and key not in KNOWN_KEYS:
+            raise ConfigKeyError(
+                key, f"unknown key; {_nearest(key, KNOWN_KEYS)}(known keys: {', '.join(KNOWN_KEYS)})"
+            )
+    for path in SECRET_KEYS:
+        top, _, nested = path.partition(".")
+        full = prefix + top
+        if full not in values or full in secrets:
+            continue
+        if nested:
+            try:
+                holder = json.loads(values[full])
+            except (TypeError, ValueError):
+                continue  # not an object: its section's check names the problem
+            if not isinstance(holder, dict) or nested not in holder:
+                continue
+        stack = pulumi.get_stack()
+        raise ConfigKeyError(
+            path,
+            f"a secret in plain text in Pulumi.{stack}.yaml; remove it there and set it encrypted with "
+            f"`pulumi config set --secret {'--path ' if nested else ''}'{prefix}{path}' <value> "
+            f"--stack {stack}`",
+        )
 
 
 def _check_gpu_capacity(m: ModelConfig, i: int, pools: list[GpuPoolConfig]) -> None:
@@ -426,7 +512,16 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
     if not isinstance(access_key, str) or not access_key:
         raise ConfigError("objectStore.accessKeyId", access_key, "the store's access key id")
     secret = raw.get("secretAccessKey")
-    if not isinstance(secret, str) or not secret:
+    secret_key: pulumi.Output[str] | None
+    if secret is None:
+        # Not set (yet): `pulumi up` then stops below. Asking pulumi.Config for it by its --path name
+        # lets `inferstack plan`, which holds no secrets, stand in for it and list it as assumed.
+        secret_key = cfg.get_secret("objectStore.secretAccessKey")
+    elif isinstance(secret, str) and secret:
+        secret_key = pulumi.Output.secret(secret)
+    else:
+        secret_key = None
+    if secret_key is None:
         raise ConfigError(
             "objectStore.secretAccessKey",
             "(hidden)" if secret else None,
@@ -436,7 +531,7 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
     region = raw.get("region", "us-east-1")
     style = _choice(raw.get("addressingStyle", "path"), "objectStore.addressingStyle", ADDRESSING_STYLES)
     return ObjectStoreConfig(
-        endpoint, cluster_endpoint, access_key, pulumi.Output.secret(secret), region, addressing_style=style
+        endpoint, cluster_endpoint, access_key, secret_key, region, addressing_style=style
     )
 
 
@@ -599,8 +694,9 @@ def _list(cfg: pulumi.Config, key: str) -> list[Any]:
 
 def _keys(raw: Mapping[str, Any], key: str, allowed: set[str]) -> None:
     for k in raw:
-        if k not in allowed:
-            raise ConfigError(f"{key}.{k}", raw[k], f"one of the keys {', '.join(sorted(allowed))}")
+        if k not in allowed:  # the value is not shown: a misspelt secret key holds a secret
+            hint = f"unknown key; {_nearest(str(k), allowed)}(known keys: {', '.join(sorted(allowed))})"
+            raise ConfigKeyError(f"{key}.{k}", hint)
 
 
 def _choice(value: Any, key: str, allowed: tuple[str, ...]) -> str:

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 from inferstack.errors import ChecksumMismatch, ManifestError
@@ -30,6 +30,10 @@ from inferstack.errors import ChecksumMismatch, ManifestError
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 _CHUNK = 1 << 20
+#: a manifest.json is a few KB; more is not a manifest (and is not read)
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
+#: a manifest nests 5 levels; deeper is not a manifest (and would exhaust the parser's stack)
+_MAX_MANIFEST_DEPTH = 32
 
 
 @dataclass
@@ -164,14 +168,41 @@ def validate(data: Any, where: str = MANIFEST_NAME) -> None:
         raise ManifestError(f"{where}: invalid at {loc}: {message}")
 
 
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in a parsed JSON document (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, level + 1) for child in children)
+    return deepest
+
+
 def load_manifest(package_dir: str | os.PathLike[str]) -> Manifest:
+    """Read and validate ``manifest.json``; every problem is a :class:`ManifestError` naming the
+    file: missing, over ``MAX_MANIFEST_BYTES``, not UTF-8, not JSON, nested too deeply, invalid."""
     path = Path(package_dir) / MANIFEST_NAME
     try:
-        data = json.loads(path.read_text())
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_MANIFEST_BYTES + 1)
     except FileNotFoundError:
         raise ManifestError(f"{path}: not found (is {package_dir} a model package?)") from None
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise ManifestError(f"{path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except json.JSONDecodeError as e:
         raise ManifestError(f"{path}: not valid JSON: {e}") from None
+    except RecursionError:
+        data = None  # nested past the parser's own limit
+    if data is None or _depth(data) > _MAX_MANIFEST_DEPTH:
+        raise ManifestError(f"{path}: nested more than {_MAX_MANIFEST_DEPTH} levels deep; not a manifest")
     return Manifest.from_dict(data, where=str(path))
 
 
@@ -202,3 +233,69 @@ def verify_files(package_dir: str | os.PathLike[str], manifest: Manifest) -> Non
         actual = sha256_file(p)
         if actual != f.sha256:
             raise ChecksumMismatch(str(p), f.sha256, actual)
+
+
+def external_data_locations(model_path: str | os.PathLike[str]) -> list[str]:
+    """The files an ONNX model loads as external data: the ``location`` of every tensor whose
+    ``data_location`` is EXTERNAL (initializers, sparse initializers, node attributes, subgraphs and
+    functions), read from the graph without loading any weights. Sorted, without repeats.
+
+    Raises :class:`ManifestError` when the file is not an ONNX model."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(str(model_path), load_external_data=False)
+    except (DecodeError, ValueError, OSError) as e:
+        raise ManifestError(f"{model_path}: not an ONNX model ({e})") from None
+    locations: set[str] = set()
+
+    def tensors_of(attributes: Any) -> Any:
+        for a in attributes:
+            if a.HasField("t"):
+                yield a.t
+            yield from a.tensors
+            for sparse in ([a.sparse_tensor] if a.HasField("sparse_tensor") else []) + list(a.sparse_tensors):
+                yield from (sparse.values, sparse.indices)
+            for g in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                yield from tensors_of_graph(g)
+
+    def tensors_of_graph(graph: Any) -> Any:
+        yield from graph.initializer
+        for sparse in graph.sparse_initializer:
+            yield from (sparse.values, sparse.indices)
+        for node in graph.node:
+            yield from tensors_of(node.attribute)
+
+    functions = [t for f in model.functions for node in f.node for t in tensors_of(node.attribute)]
+    for tensor in [*tensors_of_graph(model.graph), *functions]:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            entries = {e.key: e.value for e in tensor.external_data}
+            locations.add(entries.get("location", ""))
+    return sorted(locations)
+
+
+def check_external_data(package_dir: str | os.PathLike[str], manifest: Manifest) -> None:
+    """Refuse a package whose model loads a file the manifest does not list (and so does not hash),
+    or one outside the package (an absolute path, ``..``). Call after :func:`verify_files`: the
+    graph it reads is then the hashed one."""
+    base = Path(package_dir)
+    model = base / manifest.model_file
+    listed = {f.path for f in manifest.files}
+    folder = PurePosixPath(manifest.model_file).parent
+    try:
+        locations = external_data_locations(model)
+    except ManifestError:
+        return  # a graph that does not parse loads nothing: the ONNX check (or onnxruntime) names it
+    for location in locations:
+        rel = PurePosixPath(location.replace("\\", "/"))
+        if not location or rel.is_absolute() or ".." in rel.parts or PureWindowsPath(location).drive:
+            raise ManifestError(
+                f"{model}: external data location {location!r} is outside the package; refused"
+            )
+        path = (folder / rel).as_posix()
+        if path not in listed:
+            raise ManifestError(
+                f"{model}: loads external data {path!r}, which {MANIFEST_NAME} does not list "
+                "(every file the model reads must be listed with its sha256)"
+            )

@@ -14,7 +14,7 @@ from inferstack.modeltools.spec import parse_inputs
 
 from inferstack import datatypes
 from inferstack.errors import InferstackError
-from inferstack.manifest import Manifest, load_manifest, verify_files
+from inferstack.manifest import Manifest, check_external_data, load_manifest, verify_files
 
 #: Variants whose numerics equal the exported graph's (graph rewrites only).
 LOSSLESS = {"reference", "ort-basic", "ort-extended", "ort-all"}
@@ -162,6 +162,7 @@ def verify(
     ]
     try:
         verify_files(package, manifest)
+        check_external_data(package, manifest)
     except InferstackError as e:
         return [*checks, Check("files", "fail", str(e)), Check("onnx", "skip", "file check failed")]
     total = sum(f.bytes for f in manifest.files)

@@ -160,26 +160,43 @@ def _working_directory(path: Path) -> Iterator[None]:
 _CWD_LOCK = threading.Lock()
 
 
+def plaintext_secret_error(key: str, stack: str) -> InferstackError:
+    """A secret found in plain text in ``Pulumi.<stack>.yaml``, and how to set it encrypted."""
+    return InferstackError(
+        f"{key}: a secret in plain text in Pulumi.{stack}.yaml; remove it there and set it encrypted "
+        f"with `pulumi config set --secret '{key}' <value> --stack {stack}`"
+    )
+
+
 @contextmanager
-def _stand_in_for_missing_secrets(assumed: list[str]) -> Iterator[None]:
-    """A plan has no secrets: a secret the stack file lacks reads as ``<secret>`` and is recorded."""
+def _stand_in_for_missing_secrets(assumed: list[str], config: StackConfig) -> Iterator[None]:
+    """A plan has no secrets: a secret the stack file lacks reads as ``<secret>`` and is recorded;
+    one the stack file holds in plain text (not ``secure:``) is refused."""
     import pulumi
 
     from inferstack.plan.values import SECRET
 
     original_get, original_require = pulumi.Config.get_secret, pulumi.Config.require_secret
 
-    def get_secret(self: pulumi.Config, key: str, default: str | None = None) -> Any:
-        if self._get(key) is None and default is None:
-            assumed.append(self.full_key(key))
+    def secret_of(self: pulumi.Config, key: str) -> Any:
+        full = self.full_key(key)
+        if self._get(key) is None:
+            assumed.append(full)
             return pulumi.Output.secret(SECRET)
+        if full not in config.secret_keys:
+            raise plaintext_secret_error(full, config.stack)
+        return None
+
+    def get_secret(self: pulumi.Config, key: str, default: str | None = None) -> Any:
+        if default is None or self._get(key) is not None:
+            standin = secret_of(self, key)
+            if standin is not None:
+                return standin
         return original_get(self, key, default)
 
     def require_secret(self: pulumi.Config, key: str) -> Any:
-        if self._get(key) is None:
-            assumed.append(self.full_key(key))
-            return pulumi.Output.secret(SECRET)
-        return original_require(self, key)
+        standin = secret_of(self, key)
+        return standin if standin is not None else original_require(self, key)
 
     pulumi.Config.get_secret = get_secret  # type: ignore[method-assign]
     pulumi.Config.require_secret = require_secret  # type: ignore[method-assign]
@@ -218,7 +235,7 @@ def run_program(program: Callable[[], Any], config: StackConfig) -> ProgramRun:
         finally:
             loop.close()
 
-    with _CWD_LOCK, _working_directory(config.root), _stand_in_for_missing_secrets(assumed):
+    with _CWD_LOCK, _working_directory(config.root), _stand_in_for_missing_secrets(assumed, config):
         thread = threading.Thread(target=contextvars.Context().run, args=(body,), name="inferstack-plan")
         thread.start()
         thread.join()

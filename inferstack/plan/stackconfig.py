@@ -41,11 +41,41 @@ def find_project_root(start: Path) -> Path:
     raise InferstackError(f"no Pulumi.yaml in {start} or any folder above it")
 
 
+#: a stack file is a few KB of config; more is refused unread
+MAX_FILE_BYTES = 1 << 20
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """PyYAML's safe loader without anchors and aliases (``&a``, ``*a``, ``<<: *a``): a few KB of
+    nested aliases expand into gigabytes (the "billion laughs"), and stack files never need them
+    (``pulumi config set`` writes plain maps)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise yaml.YAMLError(
+                f"line {event.start_mark.line + 1}: YAML anchors and aliases (&, *) are not allowed in "
+                "Pulumi files; write the values out"
+            )
+        return super().compose_node(parent, index)
+
+
 def _read_yaml(path: Path) -> Any:
     try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as e:
+        raise InferstackError(f"{path}: cannot be read ({e.strerror or e})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise InferstackError(f"{path}: larger than {MAX_FILE_BYTES} bytes; not a Pulumi config file")
+    try:
+        return yaml.load(raw.decode("utf-8"), Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as e:
+        raise InferstackError(f"{path}: not UTF-8 text (byte {e.start})") from None
     except yaml.YAMLError as e:
-        raise InferstackError(f"{path}: not valid YAML: {e}") from None
+        raise InferstackError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    except RecursionError:
+        raise InferstackError(f"{path}: nested too deeply; not a Pulumi config file") from None
 
 
 def _as_config_text(value: Any) -> str:

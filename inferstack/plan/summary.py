@@ -97,12 +97,14 @@ def render_summary(
         "",
     ]
     if snapshot.get("assumedSecrets"):
-        keys = ", ".join(f"`{k}`" for k in snapshot["assumedSecrets"])
         lines += [
-            f"Secrets this stack needs that its file does not hold (set them with "
-            f"`pulumi config set --secret` before `pulumi up`): {keys}.",
+            "Secrets this stack needs that its file does not hold; set them before `pulumi up`:",
             "",
         ]
+        for key in snapshot["assumedSecrets"]:
+            path = "--path " if "." in key.split(":", 1)[-1] else ""  # a value inside an object
+            lines.append(f"- `{key}`: `pulumi config set --secret {path}'{key}' <value> --stack {stack}`")
+        lines.append("")
     lines += [f"## Resources ({len(resources)})", ""]
     counts = Counter(r["type"] for r in resources)
     lines += _table(["type", "count"], [[f"`{t}`", str(n)] for t, n in sorted(counts.items())])

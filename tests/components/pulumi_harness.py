@@ -216,8 +216,22 @@ def to_config(stack_config: dict[str, Any]) -> dict[str, str]:
 
 
 def load_stack(stack: str) -> dict[str, Any]:
+    """A committed stack's ``config:``, plus the object store's secret key where the stack has a
+    store: stack files hold no secrets, a user sets it with ``pulumi config set --secret --path``."""
     data = yaml.safe_load((STACKS / f"Pulumi.{stack}.yaml").read_text())
-    return data["config"]
+    cfg = data["config"]
+    store = cfg.get("inferstack:objectStore")
+    if isinstance(store, dict) and "secretAccessKey" not in store:
+        store["secretAccessKey"] = "test-secret-key"
+    return cfg
+
+
+def secret_keys_of(config: dict[str, Any]) -> list[str]:
+    """The keys of ``config`` that ``pulumi config set --secret`` would have set: those holding a
+    secret the program declares (``config.SECRET_KEYS``)."""
+    from inferstack.components.config import NAMESPACE, SECRET_KEYS
+
+    return sorted({f"{NAMESPACE}:{k.split('.')[0]}" for k in SECRET_KEYS} & set(config))
 
 
 def run_program(
@@ -226,14 +240,19 @@ def run_program(
     stack: str = "test",
     program: Program | None = None,
     mocks: Mocks | None = None,
+    secret_keys: list[str] | None = None,
 ) -> Program:
     """Build ``fn``'s resources afresh under mocks with ``config`` (``inferstack:<key>`` -> value).
     Pass ``program`` to inspect what was registered when ``fn`` raises, ``mocks`` for other answers
-    from the cloud (e.g. ``Mocks(unoffered=...)``)."""
+    from the cloud (e.g. ``Mocks(unoffered=...)``). ``secret_keys``: the keys set with ``--secret``
+    (default: :func:`secret_keys_of`; ``[]`` for a stack file in plain text)."""
     monitor = RecordingMonitor(mocks or Mocks(), program if program is not None else Program())
     pulumi_settings.ROOT.set(None)  # a fresh root Stack (and its outputs) for every program
     pulumi.runtime.set_mocks(monitor.mocks, project="inferstack", stack=stack, preview=False, monitor=monitor)
-    pulumi.runtime.set_all_config(to_config(config or {}))
+    config = config or {}
+    pulumi.runtime.set_all_config(
+        to_config(config), secret_keys_of(config) if secret_keys is None else secret_keys
+    )
     program = monitor.program
 
     @pulumi.runtime.test

@@ -80,7 +80,7 @@ def test_bad_gpu_pool_values() -> None:
     )
     _expect(_pool(_dev(), diskSizeGiB=10), "gpuPools[0].diskSizeGiB", "10", "from 50")
     _expect(_pool(_dev(), name="GPU_pool"), "gpuPools[0].name", "DNS label")
-    _expect(_pool(_dev(), spot=True), "gpuPools[0].spot", "one of the keys")
+    _expect(_pool(_dev(), spot=True), "gpuPools[0].spot", "unknown key; (known keys: amiType, capacityType")
 
 
 def test_bad_network() -> None:
@@ -223,3 +223,69 @@ def test_bad_addressing_style_and_bucket_name() -> None:
         "modelStore.bucketName",
         "not both",
     )
+
+
+# -- keys and secrets --------------------------------------------------------------------------
+def _refused(cfg: dict[str, Any], secret_keys: list[str] | None = None, stack: str = "dev") -> str:
+    program = Program()
+    with pytest.raises(config.ConfigError) as info:
+        run_program(main, cfg, stack=stack, program=program, secret_keys=secret_keys)
+    assert [r for r in program.resources if r.type != "pulumi:pulumi:Stack"] == []
+    return str(info.value)
+
+
+def test_an_unknown_key_names_the_nearest_known_one() -> None:
+    cfg = _model(_dev(), auth=True)
+    cfg["inferstack:autToken"] = "typo-token-value"  # authToken misspelt: auth would go unprotected
+    msg = _refused(cfg, secret_keys=["inferstack:autToken"])
+    assert msg.startswith("inferstack:autToken: unknown key; did you mean 'authToken'? (known keys: "), msg
+    assert "typo-token-value" not in msg
+    msg = _refused(_set(_dev(), "gpuPool", []))
+    assert msg.startswith("inferstack:gpuPool: unknown key; did you mean 'gpuPools'?"), msg
+
+
+def test_a_misspelt_nested_key_does_not_echo_its_value() -> None:
+    local = copy.deepcopy(load_stack("local"))
+    local["inferstack:objectStore"]["secretAcessKey"] = "leaked-if-echoed"
+    msg = _refused(local, stack="local")
+    assert msg.startswith(
+        "inferstack:objectStore.secretAcessKey: unknown key; did you mean 'secretAccessKey'?"
+    ), msg
+    assert "leaked-if-echoed" not in msg
+
+
+def test_a_plaintext_secret_is_refused_with_the_command_that_encrypts_it() -> None:
+    prod = copy.deepcopy(load_stack("prod"))
+    prod["inferstack:authToken"] = "plain-prod-token"
+    msg = _refused(prod, secret_keys=[], stack="prod")
+    assert msg == (
+        "inferstack:authToken: a secret in plain text in Pulumi.prod.yaml; remove it there and set it "
+        "encrypted with `pulumi config set --secret 'inferstack:authToken' <value> --stack prod`"
+    )
+    local = copy.deepcopy(load_stack("local"))  # the store key in plain text inside objectStore
+    msg = _refused(local, secret_keys=[], stack="local")
+    assert msg.endswith(
+        "`pulumi config set --secret --path 'inferstack:objectStore.secretAccessKey' <value> --stack local`"
+    ), msg
+    assert "test-secret-key" not in msg
+
+
+def test_the_checks_hold_for_pulumi_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under `pulumi up` the language host hands the program its config in the environment
+    (PULUMI_CONFIG, PULUMI_CONFIG_SECRET_KEYS), not through the mocks' config map."""
+    import json
+
+    from pulumi_harness import to_config
+
+    prod = copy.deepcopy(load_stack("prod"))
+    prod["inferstack:authToken"] = "env-token"
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps(to_config(prod)))
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps([]))
+    assert "a secret in plain text" in _refused({}, secret_keys=[], stack="prod")
+    monkeypatch.setenv("PULUMI_CONFIG_SECRET_KEYS", json.dumps(["inferstack:authToken"]))
+    seen: dict[str, config.StackConfig] = {}
+    run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), {}, stack="prod", secret_keys=[])
+    assert seen["cfg"].auth_token is not None
+    monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**to_config(prod), "inferstack:regoin": "eu-west-1"}))
+    msg = _refused({}, secret_keys=[], stack="prod")
+    assert "inferstack:regoin: unknown key; did you mean 'region'?" in msg

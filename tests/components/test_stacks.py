@@ -229,6 +229,9 @@ def test_automation_api_preview_of_the_local_stack(tmp_path: Path) -> None:
     stack = auto.create_or_select_stack(
         stack_name="local", work_dir=str(project), opts=auto.LocalWorkspaceOptions(env_vars=env)
     )
+    stack.set_config(  # as docs/infrastructure.md says: the stack file holds no secret
+        "inferstack:objectStore.secretAccessKey", auto.ConfigValue("minioadmin", secret=True), path=True
+    )
     result = stack.preview(on_output=lambda _: None)
     assert result.change_summary.get("create", 0) > 10, result.change_summary
 

@@ -139,6 +139,13 @@ class Stand(pulumi.ComponentResource):
             },
             opts=child,
         )
+        if cfg.get("secretData"):  # pulumi_kubernetes marks a Secret's data secret itself
+            k8s.core.v1.Secret(
+                f"{name}-creds",
+                metadata={"name": "creds", "namespace": ns.metadata["name"]},
+                string_data={"token": cfg.get("secretData")},
+                opts=child,
+            )
         if cfg.get_bool("debugNamespace"):
             k8s.core.v1.Namespace(f"{name}-debug", metadata={"name": "debug"}, opts=child)
         if cfg.get("fail"):

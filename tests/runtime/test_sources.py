@@ -171,15 +171,13 @@ def test_s3_missing_package_is_named(serve, s3_env, tmp_path: Path) -> None:
 
 
 # -- https -----------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
-    """A local HTTPS server over the package's parent directory, with a self-signed certificate."""
+def _self_signed(d: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, as PEM files in ``d``."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    d = tmp_path_factory.mktemp("tls")
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -205,6 +203,21 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
     )
+    return cert_pem, key_pem
+
+
+def _serve_tls(httpd: http.server.HTTPServer, cert_pem: Path, key_pem: Path) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_pem, key_pem)
+    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture(scope="module")
+def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A local HTTPS server over the package's parent directory, with a self-signed certificate."""
+    d = tmp_path_factory.mktemp("tls")
+    cert_pem, key_pem = _self_signed(d)
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         """Serves the models directory; under /slow/ the manifest takes a second (a slow store)."""
@@ -229,11 +242,7 @@ def tls_site(mlp_package: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
     handler = functools.partial(Handler, directory=str(mlp_package.parent))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert_pem, key_pem)
-    httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
+    _serve_tls(httpd, cert_pem, key_pem)
     yield f"https://127.0.0.1:{httpd.server_address[1]}", cert_pem
     httpd.shutdown()
     httpd.server_close()
@@ -353,3 +362,279 @@ def test_https_cache_is_reused_and_stale_parts_removed(
         assert f"cached: {name}" in caplog.text
     assert f"downloading {uri}/mlp.onnx" not in caplog.text
     assert not stale.exists() and fresh.exists()
+
+
+# -- every download stops at its budget ----------------------------------------------------------
+def _s3_client(s3_env: dict[str, str]):
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_env["AWS_ENDPOINT_URL_S3"],
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+    )
+
+
+def test_s3_download_stops_at_the_manifest_size(
+    s3_env: dict[str, str], mlp_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the manifest was written for the real weights; the store now holds 4 MiB more under the key
+    _upload(s3_env, "models", "grown/v1", mlp_package)
+    listed = (mlp_package / "mlp.onnx.data").stat().st_size
+    _s3_client(s3_env).put_object(
+        Bucket="models", Key="grown/v1/mlp.onnx.data", Body=(mlp_package / "mlp.onnx.data").read_bytes()
+        + b"\0" * (4 << 20)
+    )
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError) as info:
+        resolve("s3://models/grown/v1", cache)
+    assert str(info.value) == (
+        f"s3://models/grown/v1/mlp.onnx.data: larger than the {listed} bytes the manifest lists; "
+        "download stopped"
+    )
+    assert not list(cache.rglob("mlp.onnx.data")) and not list(cache.rglob(".part-*"))
+
+
+def test_s3_manifest_download_stops_at_its_own_cap(
+    s3_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from inferstack.manifest import MAX_MANIFEST_BYTES
+
+    _upload(s3_env, "models", "other", tmp_path)  # the bucket
+    _s3_client(s3_env).put_object(
+        Bucket="models", Key="huge/manifest.json", Body=b" " * (MAX_MANIFEST_BYTES + 1)
+    )
+    for k, v in s3_env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ModelLoadError, match=rf"^s3://models/huge/manifest\.json: larger than the "
+                       rf"{MAX_MANIFEST_BYTES} bytes a manifest\.json may have; download stopped$"):
+        resolve("s3://models/huge", tmp_path / "cache")
+
+
+@pytest.fixture
+def endless_site(
+    mlp_package: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, list[int]]]:
+    """An HTTPS store on loopback whose mlp.onnx.data answer announces no size and sends 64 MiB
+    more than the file (close-delimited); yields its base URL and the bytes it managed to send."""
+    sent: list[int] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.0"  # the body ends when the connection closes: no size announced
+
+        def do_GET(self) -> None:
+            path = mlp_package / self.path.rsplit("/", 1)[-1]
+            self.send_response(200)
+            self.end_headers()
+            data = path.read_bytes()
+            total = 0
+            try:
+                self.wfile.write(data)
+                total += len(data)
+                if path.name == "mlp.onnx.data":
+                    block = b"\0" * (1 << 20)
+                    for _ in range(64):
+                        self.wfile.write(block)
+                        total += len(block)
+            except OSError:  # the client hung up: what we want
+                pass
+            finally:
+                sent.append(total)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    cert_pem, key_pem = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_pem))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    _serve_tls(httpd, cert_pem, key_pem)
+    yield f"https://127.0.0.1:{httpd.server_address[1]}", sent
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_store_that_sends_more_than_the_manifest_is_cut_off(
+    endless_site: tuple[str, list[int]], mlp_package: Path, tmp_path: Path
+) -> None:
+    base, sent = endless_site
+    listed = (mlp_package / "mlp.onnx.data").stat().st_size
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError) as info:
+        resolve(f"{base}/mlp", cache)
+    assert str(info.value) == (
+        f"{base}/mlp/mlp.onnx.data: larger than the {listed} bytes the manifest lists; download stopped"
+    )
+    assert not list(cache.rglob("mlp.onnx.data")) and not list(cache.rglob(".part-*"))
+    deadline = time.monotonic() + 10
+    while len(sent) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # the client hung up long before the store's 64 MiB were through
+    assert sent[-1] < listed + (32 << 20), sent
+
+
+# -- every file the model reads is listed ----------------------------------------------------------
+def _package_with_unlisted_weights(mlp_package: Path, dest: Path) -> Path:
+    """A copy of the MLP package saved by onnx with its weights in ``weights.bin``, whose manifest
+    lists only the graph: the weights would load unchecked."""
+    import onnx
+
+    from inferstack.manifest import Manifest, file_entries, load_manifest, write_manifest
+
+    dest.mkdir()
+    model = onnx.load(str(mlp_package / "mlp.onnx"))  # with its weights
+    onnx.save_model(model, str(dest / "mlp.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location="weights.bin", size_threshold=0)
+    assert (dest / "weights.bin").stat().st_size > 0
+    m = load_manifest(mlp_package)
+    write_manifest(dest, Manifest(**{**m.__dict__, "files": file_entries(dest, ["mlp.onnx"]), "digest": ""}))
+    return dest
+
+
+def test_unlisted_external_data_is_refused(mlp_package: Path, tmp_path: Path) -> None:
+    pkg = _package_with_unlisted_weights(mlp_package, tmp_path / "pkg")
+    with pytest.raises(ModelLoadError) as info:
+        resolve(str(pkg), tmp_path / "cache")
+    assert str(info.value) == (
+        f"{pkg}: {pkg / 'mlp.onnx'}: loads external data 'weights.bin', which manifest.json does not "
+        "list (every file the model reads must be listed with its sha256)"
+    )
+
+
+def test_unlisted_external_data_refuses_to_start_and_fails_verify(
+    serve, mlp_package: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from inferstack.cli import app
+
+    pkg = _package_with_unlisted_weights(mlp_package, tmp_path / "pkg")
+    s = serve(pkg, wait_ready=False)
+    assert s.wait_exit() == 1
+    assert "loads external data 'weights.bin', which manifest.json does not list" in s.log()
+    assert "Traceback" not in s.log() and "ready:" not in s.log()
+    r = CliRunner().invoke(app, ["verify", str(pkg)], env={"COLUMNS": "200"})
+    assert r.exit_code == 1, r.stdout
+    row = next(ln for ln in r.stdout.splitlines() if " files " in ln)
+    assert "FAIL" in row and "weights.bin" in r.stdout, r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_tampered_listed_weights_fail_verify(mlp_package: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from inferstack.cli import app
+
+    data, expected, actual = _tampered_copy(mlp_package, tmp_path / "pkg")
+    r = CliRunner().invoke(app, ["verify", str(tmp_path / "pkg")], env={"COLUMNS": "200"})
+    assert r.exit_code == 1
+    assert "checksum mismatch" in r.stdout + r.stderr and expected in r.stdout + r.stderr
+
+
+@pytest.mark.parametrize("location", ["../outside.bin", "/etc/outside.bin"])
+def test_external_data_outside_the_package_is_refused(
+    mlp_package: Path, tmp_path: Path, location: str
+) -> None:
+    import onnx
+
+    from inferstack.manifest import Manifest, file_entries, load_manifest, write_manifest
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(mlp_package, pkg)
+    model = onnx.load(str(pkg / "mlp.onnx"), load_external_data=False)
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save_model(model, str(pkg / "mlp.onnx"))
+    m = load_manifest(pkg)
+    write_manifest(pkg, Manifest(**{**m.__dict__, "files": file_entries(pkg, ["mlp.onnx", "mlp.onnx.data"]),
+                                    "digest": ""}))
+    with pytest.raises(ModelLoadError, match=f"external data location '{re.escape(location)}' is outside "
+                       "the package; refused"):
+        resolve(str(pkg), tmp_path / "cache")
+    # a bare .onnx has no manifest, but its external data stays in its folder all the same
+    with pytest.raises(ModelLoadError, match="outside the model's folder; refused"):
+        resolve(str(pkg / "mlp.onnx"), tmp_path / "cache")
+
+
+# -- partial downloads of a process that is gone -------------------------------------------------
+def test_partials_of_a_dead_owner_are_removed_at_start(
+    trust_site: str, mlp_package: Path, tmp_path: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from inferstack.runtime.source import part_prefix
+
+    uri = f"{trust_site}/{mlp_package.name}"
+    entry = resolve(uri, tmp_path).model_path.parent
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        dead_prefix = part_prefix(child.pid)  # named while it runs: its pid and start time
+    finally:
+        child.kill()
+        child.wait()
+    dead = entry / f"{dead_prefix}abc123"
+    live = entry / f"{part_prefix()}def456"
+    # this process's pid with another start time: a new process that got a dead one's pid
+    host, pid, start, _ = part_prefix().removeprefix(".part-").split(".")
+    reused = entry / f".part-{host}.{pid}.{int(start) + 1}.ghi789"
+    for p in (dead, live, reused):
+        p.write_bytes(b"half a download")  # fresh: the 10-minute rule would keep them all
+    assert os.getpid() == int(pid)
+    resolve(uri, tmp_path)
+    assert not dead.exists() and not reused.exists()
+    assert live.exists()
+
+
+# -- a manifest that is not one -----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        (b'{"name": "caf\xe9"}', "not UTF-8 text (byte 13)"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested more than 32 levels deep; not a manifest"),
+        (b'{"a":' * 40 + b"1" + b"}" * 40, "nested more than 32 levels deep; not a manifest"),
+    ],
+    ids=["latin-1", "deeper-than-the-parser", "deep"],
+)
+def test_a_bad_manifest_is_one_line_for_serve_and_verify(
+    serve, tmp_path: Path, content: bytes, message: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from inferstack.cli import app
+
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "manifest.json").write_bytes(content)
+    s = serve(pkg, wait_ready=False)
+    assert s.wait_exit() == 1
+    assert f"{pkg / 'manifest.json'}: {message}" in s.log()
+    assert "Traceback" not in s.log()
+    r = CliRunner().invoke(app, ["verify", str(pkg)], env={"COLUMNS": "200"})
+    assert r.exit_code == 1 and isinstance(r.exception, SystemExit | None), r.exception
+    assert message in r.stdout and "Traceback" not in r.stdout + r.stderr
+
+
+def test_a_manifest_over_the_cap_is_not_read(tmp_path: Path) -> None:
+    from inferstack.manifest import MAX_MANIFEST_BYTES
+
+    (tmp_path / "manifest.json").write_bytes(b" " * (MAX_MANIFEST_BYTES + 1))
+    with pytest.raises(ModelLoadError, match=f"larger than {MAX_MANIFEST_BYTES} bytes; not a manifest"):
+        resolve(str(tmp_path), tmp_path / "cache")
+
+
+def test_a_bare_remote_onnx_with_external_data_is_refused(
+    trust_site: str, mlp_package: Path, tmp_path: Path
+) -> None:
+    # its weights would have to come unlisted and unhashed: only a package brings them
+    uri = f"{trust_site}/{mlp_package.name}/mlp.onnx"
+    expected = f"{uri}: the model loads external data; serve its package"
+    with pytest.raises(ModelLoadError, match=re.escape(expected)):
+        resolve(uri, tmp_path)
+    assert not list(tmp_path.rglob("mlp.onnx*"))
