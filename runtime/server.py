@@ -279,7 +279,12 @@ class App:
             "instance_group": [
                 {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
             ],
-            "parameters": {"execution_providers": {"string_value": ",".join(model.providers)}},
+            "parameters": {
+                "execution_providers": {"string_value": ",".join(model.providers)},
+                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
+                "batch_check": {"string_value": model.batch_decision},
+                "batch_dim": {"string_value": self.config.batch_dim},
+            },
         }
         if model.batching:
             config["dynamic_batching"] = {
