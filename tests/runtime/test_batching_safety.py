@@ -168,3 +168,11 @@ def test_a_manifest_record_is_trusted(serve, batch_models: dict[str, Path], tmp_
     s = serve(_with_record(tmp_path / "other", batch_models["mixing"], other))
     assert _config(s)["max_batch_size"] == 0
     assert "checked at warm-up" in _config(s)["parameters"]["batch_check"]["string_value"]
+
+
+def test_an_empty_batch_dim_is_refused() -> None:
+    from inferstack.runtime.config import ServerConfig
+    from inferstack.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--batch-dim / INFERSTACK_BATCH_DIM: must not be empty"):
+        ServerConfig(model="m.onnx", batch_dim=" ")
