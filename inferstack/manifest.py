@@ -78,7 +78,8 @@ class Manifest:
             "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
             "optimization", "source",
         ]
-        return {k: data[k] for k in order}
+        # batch_check only when there is one: manifests written without it stay byte-identical
+        return {k: data[k] for k in order if k != "batch_check" or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
