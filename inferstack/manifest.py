@@ -7,8 +7,9 @@ A package is a directory::
     manifest.json         this module's subject
 
 The manifest names every file with its sha256 and size, the input/output signature in v2
-datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge, and the
-records of the tools that made it (parity, optimization). ``digest`` is the package's content
+datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge and the
+batch-independence check that decided it (``batch_check``, see :mod:`inferstack.batchcheck`), and
+the records of the tools that made it (parity, optimization). ``digest`` is the package's content
 hash: a changed model has a new digest, so the stacks roll it out under a new object prefix.
 """
 
@@ -60,6 +61,7 @@ class Manifest:
     outputs: list[TensorSpec]
     max_batch_size: int
     opset: int | None = None
+    batch_check: dict[str, Any] | None = None  # inferstack.batchcheck.BatchCheck.to_dict()
     producer: dict[str, str | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
@@ -77,10 +79,11 @@ class Manifest:
         data = asdict(self)
         order = [
             "schema_version", "name", "version", "created", "model_file", "digest", "files",
-            "inputs", "outputs", "max_batch_size", "opset", "producer", "parity", "optimization",
-            "source",
+            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
+            "optimization", "source",
         ]
-        return {k: data[k] for k in order}
+        # batch_check only when there is one: manifests written without it stay byte-identical
+        return {k: data[k] for k in order if k != "batch_check" or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
@@ -95,6 +98,7 @@ class Manifest:
             outputs=[TensorSpec(**t) for t in data["outputs"]],
             max_batch_size=data["max_batch_size"],
             opset=data.get("opset"),
+            batch_check=data.get("batch_check"),
             producer=data.get("producer") or {},
             parity=data.get("parity"),
             optimization=data.get("optimization"),
