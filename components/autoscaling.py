@@ -101,7 +101,7 @@ class Autoscaling(pulumi.ComponentResource):
         if args.min_replicas == 0:
             http_name = f"{args.model_name}-http"
             front = self._front_service(name, args, labels)
-            hosts = _hosts(args.model_name, args.namespace, front)
+            hosts = _hosts(front)
             k8s.apiextensions.CustomResource(
                 f"{name}-http-scaled-object",
                 api_version="http.keda.sh/v1alpha1",
@@ -153,7 +153,7 @@ class Autoscaling(pulumi.ComponentResource):
             },
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.scaled_object_name = scaled.metadata.apply(lambda m: (m or {}).get("name", args.model_name))
+        self.scaled_object_name = scaled.id.apply(lambda _: args.model_name)
         self.register_outputs(
             {"scaled_object_name": self.scaled_object_name, "endpoint_url": self.endpoint_url}
         )
@@ -237,16 +237,18 @@ def _prometheus_trigger(
     }
 
 
-def _hosts(model: str, namespace: str, front: k8s.core.v1.Service) -> pulumi.Output[list[str]]:
-    """The ``Host`` values the interceptor routes to this model: the Service's DNS names in the
-    cluster, and the load balancer's hostname when there is one."""
-    names = [f"{model}.{namespace}.svc.cluster.local", f"{model}.{namespace}.svc", f"{model}.{namespace}"]
+def _hosts(front: k8s.core.v1.Service) -> pulumi.Output[list[str]]:
+    """The ``Host`` values the interceptor routes to this model: the front Service's DNS names in
+    the cluster, and its load balancer's hostname when it has one."""
 
-    def with_balancer(status: Any) -> list[str]:
-        ingress = ((status or {}).get("load_balancer") or {}).get("ingress") or []
-        return names + [h for i in ingress for h in (i.get("hostname"), i.get("ip")) if h]
+    def hosts(v: list[Any]) -> list[str]:
+        meta, status = v[0] or {}, v[1] or {}
+        name, ns = meta.get("name"), meta.get("namespace")
+        found = [f"{name}.{ns}.svc.cluster.local", f"{name}.{ns}.svc", f"{name}.{ns}"]
+        ingress = (status.get("load_balancer") or {}).get("ingress") or []
+        return found + [h for i in ingress for h in (i.get("hostname"), i.get("ip")) if h]
 
-    return front.status.apply(with_balancer)
+    return pulumi.Output.all(front.metadata, front.status).apply(hosts)
 
 
 def _validate(args: AutoscalingArgs) -> None:

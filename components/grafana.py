@@ -92,7 +92,7 @@ class Grafana(pulumi.ComponentResource):
             data={file: json.dumps(body, indent=1, sort_keys=True) for file, body in dashboards.items()},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[release]),
         )
-        self.namespace = release.namespace
+        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
         self.dashboards = sorted(dashboards)
         self.register_outputs({"namespace": self.namespace, "dashboards": self.dashboards})
 

@@ -44,8 +44,8 @@ class Keda(pulumi.ComponentResource):
             timeout=600,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.namespace = release.namespace
-        self.release_name = release.name
+        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})
 
 

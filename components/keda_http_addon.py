@@ -92,12 +92,12 @@ class KedaHttpAddon(pulumi.ComponentResource):
             timeout=600,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.namespace = release.namespace
-        self.interceptor_host = release.namespace.apply(
+        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        self.interceptor_host = self.namespace.apply(
             lambda ns: f"{INTERCEPTOR_SERVICE}.{ns}.svc.cluster.local"
         )
         self.interceptor_port = args.proxy_port
-        self.scaler_address = release.namespace.apply(lambda ns: f"{SCALER_SERVICE}.{ns}:{SCALER_PORT}")
+        self.scaler_address = self.namespace.apply(lambda ns: f"{SCALER_SERVICE}.{ns}:{SCALER_PORT}")
         self.register_outputs(
             {
                 "namespace": self.namespace,

@@ -79,6 +79,6 @@ class Prometheus(pulumi.ComponentResource):
             timeout=600,
             opts=pulumi.ResourceOptions(parent=self),
         )
-        self.namespace = release.namespace
-        self.address = release.namespace.apply(lambda ns: f"http://{SERVER_SERVICE}.{ns}.svc.cluster.local:80")
+        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        self.address = self.namespace.apply(lambda ns: f"http://{SERVER_SERVICE}.{ns}.svc.cluster.local:80")
         self.register_outputs({"namespace": self.namespace, "address": self.address})
