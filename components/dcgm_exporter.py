@@ -20,6 +20,9 @@ TYPE = "inferstack:dcgm_exporter:DcgmExporter"
 CHART = "dcgm-exporter"
 REPOSITORY = "https://nvidia.github.io/dcgm-exporter/helm-charts"
 PORT = 9400
+#: the exporter's default counters (etc/default-counters.csv) that the dashboard reads, per GPU with
+#: labels ``gpu`` and ``Hostname``: utilization in %, framebuffer memory used and free in MiB
+METRICS = ("DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE")
 GPU_TOLERATION = {"key": GPU_TAINT["key"], "operator": "Exists", "effect": "NoSchedule"}
 
 
