@@ -72,8 +72,8 @@ class AutoscalingArgs:
     """min 0: DNS name of the HTTP add-on's interceptor proxy Service. Required then."""
     interceptor_namespace: pulumi.Input[str] | None = None
     """min 0: its namespace (a load balancer in front of it lives there). Required then."""
-    interceptor_port: int = 8080
-    """min 0: its port. Default 8080."""
+    interceptor_port: int = 8000
+    """min 0: its port. Default 8000."""
     scaler_address: pulumi.Input[str] | None = None
     """min 0: ``host:port`` of the HTTP add-on's external scaler. Required then."""
     service_depends_on: list[pulumi.Resource] = field(default_factory=list)

@@ -31,8 +31,9 @@ class KedaHttpAddonArgs:
     """Chart version, pinned. Default 0.10.0."""
     namespace: str = "keda"
     """Namespace of the release (KEDA's). Default keda."""
-    proxy_port: int = 8080
-    """Port of the interceptor's proxy Service. Default 8080."""
+    proxy_port: int = 8000
+    """Port of the interceptor's proxy Service: the runtime's, so that a model's endpoint keeps its
+    port when it scales to zero. Default 8000."""
     wait_timeout_s: int = 900
     """How long the interceptor holds a request for a Deployment at zero: a GPU cold start is a node
     scale-up, a multi-GB image pull and a model load (the startup probe's 900 s budget). Default 900."""

@@ -104,7 +104,7 @@ def test_dev_scales_to_zero_and_a_request_at_zero_waits_at_the_interceptor() -> 
     assert front.inputs["metadata"]["namespace"] == "keda", front.urn
     host = p.outputs_of(front.urn)["status"]["loadBalancer"]["ingress"][0]["hostname"]
     assert host in hso.inputs["spec"]["hosts"], hso.urn
-    assert p.outputs["endpointUrl"] == f"http://{host}:8080", p.outputs["endpointUrl"]
+    assert p.outputs["endpointUrl"] == f"http://{host}:8000", p.outputs["endpointUrl"]
 
 
 def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor() -> None:
@@ -134,7 +134,7 @@ def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor()
     assert svc.inputs["spec"]["type"] == "ExternalName", svc.urn
     assert svc.inputs["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local"
     assert "tiny.tiny.svc.cluster.local" in p.one(HTTP_SCALED_OBJECT).inputs["spec"]["hosts"]
-    assert resolve(p.result.endpoint_url) == "http://tiny.tiny.svc.cluster.local:8080"
+    assert resolve(p.result.endpoint_url) == "http://tiny.tiny.svc.cluster.local:8000"
 
 
 def test_min_zero_without_the_http_add_on_is_refused() -> None:
