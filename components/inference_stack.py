@@ -404,11 +404,7 @@ class _ScalingAddons:
         a = m.autoscaling
         if a is None:
             return svc.endpoint_url
-        if self.prometheus_address is None:
-            raise ValueError(
-                f"InferenceStack: model {m.name} autoscales on Prometheus metrics; set addons.prometheus "
-                "true or addons.prometheusAddress"
-            )
+        assert self.prometheus_address is not None  # config.load() requires one with autoscaling
         http = self.http
         defaults = KedaHttpAddonArgs()
         scaling = Autoscaling(

@@ -182,3 +182,19 @@ def test_min_replicas_zero_is_allowed_and_bounds_are_checked() -> None:
         _run("dev", {"autoscaling": {"minReplicas": -1, "maxReplicas": 2}})
     with pytest.raises(config.ConfigError, match="targetCpuUtilization"):
         _run("dev", {"autoscaling": {"minReplicas": 0, "maxReplicas": 2, "targetCpuUtilization": 70}})
+
+
+def test_autoscaling_without_a_prometheus_is_a_config_error_and_another_one_can_be_named() -> None:
+    from inferstack.components import config
+
+    cfg = copy.deepcopy(load_stack("dev"))
+    cfg["inferstack:addons"] = {"prometheus": False, "grafana": False}
+    with pytest.raises(config.ConfigError, match="addons.prometheusAddress.*tiny"):
+        run_program(main, cfg, stack="dev")
+    cfg["inferstack:addons"]["prometheusAddress"] = "http://prometheus.observability:9090"
+    p = run_program(main, cfg, stack="dev")
+    assert not [r for r in p.of_type(RELEASE) if r.inputs["chart"] in ("prometheus", "grafana")]
+    triggers = p.one(SCALED_OBJECT).inputs["spec"]["triggers"]
+    assert {t["metadata"]["serverAddress"] for t in triggers if t["type"] == "prometheus"} == {
+        "http://prometheus.observability:9090"
+    }
