@@ -90,7 +90,10 @@ def test_dev_scales_to_zero_and_a_request_at_zero_waits_at_the_interceptor() -> 
     hso = p.one(HTTP_SCALED_OBJECT)
     skip = hso.inputs["metadata"]["annotations"]["httpscaledobject.keda.sh/skip-scaledobject-creation"]
     assert skip == "true", f"{hso.urn}: the add-on would create a second ScaledObject for the Deployment"
-    (push,) = [t for t in so.inputs["spec"]["triggers"] if t["type"] == "external-push"]
+    triggers = so.inputs["spec"]["triggers"]
+    # KEDA's CRD types trigger metadata as map[string]string: a number there is rejected by the API
+    assert all(isinstance(v, str) for t in triggers for v in t["metadata"].values()), triggers
+    (push,) = [t for t in triggers if t["type"] == "external-push"]
     assert push["metadata"]["httpScaledObject"] == hso.inputs["metadata"]["name"], so.urn
     assert push["metadata"]["scalerAddress"] == "keda-add-ons-http-external-scaler.keda:9090", so.urn
     # the interceptor forwards to a Service that selects the pods ...
