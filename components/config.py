@@ -269,6 +269,14 @@ def load(project_dir: Path | None = None) -> StackConfig:
                 f"or runtimeImage.{m.variant}: " + PIN_HINT,
             )
     addons = _addons(_obj(cfg, "addons") or {})
+    scaled = [m.name for m in models if m.autoscaling]
+    if scaled and not addons.prometheus and not addons.prometheus_address:
+        raise ConfigError(
+            "addons.prometheusAddress",
+            None,
+            f"the Prometheus that KEDA reads for {', '.join(scaled)} (autoscaling), "
+            "or addons.prometheus: true",
+        )
 
     auth_token = None
     if any(m.auth for m in models):
