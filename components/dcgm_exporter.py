@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+from inferstack.components._chart import check_chart_args
 from inferstack.components.gpu_node_pool import GPU_LABEL, GPU_TAINT
-from inferstack.components.keda import check_chart_args
 
 TYPE = "inferstack:dcgm_exporter:DcgmExporter"
 CHART = "dcgm-exporter"

@@ -16,7 +16,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from inferstack.components.keda import check_chart_args
+from inferstack.components._chart import check_chart_args
 
 TYPE = "inferstack:grafana:Grafana"
 CHART = "grafana"

@@ -5,11 +5,11 @@ and back. It installs the ``ScaledObject`` CRD and runs the HPAs it derives from
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
+from inferstack.components._chart import check_chart_args
 
 TYPE = "inferstack:keda:Keda"
 CHART = "keda"
@@ -47,11 +47,3 @@ class Keda(pulumi.ComponentResource):
         self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
         self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})
-
-
-def check_chart_args(version: str, namespace: str, where: str) -> None:
-    """A pinned ``x.y.z`` chart version and a DNS-label namespace; ``ValueError`` naming the field."""
-    if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", version):
-        raise ValueError(f"{where}.version: {version!r}; expected a pinned x.y.z")
-    if not re.match(r"^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$", namespace):
-        raise ValueError(f"{where}.namespace: {namespace!r}; expected a DNS label")

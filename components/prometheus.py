@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pulumi
 import pulumi_kubernetes as k8s
-from inferstack.components.keda import check_chart_args
+from inferstack.components._chart import check_chart_args
 
 TYPE = "inferstack:prometheus:Prometheus"
 CHART = "prometheus"
