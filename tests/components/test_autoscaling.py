@@ -201,3 +201,13 @@ def test_autoscaling_without_a_prometheus_is_a_config_error_and_another_one_can_
     assert {t["metadata"]["serverAddress"] for t in triggers if t["type"] == "prometheus"} == {
         "http://prometheus.observability:9090"
     }
+
+
+def test_add_ons_refuse_an_unpinned_chart_or_a_cold_start_the_interceptor_cannot_wait_for() -> None:
+    from inferstack.components.keda import Keda, KedaArgs
+    from inferstack.components.keda_http_addon import KedaHttpAddon, KedaHttpAddonArgs
+
+    with pytest.raises(ValueError, match="KedaArgs.version"):
+        run_program(lambda: Keda("k", KedaArgs(version="latest")))
+    with pytest.raises(ValueError, match="KedaHttpAddonArgs.wait_timeout_s"):
+        run_program(lambda: KedaHttpAddon("h", KedaHttpAddonArgs(wait_timeout_s=5)))

@@ -34,4 +34,5 @@ def test_one_component_per_module_with_its_type_token() -> None:
             continue  # config, program: no resources of their own
         assert len(classes) == 1, f"components/{name}.py declares {[c.__name__ for c in classes]}"
         module = importlib.import_module(f"{package.__name__}.{name}")
-        assert module.TYPE == f"inferstack:{name}:{classes[0].__name__}", f"components/{name}.py: {module.TYPE}"
+        token = str(module.TYPE)
+        assert token == f"inferstack:{name}:{classes[0].__name__}", f"components/{name}.py: {token}"
