@@ -50,7 +50,7 @@ plan-check: install
 	$(BIN)/inferstack plan --check $(addprefix --stack ,$(STACKS))
 
 # checkov lives in its own virtual environment: its pins conflict with ours. Reports land in build/.
-DOCKERFILES := $(wildcard runtime/Dockerfile*)
+DOCKERFILES := $(filter-out %.dockerignore,$(wildcard runtime/Dockerfile*))
 CHECKOV := $(CHECKOV_VENV)/bin/checkov --compact --skip-download -o json
 
 scan: install

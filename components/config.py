@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pulumi
+from inferstack.components.runtime_image import DOCKERFILES, PINNED_IMAGE, PLATFORMS, REPOSITORY
 
 from inferstack.errors import InferstackError
 from inferstack.manifest import Manifest, load_manifest, verify_files
@@ -29,6 +30,7 @@ NAMESPACE = "inferstack"
 #: Every top-level key of the namespace (``inferstack:<key>``); any other key is refused as a typo,
 #: with the nearest of these. One per line, sorted: a new key is one added line.
 KNOWN_KEYS = (
+    "addons",
     "authToken",
     "clusterAdmins",
     "clusterSupportType",
@@ -59,8 +61,6 @@ EXPOSURES = ("internal", "public", "clusterIP", "nodePort", "loadBalancer", "ing
 CLUSTER_VERSIONS = ("1.31", "1.32", "1.33", "1.34", "1.35")
 DEFAULT_CLUSTER_VERSION = "1.34"
 SUPPORT_TYPES = ("STANDARD", "EXTENDED")
-DEFAULT_GPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-gpu"
-DEFAULT_CPU_IMAGE = "ghcr.io/inferstack/runtime:0.1.0-cpu"
 PULL_POLICIES = ("Always", "IfNotPresent", "Never")
 
 _DNS_LABEL = re.compile(r"^[a-z]([-a-z0-9]{0,30}[a-z0-9])?$")
@@ -72,7 +72,10 @@ _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _GPU_FAMILIES = ("g4dn", "g5", "g6", "g6e", "gr6", "p3", "p4d", "p4de", "p5", "p5e", "p5en")
 _QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|Ki|Mi|Gi|Ti|k|M|G|T)?$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-[0-9]$")
-_IMAGE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9._/:@-]*$")
+PIN_HINT = (
+    "an image pinned by digest, repo@sha256:<64 hex> (the release workflow prints each image's digest; "
+    "or run `docker buildx imagetools inspect <repo>:<tag>` and take its Digest)"
+)
 
 
 class ConfigError(InferstackError, ValueError):
@@ -156,9 +159,17 @@ class ObjectStoreConfig:
 
 @dataclass(frozen=True)
 class AutoscalingConfig:
+    """KEDA scaling of one model on the runtime's own load (see components/autoscaling.py)."""
+
     min_replicas: int
+    """0 (scale to zero: requests wait at the KEDA HTTP add-on's interceptor) to 100."""
     max_replicas: int
-    target_cpu_utilization: int = 70
+    target_queue_depth: int = 4
+    """Requests waiting for the batcher per replica before another replica is wanted. Default 4."""
+    target_inflight: int = 16
+    """Requests in flight (queued or computing) per replica before another is wanted. Default 16."""
+    scale_to_zero_after_s: int = 900
+    """Seconds without requests before the last replica goes (min 0 only). Default 900."""
 
 
 @dataclass(frozen=True)
@@ -166,7 +177,8 @@ class ModelConfig:
     name: str
     path: Path
     manifest: Manifest
-    image: str
+    image: str | None
+    """A prebuilt image pinned by digest, or None: the stack's runtime image (``runtimeImage``)."""
     replicas: int = 1
     gpus: int = 1
     cpu: str = "2"
@@ -183,12 +195,39 @@ class ModelConfig:
     ingress_host: str | None = None
     """``ingress.host`` with ``exposure: ingress``."""
 
+    @property
+    def variant(self) -> str:
+        """The runtime image variant this model runs: ``gpu`` with GPUs, else ``cpu``."""
+        return "gpu" if self.gpus else "cpu"
+
 
 @dataclass(frozen=True)
 class RuntimeImageConfig:
-    ecr: bool = False
-    """Create an ECR repository for the runtime image (target ``aws`` only). Default false."""
-    tag: str = "0.1.0-gpu"
+    """Where the runtime images come from: built during ``pulumi up``, or prebuilt by digest."""
+
+    build: bool = False
+    """Build ``runtime/Dockerfile`` (GPU) / ``Dockerfile.cpu`` (CPU) during ``pulumi up``. Default false."""
+    registry: str | None = None
+    """``build``: ``ecr`` (the stack's ECR repository, target aws) or a repository the cluster pulls
+    from, e.g. ``localhost:5001/inferstack-runtime`` (kind's local registry). Default none."""
+    platform: str = "linux/amd64"
+    """``build``: the image platform. Default linux/amd64 (the GPU AMIs are x86_64)."""
+    prebuilt: dict[str, str] = field(default_factory=dict)
+    """Without ``build``: variant (``gpu``/``cpu``) -> image pinned by digest. Default none."""
+
+
+@dataclass(frozen=True)
+class AddonsConfig:
+    """The cluster add-ons that autoscaling and monitoring need (``inferstack:addons``)."""
+
+    keda: bool = True
+    """Install KEDA and its HTTP add-on. Default true (false: the cluster already runs them)."""
+    prometheus: bool = True
+    """Install Prometheus (scrapes the runtime and DCGM). Default true."""
+    prometheus_address: str | None = None
+    """With ``prometheus: false``: the Prometheus KEDA queries, e.g. http://prometheus.mon:9090."""
+    grafana: bool = True
+    """Install Grafana with the inferstack dashboard. Default true."""
 
 
 @dataclass(frozen=True)
@@ -212,6 +251,7 @@ class StackConfig:
     cluster_support_type: str = "EXTENDED"
     """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
     standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
+    addons: AddonsConfig = field(default_factory=AddonsConfig)
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -278,10 +318,22 @@ def load(project_dir: Path | None = None) -> StackConfig:
             raise ConfigError(f"models[{i}].gpus", m.gpus, "0, or at least one entry in gpuPools")
         if m.gpus > 0 and target == "aws":
             _check_gpu_capacity(m, i, gpu_pools)
-        if m.image == "ecr" and not runtime_image.ecr:
+        if m.image is None and not runtime_image.build and m.variant not in runtime_image.prebuilt:
             raise ConfigError(
-                f"models[{i}].image", m.image, "an image reference, or 'ecr' only with runtimeImage.ecr: true"
+                f"runtimeImage.{m.variant}",
+                None,
+                f"the {m.variant} runtime image for models[{i}] ({m.name}): runtimeImage.build: true, "
+                f"or runtimeImage.{m.variant}: " + PIN_HINT,
             )
+    addons = _addons(_obj(cfg, "addons") or {})
+    scaled = [m.name for m in models if m.autoscaling]
+    if scaled and not addons.prometheus and not addons.prometheus_address:
+        raise ConfigError(
+            "addons.prometheusAddress",
+            None,
+            f"the Prometheus that KEDA reads for {', '.join(scaled)} (autoscaling), "
+            "or addons.prometheus: true",
+        )
 
     auth_token = None
     if any(m.auth for m in models):
@@ -330,6 +382,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         project_dir=root,
         cluster_admins=admins,
         cluster_support_type=support_type,
+        addons=addons,
     )
 
 
@@ -536,14 +589,89 @@ def _object_store(cfg: pulumi.Config) -> ObjectStoreConfig:
 
 
 def _runtime_image(raw: Mapping[str, Any], target: str) -> RuntimeImageConfig:
-    _keys(raw, "runtimeImage", {"ecr", "tag"})
-    ecr = _bool(raw.get("ecr", False), "runtimeImage.ecr")
-    if ecr and target != "aws":
-        raise ConfigError("runtimeImage.ecr", ecr, "false with target kubernetes (ECR is AWS only)")
-    tag = raw.get("tag", RuntimeImageConfig.tag)
-    if not isinstance(tag, str) or not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", tag):
-        raise ConfigError("runtimeImage.tag", tag, "a Docker tag ([A-Za-z0-9_.-], up to 128 characters)")
-    return RuntimeImageConfig(ecr, tag)
+    _keys(raw, "runtimeImage", {"build", "registry", "platform", *DOCKERFILES})
+    build = _bool(raw.get("build", False), "runtimeImage.build")
+    prebuilt: dict[str, str] = {}
+    for variant in DOCKERFILES:
+        if raw.get(variant) is not None:
+            if build:
+                raise ConfigError(
+                    f"runtimeImage.{variant}", raw[variant], "no prebuilt image with runtimeImage.build: true"
+                )
+            prebuilt[variant] = _pinned(raw[variant], f"runtimeImage.{variant}")
+    registry = raw.get("registry")
+    if not build:
+        if registry is not None:
+            raise ConfigError(
+                "runtimeImage.registry", registry, "a registry only with runtimeImage.build: true"
+            )
+        return RuntimeImageConfig(prebuilt=prebuilt)
+    if registry is None and target == "aws":
+        registry = "ecr"
+    if registry == "ecr":
+        if target != "aws":
+            raise ConfigError(
+                "runtimeImage.registry",
+                registry,
+                "a repository address with target kubernetes (ECR is AWS only), "
+                "e.g. localhost:5001/inferstack-runtime",
+            )
+    elif not isinstance(registry, str) or not REPOSITORY.match(registry):
+        raise ConfigError(
+            "runtimeImage.registry",
+            registry,
+            "ecr (target aws) or a repository the cluster pulls from, host[:port]/path in lowercase, "
+            "e.g. localhost:5001/inferstack-runtime",
+        )
+    platform = _choice(raw.get("platform", "linux/amd64"), "runtimeImage.platform", PLATFORMS)
+    return RuntimeImageConfig(build=True, registry=registry, platform=platform)
+
+
+def _pinned(value: Any, key: str) -> str:
+    if not isinstance(value, str) or not PINNED_IMAGE.match(value):
+        raise ConfigError(key, value, PIN_HINT)
+    return value
+
+
+def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
+    _keys(raw, "addons", {"keda", "prometheus", "prometheusAddress", "grafana"})
+    keda = _bool(raw.get("keda", True), "addons.keda")
+    prometheus = _bool(raw.get("prometheus", True), "addons.prometheus")
+    address = raw.get("prometheusAddress")
+    if address is not None:
+        if prometheus:
+            raise ConfigError(
+                "addons.prometheusAddress", address, "an address only with addons.prometheus: false"
+            )
+        if not isinstance(address, str) or not re.match(r"^https?://[^/\s]+/?$", address):
+            raise ConfigError(
+                "addons.prometheusAddress", address, "an http(s) URL such as http://prometheus.mon:9090"
+            )
+        address = address.rstrip("/")
+    grafana = _bool(raw.get("grafana", True), "addons.grafana")
+    if grafana and not prometheus:
+        raise ConfigError(
+            "addons.grafana", grafana, "false when addons.prometheus is false (it reads that one)"
+        )
+    return AddonsConfig(keda, prometheus, address, grafana)
+
+
+def _autoscaling(a: Any, key: str, replicas: int) -> AutoscalingConfig:
+    if not isinstance(a, Mapping):
+        raise ConfigError(
+            key, a, "a mapping with minReplicas, maxReplicas, targetQueueDepth, targetInflight"
+        )
+    _keys(
+        a,
+        key,
+        {"minReplicas", "maxReplicas", "targetQueueDepth", "targetInflight", "scaleToZeroAfterSeconds"},
+    )
+    lo = _int(a.get("minReplicas", replicas), f"{key}.minReplicas", 0, 100)
+    hi = _int(a.get("maxReplicas", max(lo, 1)), f"{key}.maxReplicas", max(lo, 1), 100)
+    queue = _int(a.get("targetQueueDepth", 4), f"{key}.targetQueueDepth", 1, 10000)
+    inflight = _int(a.get("targetInflight", 16), f"{key}.targetInflight", 1, 10000)
+    idle = _int(a.get("scaleToZeroAfterSeconds", 900), f"{key}.scaleToZeroAfterSeconds", 60, 86400)
+    return AutoscalingConfig(lo, hi, queue, inflight, idle)
 
 
 def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
@@ -590,29 +718,24 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     except InferstackError as e:
         raise ConfigError(f"{key}.path", rel, f"a valid, intact model package ({e})") from None
     gpus = _int(raw.get("gpus", 1 if target == "aws" else 0), f"{key}.gpus", 0, 8)
-    image = raw.get("image", DEFAULT_GPU_IMAGE if gpus else DEFAULT_CPU_IMAGE)
-    if not isinstance(image, str) or not _IMAGE.match(image):
-        raise ConfigError(
-            f"{key}.image",
-            image,
-            "an image reference such as registry/repo:tag, or 'ecr' for the stack's ECR repository",
-        )
+    image = raw.get("image")
+    if image is not None:  # otherwise the stack's runtime image (runtimeImage)
+        image = _pinned(image, f"{key}.image")
     replicas = _int(raw.get("replicas", 1), f"{key}.replicas", 1, 100)
     cpu = _quantity(raw.get("cpu", "2"), f"{key}.cpu")
     memory = _quantity(raw.get("memory", "8Gi"), f"{key}.memory")
     scaling = None
     if raw.get("autoscaling") is not None:
-        a = raw["autoscaling"]
-        if not isinstance(a, Mapping):
-            raise ConfigError(
-                f"{key}.autoscaling", a, "a mapping with minReplicas, maxReplicas, targetCpuUtilization"
-            )
-        _keys(a, f"{key}.autoscaling", {"minReplicas", "maxReplicas", "targetCpuUtilization"})
-        lo = _int(a.get("minReplicas", replicas), f"{key}.autoscaling.minReplicas", 1, 100)
-        hi = _int(a.get("maxReplicas", lo), f"{key}.autoscaling.maxReplicas", lo, 100)
-        tgt = _int(a.get("targetCpuUtilization", 70), f"{key}.autoscaling.targetCpuUtilization", 10, 95)
-        scaling = AutoscalingConfig(lo, hi, tgt)
+        scaling = _autoscaling(raw["autoscaling"], f"{key}.autoscaling", replicas)
     exposure = _choice(raw.get("exposure", "internal"), f"{key}.exposure", EXPOSURES)
+    if exposure == "nodePort" and scaling is not None and scaling.min_replicas == 0:
+        # at zero KEDA's interceptor answers, and it routes by Host: a node port's clients send a
+        # node's address, which no configuration can name in advance
+        raise ConfigError(
+            f"{key}.exposure",
+            exposure,
+            "clusterIP, internal, public, loadBalancer or ingress with autoscaling.minReplicas 0",
+        )
     cache_size = _quantity(raw.get("cacheSize", "10Gi"), f"{key}.cacheSize")
     from inferstack.components.inference_service import ephemeral_storage
 

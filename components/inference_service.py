@@ -2,7 +2,8 @@
 
 Declares the namespace, a ServiceAccount whose cloud identity may only read the model's prefix, the
 Deployment (GPU request, toleration and node selector, v2 health probes, hardened securityContext,
-a rollout that never drops below capacity), the Service, HPA, PodDisruptionBudget and NetworkPolicy.
+a rollout that never drops below capacity), the Service, PodDisruptionBudget and NetworkPolicy. Scaling
+is not here: with ``autoscaled`` the replica count belongs to KEDA (``autoscaling.py``).
 The same code serves both targets: on ``aws`` the identity is an IAM role bound through an EKS Pod
 Identity association; on ``kubernetes`` it is the S3-compatible store's credentials, a Secret mounted
 read-only as a shared credentials file (``AWS_SHARED_CREDENTIALS_FILE``), never environment variables.
@@ -57,13 +58,6 @@ class S3Credentials:
 
 
 @dataclass
-class Autoscaling:
-    min_replicas: int
-    max_replicas: int
-    target_cpu_utilization: int = 70
-
-
-@dataclass
 class InferenceServiceArgs:
     model_name: str
     """DNS label; names the namespace (unless ``namespace``), Deployment and Service. Required."""
@@ -95,9 +89,15 @@ class InferenceServiceArgs:
     """``path`` or ``virtual`` bucket addressing for the runtime's S3 client
     (``INFERSTACK_S3_ADDRESSING_STYLE``). Default none: path with ``s3_endpoint``, else boto's."""
     replicas: int = 1
-    """Replicas when there is no autoscaling. Default 1."""
-    autoscaling: Autoscaling | None = None
-    """HPA bounds and CPU target. Default: min = max = ``replicas`` (the HPA is still declared)."""
+    """Replicas; with ``autoscaled`` only the count the Deployment is created with (0 allowed: a
+    model that scales to zero starts at zero). Default 1."""
+    autoscaled: bool = False
+    """An autoscaler (KEDA) owns ``spec.replicas``: ``pulumi up`` never resets the live count. Default
+    false."""
+    service_name: str | None = None
+    """Name of the Service that selects the pods. Default: ``model_name`` (a model that scales to
+    zero names it ``<model>-backend`` and gives ``model_name`` to the Service in front of KEDA's
+    interceptor)."""
     gpus: int = 1
     """``nvidia.com/gpu`` per replica; 0 runs on CPU without toleration or node selector. Default 1."""
     cpu: str = "2"
@@ -325,8 +325,8 @@ class InferenceService(pulumi.ComponentResource):
             ]
             pod_spec["node_selector"] = {GPU_NODE_LABEL[0]: GPU_NODE_LABEL[1]}
 
-        scaling = args.autoscaling or Autoscaling(args.replicas, args.replicas)
         deployment_spec: Any = {
+            "replicas": args.replicas,
             "selector": {"match_labels": labels},
             # Never below capacity: a new pod must be ready before an old one goes.
             "strategy": {"type": "RollingUpdate", "rolling_update": {"max_unavailable": 0, "max_surge": 1}},
@@ -344,10 +344,7 @@ class InferenceService(pulumi.ComponentResource):
                 "spec": pod_spec,
             },
         }
-        if args.autoscaling is None:
-            deployment_spec["replicas"] = args.replicas
-        # else: the HPA owns spec.replicas; leaving it out keeps `pulumi up` from resetting it.
-        deployment = k8s.apps.v1.Deployment(
+        k8s.apps.v1.Deployment(
             f"{name}-deployment",
             metadata={
                 **meta,
@@ -361,6 +358,8 @@ class InferenceService(pulumi.ComponentResource):
                 custom_timeouts=pulumi.CustomTimeouts(
                     create=args.await_timeout, update=args.await_timeout, delete="10m"
                 ),
+                # KEDA owns the live count; `pulumi up` sets it only at creation.
+                ignore_changes=["spec.replicas"] if args.autoscaled else None,
             ),
         )
 
@@ -368,7 +367,7 @@ class InferenceService(pulumi.ComponentResource):
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={
-                "name": args.model_name,
+                "name": args.service_name or args.model_name,
                 "namespace": ns_name,
                 "labels": labels,
                 "annotations": svc_annotations,
@@ -404,7 +403,10 @@ class InferenceService(pulumi.ComponentResource):
                                         "path": "/",
                                         "path_type": "Prefix",
                                         "backend": {
-                                            "service": {"name": args.model_name, "port": {"name": "http"}}
+                                            "service": {
+                                                "name": service.metadata["name"],
+                                                "port": {"name": "http"},
+                                            }
                                         },
                                     }
                                 ]
@@ -414,30 +416,6 @@ class InferenceService(pulumi.ComponentResource):
                 },
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
             )
-        k8s.autoscaling.v2.HorizontalPodAutoscaler(
-            f"{name}-hpa",
-            metadata=meta,
-            spec={
-                "scale_target_ref": {"api_version": "apps/v1", "kind": "Deployment", "name": args.model_name},
-                "min_replicas": scaling.min_replicas,
-                "max_replicas": scaling.max_replicas,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {
-                            "name": "cpu",
-                            "target": {
-                                "type": "Utilization",
-                                "average_utilization": scaling.target_cpu_utilization,
-                            },
-                        },
-                    }
-                ],
-                # Scale down slowly: a GPU replica is expensive to bring back.
-                "behavior": {"scale_down": {"stabilization_window_seconds": 600}},
-            },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=[deployment]),
-        )
         k8s.policy.v1.PodDisruptionBudget(
             f"{name}-pdb",
             metadata=meta,
@@ -607,14 +585,12 @@ def _validate(args: InferenceServiceArgs) -> None:
         )
     if not 0 <= args.gpus <= 8:
         raise ValueError(f"InferenceServiceArgs.gpus: {args.gpus}; expected 0..8")
-    if args.replicas < 1:
-        raise ValueError(f"InferenceServiceArgs.replicas: {args.replicas}; expected >= 1")
-    a = args.autoscaling
-    if a is not None and not (1 <= a.min_replicas <= a.max_replicas and 10 <= a.target_cpu_utilization <= 95):
+    if not (0 if args.autoscaled else 1) <= args.replicas <= 100:
         raise ValueError(
-            f"InferenceServiceArgs.autoscaling: {a}; expected 1 <= min_replicas <= max_replicas "
-            "and target_cpu_utilization 10..95"
+            f"InferenceServiceArgs.replicas: {args.replicas}; expected 1..100 (0..100 when autoscaled)"
         )
+    if args.service_name is not None and not label.match(args.service_name):
+        raise ValueError(f"InferenceServiceArgs.service_name: {args.service_name!r}; expected a DNS label")
     if not 1 <= args.port <= 65535 or args.port < 1024:
         raise ValueError(
             f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)"

@@ -1,13 +1,16 @@
 """InferenceStack: the whole stack for one environment, composed per target.
 
-* ``aws``: Network -> Cluster -> system pool + GpuNodePools -> NvidiaDevicePlugin, ModelStore (S3,
-  KMS), RuntimeImage (prebuilt or ECR), and per model a ModelArtifact and an InferenceService whose
-  pods read the model through EKS Pod Identity.
+* ``aws``: Network -> Cluster -> system pool + GpuNodePools -> NvidiaDevicePlugin, DcgmExporter,
+  ModelStore (S3, KMS), RuntimeImage per variant (built into ECR, or prebuilt by digest), and per
+  model a ModelArtifact and an InferenceService whose pods read the model through EKS Pod Identity.
 * ``kubernetes``: an existing cluster from a kubeconfig context and any S3-compatible store (MinIO,
   Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and its addressing style; no
-  node pools, the CPU runtime image, static store credentials in a Secret.
+  node pools, the CPU runtime image (built and pushed to a registry the cluster reaches, or prebuilt
+  by digest), static store credentials in a Secret.
 
-The Kubernetes part (InferenceService) is the same code on both targets.
+On both targets: Keda + KedaHttpAddon + Prometheus + Grafana (``inferstack:addons``), and per model
+with ``autoscaling`` an Autoscaling (KEDA ScaledObject on the runtime's queue, scale to zero through
+the HTTP add-on). The Kubernetes part is the same code on both targets.
 """
 
 from __future__ import annotations
@@ -18,21 +21,32 @@ from typing import Any
 import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
+from inferstack.components.autoscaling import Autoscaling, AutoscalingArgs
 from inferstack.components.cluster import Cluster, ClusterArgs
 from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
 from inferstack.components.config import ConfigError, ModelConfig, StackConfig
+from inferstack.components.dcgm_exporter import DcgmExporter
 from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
+from inferstack.components.grafana import Grafana, GrafanaArgs
 from inferstack.components.inference_service import (
-    Autoscaling,
     InferenceService,
     InferenceServiceArgs,
     S3Credentials,
+)
+from inferstack.components.keda import Keda
+from inferstack.components.keda_http_addon import (
+    INTERCEPTOR_SERVICE,
+    SCALER_PORT,
+    SCALER_SERVICE,
+    KedaHttpAddon,
+    KedaHttpAddonArgs,
 )
 from inferstack.components.model_artifact import ModelArtifact, ModelArtifactArgs
 from inferstack.components.model_store import ModelStore, ModelStoreArgs
 from inferstack.components.network import Network, NetworkArgs, ZoneShortage
 from inferstack.components.nvidia_device_plugin import NvidiaDevicePlugin
+from inferstack.components.prometheus import Prometheus
 from inferstack.components.runtime_image import RuntimeImage, RuntimeImageArgs
 
 TYPE = "inferstack:inference_stack:InferenceStack"
@@ -220,22 +234,22 @@ class InferenceStack(pulumi.ComponentResource):
             ),
             opts=on_aws,
         )
-        image = None
-        if cfg.runtime_image.ecr:
-            image = RuntimeImage(
-                f"{name}-runtime",
-                RuntimeImageArgs(
-                    ecr_repository=f"inferstack-runtime-{pulumi.get_stack()}",
-                    tag=cfg.runtime_image.tag,
-                    force_delete=cfg.model_store.force_destroy,
-                    tags=cfg.tags,
-                ),
-                opts=on_aws,
+        images = self._runtime_images(name, cfg, on_aws)
+        if cfg.gpu_pools:
+            # GPU utilization and memory for the dashboard, from the GPU nodes only.
+            cluster_addons.append(
+                DcgmExporter(
+                    f"{name}-dcgm-exporter",
+                    opts=pulumi.ResourceOptions(
+                        parent=self, providers={"kubernetes": kube}, depends_on=pools[:1]
+                    ),
+                )
             )
-            self.runtime_repository = image.repository_url
+        scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[*cluster.addons, *pools])
 
         endpoints, uris = {}, {}
         for m in cfg.models:
+            exposure = _exposure(m, "aws")
             artifact = ModelArtifact(
                 f"{name}-{m.name}-artifact",
                 ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
@@ -245,7 +259,7 @@ class InferenceStack(pulumi.ComponentResource):
                 f"{name}-{m.name}",
                 InferenceServiceArgs(
                     model_name=m.name,
-                    image=image.image if (m.image == "ecr" and image is not None) else m.image,
+                    image=m.image or images[m.variant],
                     model_uri=artifact.uri,
                     bucket=store.bucket_name,
                     model_prefix=artifact.prefix,
@@ -253,7 +267,7 @@ class InferenceStack(pulumi.ComponentResource):
                     kms_key_arn=store.kms_key_arn,
                     region=cfg.region,
                     **_sizing(m),
-                    **_exposure(m, "aws"),
+                    **_service_exposure(m, exposure),
                     auth_token=cfg.auth_token if m.auth else None,
                     # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
                     service_depends_on=[*network.gateways, *pools],
@@ -264,7 +278,10 @@ class InferenceStack(pulumi.ComponentResource):
                     pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
                 ),
             )
-            endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri
+            endpoints[m.name] = scaling.autoscale(
+                m, svc, exposure, service_depends_on=[*network.gateways, *pools]
+            )
+            uris[m.name] = artifact.uri
 
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
@@ -316,8 +333,11 @@ class InferenceStack(pulumi.ComponentResource):
             ),
             opts=on_store,
         )
+        images = self._runtime_images(name, cfg, pulumi.ResourceOptions(parent=self))
+        scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[])
         endpoints, uris = {}, {}
         for m in cfg.models:
+            exposure = _exposure(m, "kubernetes")
             artifact = ModelArtifact(
                 f"{name}-{m.name}-artifact",
                 ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
@@ -327,7 +347,7 @@ class InferenceStack(pulumi.ComponentResource):
                 f"{name}-{m.name}",
                 InferenceServiceArgs(
                     model_name=m.name,
-                    image=m.image,
+                    image=m.image or images[m.variant],
                     model_uri=artifact.uri,
                     bucket=store.bucket_name,
                     model_prefix=artifact.prefix,
@@ -336,12 +356,13 @@ class InferenceStack(pulumi.ComponentResource):
                     s3_endpoint=store_cfg.cluster_endpoint,
                     s3_addressing_style=store_cfg.addressing_style,
                     **_sizing(m),
-                    **_exposure(m, "kubernetes"),
+                    **_service_exposure(m, exposure),
                     auth_token=cfg.auth_token if m.auth else None,
                 ),
                 opts=on_k8s,
             )
-            endpoints[m.name], uris[m.name] = svc.endpoint_url, artifact.uri
+            endpoints[m.name] = scaling.autoscale(m, svc, exposure, service_depends_on=[])
+            uris[m.name] = artifact.uri
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
         self.bucket_name = store.bucket_name
@@ -349,19 +370,140 @@ class InferenceStack(pulumi.ComponentResource):
         self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig or "")
 
 
+    # -- runtime images: one per variant the models use ------------------------------------
+    def _runtime_images(
+        self, name: str, cfg: StackConfig, opts: pulumi.ResourceOptions
+    ) -> dict[str, pulumi.Output[str]]:
+        """Variant (``gpu``/``cpu``) -> image reference by digest, for the variants that a model
+        without its own ``image`` runs: built during ``pulumi up``, or prebuilt (config checked that
+        each is pinned by digest)."""
+        ri = cfg.runtime_image
+        images: dict[str, pulumi.Output[str]] = {}
+        for variant in sorted({m.variant for m in cfg.models if m.image is None}):
+            if not ri.build:
+                images[variant] = pulumi.Output.from_input(ri.prebuilt[variant])
+                continue
+            ecr = ri.registry == "ecr"
+            image = RuntimeImage(
+                f"{name}-runtime-{variant}",
+                RuntimeImageArgs(
+                    variant=variant,
+                    ecr_repository=f"inferstack-runtime-{pulumi.get_stack()}-{variant}" if ecr else None,
+                    repository=None if ecr else f"{ri.registry}",
+                    platform=ri.platform,
+                    force_delete=cfg.model_store.force_destroy,
+                    tags=cfg.tags if ecr else {},
+                ),
+                opts=opts,
+            )
+            images[variant] = image.image
+            if image.repository_url is not None and self.runtime_repository is None:
+                self.runtime_repository = image.repository_url
+        return images
+
+
+class _ScalingAddons:
+    """The stack's KEDA, HTTP add-on, Prometheus and Grafana (as ``cfg.addons`` asks), and per model
+    the Autoscaling that uses them."""
+
+    def __init__(
+        self,
+        stack: pulumi.ComponentResource,
+        name: str,
+        cfg: StackConfig,
+        kube: k8s.Provider,
+        depends_on: list[pulumi.Resource],
+    ) -> None:
+        self.stack, self.name = stack, name
+        self.kube = kube
+        opts = pulumi.ResourceOptions(parent=stack, providers={"kubernetes": kube}, depends_on=depends_on)
+        wanted = any(m.autoscaling for m in cfg.models)
+        self.keda: list[pulumi.Resource] = []
+        self.http: KedaHttpAddon | None = None
+        if cfg.addons.keda and wanted:
+            keda = Keda(f"{name}-keda", opts=opts)
+            after_keda = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[keda]))
+            self.http = KedaHttpAddon(f"{name}-keda-http", opts=after_keda)
+            self.keda = [keda, self.http]
+        self.prometheus_address: pulumi.Output[str] | None = None
+        if cfg.addons.prometheus:
+            prometheus = Prometheus(f"{name}-prometheus", opts=opts)
+            self.prometheus_address = prometheus.address
+            if cfg.addons.grafana:
+                Grafana(f"{name}-grafana", GrafanaArgs(prometheus_address=prometheus.address), opts=opts)
+        elif cfg.addons.prometheus_address:
+            self.prometheus_address = pulumi.Output.from_input(cfg.addons.prometheus_address)
+
+    def autoscale(
+        self,
+        m: ModelConfig,
+        svc: InferenceService,
+        exposure: dict[str, Any],
+        service_depends_on: list[pulumi.Resource],
+    ) -> pulumi.Output[str]:
+        """Declare ``m``'s Autoscaling (if any); the model's endpoint URL. ``exposure`` is how the
+        model's Service would be exposed (the interceptor takes its place at zero)."""
+        a = m.autoscaling
+        if a is None:
+            return svc.endpoint_url
+        assert self.prometheus_address is not None  # config.load() requires one with autoscaling
+        http = self.http
+        defaults = KedaHttpAddonArgs()
+        scaling = Autoscaling(
+            f"{self.name}-{m.name}-autoscaling",
+            AutoscalingArgs(
+                model_name=m.name,
+                namespace=m.name,
+                min_replicas=a.min_replicas,
+                max_replicas=a.max_replicas,
+                prometheus_address=self.prometheus_address,
+                target_queue_depth=a.target_queue_depth,
+                target_inflight=a.target_inflight,
+                scale_to_zero_after_s=a.scale_to_zero_after_s,
+                backend_service=backend_service(m),
+                **exposure,
+                # KEDA's HTTP add-on: the stack's, or one already in namespace keda (addons.keda false)
+                interceptor_host=http.interceptor_host
+                if http
+                else f"{INTERCEPTOR_SERVICE}.{defaults.namespace}.svc.cluster.local",
+                interceptor_namespace=http.namespace if http else defaults.namespace,
+                interceptor_port=http.interceptor_port if http else defaults.proxy_port,
+                scaler_address=http.scaler_address
+                if http
+                else f"{SCALER_SERVICE}.{defaults.namespace}:{SCALER_PORT}",
+                service_depends_on=service_depends_on,
+            ),
+            opts=pulumi.ResourceOptions(
+                parent=self.stack, providers={"kubernetes": self.kube}, depends_on=[svc, *self.keda]
+            ),
+        )
+        return scaling.endpoint_url if scaling.endpoint_url is not None else svc.endpoint_url
+
+
+def backend_service(m: ModelConfig) -> str | None:
+    """The Service selecting ``m``'s pods when it scales to zero (clients reach the interceptor
+    under the model's name); None otherwise."""
+    return f"{m.name}-backend" if m.autoscaling and m.autoscaling.min_replicas == 0 else None
+
+
 def _sizing(m: ModelConfig) -> dict[str, Any]:
     scaling = m.autoscaling
     return {
-        "replicas": m.replicas,
-        "autoscaling": Autoscaling(scaling.min_replicas, scaling.max_replicas, scaling.target_cpu_utilization)
-        if scaling
-        else None,
+        "replicas": scaling.min_replicas if scaling else m.replicas,
+        "autoscaled": scaling is not None,
+        "service_name": backend_service(m),
         "gpus": m.gpus,
         "cpu": m.cpu,
         "memory": m.memory,
         "image_pull_policy": m.image_pull_policy,
         "cache_size": m.cache_size,
     }
+
+
+def _service_exposure(m: ModelConfig, exposure: dict[str, Any]) -> dict[str, Any]:
+    """The model's own Service: as ``exposure`` asks, or, when ``m`` scales to zero, the ClusterIP
+    backend that KEDA's interceptor forwards to (the interceptor's front takes the exposure)."""
+    return {"exposure": "clusterIP"} if backend_service(m) else exposure
 
 
 def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:

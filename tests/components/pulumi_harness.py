@@ -9,6 +9,7 @@ ignoreChanges, customTimeouts, dependencies).
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,6 +66,10 @@ class Mocks(pulumi.runtime.Mocks):
             repo = state.get("name", args.name)
             state["repositoryUrl"] = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com/{repo}"
             state["arn"] = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{args.name}"
+        elif t == "docker-build:index:Image":
+            # what a push returns: the manifest digest, here derived from the resource name
+            state["digest"] = "sha256:" + hashlib.sha256(args.name.encode()).hexdigest()
+            state["ref"] = f"{(state.get('tags') or ['image'])[0]}@{state['digest']}"
         elif t == "aws:ec2/vpc:Vpc":
             rid = "vpc-0123"
         elif t == "aws:eks/nodeGroup:NodeGroup":
@@ -118,6 +123,10 @@ class Mocks(pulumi.runtime.Mocks):
             return {"partition": "aws", "dnsSuffix": "amazonaws.com", "id": "aws"}, []
         if tok == "aws:iam/getPolicyDocument:getPolicyDocument":
             return {"json": json.dumps({"Version": "2012-10-17", "Statement": []}), "id": "doc"}, []
+        if tok == "aws:ecr/getAuthorizationToken:getAuthorizationToken":
+            registry = f"{ACCOUNT}.dkr.ecr.us-east-1.amazonaws.com"
+            return {"id": registry, "userName": "AWS", "password": "ecr-password",
+                    "authorizationToken": "token", "proxyEndpoint": f"https://{registry}"}, []
         if tok == "aws:eks/getClusterAuth:getClusterAuth":
             return {"token": "k8s-aws-v1.token", "name": args.args.get("name"), "id": "auth"}, []
         raise AssertionError(f"unexpected invoke {tok} with {args.args}")
@@ -137,6 +146,8 @@ class Registration:
     custom_timeouts: dict[str, str]
     dependencies: list[str]
     provider: str
+    state: dict[str, Any] = field(default_factory=dict)
+    """What the (mock) provider returned: inputs plus computed outputs such as a build's digest."""
 
 
 @dataclass
@@ -156,6 +167,9 @@ class Program:
 
     def by_urn(self, urn: str) -> Registration:
         return next(r for r in self.resources if r.urn == urn)
+
+    def outputs_of(self, urn: str) -> dict[str, Any]:
+        return self.by_urn(urn).state
 
     def kubernetes_objects(self) -> list[Registration]:
         return [
@@ -194,6 +208,9 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 },
                 dependencies=list(request.dependencies),
                 provider=request.provider,
+                state=_unwrap(pulumi.runtime.rpc.deserialize_properties(response.object))
+                if response.object
+                else {},
             )
         )
         return response

@@ -111,7 +111,7 @@ def test_bad_models() -> None:
         "models[0].autoscaling.maxReplicas",
         "from 3",
     )
-    _expect(_model(_dev(), image="ecr"), "models[0].image", "runtimeImage.ecr")
+    _expect(_model(_dev(), image="ecr"), "models[0].image", "@sha256:", "release workflow")
     _expect(
         _model(_dev(), imagePullPolicy="Sometimes"),
         "models[0].imagePullPolicy",
@@ -156,7 +156,11 @@ def test_kubernetes_target_rules() -> None:
     bad = copy.deepcopy(local)
     bad["inferstack:gpuPools"] = [{"name": "gpu", "instanceTypes": ["g5.xlarge"]}]
     _expect(bad, "gpuPools", "no GPU pools with target kubernetes")
-    _expect(_set(copy.deepcopy(local), "runtimeImage", {"ecr": True}), "runtimeImage.ecr", "AWS only")
+    _expect(
+        _set(copy.deepcopy(local), "runtimeImage", {"build": True, "registry": "ecr"}),
+        "runtimeImage.registry",
+        "AWS only",
+    )
     _expect(
         _set(_dev(), "objectStore", {"endpoint": "http://x:9000"}),
         "objectStore",

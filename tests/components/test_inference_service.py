@@ -8,7 +8,6 @@ from typing import Any
 import pulumi
 import pytest
 from inferstack.components.inference_service import (
-    Autoscaling,
     InferenceService,
     InferenceServiceArgs,
     S3Credentials,
@@ -107,14 +106,19 @@ def test_rollout_never_drops_below_capacity_and_waits_long_enough() -> None:
     assert pod_ann["prometheus.io/scrape"] == "true" and pod_ann["prometheus.io/port"] == "8000", dep.urn
 
 
-def test_hpa_pdb_and_network_policy() -> None:
-    p = run_program(lambda: _svc(autoscaling=Autoscaling(2, 5, 60)))
-    hpa = p.one("kubernetes:autoscaling/v2:HorizontalPodAutoscaler")
-    spec = hpa.inputs["spec"]
-    assert spec["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "tiny"}, hpa.urn
-    assert (spec["minReplicas"], spec["maxReplicas"]) == (2, 5), hpa.urn
-    assert spec["metrics"][0]["resource"]["target"]["averageUtilization"] == 60, hpa.urn
-    assert "replicas" not in p.one(DEPLOYMENT).inputs["spec"], "the HPA owns replicas"
+def test_an_autoscaled_deployment_starts_at_its_minimum_and_keeps_the_live_count() -> None:
+    p = run_program(lambda: _svc(replicas=0, autoscaled=True, service_name="tiny-backend"))
+    dep = p.one(DEPLOYMENT)
+    assert dep.inputs["spec"]["replicas"] == 0, f"{dep.urn}: a model that scales to zero starts at zero"
+    assert "spec.replicas" in dep.ignore_changes, f"{dep.urn}: pulumi up would reset KEDA's count"
+    assert p.one("kubernetes:core/v1:Service").inputs["metadata"]["name"] == "tiny-backend"
+    assert not p.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"), "no CPU HPA"
+    fixed = run_program(lambda: _svc(replicas=2)).one(DEPLOYMENT)
+    assert fixed.inputs["spec"]["replicas"] == 2 and not fixed.ignore_changes, fixed.urn
+
+
+def test_pdb_and_network_policy() -> None:
+    p = run_program(lambda: _svc())
 
     pdb = p.one("kubernetes:policy/v1:PodDisruptionBudget")
     assert pdb.inputs["spec"]["maxUnavailable"] == 1, pdb.urn
@@ -296,7 +300,8 @@ def test_every_child_is_parented_and_named_after_the_component() -> None:
         ({"exposure": "world"}, "exposure"),
         ({"model_prefix": "models/*"}, "model_prefix"),
         ({"gpus": 9}, "gpus"),
-        ({"autoscaling": Autoscaling(3, 2)}, "autoscaling"),
+        ({"replicas": 0}, "replicas"),
+        ({"service_name": "Backend_1"}, "service_name"),
         ({"port": 80}, "port"),
         ({"s3_credentials": S3Credentials("a", "b")}, "s3_credentials"),
         ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),

@@ -11,7 +11,6 @@ import pulumi
 import pytest
 from inferstack.components.model_artifact import ModelArtifact, ModelArtifactArgs
 from inferstack.components.model_store import ModelStore, ModelStoreArgs
-from inferstack.components.runtime_image import RuntimeImage, RuntimeImageArgs
 from pulumi_harness import resolve, run_program
 
 from inferstack.manifest import load_manifest, write_manifest
@@ -154,29 +153,6 @@ def test_artifact_refuses_a_tampered_package(tiny_package: Path, tmp_path: Path)
         run_program(lambda: _artifact(bad))
     with pytest.raises(ValueError, match="package_dir"):
         run_program(lambda: _artifact(tmp_path / "missing"))
-
-
-def test_runtime_image_prebuilt_or_ecr() -> None:
-    p = run_program(lambda: RuntimeImage("rt", RuntimeImageArgs(image="ghcr.io/x/runtime:1")))
-    assert resolve(p.result.image) == "ghcr.io/x/runtime:1"
-    assert not p.of_type("aws:ecr/repository:Repository")
-
-    p = run_program(
-        lambda: RuntimeImage("rt", RuntimeImageArgs(ecr_repository="inferstack-runtime", tag="v2"))
-    )
-    repo = p.one("aws:ecr/repository:Repository")
-    assert repo.inputs["imageTagMutability"] == "IMMUTABLE", repo.urn
-    assert repo.inputs["imageScanningConfiguration"]["scanOnPush"] is True, repo.urn
-    assert resolve(p.result.image).endswith("/inferstack-runtime:v2")
-    assert (
-        p.one("aws:ecr/lifecyclePolicy:LifecyclePolicy").parent
-        == p.one("inferstack:runtime_image:RuntimeImage").urn
-    )
-
-    with pytest.raises(ValueError, match="exactly one"):
-        run_program(lambda: RuntimeImage("rt", RuntimeImageArgs()))
-    with pytest.raises(ValueError, match="tag"):
-        run_program(lambda: RuntimeImage("rt", RuntimeImageArgs(ecr_repository="r", tag="bad tag")))
 
 
 def test_outputs_are_registered_not_empty() -> None:

@@ -61,3 +61,21 @@ def test_manual_dispatch_for_prod_and_destroy_with_typed_name() -> None:
     assert any(
         "inferstack destroy" in s.get("run", "") and "--allow-prod" in s["run"] for s in _steps(destroy)
     )
+
+
+def test_release_publishes_both_runtime_images_on_a_tag_and_records_their_digests() -> None:
+    doc = _load("release.yml")
+    assert doc["on"]["push"]["tags"], "releases run on a tag"
+    job = doc["jobs"]["image"]
+    assert job["permissions"]["packages"] == "write"
+    built = {m["variant"]: m["dockerfile"] for m in job["strategy"]["matrix"]["include"]}
+    assert built == {"gpu": "runtime/Dockerfile", "cpu": "runtime/Dockerfile.cpu"}
+    for dockerfile in built.values():
+        assert (WORKFLOWS.parents[1] / dockerfile).is_file(), dockerfile
+    (build,) = _uses(job, "docker/build-push-action")
+    assert build["with"]["push"] is True and build["with"]["file"] == "${{ matrix.dockerfile }}"
+    assert "${{ matrix.variant }}" in build["with"]["tags"]
+    (record,) = [s for s in _steps(job) if "steps.build.outputs.digest" in str(s.get("env", {}))]
+    assert "@${DIGEST}" in record["run"] and "GITHUB_STEP_SUMMARY" in record["run"]
+    (upload,) = _uses(job, "actions/upload-artifact")
+    assert upload["with"]["path"] == "digest-${{ matrix.variant }}.txt"
