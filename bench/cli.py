@@ -34,8 +34,8 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated setups: inferstack-json, inferstack-binary, plain-json, triton-json, "
-            "triton-binary, kserve-json, ceiling; 'all' for every one; uvicorn-binary and granian-binary (the "
-            "runtime behind those servers) only when named."
+            "triton-binary, kserve-json, ceiling; 'all' for every one; uvicorn-binary and granian-binary "
+            "(the runtime behind those servers) only when named."
         ),
     ] = "all",
     concurrency: Annotated[str, typer.Option(help="Comma-separated connection counts.")] = "1,8,32,128",

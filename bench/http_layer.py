@@ -45,13 +45,21 @@ def main() -> None:
             point = result["points"][str(args.concurrency)]
             runs[setup].append({"throughput": point["throughput"], "p99_us": point["p99_us"],
                                 "errors": point["errors"], "cpu_us": point["cpu_us_per_request"]})
-            print(f"round {r + 1}: {setup}: {point['throughput']:.0f} req/s, p99 {point['p99_us'] / 1000:.2f} ms, "
-                  f"CPU {point['cpu_us_per_request']:.0f} us/req", flush=True)
+            print(f"round {r + 1}: {setup}: {point['throughput']:.0f} req/s, "
+                  f"p99 {point['p99_us'] / 1000:.2f} ms, CPU {point['cpu_us_per_request']:.0f} us/req",
+                  flush=True)
     summary = {}
-    plain = statistics.median(x["throughput"] for x in runs["plain-json"]) if "plain-json" in runs else None
+    base = runs.get("plain-json")
+    plain = statistics.median(x["throughput"] for x in base) if base else None
     for setup, xs in runs.items():
         tp = statistics.median(x["throughput"] for x in xs)
+        pairs = list(zip(xs, base, strict=True)) if base else []
         summary[setup] = {
+            # the same round's runs, a few seconds apart: less disturbed by other work on the machine
+            "median_round_ratio": statistics.median(x["throughput"] / p["throughput"] for x, p in pairs)
+            if pairs else None,
+            "median_round_cpu_ratio": statistics.median(p["cpu_us"] / x["cpu_us"] for x, p in pairs)
+            if pairs else None,
             "median_throughput": tp,
             "median_p99_us": statistics.median(x["p99_us"] for x in xs),
             "median_cpu_us": statistics.median(x["cpu_us"] for x in xs),
@@ -63,12 +71,17 @@ def main() -> None:
     out = {"concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds,
            "summary": summary}
     (args.out_dir / "http-layer.json").write_text(json.dumps(out, indent=2) + "\n")
-    print("| setup | median req/s | median p99 ms | median CPU us/req | x plain |")
-    print("|---|---:|---:|---:|---:|")
+    print("| setup | median req/s | median p99 ms | median CPU us/req | x plain (medians) "
+          "| x plain (median of rounds) | x plain by CPU/req (median of rounds) |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for setup, s in summary.items():
-        ratio = f"{s['vs_plain']:.2f}" if s["vs_plain"] else "-"
+        def ratio(key: str, s: dict[str, object] = s) -> str:
+            value = s[key]
+            return f"{value:.2f}" if isinstance(value, float) else "-"
+
         print(f"| {setup} | {s['median_throughput']:.0f} | {s['median_p99_us'] / 1000:.2f} | "
-              f"{s['median_cpu_us']:.0f} | {ratio} |")
+              f"{s['median_cpu_us']:.0f} | {ratio('vs_plain')} | {ratio('median_round_ratio')} "
+              f"| {ratio('median_round_cpu_ratio')} |")
 
 
 if __name__ == "__main__":
