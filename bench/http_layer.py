@@ -16,6 +16,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 SETUPS = ("inferstack-binary", "uvicorn-binary", "granian-binary", "plain-json")
 
@@ -48,7 +49,7 @@ def main() -> None:
             print(f"round {r + 1}: {setup}: {point['throughput']:.0f} req/s, "
                   f"p99 {point['p99_us'] / 1000:.2f} ms, CPU {point['cpu_us_per_request']:.0f} us/req",
                   flush=True)
-    summary = {}
+    summary: dict[str, dict[str, Any]] = {}
     base = runs.get("plain-json")
     plain = statistics.median(x["throughput"] for x in base) if base else None
     for setup, xs in runs.items():
@@ -75,7 +76,7 @@ def main() -> None:
           "| x plain (median of rounds) | x plain by CPU/req (median of rounds) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for setup, s in summary.items():
-        def ratio(key: str, s: dict[str, object] = s) -> str:
+        def ratio(key: str, s: dict[str, Any] = s) -> str:
             value = s[key]
             return f"{value:.2f}" if isinstance(value, float) else "-"
 

@@ -99,7 +99,7 @@ def build(package: str) -> Any:
         request = Request(scope["method"].encode(), url, headers, body, True, None)
         future: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] = \
             asyncio.get_running_loop().create_future()
-        app.handle(_Answer(future), request)  # type: ignore[arg-type]
+        app.handle(_Answer(future), request)  # type: ignore[arg-type,unused-ignore]
         status, head, data = await future
         await send({"type": "http.response.start", "status": status, "headers": head})
         await send({"type": "http.response.body", "body": data})
