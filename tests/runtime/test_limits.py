@@ -1,7 +1,8 @@
 """The server against clients that misbehave at the HTTP level: stalled headers and bodies (408 and
 close), idle keep-alive connections (closed), a server-wide budget for buffered request bytes,
-counted as they arrive (503 with Retry-After), ``Expect: 100-continue`` (413 at once when too large, 100 then the answer when
-allowed), and a Content-Length over the limit answered before the body is sent."""
+counted as they arrive (503 with Retry-After), ``Expect: 100-continue`` (413 at once when too
+large, 100 then the answer when allowed), and a Content-Length over the limit answered before the
+body is sent."""
 
 from __future__ import annotations
 
