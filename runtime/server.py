@@ -19,6 +19,7 @@ import contextlib
 import gc
 import hmac
 import logging
+import os
 import signal
 import threading
 import time
@@ -524,6 +525,12 @@ class Server:
             log.info("ready: model %s on http://%s:%d (%s; %s)", model.name, config.host, self.port,
                      batching, where)
             await self._stop.wait()
+            # Closing a listening socket resets the connections the kernel has completed but the
+            # server not yet accepted, whose clients may have written a request already. So first
+            # new connection attempts are dropped (they never get to write), what is queued is
+            # accepted and drained like the rest, and only then is the socket closed.
+            if _drop_new_connections(listener.sockets[0]):
+                await asyncio.sleep(0.05)
             listener.close()
             await self._drain()
         finally:
@@ -569,6 +576,39 @@ class Server:
             await asyncio.sleep(0.01)
         # let the last answers reach the sockets
         await asyncio.sleep(0.05)
+
+
+def _drop_new_connections(sock: Any) -> bool:
+    """Linux: attach a classic BPF filter to the listening socket that drops TCP segments with SYN
+    set and ACK clear (new connection attempts; their clients retry, then see the port closed),
+    while handshakes already under way complete. False where that is not possible."""
+    import ctypes
+    import socket
+    import struct
+    import sys
+
+    # A = tcp[13] (flags) & (SYN | ACK); if A == SYN: drop; else: keep
+    program = [(0x30, 0, 0, 13), (0x54, 0, 0, 0x12), (0x15, 0, 1, 0x02), (0x06, 0, 0, 0),
+               (0x06, 0, 0, 0xFFFFFFFF)]
+    if not sys.platform.startswith("linux"):
+        return False
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    fprog = bytes(SockFprog(len(program), ctypes.addressof(code)))
+    try:
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+    except (OSError, AttributeError, ValueError):
+        return False
+    try:
+        dup.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER (copied by the kernel)
+    except OSError:
+        return False
+    finally:
+        dup.close()
+    return True
 
 
 def _settle(future: asyncio.Future[Model], result: Model | None, error: BaseException | None) -> None:
