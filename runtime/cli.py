@@ -32,6 +32,9 @@ def serve(
     port: Annotated[int, typer.Option(
         envvar=_env("port"), help="Port to listen on (0: any free port).",
     )] = 8000,
+    grpc_port: Annotated[int, typer.Option(
+        envvar=_env("grpc-port"), help="Port of the gRPC front end (0: any free port).",
+    )] = 8001,
     max_batch_size: Annotated[int | None, typer.Option(
         envvar=_env("max-batch-size"), show_default=False,
         help="Largest merged batch; 0 turns batching off. [default: the manifest's max_batch_size]",
@@ -131,6 +134,7 @@ def serve(
         name=name,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         max_batch_size=max_batch_size,
         batch_dim=batch_dim,
         unsafe_force_batching=unsafe_force_batching,

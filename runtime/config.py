@@ -43,6 +43,8 @@ class ServerConfig:
     """Model name on the API; default: the manifest's name, or the .onnx file's stem."""
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001
+    """Port of the gRPC front end (0: any free port)."""
     max_batch_size: int | None = None
     """Largest merged batch; default: the manifest's max_batch_size (0 = no batching)."""
     batch_dim: str = "batch"
@@ -96,6 +98,8 @@ class ServerConfig:
             raise ConfigError("PATH / INFERSTACK_MODEL: no model given")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{setting('port')}: must be 0..65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"{setting('grpc-port')}: must be 0..65535, got {self.grpc_port}")
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise ConfigError(f"{setting('max-batch-size')}: must be >= 0, got {self.max_batch_size}")
         if not self.batch_dim.strip():

@@ -44,6 +44,7 @@ from inferstack.runtime.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
+from inferstack.runtime.grpc_server import start_grpc
 from inferstack.runtime.http import Connection, Request
 from inferstack.runtime.metrics import CONTENT_TYPE, Metrics
 from inferstack.runtime.model import Model, load_model
@@ -482,6 +483,7 @@ class Server:
         self.config = config
         self.app = App(config, metrics)
         self.port: int | None = None
+        self.grpc_port: int | None = None
         self._stop: asyncio.Event | None = None
 
     def request_stop(self) -> None:
@@ -518,11 +520,17 @@ class Server:
                 f"--host / --port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
         self.port = listener.sockets[0].getsockname()[1]
+        try:
+            grpc_server, self.grpc_port = await start_grpc(self.app, config.host, config.grpc_port)
+        except ConfigError:
+            listener.close()
+            raise
         self.app.start_clock(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self.request_stop)
-        log.info("listening on http://%s:%d; loading %s", config.host, self.port, config.model)
+        log.info("listening on http://%s:%d and grpc %s:%d; loading %s", config.host, self.port, config.host,
+                 self.grpc_port, config.model)
         try:
             model = await self._load(loop)
             if model is None:  # stopped while loading
@@ -535,8 +543,8 @@ class Server:
             gc.set_threshold(10_000, 10, 10)
             where = ", ".join(model.providers)
             batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
-            log.info("ready: model %s on http://%s:%d (%s; %s)", model.name, config.host, self.port,
-                     batching, where)
+            log.info("ready: model %s on http://%s:%d and grpc %s:%d (%s; %s)", model.name, config.host,
+                     self.port, config.host, self.grpc_port, batching, where)
             await self._stop.wait()
             # Closing a listening socket resets the connections the kernel has completed but the
             # server not yet accepted, whose clients may have written a request already. So first
@@ -545,9 +553,13 @@ class Server:
             if _drop_new_connections(listener.sockets[0]):
                 await asyncio.sleep(0.05)
             listener.close()
+            # gRPC: no new calls; those in flight finish (within the request timeout)
+            grpc_stopped = asyncio.ensure_future(grpc_server.stop(self._grace()))
             await self._drain()
+            await grpc_stopped
         finally:
             listener.close()
+            await grpc_server.stop(0)
             if self.app.batcher is not None:
                 self.app.batcher.stop()
             self.app.stop_decoding()
@@ -577,6 +589,9 @@ class Server:
             return None
         stop.cancel()
         return done.result()
+
+    def _grace(self) -> float:
+        return max(self.config.drain_timeout_s, self.config.request_timeout_s) + 5
 
     async def _drain(self) -> None:
         app = self.app
