@@ -22,6 +22,7 @@ FLAGS = [
     "--name",
     "--host",
     "--port",
+    "--grpc-port",
     "--max-batch-size",
     "--max-queue-delay-us",
     "--follow-wait",
@@ -55,6 +56,7 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
     "args,env,message",
     [
         (["--port", "70000"], {}, "--port / INFERSTACK_PORT: must be 0..65535, got 70000"),
+        ([], {"INFERSTACK_GRPC_PORT": "-1"}, "--grpc-port / INFERSTACK_GRPC_PORT: must be 0..65535, got -1"),
         (
             [],
             {"INFERSTACK_MAX_QUEUE_SIZE": "0"},
@@ -105,7 +107,8 @@ def test_unknown_provider_and_required_gpu_from_the_environment(mlp_package: Pat
     runner = CliRunner()
     result = runner.invoke(
         app,
-        ["serve", str(mlp_package), "--port", "0", "--providers", "CUDAExecutionProviderX"],
+        ["serve", str(mlp_package), "--port", "0", "--grpc-port", "0", "--providers",
+         "CUDAExecutionProviderX"],
         env={"COLUMNS": "300"},
     )
     assert result.exit_code == 1
@@ -115,7 +118,7 @@ def test_unknown_provider_and_required_gpu_from_the_environment(mlp_package: Pat
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         result = runner.invoke(
             app,
-            ["serve", "--port", "0"],
+            ["serve", "--port", "0", "--grpc-port", "0"],
             env={"COLUMNS": "300", "INFERSTACK_MODEL": str(mlp_package), "INFERSTACK_REQUIRE_GPU": "true"},
         )
         assert result.exit_code == 1
@@ -156,6 +159,10 @@ def test_dockerfile_runs_the_tested_entrypoint_as_non_root(name: str, extra: str
     assert user and user[-1] not in ("0", "root")
     assert not any(tool in line for line in final for tool in ("build-essential", "gcc", "python3-dev"))
     assert any(line.startswith("HEALTHCHECK ") and "/v2/health/ready" in line for line in final)
+    # both front ends' ports, and the settings that put the server on them
+    assert [line.split()[1:] for line in final if line.startswith("EXPOSE ")] == [["8000", "8001"]]
+    assert any("INFERSTACK_PORT=8000" in line and "INFERSTACK_GRPC_PORT=8001" in line
+               for line in final if line.startswith("ENV "))
     if extra == "runtime,gpu":
         assert lines[0].startswith("ARG CUDA_IMAGE=nvidia/cuda:") and "runtime" in lines[0]
 
