@@ -162,6 +162,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 raise Unauthorized(_NO_TOKEN)
             model = app._model(request.model_name, request.model_version or None)
             batcher = app.batcher
+            if batcher is not None and batcher.has_finished:  # answers first, as over HTTP
+                batcher.deliver_finished()
             if batcher is None or not app.ready:
                 raise ServiceUnavailable("the model is still loading")
             if batcher.pending >= app.config.max_queue_size:
