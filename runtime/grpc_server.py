@@ -1,10 +1,10 @@
 """The gRPC front end: the Open Inference Protocol's ``inference.GRPCInferenceService`` on grpcio's
-asyncio server, on the HTTP server's event loop, answering from the same models, batchers, auth,
-limits, shedding and metrics.
+asyncio server, on the HTTP server's event loop, a thin layer over the same :class:`DataPlane`
+(models, batchers, auth, limits, shedding, timeouts, metrics, statistics).
 
-Each refusal is the HTTP one with its gRPC status (:func:`grpc_status`): 400 INVALID_ARGUMENT,
+Each refusal is the HTTP one with the error's gRPC status (:mod:`errors`: 400 INVALID_ARGUMENT,
 401 UNAUTHENTICATED, 404 NOT_FOUND, a full queue RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
-DEADLINE_EXCEEDED, 500 INTERNAL; the details are the HTTP ``{"error"}`` message. The bearer token
+DEADLINE_EXCEEDED, 500 INTERNAL); the details are the HTTP ``{"error"}`` message. The bearer token
 travels in the call's metadata (``authorization: Bearer <token>``); ServerLive and ServerReady are
 open, as ``/v2/health/*`` are. Messages larger than ``--max-body-bytes`` are refused by grpcio
 (RESOURCE_EXHAUSTED) before they are parsed.
@@ -13,238 +13,156 @@ open, as ``/v2/health/*`` are. Messages larger than ``--max-body-bytes`` are ref
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from inferstack.runtime.batcher import Job
-from inferstack.runtime.errors import (
-    ConfigError,
-    HTTPError,
-    InternalError,
-    Overloaded,
-    QueueFull,
-    RequestTimeout,
-    ServiceUnavailable,
-    Unauthorized,
-)
+from google.protobuf.json_format import ParseDict
+from inferstack.runtime.errors import ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.proto import grpc_service_pb2 as pb
 from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 
-from inferstack import __version__
-
 if TYPE_CHECKING:
-    from inferstack.runtime.server import App
+    from inferstack.runtime.dataplane import DataPlane
 
 log = logging.getLogger("inferstack.runtime")
 
-_CODES = {
-    400: grpc.StatusCode.INVALID_ARGUMENT,
-    401: grpc.StatusCode.UNAUTHENTICATED,
-    404: grpc.StatusCode.NOT_FOUND,
-    405: grpc.StatusCode.UNIMPLEMENTED,
-    408: grpc.StatusCode.DEADLINE_EXCEEDED,
-    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
-    """The gRPC status of a refusal: shedding (a full queue or buffer) is RESOURCE_EXHAUSTED, as
-    Triton answers it; the rest follows the HTTP status."""
-    if isinstance(error, (QueueFull, Overloaded)):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    return _CODES.get(error.status_code, grpc.StatusCode.INTERNAL)
+    """The gRPC status of a refusal (each error names its own, see :mod:`errors`)."""
+    return grpc.StatusCode[error.grpc_code]
 
 
-_NO_TOKEN = "missing or wrong bearer token (send metadata 'authorization: Bearer <token>')"
+def _metadata_auth(context: Any) -> str | bytes | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization":
+            return value
+    return None
 
 
 class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The service's calls, answered from an :class:`App` (the server's shared state)."""
+    """The service's calls, answered by the :class:`DataPlane` the HTTP front end shares."""
 
-    def __init__(self, app: App) -> None:
-        self.app = app
-        token = app.config.auth_token
-        self._token = f"bearer {token}".encode() if token else None
-        self._timeout = app.config.request_timeout_s
-
-    # -- helpers -----------------------------------------------------------------------------
-    def _authorized(self, context: Any) -> bool:
-        if self._token is None:
-            return True
-        for key, value in context.invocation_metadata() or ():
-            if key == "authorization":
-                raw = value.encode() if isinstance(value, str) else value
-                scheme, _, token = raw.partition(b" ")
-                return hmac.compare_digest(scheme.lower() + b" " + token.strip(), self._token)
-        return False
-
-    async def _refuse(self, context: Any, error: HTTPError) -> None:
-        await context.abort(grpc_status(error), str(error))
+    def __init__(self, plane: DataPlane) -> None:
+        self.plane = plane
 
     async def _call(self, context: Any, answer: Any) -> Any:
-        """Auth, then ``answer()``; an HTTPError becomes the call's status."""
+        """Auth, then ``answer()``; an HTTPError becomes the call's status and details."""
         try:
-            if not self._authorized(context):
-                raise Unauthorized(_NO_TOKEN)
+            refused = self.plane.check_auth(_metadata_auth(context)) if self.plane.auth else None
+            if refused is not None:
+                raise refused
             return answer()
         except HTTPError as e:
-            await self._refuse(context, e)
+            e.__traceback__ = None
+            await context.abort(grpc_status(e), str(e))
 
-    # -- health and metadata -----------------------------------------------------------------
+    # -- health (open, as /v2/health/* are) and metadata ----------------------------------------
     async def ServerLive(self, request: Any, context: Any) -> Any:
-        return pb.ServerLiveResponse(live=True)
+        return pb.ServerLiveResponse(live=self.plane.server_live)
 
     async def ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.app.serving_ready)
+        return pb.ServerReadyResponse(ready=self.plane.server_ready)
 
     async def ModelReady(self, request: Any, context: Any) -> Any:
-        def answer() -> Any:
-            app = self.app
-            if app.model is None:
-                return pb.ModelReadyResponse(ready=False)
-            app._model(request.name, request.version or None)
-            return pb.ModelReadyResponse(ready=app.serving_ready)
-        return await self._call(context, answer)
+        return await self._call(context, lambda: pb.ModelReadyResponse(
+            ready=self.plane.model_ready(request.name, request.version or None)))
 
     async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        from inferstack.runtime.server import _EXTENSIONS
-
-        return await self._call(context, lambda: pb.ServerMetadataResponse(
-            name="inferstack", version=__version__, extensions=_EXTENSIONS))
+        return await self._call(context, lambda: ParseDict(
+            self.plane.server_metadata(), pb.ServerMetadataResponse()))
 
     async def ModelMetadata(self, request: Any, context: Any) -> Any:
-        def answer() -> Any:
-            app = self.app
-            meta = app._metadata(app._model(request.name, request.version or None))
-            response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"],
-                                                platform=meta["platform"])
-            for side in ("inputs", "outputs"):
-                for t in meta[side]:
-                    getattr(response, side).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-            return response
-        return await self._call(context, answer)
+        plane = self.plane
+        return await self._call(context, lambda: ParseDict(
+            plane.model_metadata(plane.entry(request.name, request.version or None)),
+            pb.ModelMetadataResponse()))
 
     async def ModelConfig(self, request: Any, context: Any) -> Any:
-        def answer() -> Any:
-            app = self.app
-            c = app._config(app._model(request.name, request.version or None))
-            config = pb.ModelConfig(name=c["name"], platform=c["platform"], backend=c["backend"],
-                                    max_batch_size=c["max_batch_size"])
-            config.version_policy.latest.num_versions = c["version_policy"]["latest"]["num_versions"]
-            for t in c["input"]:
-                config.input.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
-            for t in c["output"]:
-                config.output.add(name=t["name"], data_type=t["data_type"], dims=t["dims"])
-            for g in c["instance_group"]:
-                config.instance_group.add(name=g["name"], count=g["count"], kind=g["kind"])
-            for key, value in c["parameters"].items():
-                config.parameters[key].string_value = value["string_value"]
-            batching = c.get("dynamic_batching")
-            if batching is not None:
-                delay = batching["max_queue_delay_microseconds"]
-                config.dynamic_batching.max_queue_delay_microseconds = delay
-            return pb.ModelConfigResponse(config=config)
-        return await self._call(context, answer)
+        # Triton's JSON shape, read into the message (fields Triton has and ours lacks: ignored)
+        plane = self.plane
+        return await self._call(context, lambda: pb.ModelConfigResponse(config=ParseDict(
+            plane.model_config(plane.entry(request.name, request.version or None)), pb.ModelConfig(),
+            ignore_unknown_fields=True)))
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        plane = self.plane
+        return await self._call(context, lambda: ParseDict(
+            plane.statistics(request.name or None, request.version or None), pb.ModelStatisticsResponse(),
+            ignore_unknown_fields=True))
 
     # -- inference ---------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        app = self.app
+        plane = self.plane
         started = time.perf_counter()
-        outcomes = app.metrics.outcome
+        plane.deliver_finished()  # answers first: they free queue places (as over HTTP)
+        entry = None
         try:
-            if not self._authorized(context):
-                raise Unauthorized(_NO_TOKEN)
-            model = app._model(request.model_name, request.model_version or None)
-            batcher = app.batcher
-            if batcher is not None and batcher.has_finished:  # answers first, as over HTTP
-                batcher.deliver_finished()
-            if batcher is None or not app.ready:
-                raise ServiceUnavailable("the model is still loading")
-            if batcher.pending >= app.config.max_queue_size:
-                raise QueueFull(
-                    f"the queue is full ({batcher.pending} requests; --max-queue-size / "
-                    f"INFERSTACK_MAX_QUEUE_SIZE is {app.config.max_queue_size}); retry later"
-                )
-            infer = decode_request(request, model)
-            loop = asyncio.get_running_loop()
-            answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+            if plane.auth:
+                refused = plane.check_auth(_metadata_auth(context))
+                if refused is not None:
+                    raise refused
+            entry = plane.entry(request.model_name, request.model_version or None)
+            plane.admit(entry)
+            infer = decode_request(request, entry.model)
+            answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
 
             def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
-                if answer.done():
+                if answer.done():  # the client left
                     return
                 if error is not None or outputs is None:
                     answer.set_exception(error or InternalError("no outputs"))
                 else:
                     answer.set_result(outputs)
 
-            job = Job(infer.inputs, infer.rows, infer.key, done)
-            job.deadline = started + self._timeout
-            batcher.submit(job)
-            timer = loop.call_later(self._timeout, self._expire, job, answer)
+            plane.submit(entry, infer, started, done)
             try:
                 outputs = await answer
-            except asyncio.CancelledError:  # the client went away: nobody waits for the rows
-                job.cancelled = True
-                outcomes["disconnected"].inc()
-                app.metrics.failure("disconnected")
+            except asyncio.CancelledError:  # the client went away (or its deadline passed)
+                plane.finish(entry, started, None, written=False)
                 raise
-            finally:
-                timer.cancel()
-            response = encode_response(model, infer, outputs)
+            response = encode_response(entry.model, infer, outputs)
         except HTTPError as e:
             e.__traceback__ = None
-            outcomes["rejected" if e.status_code == 503 else "timeout" if e.status_code == 504
-                     else "client_error" if e.status_code < 500 else "error"].inc()
-            app.metrics.failure(e.reason)
-            app.metrics.request_seconds.observe(time.perf_counter() - started)
-            await self._refuse(context, e)
+            plane.finish(entry, started, e)
+            await context.abort(grpc_status(e), str(e))
             return None
         except Exception as e:  # a bug: INTERNAL, keep serving
             log.exception("error while answering a gRPC ModelInfer")
-            outcomes["error"].inc()
-            app.metrics.failure("internal")
-            await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}: {e}")
+            error = InternalError(f"internal error: {type(e).__name__}: {e}")
+            plane.finish(entry, started, error)
+            await context.abort(grpc.StatusCode.INTERNAL, str(error))
             return None
-        outcomes["success"].inc()
-        app.metrics.request_seconds.observe(time.perf_counter() - started)
+        plane.finish(entry, started, None)
         return response
 
-    def _expire(self, job: Job, answer: asyncio.Future[Any]) -> None:
-        if answer.done():
-            return
-        job.cancelled = True
-        answer.set_exception(RequestTimeout(
-            f"no answer within {self._timeout:g}s (--request-timeout-s / INFERSTACK_REQUEST_TIMEOUT_S)"))
-
-    # -- statistics and repository: not served (yet) by this server --------------------------
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the statistics extension is not served")
-
+    # -- the repository extension: not over gRPC (yet) ---------------------------------------
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the model repository extension is not served")
+        await self._unimplemented(context)
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the model repository extension is not served")
+        await self._unimplemented(context)
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "the model repository extension is not served")
+        await self._unimplemented(context)
+
+    async def _unimplemented(self, context: Any) -> None:
+        await self._call(context, lambda: None)  # auth first, as for every other call
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
+                            "the model repository extension is served over HTTP only")
 
 
-async def start_grpc(app: App, host: str, port: int) -> tuple[Any, int]:
+async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[Any, int]:
     """Listen on ``host:port`` (0: any free port) and start serving; returns (server, port).
     Raises :class:`ConfigError` naming --grpc-port when the port cannot be had."""
-    limit = app.config.max_body_bytes
+    limit = plane.config.max_body_bytes
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", limit),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(app), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

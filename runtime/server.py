@@ -17,20 +17,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
 import os
 import signal
 import threading
 import time
 import zlib
-from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
-from inferstack.runtime.batcher import Batcher, Job
+from inferstack.runtime.batcher import Batcher
 from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.dataplane import DataPlane, ModelEntry
 from inferstack.runtime.errors import (
     BadRequest,
     ConfigError,
@@ -39,10 +38,6 @@ from inferstack.runtime.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
-    QueueFull,
-    RequestTimeout,
-    ServiceUnavailable,
-    Unauthorized,
 )
 from inferstack.runtime.grpc_server import start_grpc
 from inferstack.runtime.http import Connection, Request
@@ -51,36 +46,22 @@ from inferstack.runtime.model import Model, load_model
 from inferstack.runtime.protocol import BINARY_CONTENT_TYPE, InferRequest, decode, dumps, encode
 from inferstack.runtime.source import resolve
 
-from inferstack import __version__
-
 log = logging.getLogger("inferstack.runtime")
 
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _OPEN_RAW = frozenset(p.encode() for p in _OPEN_PATHS)
-_EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
-_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 #: bodies larger than this (and every compressed body) are decoded off the event loop
 _INLINE_DECODE_BYTES = 1 << 20
 
 
-def _status_outcome(status: int) -> str:
-    if status < 400:
-        return "success"
-    if status == 503:
-        return "rejected"
-    if status == 504:
-        return "timeout"
-    if status < 500:
-        return "client_error"
-    return "error"
-
-
 class App:
-    """Answers parsed requests for one model. ``model`` is None until loaded."""
+    """The HTTP front end: answers parsed requests from the :class:`DataPlane`'s models."""
 
-    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None,
+                 plane: DataPlane | None = None) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.plane = plane or DataPlane(config, metrics)
+        self.metrics = self.plane.metrics
         self.max_body_bytes = config.max_body_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
         self.max_client_buffered_bytes = config.client_buffered_bytes
@@ -89,19 +70,11 @@ class App:
         self.shutting_down = False  # SIGTERM seen: every answer carries Connection: close
         self.drain_deadline = 0.0  # (monotonic) idle connections are closed from then on
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
-        self.model: Model | None = None
-        self.batcher: Batcher | None = None
-        self.ready = False
-        self.stopping = False  # SIGTERM seen: not ready, still serving (--drain-delay-s)
         self.draining = False
         self.connections: set[Connection] = set()
-        self._token = config.auth_token.encode() if config.auth_token else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._infer_paths: dict[str, str] = {}
-        self._watch: deque[tuple[Job, Connection, Request]] = deque()
-        self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
-        self._outcomes = self.metrics.outcome
-        self._observe_request = self.metrics.request_seconds.observe
+        self._infer_paths: dict[str, ModelEntry] = {}
+        self.plane.on_change.append(self._routes)
         self._decoder: ThreadPoolExecutor | None = None
         self._clock_loop: asyncio.AbstractEventLoop | None = None
         timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
@@ -125,21 +98,27 @@ class App:
         if loop is not None and not loop.is_closed():
             loop.call_later(self._tick_every, self._tick)
 
-    @property
-    def serving_ready(self) -> bool:
-        return self.ready and not self.stopping and not self.draining
+    def _routes(self) -> None:
+        self._infer_paths = {p: e for e in self.plane.models.values() for p in e.infer_paths}
 
     # -- lifecycle hooks ---------------------------------------------------------------------
-    def attach(self, model: Model, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the event loop every call comes from (before models are added)."""
         self._loop = loop
-        self.model = model
-        self.batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait)
-        self.batcher.start(loop)
-        loop.call_later(self._sweep_every, self._sweep)
-        base = f"/v2/models/{model.name}"
-        versioned = f"{base}/versions/{model.version}"
-        self._infer_paths = {f"{base}/infer": model.name, f"{versioned}/infer": model.name}
-        self.ready = True
+        self.plane.start(loop)
+
+    def attach(self, model: Model, loop: asyncio.AbstractEventLoop, source: str = "") -> None:
+        """Serve ``model`` and turn ready (one model loaded outside :class:`Server`)."""
+        if self._loop is None:
+            self.start(loop)
+        self.plane.add(model, source)
+        self.plane.loaded = True
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The batcher of the only model (None when none or several are served)."""
+        models = list(self.plane.models.values())
+        return models[0].batcher if len(models) == 1 else None
 
     def connection_opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -152,22 +131,17 @@ class App:
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
         """At the end of a request's headers, before its body is read: auth (all but the open
         paths). An error refuses the request without reading its body."""
-        if self._token is None:
+        plane = self.plane
+        if not plane.auth:
             return None
         q = url.find(b"?")
         if (url if q < 0 else url[:q]) in _OPEN_RAW:
             return None
-        header = headers.get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
-            return Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
-        return None
+        return plane.check_auth(headers.get(b"authorization"))
 
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
-        batcher = self.batcher
-        if batcher is not None and batcher.has_finished:  # answers first: they free queue places
-            batcher.deliver_finished()
+        self.plane.deliver_finished()  # answers first: they free queue places
         try:
             raw = request.url
             q = raw.find(b"?")
@@ -179,10 +153,11 @@ class App:
                 # the request, in a reference cycle)
                 self._refuse(conn, request.error, request)
                 return
-            if path in self._infer_paths:  # the hot path first (auth: admit, at the headers)
+            entry = self._infer_paths.get(path)
+            if entry is not None:  # the hot path first (auth: admit, at the headers)
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.method.decode('latin-1')} {path}: use POST", "POST")
-                self._infer(conn, request)
+                self._infer(conn, request, entry)
                 return
             self._route(conn, request, path)
         except HTTPError as e:
@@ -191,15 +166,15 @@ class App:
             log.exception("error while answering %r", request.url)
             self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
 
-    def _refuse(self, conn: Connection, error: HTTPError, request: Request) -> None:
+    def _refuse(self, conn: Connection, error: HTTPError, request: Request,
+                entry: ModelEntry | None = None) -> None:
         written = conn.respond_error(error, keep_alive=request.keep_alive)
         if request.started:  # an infer request: count it
-            self._outcomes[_status_outcome(error.status_code) if written else "disconnected"].inc()
-            self.metrics.failure(error.reason)
-            self._observe_request(time.perf_counter() - request.started)
+            self.plane.finish(entry, request.started, error, written)
 
     def _route(self, conn: Connection, request: Request, path: str) -> None:
         method = request.method
+        plane = self.plane
         if path in _OPEN_PATHS:
             self._require_get(method, path)
             if path == "/metrics":
@@ -210,14 +185,13 @@ class App:
             if path == "/v2/health/live":
                 conn.respond(200, b'{"live":true}', keep_alive=request.keep_alive)
                 return
-            ok = self.serving_ready
+            ok = plane.server_ready
             conn.respond(200 if ok else 503, b'{"ready":true}' if ok else self._not_ready(),
                          keep_alive=request.keep_alive)
             return
         if path in ("/v2", "/v2/"):
             self._require_get(method, path)
-            body = {"name": "inferstack", "version": __version__, "extensions": _EXTENSIONS}
-            conn.respond(200, dumps(body), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.server_metadata()), keep_alive=request.keep_alive)
             return
         parts = path.split("/")
         # ["", "v2", "models", name, ("versions", v,)? (action)?]
@@ -232,184 +206,90 @@ class App:
         action = rest[0] if rest else ""
         if len(rest) > 1 or action not in ("", "ready", "config", "infer"):
             raise NotFound(f"no route for {method.decode('latin-1')} {path}")
-        model = self._model(name, version)
+        entry = plane.entry(name, version)
         if action == "infer":
             if method != b"POST":
                 raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use POST", "POST")
-            self._infer(conn, request)
+            self._infer(conn, request, entry)
             return
         self._require_get(method, path)
         if action == "ready":
-            ok = self.serving_ready
-            conn.respond(200 if ok else 503, dumps({"name": model.name, "ready": True}) if ok
+            ok = plane.model_ready(name, version)
+            conn.respond(200 if ok else 503, dumps({"name": entry.name, "ready": True}) if ok
                          else self._not_ready(), keep_alive=request.keep_alive)
         elif action == "config":
-            conn.respond(200, dumps(self._config(model)), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.model_config(entry)), keep_alive=request.keep_alive)
         else:
-            conn.respond(200, dumps(self._metadata(model)), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.model_metadata(entry)), keep_alive=request.keep_alive)
 
     def _not_ready(self) -> bytes:
-        why = "draining" if self.stopping or self.draining else "the model is still loading"
-        return dumps({"error": f"not ready: {why}"})
+        return dumps({"error": f"not ready: {self.plane.not_ready_reason()}"})
 
     @staticmethod
     def _require_get(method: bytes, path: str) -> None:
         if method != b"GET" and method != b"HEAD":  # HEAD: the GET answer's headers (http.Connection)
             raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET, HEAD")
 
-    def _model(self, name: str, version: str | None) -> Model:
-        model = self.model
-        if model is None:
-            raise ServiceUnavailable("the model is still loading")
-        if name != model.name:
-            raise NotFound(f"unknown model {name!r}; this server serves {model.name!r}")
-        if version is not None and version != model.version:
-            raise NotFound(f"model {name!r} has no version {version!r}; available: {model.version!r}")
-        return model
-
-    # -- metadata ----------------------------------------------------------------------------
-    @staticmethod
-    def _metadata(model: Model) -> dict[str, Any]:
-        return {
-            "name": model.name,
-            "versions": [model.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [t.as_metadata() for t in model.inputs],
-            "outputs": [t.as_metadata() for t in model.outputs],
-        }
-
-    def _config(self, model: Model) -> dict[str, Any]:
-        """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
-        with batching, ``dims`` leave out the batch axis."""
-
-        def tensors(infos: list[Any]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "name": t.name,
-                    "data_type": _TRITON_TYPES.get(t.dtype.v2, f"TYPE_{t.dtype.v2}"),
-                    "dims": list(t.shape[1:] if model.batching else t.shape),
-                }
-                for t in infos
-            ]
-
-        config: dict[str, Any] = {
-            "name": model.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}},
-            "max_batch_size": model.max_batch_size,
-            "input": tensors(model.inputs),
-            "output": tensors(model.outputs),
-            "instance_group": [
-                {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
-            ],
-            "parameters": {
-                "execution_providers": {"string_value": ",".join(model.providers)},
-                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
-                "batch_check": {"string_value": model.batch_decision},
-                "batch_dim": {"string_value": self.config.batch_dim},
-            },
-        }
-        if model.batching:
-            config["dynamic_batching"] = {
-                "max_queue_delay_microseconds": self.config.max_queue_delay_us,
-                "preferred_batch_size": [],
-            }
-        return config
-
     # -- inference ---------------------------------------------------------------------------
-    def _infer(self, conn: Connection, request: Request) -> None:
-        model = self.model
-        batcher = self.batcher
-        if model is None or batcher is None or not self.ready:
-            raise ServiceUnavailable("the model is still loading")
-        if batcher.pending >= self.config.max_queue_size:
-            raise QueueFull(
-                f"the queue is full ({batcher.pending} requests; --max-queue-size / "
-                f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
-            )
-        header_length = _header_length(request.headers)
-        encoding = request.headers.get(b"content-encoding")
-        if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity"):
-            self._submit(conn, request, model, batcher, decode(request.body, header_length, model))
+    def _infer(self, conn: Connection, request: Request, entry: ModelEntry) -> None:
+        try:
+            self.plane.admit(entry)
+            header_length = _header_length(request.headers)
+            encoding = request.headers.get(b"content-encoding")
+            if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity"):
+                self._submit(conn, request, entry, decode(request.body, header_length, entry.model))
+                return
+        except HTTPError as e:
+            self._refuse(conn, e, request, entry)
             return
         # a large or compressed body: parse it in a thread, so the event loop keeps answering
         # (health checks, small requests) meanwhile
         if self._decoder is None:
             self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
-        future = self._decoder.submit(self._decode_body, request, header_length, model)
+        future = self._decoder.submit(self._decode_body, request, header_length, entry.model)
         loop = self._loop
         assert loop is not None
         future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, model, batcher)
+            lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, entry)
         )
 
     def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
         return decode(self._body(request), header_length, model)
 
-    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request, model: Model,
-                 batcher: Batcher) -> None:
+    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request,
+                 entry: ModelEntry) -> None:
         # The error is taken, not raised again: raising it here would add this frame (which holds
         # the future, which holds the error) to its traceback, a reference cycle that keeps the
         # request and the decoder's frames (a decompressed body) alive until the collector runs.
         error = future.exception()
         if error is None:
-            self._submit(conn, request, model, batcher, future.result())
+            self._submit(conn, request, entry, future.result())
             return
         if isinstance(error, HTTPError):
             error.__traceback__ = None  # the decoder's frames go now
-            self._refuse(conn, error, request)
+            self._refuse(conn, error, request, entry)
             return
         log.error("error while decoding %r", request.url, exc_info=error)
         error.__traceback__ = None
-        self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request)
+        self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request, entry)
 
-    def _submit(self, conn: Connection, request: Request, model: Model, batcher: Batcher,
-                infer: InferRequest) -> None:
+    def _submit(self, conn: Connection, request: Request, entry: ModelEntry, infer: InferRequest) -> None:
         keep_alive = request.keep_alive
+        plane = self.plane
 
         def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
             if error is not None or outputs is None:
-                self._refuse(conn, error or InternalError("no outputs"), request)
+                self._refuse(conn, error or InternalError("no outputs"), request, entry)
                 return
             try:
-                written = self._answer(conn, model, infer, outputs, keep_alive)
+                written = self._answer(conn, entry.model, infer, outputs, keep_alive)
             except Exception as e:
                 log.exception("error while encoding a response")
-                self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+                self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request, entry)
                 return
-            if written:
-                self._outcomes["success"].inc()
-            else:  # the client left before its answer
-                self._outcomes["disconnected"].inc()
-                self.metrics.failure("disconnected")
-            self._observe_request(time.perf_counter() - request.started)
+            plane.finish(entry, request.started, None, written)
 
-        job = Job(infer.inputs, infer.rows, infer.key, done)
-        job.deadline = request.started + self.config.request_timeout_s
-        self._watch.append((job, conn, request))
-        batcher.submit(job)
-
-    def _sweep(self) -> None:
-        """Answer 504 for requests past their deadline. All requests share one timeout, so the
-        deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
-        than one timer per request)."""
-        watch = self._watch
-        now = time.perf_counter()
-        while watch:
-            job, conn, request = watch[0]
-            if job.answered:
-                watch.popleft()
-                continue
-            if job.deadline > now:
-                break
-            watch.popleft()
-            job.cancelled = True
-            self._refuse(conn, RequestTimeout(
-                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
-                "INFERSTACK_REQUEST_TIMEOUT_S)"), request)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_later(self._sweep_every, self._sweep)
+        plane.submit(entry, infer, request.started, done)
 
     def _body(self, request: Request) -> bytes:
         body = request.body
@@ -452,6 +332,7 @@ class App:
         --drain-timeout-s (closed by _tick)."""
         self.shutting_down = True
         self.draining = True
+        self.plane.begin_drain()
         self.drain_deadline = time.monotonic() + self.config.drain_timeout_s
         for conn in list(self.connections):
             conn.shutdown()
@@ -461,8 +342,7 @@ class App:
             self._decoder.shutdown(wait=False, cancel_futures=True)
 
     def idle(self) -> bool:
-        pending = self.batcher.pending if self.batcher else 0
-        return pending == 0 and not self.connections
+        return self.plane.idle() and not self.connections
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
@@ -495,8 +375,9 @@ class Server:
         app = self.app
         app.shutting_down = True  # from now on every answer carries Connection: close
         delay = self.config.drain_delay_s
-        if delay > 0 and app.ready and not app.stopping:
-            app.stopping = True
+        plane = app.plane
+        if delay > 0 and plane.loaded and not plane.stopping:
+            plane.stopping = True
             log.info("stopping: not ready; still serving for %gs (--drain-delay-s), then draining", delay)
             asyncio.get_running_loop().call_later(delay, self._stop_now)
             return
@@ -521,7 +402,7 @@ class Server:
             ) from None
         self.port = listener.sockets[0].getsockname()[1]
         try:
-            grpc_server, self.grpc_port = await start_grpc(self.app, config.host, config.grpc_port)
+            grpc_server, self.grpc_port = await start_grpc(self.app.plane, config.host, config.grpc_port)
         except ConfigError:
             listener.close()
             raise
@@ -535,7 +416,8 @@ class Server:
             model = await self._load(loop)
             if model is None:  # stopped while loading
                 return
-            self.app.attach(model, loop)
+            self.app.start(loop)
+            self.app.attach(model, loop, config.model)
             # Everything loaded so far lives as long as the process: keep it out of the cyclic
             # garbage collector's scans, and collect young objects less often (requests make few cycles).
             gc.collect()
@@ -560,8 +442,7 @@ class Server:
         finally:
             listener.close()
             await grpc_server.stop(0)
-            if self.app.batcher is not None:
-                self.app.batcher.stop()
+            self.app.plane.stop()
             self.app.stop_decoding()
             for conn in list(self.app.connections):
                 conn.close()

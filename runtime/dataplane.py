@@ -1,0 +1,369 @@
+"""The data plane: everything a request needs that does not depend on how it arrived, so that the
+HTTP front end (:mod:`inferstack.runtime.server`) and the gRPC front end share one set of rules (a
+limit, an error, a metric, a statistic is written once), the way kserve's model server separates
+its ``DataPlane`` from its REST and gRPC servers.
+
+It holds the models by name, each with its own onnxruntime session, :class:`Batcher` and
+statistics; readiness; auth; shedding; the request timeout; metrics and statistics. Everything is
+called on the event loop thread (the batchers' workers hand their answers back there).
+
+The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exceptions: each has
+``status_code`` for HTTP and ``grpc_code`` for gRPC, and ``message``)::
+
+    plane = DataPlane(config, metrics)            # one per server process
+    plane.server_live -> bool                     # always True while the process answers
+    plane.server_ready -> bool                    # every model ready, not stopping or draining
+    plane.not_ready_reason() -> str               # why not, one line
+    plane.model_ready(name, version=None) -> bool
+    plane.check_auth(header_value) -> Unauthorized | None
+        # header_value: the ``authorization`` header / gRPC metadata value (str or bytes, None when
+        # absent); None when auth is off or the bearer token matches
+    plane.entry(name, version=None) -> ModelEntry # raises NotFound / ServiceUnavailable
+    plane.server_metadata() -> dict               # {"name", "version", "extensions"}
+    plane.model_metadata(entry) -> dict           # {"name", "versions", "platform", "inputs", "outputs"}
+    plane.model_config(entry) -> dict             # Triton's model configuration (JSON shape)
+    plane.statistics(name=None, version=None) -> dict   # {"model_stats": [...]}, Triton's shape
+    plane.admit(entry)                            # shedding: raises QueueFull / ServiceUnavailable
+    plane.submit(entry, infer, started, done)     # infer: an InferRequest decoded against
+        # entry.model (protocol.decode for HTTP/JSON); started: time.perf_counter() when the
+        # request arrived (its deadline is started + --request-timeout-s); done(outputs, error)
+        # is called exactly once on the event loop, outputs a dict name -> numpy array or error an
+        # HTTPError (RequestTimeout past the deadline, ModelFailed, InternalError)
+    plane.finish(entry, started, error, written=True)  # once per infer request, whatever the
+        # outcome (error None: success; entry None: the model was never found); written=False
+        # when the client left before its answer. Counts metrics and statistics.
+    plane.deliver_finished()                      # call before reading each new request: answers
+        # of finished runs first (they free queue places)
+    plane.begin_drain(); plane.idle() -> bool; plane.stop()
+    plane.models: dict[str, ModelEntry]           # entry.model (Model), entry.batcher, entry.stats
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferstack.runtime.batcher import Batcher, Done, Job
+from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.errors import (
+    HTTPError,
+    NotFound,
+    QueueFull,
+    RequestTimeout,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from inferstack.runtime.metrics import Metrics, ModelStats
+from inferstack.runtime.model import Model
+from inferstack.runtime.protocol import InferRequest
+
+from inferstack import __version__
+
+log = logging.getLogger("inferstack.runtime")
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+
+
+def status_outcome(status: int) -> str:
+    """The ``inferstack_requests_total{outcome}`` label of an answer's HTTP status."""
+    if status < 400:
+        return "success"
+    if status == 503:
+        return "rejected"
+    if status == 504:
+        return "timeout"
+    if status < 500:
+        return "client_error"
+    return "error"
+
+
+@dataclass
+class ModelEntry:
+    """One served model: its session, batcher and statistics. ``source`` is the URI it was loaded
+    from (what a repository load reads again)."""
+
+    model: Model
+    batcher: Batcher
+    stats: ModelStats
+    source: str
+    ready: bool = True
+    infer_paths: tuple[str, ...] = field(default=())
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+
+class DataPlane:
+    """The models and the rules every front end shares (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.models: dict[str, ModelEntry] = {}
+        self.loaded = False  # the models given at the start are loaded
+        self.stopping = False  # SIGTERM seen: not ready, still serving (--drain-delay-s)
+        self.draining = False
+        self._loading = "the model is still loading"
+        self._token = config.auth_token.encode() if config.auth_token else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: deque[Job] = deque()
+        self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
+        self._outcomes = self.metrics.outcome
+        self._observe_request = self.metrics.request_seconds.observe
+        #: called after the set of models changed (front ends rebuild their routes)
+        self.on_change: list[Callable[[], None]] = []
+        self.metrics.watch(self._queue_depth, self._inflight)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the request-timeout sweep on ``loop`` (the loop every call comes from)."""
+        self._loop = loop
+        loop.call_later(self._sweep_every, self._sweep)
+
+    # -- models ------------------------------------------------------------------------------
+    def add(self, model: Model, source: str) -> ModelEntry:
+        """Serve ``model`` (replacing a model of the same name, whose batcher then drains and
+        stops): start its batcher on the event loop."""
+        assert self._loop is not None, "start() first"
+        stats = ModelStats(model.name, model.version)
+        batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
+        batcher.start(self._loop)
+        base = f"/v2/models/{model.name}"
+        entry = ModelEntry(model, batcher, stats, source,
+                           infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"))
+        old = self.models.get(model.name)
+        self.models[model.name] = entry
+        if old is not None:
+            self._loop.create_task(self.retire(old))
+        self._changed()
+        return entry
+
+    def remove(self, name: str) -> ModelEntry | None:
+        """Stop routing requests to model ``name`` (404 from now on); its requests in flight are
+        still answered (await :meth:`retire` on the entry to wait for them)."""
+        entry = self.models.pop(name, None)
+        if entry is not None:
+            entry.ready = False
+            self._changed()
+        return entry
+
+    async def retire(self, entry: ModelEntry, timeout_s: float | None = None) -> None:
+        """Wait until ``entry``'s requests in flight are answered (at most ``timeout_s``, default
+        the request timeout plus a margin), then stop its batcher."""
+        limit = timeout_s if timeout_s is not None else self.config.request_timeout_s + 1
+        deadline = time.monotonic() + limit
+        while entry.batcher.pending and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        entry.batcher.stop(timeout=0)
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    def entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The model ``name`` (and ``version``, when given); NotFound names what is served."""
+        entry = self.models.get(name)
+        if entry is None:
+            if not self.loaded:
+                raise ServiceUnavailable(self._loading)
+            served = ", ".join(repr(n) for n in sorted(self.models)) or "none"
+            raise NotFound(f"unknown model {name!r}; this server serves {served}")
+        if version is not None and version != entry.model.version:
+            raise NotFound(
+                f"model {name!r} has no version {version!r}; available: {entry.model.version!r}")
+        return entry
+
+    # -- health ------------------------------------------------------------------------------
+    server_live = True
+
+    @property
+    def server_ready(self) -> bool:
+        return (self.loaded and not self.stopping and not self.draining
+                and all(e.ready for e in self.models.values()))
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        entry = self.models.get(name)
+        return (entry is not None and entry.ready and not self.stopping and not self.draining
+                and (version is None or version == entry.model.version))
+
+    def not_ready_reason(self) -> str:
+        if self.stopping or self.draining:
+            return "draining"
+        if not self.loaded:
+            return self._loading
+        return "not every model is loaded"
+
+    # -- auth --------------------------------------------------------------------------------
+    @property
+    def auth(self) -> bool:
+        return self._token is not None
+
+    def check_auth(self, header: bytes | str | None) -> Unauthorized | None:
+        """``header``: the ``authorization`` value (``Bearer <token>``). None when it passes."""
+        token = self._token
+        if token is None:
+            return None
+        if isinstance(header, str):
+            header = header.encode("latin-1", "replace")
+        scheme, _, given = (header or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+            return Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        return None
+
+    # -- metadata ----------------------------------------------------------------------------
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "inferstack", "version": __version__, "extensions": EXTENSIONS}
+
+    @staticmethod
+    def model_metadata(entry: ModelEntry) -> dict[str, Any]:
+        model = entry.model
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.as_metadata() for t in model.inputs],
+            "outputs": [t.as_metadata() for t in model.outputs],
+        }
+
+    def model_config(self, entry: ModelEntry) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
+        with batching, ``dims`` leave out the batch axis."""
+        model = entry.model
+
+        def tensors(infos: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "data_type": _TRITON_TYPES.get(t.dtype.v2, f"TYPE_{t.dtype.v2}"),
+                    "dims": list(t.shape[1:] if model.batching else t.shape),
+                }
+                for t in infos
+            ]
+
+        config: dict[str, Any] = {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": model.max_batch_size,
+            "input": tensors(model.inputs),
+            "output": tensors(model.outputs),
+            "instance_group": [
+                {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
+            ],
+            "parameters": {
+                "execution_providers": {"string_value": ",".join(model.providers)},
+                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
+                "batch_check": {"string_value": model.batch_decision},
+                "batch_dim": {"string_value": self.config.batch_dim},
+            },
+        }
+        if model.batching:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": self.config.max_queue_delay_us,
+                "preferred_batch_size": [],
+            }
+        return config
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension: ``{"model_stats": [...]}`` for every model (``name``
+        None) or one (NotFound when it is not served)."""
+        if name is None:
+            entries = [self.models[n] for n in sorted(self.models)]
+        else:
+            entries = [self.entry(name, version)]
+        return {"model_stats": [e.stats.as_dict() for e in entries]}
+
+    # -- inference ---------------------------------------------------------------------------
+    def admit(self, entry: ModelEntry) -> None:
+        """Shedding, before a request is decoded: the model must be ready and its queue not full
+        (--max-queue-size counts each model's requests admitted and not yet answered)."""
+        if not entry.ready:
+            raise ServiceUnavailable(f"model {entry.name!r} is not ready")
+        pending = entry.batcher.pending
+        if pending >= self.config.max_queue_size:
+            raise QueueFull(
+                f"the queue is full (model {entry.name!r}: {pending} requests; --max-queue-size / "
+                f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
+            )
+
+    def submit(self, entry: ModelEntry, infer: InferRequest, started: float, done: Done) -> None:
+        """Queue ``infer`` on ``entry``'s batcher; ``done`` answers it (see the module docstring)."""
+        job = Job(infer.inputs, infer.rows, infer.key, done)
+        job.deadline = started + self.config.request_timeout_s
+        self._watch.append(job)
+        entry.batcher.submit(job)
+
+    def finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
+               written: bool = True) -> None:
+        """Count one answered infer request (metrics and the model's statistics)."""
+        took = time.perf_counter() - started
+        if error is None and written:
+            self._outcomes["success"].inc()
+            if entry is not None:
+                entry.stats.success.add(took)
+        else:
+            if not written:
+                self._outcomes["disconnected"].inc()
+                self.metrics.failure("disconnected")
+            else:
+                assert error is not None
+                self._outcomes[status_outcome(error.status_code)].inc()
+                self.metrics.failure(error.reason)
+            if entry is not None:
+                entry.stats.fail.add(took)
+        self._observe_request(took)
+
+    def deliver_finished(self) -> None:
+        for entry in self.models.values():
+            batcher = entry.batcher
+            if batcher.has_finished:
+                batcher.deliver_finished()
+
+    def _sweep(self) -> None:
+        """Answer 504 for requests past their deadline. All requests share one timeout, so the
+        deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
+        than one timer per request)."""
+        watch = self._watch
+        now = time.perf_counter()
+        while watch:
+            job = watch[0]
+            if job.answered:
+                watch.popleft()
+                continue
+            if job.deadline > now:
+                break
+            watch.popleft()
+            job.cancelled = True
+            job.answered = True
+            job.done(None, RequestTimeout(
+                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
+                "INFERSTACK_REQUEST_TIMEOUT_S)"))
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(self._sweep_every, self._sweep)
+
+    # -- gauges --------------------------------------------------------------------------------
+    def _queue_depth(self) -> int:
+        return sum(e.batcher.queue_depth() for e in list(self.models.values()))
+
+    def _inflight(self) -> int:
+        return sum(e.batcher.pending for e in list(self.models.values()))
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def idle(self) -> bool:
+        return all(e.batcher.pending == 0 for e in self.models.values())
+
+    def stop(self) -> None:
+        for entry in self.models.values():
+            entry.batcher.stop()
