@@ -366,3 +366,25 @@ def test_grpc_port_in_use_is_a_clear_error(serve: Callable[..., Served], mlp_ser
     assert s.wait_exit(30) == 1
     assert f"--grpc-port / INFERSTACK_GRPC_PORT: cannot listen on 127.0.0.1:{mlp_server.grpc_port}" in s.log()
     assert "Traceback" not in s.log()
+
+
+def test_statistics_count_the_calls_of_both_protocols(serve: Callable[..., Served], mlp_package: Path) -> None:
+    s = serve(mlp_package)
+    x = {"x": np.ones((2, 16), np.float32)}
+    for protocol in ("grpc", "grpc", "http"):
+        _infer(protocol, s, "mlp", x)
+    _refusal("grpc", s, {"x": np.ones((1, 15), np.float32)})  # refused before the model: not counted
+    c = tg.InferenceServerClient(s.grpc_address)
+    try:
+        stats = c.get_inference_statistics("mlp", as_json=True)["model_stats"]
+        everything = c.get_inference_statistics(as_json=True)["model_stats"]
+        with pytest.raises(InferenceServerException) as e:
+            c.get_inference_statistics("nope")
+    finally:
+        c.close()
+    assert e.value.status() == "StatusCode.NOT_FOUND"
+    assert [m["name"] for m in stats] == [m["name"] for m in everything] == ["mlp"]
+    infer = stats[0]["inference_stats"]
+    assert int(infer["success"]["count"]) == 3
+    assert int(stats[0]["inference_count"]) == 6  # rows
+    assert int(infer["compute_infer"]["count"]) == 3
