@@ -368,7 +368,8 @@ def test_grpc_port_in_use_is_a_clear_error(serve: Callable[..., Served], mlp_ser
     assert "Traceback" not in s.log()
 
 
-def test_statistics_count_the_calls_of_both_protocols(serve: Callable[..., Served], mlp_package: Path) -> None:
+def test_statistics_count_the_calls_of_both_protocols(serve: Callable[..., Served],
+                                                     mlp_package: Path) -> None:
     s = serve(mlp_package)
     x = {"x": np.ones((2, 16), np.float32)}
     for protocol in ("grpc", "grpc", "http"):
