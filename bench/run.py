@@ -252,8 +252,11 @@ def measure_server(
             drive: Callable[[int, float], dict[str, Any]]
             if body_name == "grpc":
                 # ModelInfer with raw contents, driven by h2load (see grpc_load)
-                if how.grpc_address is None:
-                    results[setup] = {"status": "unavailable", "reason": f"{server_name} has no gRPC port"}
+                missing = grpc_load.available() or (
+                    None if how.grpc_address else f"{server_name} has no gRPC port")
+                if missing:
+                    log(f"  {setup}: unavailable: {missing}")
+                    results[setup] = {"status": "unavailable", "reason": missing}
                     continue
                 message = grpc_load.request_message(spec.name, spec.input_name, spec.request_array(),
                                                     spec.output_name)
@@ -434,8 +437,7 @@ def measure_cold_start(cfg: Config, log: Log) -> dict[str, Any]:
 
 
 def run(cfg: Config, log: Log = print) -> dict[str, Any]:
-    reason = wrk.available() or (
-        grpc_load.available() if any(s.endswith("-grpc") for s in cfg.setups) else None)
+    reason = wrk.available()
     if reason:
         raise InferstackError(f"cannot benchmark: {reason}")
     unknown = [m for m in cfg.models if m not in MODELS]
