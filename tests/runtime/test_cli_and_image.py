@@ -34,6 +34,10 @@ FLAGS = [
     "--auth-token-file",
     "--cache-dir",
     "--log-level",
+    "--log-format",
+    "--access-log",
+    "--model-repository",
+    "--model-control",
 ]
 
 
@@ -156,6 +160,8 @@ def test_dockerfile_runs_the_tested_entrypoint_as_non_root(name: str, extra: str
     assert user and user[-1] not in ("0", "root")
     assert not any(tool in line for line in final for tool in ("build-essential", "gcc", "python3-dev"))
     assert any(line.startswith("HEALTHCHECK ") and "/v2/health/ready" in line for line in final)
+    # the access log is on in the image (off by default elsewhere)
+    assert any(line.startswith("ENV ") and "INFERSTACK_ACCESS_LOG=true" in line for line in final)
     if extra == "runtime,gpu":
         assert lines[0].startswith("ARG CUDA_IMAGE=nvidia/cuda:") and "runtime" in lines[0]
 
