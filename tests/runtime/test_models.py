@@ -49,9 +49,11 @@ def test_every_model_is_served_with_its_own_metadata_and_config(three: Served) -
         assert client.is_model_ready(name)
         assert client.get_model_metadata(name)["name"] == name
         assert client.get_model_config(name)["name"] == name
-    assert client.get_model_metadata("mlp")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
+    mlp_inputs = client.get_model_metadata("mlp")["inputs"]
+    assert mlp_inputs == [{"name": "x", "datatype": "FP32", "shape": [-1, 16]}]
     assert client.get_model_config("mlp")["max_batch_size"] == 16
-    assert client.get_model_metadata("fixed")["inputs"] == [{"name": "x", "datatype": "FP32", "shape": [2, 3]}]
+    fixed_inputs = client.get_model_metadata("fixed")["inputs"]
+    assert fixed_inputs == [{"name": "x", "datatype": "FP32", "shape": [2, 3]}]
     assert client.get_model_config("fixed")["max_batch_size"] == 0
     assert {i["name"] for i in client.get_model_metadata("dtypes")["inputs"]} >= {"f32", "i64", "s"}
     with pytest.raises(InferenceServerException, match="unknown model 'nope'.*'dtypes', 'fixed', 'mlp'"):
@@ -273,7 +275,8 @@ def test_unload_waits_for_the_requests_in_flight(serve, repository: Path) -> Non
 def test_the_repository_api_needs_the_token_when_auth_is_on(serve, repository: Path) -> None:
     s = serve(f"--model-repository={repository}", "--model-control", "explicit",
               env={"INFERSTACK_AUTH_TOKEN": "s3cret"})
-    for path in ("/v2/repository/index", "/v2/repository/models/mlp/unload", "/v2/repository/models/mlp/load"):
+    for path in ("/v2/repository/index", "/v2/repository/models/mlp/unload",
+                 "/v2/repository/models/mlp/load"):
         r = httpx.post(f"{s.url}{path}", json={})
         assert r.status_code == 401, path
     r = httpx.get(f"{s.url}/v2/models/stats")
@@ -281,7 +284,8 @@ def test_the_repository_api_needs_the_token_when_auth_is_on(serve, repository: P
     r = httpx.post(f"{s.url}/v2/repository/models/mlp/unload", json={},
                    headers={"Authorization": "Bearer s3cret"})
     assert r.status_code == 200
-    assert httpx.get(f"{s.url}/v2/models/mlp/ready", headers={"Authorization": "Bearer s3cret"}).status_code != 200
+    ready = httpx.get(f"{s.url}/v2/models/mlp/ready", headers={"Authorization": "Bearer s3cret"})
+    assert ready.status_code == 404
 
 
 # -- the access log ---------------------------------------------------------------------------------
