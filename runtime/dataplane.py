@@ -35,14 +35,22 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
     plane.deliver_finished()                      # call before reading each new request: answers
         # of finished runs first (they free queue places)
     plane.begin_drain(); plane.idle() -> bool; plane.stop()
+
+    # the repository extension (Triton's model repository API); control errors are BadRequest
+    plane.repository_index(ready_only=False) -> list[dict]  # [{"name", "version", "state", "reason"}]
+    await plane.load(name)      # (re)load from its package, verified before anything is replaced
+    await plane.unload(name)    # 404 for new requests at once; returns once in-flight ones are answered
+    plane.require_model_control()  # BadRequest unless --model-control explicit
     plane.models: dict[str, ModelEntry]           # entry.model (Model), entry.batcher, entry.stats
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -52,7 +60,9 @@ from typing import Any
 from inferstack.runtime.batcher import Batcher, Done, Job
 from inferstack.runtime.config import ServerConfig
 from inferstack.runtime.errors import (
+    BadRequest,
     HTTPError,
+    ModelLoadError,
     NotFound,
     QueueFull,
     RequestTimeout,
@@ -60,14 +70,16 @@ from inferstack.runtime.errors import (
     Unauthorized,
 )
 from inferstack.runtime.metrics import Metrics, ModelStats
-from inferstack.runtime.model import Model
+from inferstack.runtime.model import Model, load_model
 from inferstack.runtime.protocol import InferRequest
+from inferstack.runtime.source import resolve
 
 from inferstack import __version__
+from inferstack.errors import InferstackError
 
 log = logging.getLogger("inferstack.runtime")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics"]
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 
 
@@ -118,6 +130,11 @@ class DataPlane:
         self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
         self._outcomes = self.metrics.outcome
         self._observe_request = self.metrics.request_seconds.observe
+        #: name -> the URI it was loaded from (what a repository load reads again, outside
+        #: repository mode), and the last load error of a name (the repository index's reason)
+        self.known: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}
+        self._loading_names: set[str] = set()
         #: called after the set of models changed (front ends rebuild their routes)
         self.on_change: list[Callable[[], None]] = []
         self.metrics.watch(self._queue_depth, self._inflight)
@@ -179,6 +196,125 @@ class DataPlane:
             raise NotFound(
                 f"model {name!r} has no version {version!r}; available: {entry.model.version!r}")
         return entry
+
+    # -- loading -----------------------------------------------------------------------------
+    def repository_packages(self) -> dict[str, str]:
+        """Name -> URI of every model the server may load: the repository's subfolders (each under
+        its folder's name; hidden ones skipped) and the PATHs given at the start."""
+        found = dict(self.known)
+        root = self.config.model_repository
+        if root is not None:
+            try:
+                children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError as e:
+                raise ModelLoadError(f"--model-repository {root}: cannot list: {e.strerror or e}") from None
+            for child in children:
+                found.setdefault(child.name, str(child))
+        return found
+
+    def startup_sources(self) -> list[tuple[str, str | None]]:
+        """(URI, name or None for the package's own) of every model to load at the start."""
+        sources: list[tuple[str, str | None]] = [(u, self.config.name) for u in self.config.model_uris]
+        root = self.config.model_repository
+        if root is not None:
+            packages = self.repository_packages()
+            if not packages and self.config.model_control != "explicit":
+                raise ModelLoadError(f"--model-repository {root}: no model package in any subfolder")
+            sources += [(uri, name) for name, uri in packages.items()]
+        if len(sources) > 1:
+            self._loading = "the models are still loading"
+        return sources
+
+    def load_blocking(self, uri: str, name: str | None) -> Model:
+        """Fetch, verify (sha256 of every file in the manifest), load and warm up one model (in a
+        worker thread: this takes seconds). Raises ModelLoadError / ChecksumMismatch."""
+        source = resolve(uri, self.config.cache_dir)
+        config = dataclasses.replace(self.config, model=uri, extra_models=(), model_repository=None,
+                                     name=name)
+        return load_model(source, config)
+
+    def load_all_blocking(self, sources: list[tuple[str, str | None]]) -> list[tuple[Model, str]]:
+        """Load every start-up model; two with the same name are refused, naming both paths."""
+        models: list[tuple[Model, str]] = []
+        seen: dict[str, str] = {}
+        for uri, name in sources:
+            model = self.load_blocking(uri, name)
+            if model.name in seen:
+                raise ModelLoadError(
+                    f"two models are named {model.name!r}: {seen[model.name]} and {uri}; model names must "
+                    "be unique (rename one in its manifest, or its repository folder)")
+            seen[model.name] = uri
+            models.append((model, uri))
+        return models
+
+    def require_model_control(self) -> None:
+        if self.config.model_control != "explicit":
+            raise BadRequest("the model repository's load and unload are off: start the server with "
+                             "--model-control explicit (INFERSTACK_MODEL_CONTROL=explicit)")
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: every model the server serves or may load."""
+        try:
+            packages = self.repository_packages()
+        except ModelLoadError as e:
+            raise BadRequest(str(e)) from None
+        rows = []
+        for name in sorted(set(packages) | set(self.models)):
+            entry = self.models.get(name)
+            if entry is not None and entry.ready:
+                rows.append({"name": name, "version": entry.model.version, "state": "READY", "reason": ""})
+            elif not ready_only:
+                state = "LOADING" if name in self._loading_names else "UNAVAILABLE"
+                rows.append({"name": name, "version": "", "state": state,
+                             "reason": self.load_errors.get(name, "unloaded")})
+        return rows
+
+    async def load(self, name: str) -> None:
+        """(Re)load model ``name`` from its package. Nothing is replaced until the new model is
+        verified, loaded and warmed up; a failed load (BadRequest naming why) leaves the old one
+        serving. Loads of one name do not overlap (ServiceUnavailable meanwhile)."""
+        self.require_model_control()
+        uri = self.repository_packages().get(name)
+        if uri is None:
+            raise NotFound(f"no model {name!r} in the model repository")
+        if name in self._loading_names:
+            raise ServiceUnavailable(f"model {name!r} is being loaded; retry later")
+        self._loading_names.add(name)
+        try:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Model] = loop.create_future()
+
+            def work() -> None:
+                try:
+                    model: Model | BaseException = self.load_blocking(uri, name)
+                except BaseException as e:  # handed to the event loop
+                    model = e
+                loop.call_soon_threadsafe(_settle, done, model)
+
+            threading.Thread(target=work, name=f"inferstack-load-{name}", daemon=True).start()
+            try:
+                model = await done
+            except InferstackError as e:
+                self.load_errors[name] = str(e)
+                log.warning("load of model %r failed; still serving the previous one if any: %s", name, e)
+                raise BadRequest(f"failed to load model {name!r}: {e}") from None
+            self.load_errors.pop(name, None)
+            self.known.setdefault(name, uri)
+            self.add(model, uri)
+            log.info("loaded model %r from %s", name, uri)
+        finally:
+            self._loading_names.discard(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: new requests get 404 at once; returns after its requests in
+        flight are answered and its batcher stopped."""
+        self.require_model_control()
+        entry = self.remove(name)
+        if entry is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        self.load_errors[name] = "unloaded"
+        await self.retire(entry)
+        log.info("unloaded model %r", name)
 
     # -- health ------------------------------------------------------------------------------
     server_live = True
@@ -367,3 +503,12 @@ class DataPlane:
     def stop(self) -> None:
         for entry in self.models.values():
             entry.batcher.stop()
+
+
+def _settle(future: asyncio.Future[Model], result: Model | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

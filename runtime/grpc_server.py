@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import ParseDict
-from inferstack.runtime.errors import ConfigError, HTTPError, InternalError
+from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.proto import grpc_service_pb2 as pb
 from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
@@ -138,20 +138,35 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         plane.finish(entry, started, None)
         return response
 
-    # -- the repository extension: not over gRPC (yet) ---------------------------------------
+    # -- the repository extension -------------------------------------------------------------
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        await self._unimplemented(context)
+        plane = self.plane
+        return await self._call(context, lambda: ParseDict(
+            {"models": plane.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        await self._unimplemented(context)
+        def check() -> None:
+            self.plane.require_model_control()
+            if any(k == "config" or k.startswith("file:") for k in request.parameters):
+                raise BadRequest("loading with a configuration or files in the request is not supported; "
+                                 "the model is loaded from its package in the repository")
+        return await self._repository(context, check, lambda: self.plane.load(request.model_name),
+                                      pb.RepositoryModelLoadResponse())
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        await self._unimplemented(context)
+        return await self._repository(context, self.plane.require_model_control,
+                                      lambda: self.plane.unload(request.model_name),
+                                      pb.RepositoryModelUnloadResponse())
 
-    async def _unimplemented(self, context: Any) -> None:
-        await self._call(context, lambda: None)  # auth first, as for every other call
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED,
-                            "the model repository extension is served over HTTP only")
+    async def _repository(self, context: Any, check: Any, work: Any, response: Any) -> Any:
+        """Auth and ``check()``, then await ``work()``; an HTTPError becomes the call's status."""
+        await self._call(context, check)  # a refusal aborts the call here (grpc.aio raises)
+        try:
+            await work()
+        except HTTPError as e:
+            e.__traceback__ = None
+            await context.abort(grpc_status(e), str(e))
+        return response
 
 
 async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[Any, int]:

@@ -1,7 +1,8 @@
-"""The inference server: routes of the Open Inference Protocol, auth, load shedding, timeouts,
-and the lifecycle (listen, load and warm up, ready, drain on SIGTERM, exit 0).
+"""The HTTP front end of the inference server: routes of the Open Inference Protocol over the
+:class:`~inferstack.runtime.dataplane.DataPlane` (models, auth, shedding, timeouts, metrics,
+statistics), and the lifecycle (listen, load and warm up, ready, drain on SIGTERM, exit 0).
 
-Routes::
+Routes (every model route works for each model served)::
 
     GET  /v2                                   server metadata
     GET  /v2/health/live | /v2/health/ready    open even with auth
@@ -10,6 +11,11 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]/ready
     GET  /v2/models/{name}[/versions/{v}]/config   the Triton model configuration extension
     POST /v2/models/{name}[/versions/{v}]/infer
+    GET  /v2/models/stats                      Triton's statistics extension, every model
+    GET  /v2/models/{name}[/versions/{v}]/stats
+    POST /v2/repository/index                  Triton's model repository extension
+    POST /v2/repository/models/{name}/load     (load and unload: --model-control explicit only)
+    POST /v2/repository/models/{name}/unload
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ import signal
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
 
+import orjson
 from inferstack.runtime.batcher import Batcher
 from inferstack.runtime.config import ServerConfig
 from inferstack.runtime.dataplane import DataPlane, ModelEntry
@@ -38,13 +46,14 @@ from inferstack.runtime.errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 from inferstack.runtime.grpc_server import start_grpc
 from inferstack.runtime.http import Connection, Request
+from inferstack.runtime.logs import log_access
 from inferstack.runtime.metrics import CONTENT_TYPE, Metrics
-from inferstack.runtime.model import Model, load_model
+from inferstack.runtime.model import Model
 from inferstack.runtime.protocol import BINARY_CONTENT_TYPE, InferRequest, decode, dumps, encode
-from inferstack.runtime.source import resolve
 
 log = logging.getLogger("inferstack.runtime")
 
@@ -79,6 +88,32 @@ class App:
         self._clock_loop: asyncio.AbstractEventLoop | None = None
         timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
         self._tick_every = max(0.05, min(1.0, min(timeouts) / 4))
+        self.log_access: Callable[[Request | None, int, int, bytes | None], None] | None = (
+            self._log_access if config.access_log else None)
+
+    def _log_access(self, request: Request | None, status: int, size: int, error_body: bytes | None) -> None:
+        """One access line (see :mod:`inferstack.runtime.logs`)."""
+        reason = None
+        if error_body is not None:
+            try:
+                reason = str(orjson.loads(error_body).get("error"))
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = "-"
+        if request is None:  # a malformed request: nothing of it is known
+            log_access("-", "-", "-", status, size, 0.0, reason)
+            return
+        raw = request.url
+        q = raw.find(b"?")
+        path = (raw if q < 0 else raw[:q]).decode("latin-1")
+        parts = path.split("/")
+        model = "-"
+        if len(parts) > 3 and parts[1] == "v2" and parts[2] in ("models", "repository") and parts[3]:
+            if parts[2] == "models" and parts[3] != "stats":
+                model = unquote(parts[3])
+            elif parts[2] == "repository" and len(parts) > 4 and parts[3] == "models":
+                model = unquote(parts[4])
+        took = time.perf_counter() - request.arrived if request.arrived else 0.0
+        log_access(request.method.decode("latin-1"), path, model, status, size, took, reason)
 
     def start_clock(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the periodic sweep over connections (header, body and idle timeouts): one timer
@@ -193,6 +228,13 @@ class App:
             self._require_get(method, path)
             conn.respond(200, dumps(plane.server_metadata()), keep_alive=request.keep_alive)
             return
+        if path == "/v2/models/stats":
+            self._require_get(method, path)
+            conn.respond(200, dumps(plane.statistics()), keep_alive=request.keep_alive)
+            return
+        if path.startswith("/v2/repository/"):
+            self._repository(conn, request, path)
+            return
         parts = path.split("/")
         # ["", "v2", "models", name, ("versions", v,)? (action)?]
         if len(parts) < 4 or parts[1] != "v2" or parts[2] != "models" or not parts[3]:
@@ -204,7 +246,7 @@ class App:
             version = unquote(rest[1])
             rest = rest[2:]
         action = rest[0] if rest else ""
-        if len(rest) > 1 or action not in ("", "ready", "config", "infer"):
+        if len(rest) > 1 or action not in ("", "ready", "config", "infer", "stats"):
             raise NotFound(f"no route for {method.decode('latin-1')} {path}")
         entry = plane.entry(name, version)
         if action == "infer":
@@ -219,8 +261,57 @@ class App:
                          else self._not_ready(), keep_alive=request.keep_alive)
         elif action == "config":
             conn.respond(200, dumps(plane.model_config(entry)), keep_alive=request.keep_alive)
+        elif action == "stats":
+            conn.respond(200, dumps(plane.statistics(name, version)), keep_alive=request.keep_alive)
         else:
             conn.respond(200, dumps(plane.model_metadata(entry)), keep_alive=request.keep_alive)
+
+    def _repository(self, conn: Connection, request: Request, path: str) -> None:
+        """POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload."""
+        method = request.method
+        parts = path.split("/")  # ["", "v2", "repository", ...]
+        if method != b"POST":
+            raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use POST", "POST")
+        options = _json_object(request.body, path)
+        plane = self.plane
+        if parts[3:] == ["index"]:
+            ready = options.get("ready", False)
+            if not isinstance(ready, bool):
+                raise BadRequest(f"{path}: 'ready' must be true or false")
+            conn.respond(200, dumps(plane.repository_index(ready)), keep_alive=request.keep_alive)
+            return
+        if len(parts) != 6 or parts[3] != "models" or not parts[4] or parts[5] not in ("load", "unload"):
+            raise NotFound(f"no route for POST {path}")
+        plane.require_model_control()
+        name = unquote(parts[4])
+        params = options.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"{path}: 'parameters' must be a JSON object")
+        if parts[5] == "load":
+            if any(k == "config" or k.startswith("file:") for k in params):
+                raise BadRequest(f"{path}: loading with a configuration or files in the request is not "
+                                 "supported; the model is loaded from its package in the repository")
+            work = plane.load(name)
+        else:
+            work = plane.unload(name)
+        keep_alive = request.keep_alive
+        task = asyncio.get_running_loop().create_task(work)
+
+        def answered(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                conn.respond_error(ServiceUnavailable("the server is stopping"), keep_alive=keep_alive)
+                return
+            error = t.exception()
+            if error is None:
+                conn.respond(200, b"{}", keep_alive=keep_alive)
+            elif isinstance(error, HTTPError):
+                conn.respond_error(error, keep_alive=keep_alive)
+            else:
+                log.error("error in %s", path, exc_info=error)
+                conn.respond_error(InternalError(f"internal error: {type(error).__name__}: {error}"),
+                                   keep_alive=keep_alive)
+
+        task.add_done_callback(answered)
 
     def _not_ready(self) -> bytes:
         return dumps({"error": f"not ready: {self.plane.not_ready_reason()}"})
@@ -345,6 +436,19 @@ class App:
         return self.plane.idle() and not self.connections
 
 
+def _json_object(body: bytes, where: str) -> dict[str, Any]:
+    """An optional JSON object body (empty: ``{}``)."""
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"{where}: request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{where}: request body must be a JSON object")
+    return doc
+
+
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
     raw = headers.get(b"inference-header-content-length")
     if raw is None:
@@ -410,23 +514,33 @@ class Server:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self.request_stop)
-        log.info("listening on http://%s:%d and grpc %s:%d; loading %s", config.host, self.port, config.host,
-                 self.grpc_port, config.model)
+        plane = self.app.plane
         try:
-            model = await self._load(loop)
-            if model is None:  # stopped while loading
-                return
+            sources = plane.startup_sources()
+            log.info("listening on http://%s:%d and grpc %s:%d; loading %s", config.host, self.port,
+                     config.host, self.grpc_port,
+                     ", ".join(uri for uri, _ in sources) or "no model (--model-control explicit)")
             self.app.start(loop)
-            self.app.attach(model, loop, config.model)
+            loaded = await self._load(loop, sources)
+            if loaded is None:  # stopped while loading
+                return
+            for model, uri in loaded:
+                plane.known[model.name] = uri
+                plane.add(model, uri)
+            plane.loaded = True
             # Everything loaded so far lives as long as the process: keep it out of the cyclic
             # garbage collector's scans, and collect young objects less often (requests make few cycles).
             gc.collect()
             gc.freeze()
             gc.set_threshold(10_000, 10, 10)
-            where = ", ".join(model.providers)
-            batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
-            log.info("ready: model %s on http://%s:%d and grpc %s:%d (%s; %s)", model.name, config.host,
-                     self.port, config.host, self.grpc_port, batching, where)
+            for model, _ in loaded:
+                where = ", ".join(model.providers)
+                batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
+                log.info("ready: model %s on http://%s:%d and grpc %s:%d (%s; %s)", model.name, config.host,
+                         self.port, config.host, self.grpc_port, batching, where)
+            if not loaded:
+                log.info("ready: no model loaded yet on http://%s:%d and grpc %s:%d (load one through the "
+                         "repository API)", config.host, self.port, config.host, self.grpc_port)
             await self._stop.wait()
             # Closing a listening socket resets the connections the kernel has completed but the
             # server not yet accepted, whose clients may have written a request already. So first
@@ -442,21 +556,21 @@ class Server:
         finally:
             listener.close()
             await grpc_server.stop(0)
-            self.app.plane.stop()
+            plane.stop()
             self.app.stop_decoding()
             for conn in list(self.app.connections):
                 conn.close()
         log.info("stopped")
 
-    async def _load(self, loop: asyncio.AbstractEventLoop) -> Model | None:
+    async def _load(self, loop: asyncio.AbstractEventLoop,
+                    sources: list[tuple[str, str | None]]) -> list[tuple[Model, str]] | None:
         """Resolve, verify, load and warm up in a daemon thread, so that /v2/health/live answers
         meanwhile and a SIGTERM during a long download still exits at once."""
-        done: asyncio.Future[Model] = loop.create_future()
+        done: asyncio.Future[list[tuple[Model, str]]] = loop.create_future()
 
         def work() -> None:
             try:
-                source = resolve(self.config.model, self.config.cache_dir)
-                result = load_model(source, self.config)
+                result = self.app.plane.load_all_blocking(sources)
             except BaseException as e:  # handed to the event loop, raised there
                 loop.call_soon_threadsafe(_settle, done, None, e)
                 return
@@ -465,7 +579,8 @@ class Server:
         threading.Thread(target=work, name="inferstack-load", daemon=True).start()
         assert self._stop is not None
         stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [done, stop]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             return None
         stop.cancel()
@@ -520,7 +635,7 @@ def _drop_new_connections(sock: Any) -> bool:
     return True
 
 
-def _settle(future: asyncio.Future[Model], result: Model | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:

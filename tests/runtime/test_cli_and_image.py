@@ -35,6 +35,10 @@ FLAGS = [
     "--auth-token-file",
     "--cache-dir",
     "--log-level",
+    "--log-format",
+    "--access-log",
+    "--model-repository",
+    "--model-control",
 ]
 
 
@@ -163,6 +167,8 @@ def test_dockerfile_runs_the_tested_entrypoint_as_non_root(name: str, extra: str
     assert [line.split()[1:] for line in final if line.startswith("EXPOSE ")] == [["8000", "8001"]]
     assert any("INFERSTACK_PORT=8000" in line and "INFERSTACK_GRPC_PORT=8001" in line
                for line in final if line.startswith("ENV "))
+    # the access log is on in the image (off by default elsewhere)
+    assert any(line.startswith("ENV ") and "INFERSTACK_ACCESS_LOG=true" in line for line in final)
     if extra == "runtime,gpu":
         assert lines[0].startswith("ARG CUDA_IMAGE=nvidia/cuda:") and "runtime" in lines[0]
 
