@@ -389,3 +389,48 @@ def test_statistics_count_the_calls_of_both_protocols(serve: Callable[..., Serve
     assert int(infer["success"]["count"]) == 3
     assert int(stats[0]["inference_count"]) == 6  # rows
     assert int(infer["compute_infer"]["count"]) == 3
+
+
+def test_two_models_and_the_repository_over_grpc(serve: Callable[..., Served], mlp_package: Path,
+                                                 dtypes_package: Path, ort_run) -> None:
+    s = serve(mlp_package, str(dtypes_package), "--model-control", "explicit")
+    c = tg.InferenceServerClient(s.grpc_address)
+    try:
+        assert c.is_server_ready() and c.is_model_ready("mlp") and c.is_model_ready("dtypes")
+        index = c.get_model_repository_index(as_json=True)["models"]
+        assert {(m["name"], m["state"]) for m in index} == {("mlp", "READY"), ("dtypes", "READY")}
+        x = np.random.default_rng(2).standard_normal((2, 16)).astype(np.float32)
+        np.testing.assert_allclose(_infer("grpc", s, "mlp", {"x": x})["y"],
+                                   ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6)
+        assert c.get_model_metadata("dtypes", as_json=True)["name"] == "dtypes"
+
+        c.unload_model("mlp")  # answered once its calls in flight are
+        assert not c.is_model_ready("mlp") and c.is_model_ready("dtypes")
+        with pytest.raises(InferenceServerException) as e:
+            _infer("grpc", s, "mlp", {"x": x})
+        assert e.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'mlp'" in e.value.message()
+        index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
+        assert index["mlp"]["state"] == "UNAVAILABLE"
+
+        c.load_model("mlp")
+        assert c.is_model_ready("mlp")
+        np.testing.assert_allclose(_infer("grpc", s, "mlp", {"x": x})["y"],
+                                   ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6)
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("nope")
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+    finally:
+        c.close()
+
+
+def test_load_and_unload_are_off_without_explicit_model_control(mlp_server: Served) -> None:
+    c = tg.InferenceServerClient(mlp_server.grpc_address)
+    try:
+        for call in (c.load_model, c.unload_model):
+            with pytest.raises(InferenceServerException) as e:
+                call("mlp")
+            assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+            assert "start the server with --model-control explicit" in e.value.message()
+        assert c.is_model_ready("mlp")
+    finally:
+        c.close()
