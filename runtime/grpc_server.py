@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.json_format import ParseDict
 from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
+from inferstack.runtime.logs import log_access
 from inferstack.runtime.proto import grpc_service_pb2 as pb
 from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from inferstack.runtime.dataplane import DataPlane
 
 log = logging.getLogger("inferstack.runtime")
+_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
 
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
@@ -47,6 +49,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, plane: DataPlane) -> None:
         self.plane = plane
+        self._access_log = plane.config.access_log
+
+    def _log_call(self, model: str, started: float, error: HTTPError | None, size: int) -> None:
+        """The access line of a ModelInfer call, as HTTP writes it (status: the HTTP status of
+        the outcome, 200 for OK; the path is the gRPC method)."""
+        log_access("POST", _INFER_PATH, model or "-", 200 if error is None else error.status_code, size,
+                   time.perf_counter() - started, None if error is None else str(error))
 
     async def _call(self, context: Any, answer: Any) -> Any:
         """Auth, then ``answer()``; an HTTPError becomes the call's status and details."""
@@ -127,15 +136,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         except HTTPError as e:
             e.__traceback__ = None
             plane.finish(entry, started, e)
+            if self._access_log:
+                self._log_call(request.model_name, started, e, 0)
             await context.abort(grpc_status(e), str(e))
             return None
         except Exception as e:  # a bug: INTERNAL, keep serving
             log.exception("error while answering a gRPC ModelInfer")
             error = InternalError(f"internal error: {type(e).__name__}: {e}")
             plane.finish(entry, started, error)
+            if self._access_log:
+                self._log_call(request.model_name, started, error, 0)
             await context.abort(grpc.StatusCode.INTERNAL, str(error))
             return None
         plane.finish(entry, started, None)
+        if self._access_log:
+            self._log_call(request.model_name, started, None, response.ByteSize())
         return response
 
     # -- the repository extension -------------------------------------------------------------

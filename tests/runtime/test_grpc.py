@@ -434,3 +434,19 @@ def test_load_and_unload_are_off_without_explicit_model_control(mlp_server: Serv
         assert c.is_model_ready("mlp")
     finally:
         c.close()
+
+
+def test_access_log_has_a_line_per_grpc_infer_call(serve: Callable[..., Served], mlp_package: Path) -> None:
+    import json
+
+    s = serve(mlp_package, "--access-log", "--log-format", "json")
+    _infer("grpc", s, "mlp", {"x": np.ones((1, 16), np.float32)})
+    refused = _refusal("grpc", s, {"x": np.ones((1, 15), np.float32)})
+    s.stop()
+    lines = [json.loads(line) for line in s.lines if line.startswith("{")]
+    access = [line for line in lines if line["logger"] == "inferstack.access"]
+    assert len(access) == 2, s.log()
+    ok, bad = access
+    assert ok["method"] == "POST" and ok["path"] == "/inference.GRPCInferenceService/ModelInfer"
+    assert ok["model"] == "mlp" and ok["status"] == 200 and ok["bytes"] > 16 and "reason" not in ok
+    assert bad["status"] == 400 and bad["reason"] == refused.message()
