@@ -231,6 +231,9 @@ def test_load_unload_and_a_failed_load_that_leaves_the_old_model_serving(
     client.load_model("mlp")
     assert client.is_model_ready("mlp")
     np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
+    client.load_model("mlp")  # a reload replaces the model being served
+    assert client.is_model_ready("mlp")
+    np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
 
     # tamper with the package: the reload is refused before anything is replaced
     weights = next(p for p in (repository / "mlp").iterdir() if p.name not in ("manifest.json", "mlp.onnx"))
@@ -239,6 +242,9 @@ def test_load_unload_and_a_failed_load_that_leaves_the_old_model_serving(
     weights.write_bytes(bytes(raw))
     with pytest.raises(InferenceServerException, match="failed to load model 'mlp'.*sha256"):
         client.load_model("mlp")
+    assert client.is_model_ready("mlp")
+    np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
+    client.load_model("mlp")  # a reload replaces the model being served
     assert client.is_model_ready("mlp")
     np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
 
