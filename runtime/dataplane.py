@@ -96,7 +96,7 @@ def status_outcome(status: int) -> str:
     return "error"
 
 
-@dataclass
+@dataclass(eq=False)
 class ModelEntry:
     """One served model: its session, batcher and statistics. ``source`` is the URI it was loaded
     from (what a repository load reads again)."""
@@ -135,6 +135,8 @@ class DataPlane:
         self.known: dict[str, str] = {}
         self.load_errors: dict[str, str] = {}
         self._loading_names: set[str] = set()
+        self._retiring: set[ModelEntry] = set()  # replaced or unloaded, requests still in flight
+        self._tasks: set[asyncio.Task[None]] = set()  # (a task only weakly held is collected)
         #: called after the set of models changed (front ends rebuild their routes)
         self.on_change: list[Callable[[], None]] = []
         self.metrics.watch(self._queue_depth, self._inflight)
@@ -158,7 +160,10 @@ class DataPlane:
         old = self.models.get(model.name)
         self.models[model.name] = entry
         if old is not None:
-            self._loop.create_task(self.retire(old))
+            old.ready = False
+            task = self._loop.create_task(self.retire(old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         self._changed()
         return entry
 
@@ -176,9 +181,13 @@ class DataPlane:
         the request timeout plus a margin), then stop its batcher."""
         limit = timeout_s if timeout_s is not None else self.config.request_timeout_s + 1
         deadline = time.monotonic() + limit
-        while entry.batcher.pending and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        entry.batcher.stop(timeout=0)
+        self._retiring.add(entry)
+        try:
+            while entry.batcher.pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            self._retiring.discard(entry)
+            entry.batcher.stop(timeout=0)
 
     def _changed(self) -> None:
         for callback in self.on_change:
@@ -274,6 +283,8 @@ class DataPlane:
         verified, loaded and warmed up; a failed load (BadRequest naming why) leaves the old one
         serving. Loads of one name do not overlap (ServiceUnavailable meanwhile)."""
         self.require_model_control()
+        if self.stopping or self.draining:
+            raise ServiceUnavailable("the server is stopping; nothing is loaded")
         uri = self.repository_packages().get(name)
         if uri is None:
             raise NotFound(f"no model {name!r} in the model repository")
@@ -459,7 +470,7 @@ class DataPlane:
         self._observe_request(took)
 
     def deliver_finished(self) -> None:
-        for entry in self.models.values():
+        for entry in self.models.values():  # (retiring batchers deliver on their own wake-ups)
             batcher = entry.batcher
             if batcher.has_finished:
                 batcher.deliver_finished()
@@ -487,21 +498,25 @@ class DataPlane:
             self._loop.call_later(self._sweep_every, self._sweep)
 
     # -- gauges --------------------------------------------------------------------------------
+    def _entries(self) -> list[ModelEntry]:
+        """Every entry with a batcher: served, and retiring (requests still in flight)."""
+        return [*self.models.values(), *self._retiring]
+
     def _queue_depth(self) -> int:
-        return sum(e.batcher.queue_depth() for e in list(self.models.values()))
+        return sum(e.batcher.queue_depth() for e in self._entries())
 
     def _inflight(self) -> int:
-        return sum(e.batcher.pending for e in list(self.models.values()))
+        return sum(e.batcher.pending for e in self._entries())
 
     # -- shutdown ------------------------------------------------------------------------------
     def begin_drain(self) -> None:
         self.draining = True
 
     def idle(self) -> bool:
-        return all(e.batcher.pending == 0 for e in self.models.values())
+        return all(e.batcher.pending == 0 for e in self._entries())
 
     def stop(self) -> None:
-        for entry in self.models.values():
+        for entry in self._entries():
             entry.batcher.stop()
 
 

@@ -96,6 +96,17 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
             {},
             "--auth-token-file / INFERSTACK_AUTH_TOKEN_FILE: cannot read",
         ),
+        (
+            ["--model-control", "poll"],
+            {},
+            "--model-control / INFERSTACK_MODEL_CONTROL: must be one of none, explicit",
+        ),
+        (["--log-format", "xml"], {}, "--log-format / INFERSTACK_LOG_FORMAT: must be one of text, json"),
+        (
+            ["--model-repository", "/nonexistent/repo"],
+            {},
+            "--model-repository / INFERSTACK_MODEL_REPOSITORY: /nonexistent/repo is not a directory",
+        ),
     ],
 )
 def test_bad_settings_fail_with_one_line_naming_the_setting(
@@ -104,6 +115,17 @@ def test_bad_settings_fail_with_one_line_naming_the_setting(
     result = CliRunner().invoke(app, ["serve", str(mlp_package), *args], env={"COLUMNS": "300", **env})
     assert result.exit_code == 1, result.output
     assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_no_model_and_an_empty_repository_fail_with_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "PATH / INFERSTACK_MODEL: no model given (give PATH ... or --model-repository)" in result.output
+    result = CliRunner().invoke(app, ["serve", "--model-repository", str(tmp_path), "--port", "0"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert f"--model-repository {tmp_path}: no model package in any subfolder" in result.output
     assert "Traceback" not in result.output
 
 

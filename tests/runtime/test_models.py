@@ -231,6 +231,9 @@ def test_load_unload_and_a_failed_load_that_leaves_the_old_model_serving(
     client.load_model("mlp")
     assert client.is_model_ready("mlp")
     np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
+    client.load_model("mlp")  # a reload replaces the model being served
+    assert client.is_model_ready("mlp")
+    np.testing.assert_allclose(_infer(client, "mlp", "x", x, "FP32", True), expected, rtol=1e-5, atol=1e-6)
 
     # tamper with the package: the reload is refused before anything is replaced
     weights = next(p for p in (repository / "mlp").iterdir() if p.name not in ("manifest.json", "mlp.onnx"))
@@ -325,3 +328,22 @@ def test_access_log_in_text_and_off_by_default(serve, mlp_package: Path) -> None
     assert "GET /v2/models/mlp model=mlp status=200 bytes=" in access[0]
     assert "GET /v2/models/mlp/nope model=mlp status=404" in access[1]
     assert 'reason="no route for GET /v2/models/mlp/nope"' in access[1]
+
+
+# -- one error table for both protocols ------------------------------------------------------------
+def test_every_error_carries_its_grpc_status_code() -> None:
+    grpc = pytest.importorskip("grpc")
+    from inferstack.runtime import errors
+
+    expected = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 405: "UNIMPLEMENTED",
+                408: "DEADLINE_EXCEEDED", 413: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                504: "DEADLINE_EXCEEDED"}
+    classes = [c for c in vars(errors).values() if isinstance(c, type) and issubclass(c, errors.HTTPError)]
+    assert len(classes) >= 12
+    for cls in classes:
+        assert cls.grpc_code in grpc.StatusCode.__members__, cls
+        if cls.status_code in expected:
+            assert cls.grpc_code == expected[cls.status_code], cls
+    # 503: unavailable while loading or draining; shedding is RESOURCE_EXHAUSTED
+    assert errors.ServiceUnavailable.grpc_code == "UNAVAILABLE"
+    assert errors.QueueFull.grpc_code == errors.Overloaded.grpc_code == "RESOURCE_EXHAUSTED"
