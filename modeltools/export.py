@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import loading, parity, signature
+from inferstack.modeltools import loading, naming, parity, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.loading import Source
@@ -30,7 +30,14 @@ from inferstack.modeltools.spec import InputSpec, random_arrays
 from inferstack.modeltools.staging import check_destination, staged_dir
 
 from inferstack.errors import InferstackError
-from inferstack.manifest import MANIFEST_NAME, Manifest, file_entries, sha256_file, write_manifest
+from inferstack.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    TensorSpec,
+    file_entries,
+    sha256_file,
+    write_manifest,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MIN_OPSET = 18
@@ -107,39 +114,41 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _torch_inputs(specs: list[InputSpec]) -> tuple[Any, ...]:
+def _torch_inputs(specs: list[InputSpec]) -> dict[str, Any]:
     import torch
 
     arrays = random_arrays(specs, batch=None, seed=0)
-    return tuple(torch.from_numpy(arrays[s.name]) for s in specs)
+    return {s.name: torch.from_numpy(arrays[s.name]) for s in specs}
 
 
-def _dynamic_shapes(specs: list[InputSpec]) -> tuple[dict[int, Any], ...] | None:
+def _dynamic_shapes(specs: list[InputSpec]) -> dict[str, dict[int, Any]] | None:
+    """``torch.export`` dynamic shapes keyed by ``forward()`` parameter name."""
     import torch
 
     dims: dict[str, Any] = {}
-    shapes = []
+    shapes: dict[str, dict[int, Any]] = {}
     for s in specs:
         shape: dict[int, Any] = {}
         for i, d in enumerate(s.dims):
             if d.name is not None:
                 shape[i] = dims.setdefault(d.name, torch.export.Dim(d.name, min=1))
-        shapes.append(shape)
-    return tuple(shapes) if dims else None
+        shapes[s.name] = shape
+    return shapes if dims else None
 
 
 def _shapes_text(specs: list[InputSpec]) -> str:
     return ", ".join(f"{s.name}:{list(s.example_shape)} {s.datatype}" for s in specs)
 
 
-def _check_forward(model: Any, args: tuple[Any, ...], specs: list[InputSpec]) -> None:
+def _check_forward(model: Any, feeds: dict[str, Any], specs: list[InputSpec]) -> Any:
+    """Run the model once on the example inputs (bound by name); return what forward returned."""
     import torch
 
-    if isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
+    model = loading.runnable(model)
+    args, kwargs = loading.bind_inputs(model, list(feeds)).split(feeds)
     try:
         with torch.no_grad():
-            model(*args)
+            return model(*args, **kwargs)
     except Exception as e:
         raise ExportError(
             f"the model does not accept the inputs {_shapes_text(specs)}: {first_line(e)} "
@@ -169,6 +178,35 @@ def _explain_export_failure(e: BaseException, opset: int) -> str:
     summary = re.search(r"## Exception summary\s+(.*?)(?:\n\n|$)", text, re.S)
     detail = summary.group(1).strip().splitlines()[0] if summary else first_line(e)
     return "ONNX export failed: " + _ANSI.sub("", detail)
+
+
+def _portable(spec: str) -> str:
+    """The source as recorded in the manifest: a file path reduced to its file name (``model.py:build``,
+    ``model.pt2``), so that no path of the build machine is in the package and the manifest does not
+    depend on where the export ran; a module path (``package.module:factory``) as given."""
+    target, sep, attr = spec.rpartition(":")
+    if sep and not (target.endswith(".py") or "/" in target or "\\" in target):
+        return spec
+    return f"{Path(target).name}{sep}{attr}" if sep else Path(spec).name
+
+
+def _check_dynamic_dims(specs: list[InputSpec], inputs: list[TensorSpec]) -> None:
+    """A dimension declared dynamic in --input must be dynamic in the graph, not specialized."""
+    declared = {s.name: s for s in specs}
+    for t in inputs:
+        spec = declared[t.name]
+        if len(spec.dims) != len(t.shape):
+            raise ExportError(
+                f"--input {t.name}: the exported graph takes {len(t.shape)} dimension(s), "
+                f"not {len(spec.dims)}"
+            )
+        for i, (d, size) in enumerate(zip(spec.dims, t.shape, strict=True)):
+            if d.dynamic and size != -1:
+                raise ExportError(
+                    f"--input {t.name}: dimension {i + 1} ({d.name!r}) was declared dynamic, but the "
+                    f"exporter fixed it to {size} (the module specializes it); give that dimension "
+                    "its number in --input, or make the module accept any size"
+                )
 
 
 def _param_bytes(model: Any) -> int:
@@ -224,8 +262,14 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
 
     progress(f"loading {opts.source.spec}")
     model = loading.load(opts.source)
-    args = _torch_inputs(opts.inputs)
-    _check_forward(model, args, opts.inputs)
+    feeds = _torch_inputs(opts.inputs)
+    binding = loading.bind_inputs(model, names)
+    result = _check_forward(model, feeds, opts.inputs)
+    out_names = naming.output_names(result, opts.outputs)
+    del result
+    if set(out_names) & set(names):
+        raise ExportError(f"output names {', '.join(out_names)}: an output cannot have the name of an input")
+    args, kwargs = binding.split(feeds)
     is_program = isinstance(model, torch.export.ExportedProgram)
 
     with staged_dir(opts.out) as stage:
@@ -237,10 +281,9 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                     model,
                     args,
                     None,
+                    kwargs=kwargs,
                     dynamo=True,
                     opset_version=opts.opset,
-                    input_names=names,
-                    output_names=opts.outputs or None,
                     dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs),
                     optimize=True,
                 )
@@ -258,6 +301,9 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         if log.getvalue():
             logging.getLogger(__name__).debug(log.getvalue())
         del program
+        # Names by binding (inputs) and by what forward returned (outputs), set on the saved graph;
+        # build-machine metadata (paths, module names, stack traces) dropped.
+        naming.normalize(model_path, list(binding.order), out_names)
 
         progress("checking the ONNX model")
         try:
@@ -273,13 +319,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                 f"--opset {opts.opset}: the exporter could not convert the model to it and wrote opset "
                 f"{opset}; {_opset_range()}, but some operators may not convert (try another --opset)"
             )
-        if [t.name for t in inputs] != names:
-            raise ExportError(
-                f"the exported graph's inputs are {[t.name for t in inputs]}, not {names} "
-                "(does forward take exactly the --input tensors?)"
-            )
-        if opts.outputs and len(opts.outputs) != len(outputs):
-            raise ExportError(f"--output names {len(opts.outputs)} tensors, the model returns {len(outputs)}")
+        _check_dynamic_dims(opts.inputs, inputs)
 
         batch_default = signature.default_max_batch(inputs, outputs, DEFAULT_MAX_BATCH)
         max_batch = batch_default if opts.max_batch_size is None else opts.max_batch_size
@@ -300,9 +340,9 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         files = [p.name for p in sorted(stage.iterdir()) if p.is_file() and p.name != MANIFEST_NAME]
         source_record: dict[str, Any] = {
             "kind": opts.source.kind,
-            "spec": opts.source.spec,
+            "spec": _portable(opts.source.spec),
             "inputs": [parity._spec_text(s) for s in opts.inputs],
-            "weights": opts.source.weights,
+            "weights": Path(opts.source.weights).name if opts.source.weights else None,
             "weights_sha256": sha256_file(opts.source.weights) if opts.source.weights else None,
             "trust_pickle": opts.source.trust_pickle,
             "external_data": external,

@@ -34,7 +34,7 @@ def test_cnn_package_has_the_documented_manifest(cnn_pkg: Path) -> None:
     assert m.max_batch_size == 64
     assert m.opset is not None and m.opset >= 18
     assert set(m.producer) >= {"torch", "onnx", "onnxruntime"} and m.producer["torch"] == torch.__version__
-    assert data["created"].endswith("Z")
+    assert "created" not in data  # no time in a package: the same model gives the same package
     (entry,) = m.files
     assert entry.path == "model.onnx"
     assert entry.sha256 == sha256_file(cnn_pkg / "model.onnx")
