@@ -7,8 +7,9 @@ A package is a directory::
     manifest.json         this module's subject
 
 The manifest names every file with its sha256 and size, the input/output signature in v2
-datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge, and the
-records of the tools that made it (parity, optimization). ``digest`` is the hash of the files
+datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge and the
+batch-independence check that decided it (``batch_check``, see :mod:`inferstack.batchcheck`), and
+the records of the tools that made it (parity, optimization). ``digest`` is the hash of the files
 alone. The manifest holds no time and no path of the machine that wrote it, so the same model
 exported twice gives the same manifest.json, byte for byte; the stacks upload a package under the
 sha256 of its manifest.json (see ``ModelArtifact``), which changes exactly when a file or a setting
@@ -59,6 +60,7 @@ class Manifest:
     outputs: list[TensorSpec]
     max_batch_size: int
     opset: int | None = None
+    batch_check: dict[str, Any] | None = None  # inferstack.batchcheck.BatchCheck.to_dict()
     producer: dict[str, str | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
@@ -76,8 +78,8 @@ class Manifest:
         data = asdict(self)
         order = [
             "schema_version", "name", "version", "created", "model_file", "digest", "files",
-            "inputs", "outputs", "max_batch_size", "opset", "producer", "parity", "optimization",
-            "source",
+            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
+            "optimization", "source",
         ]
         return {k: data[k] for k in order if k != "created" or data[k] is not None}
 
@@ -94,6 +96,7 @@ class Manifest:
             outputs=[TensorSpec(**t) for t in data["outputs"]],
             max_batch_size=data["max_batch_size"],
             opset=data.get("opset"),
+            batch_check=data.get("batch_check"),
             producer=data.get("producer") or {},
             parity=data.get("parity"),
             optimization=data.get("optimization"),

@@ -138,3 +138,11 @@ def dtypes_server(dtypes_package: Path) -> Iterator[Served]:
 @pytest.fixture(scope="session")
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def batch_models(models_dir: Path) -> dict[str, Path]:
+    """Models that merging can and cannot serve (see batch_models.export_all)."""
+    from batch_models import export_all
+
+    return export_all(models_dir / "batch-models")
