@@ -22,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import loading, naming, parity, signature
+from inferstack.modeltools import batching, loading, naming, parity, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import InputSpec, random_arrays
 from inferstack.modeltools.staging import check_destination, staged_dir
 
+from inferstack.batchcheck import DEFAULT_BATCH_DIM
 from inferstack.errors import InferstackError
 from inferstack.manifest import (
     MANIFEST_NAME,
@@ -66,6 +67,7 @@ class ExportOptions:
     atol: float = parity.DEFAULT_ATOL
     rtol: float = parity.DEFAULT_RTOL
     skip_parity: bool = False
+    batch_dim: str = DEFAULT_BATCH_DIM  # the dimension requests are merged along (--batch-dim)
 
 
 Progress = Callable[[str], None]
@@ -239,6 +241,8 @@ def _check_flags(opts: ExportOptions, name: str) -> None:
         raise ExportError(
             f"--max-batch-size {opts.max_batch_size}: must be 0 (no batching) or a positive batch size"
         )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", opts.batch_dim):
+        raise ExportError(f"--batch-dim {opts.batch_dim!r}: must be a dimension name as in --input (batch)")
     for flag, tol in (("--atol", opts.atol), ("--rtol", opts.rtol)):
         if not tol >= 0:  # also refuses NaN
             raise ExportError(f"{flag} {tol}: a tolerance must be 0 or more")
@@ -321,13 +325,16 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             )
         _check_dynamic_dims(opts.inputs, inputs)
 
-        batch_default = signature.default_max_batch(inputs, outputs, DEFAULT_MAX_BATCH)
-        max_batch = batch_default if opts.max_batch_size is None else opts.max_batch_size
-        if max_batch and not batch_default:
-            raise ExportError(
-                f"--max-batch-size {max_batch}: the model has no dynamic batch axis (the first dimension "
-                "of every input and output must be named in --input, e.g. batch,3,32,32)"
-            )
+        progress(f"batch-independence check on the {opts.batch_dim!r} axis")
+        batch_record = batching.check(model_path, opts.batch_dim, batching.rows_from_specs(opts.inputs))
+        max_batch = DEFAULT_MAX_BATCH if batch_record.batchable else 0
+        if opts.max_batch_size is not None:
+            if opts.max_batch_size and not batch_record.batchable:
+                raise ExportError(
+                    f"--max-batch-size {opts.max_batch_size}: merging requests could change answers: "
+                    f"{batch_record.reason}"
+                )
+            max_batch = opts.max_batch_size
         parity_record = None
         if not opts.skip_parity:
             batches = parity.batch_sizes(opts.inputs, max_batch)
@@ -355,6 +362,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             inputs=inputs,
             outputs=outputs,
             max_batch_size=max_batch,
+            batch_check=batch_record.to_dict(),
             opset=opset,
             producer=_producer(),
             parity=parity_record,

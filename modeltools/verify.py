@@ -6,13 +6,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import loading, parity
+from inferstack.modeltools import batching, loading, parity
 from inferstack.modeltools._ort import session_options
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import parse_inputs
 
 from inferstack import datatypes
+from inferstack.batchcheck import DEFAULT_BATCH_DIM, MakeRows, random_rows
 from inferstack.errors import InferstackError
 from inferstack.manifest import Manifest, load_manifest, verify_files
 
@@ -105,6 +106,36 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
     ]
 
 
+def _check_batch(package: Path, manifest: Manifest) -> Check:
+    """The batch-independence check again, on the package's model: a package that lets the runtime
+    merge requests (``max_batch_size`` > 0) must pass it."""
+    batch_dim = str((manifest.batch_check or {}).get("batch_dim") or DEFAULT_BATCH_DIM)
+    specs_text = (manifest.source or {}).get("inputs")
+    make_rows: MakeRows
+    if specs_text:  # the export's own example data
+        make_rows = batching.rows_from_specs(parse_inputs(list(specs_text)))
+    else:
+        from inferstack.modeltools import signature
+
+        graph_inputs, _ = signature.named_dims(signature.load_graph(package / manifest.model_file))
+        dtypes = {t.name: datatypes.by_v2(t.datatype).numpy for t in manifest.inputs}
+        make_rows = random_rows([(n, d, dtypes[n]) for n, d in graph_inputs], batch_dim)
+    try:
+        record = batching.check(package / manifest.model_file, batch_dim, make_rows)
+    except Exception as e:
+        return Check("batch", "fail", f"the batch-independence check could not run: {first_line(e)}")
+    if record.batchable:
+        return Check("batch", "pass", f"max_batch_size {manifest.max_batch_size}: {record.reason}")
+    if manifest.max_batch_size > 0:
+        return Check(
+            "batch",
+            "fail",
+            f"max_batch_size {manifest.max_batch_size} lets the runtime merge requests, but merging "
+            f"changes answers: {record.reason}",
+        )
+    return Check("batch", "pass", f"max_batch_size 0, requests are never merged: {record.reason}")
+
+
 def _check_parity(
     package: Path, manifest: Manifest, source: Source | None, atol: float | None, rtol: float | None
 ) -> Check:
@@ -168,6 +199,11 @@ def verify(
     checks.append(Check("files", "pass", f"{len(manifest.files)} file(s), {total:,} bytes, sha256 match"))
     checks += _check_session(package, manifest)
     if any(c.status == "fail" for c in checks):
-        return [*checks, Check("parity", "skip", "an earlier check failed")]
+        return [
+            *checks,
+            Check("batch", "skip", "an earlier check failed"),
+            Check("parity", "skip", "an earlier check failed"),
+        ]
+    checks.append(_check_batch(package, manifest))
     checks.append(_check_parity(package, manifest, source, atol, rtol))
     return checks

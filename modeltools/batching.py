@@ -1,0 +1,58 @@
+"""The batch-independence check of ``export`` and ``verify``, on the exported ONNX model.
+
+The runtime merges requests along the batch axis only when the package says it may
+(``max_batch_size`` > 0). That is decided here, by :mod:`inferstack.batchcheck` on onnxruntime with
+the exported graph: the axis named ``--batch-dim`` (default ``batch``) must be the first dimension
+of every input and output, and k distinct rows run merged must give what each row gives alone, at
+several batch sizes and at two sizes of every other dynamic dimension. The rows come from the same
+generator as the parity check's inputs (:func:`inferstack.modeltools.spec.random_arrays`), so both
+checks see the same kind of data.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from inferstack.modeltools import signature
+from inferstack.modeltools._ort import session_options
+from inferstack.modeltools.spec import InputSpec, random_arrays
+
+from inferstack.batchcheck import BatchCheck, MakeRows, check_batch_independence
+
+
+def rows_from_specs(specs: list[InputSpec]) -> MakeRows:
+    """A ``make_rows`` giving ``count`` rows of the export's example data, with every other dynamic
+    dimension at the size the check asks for (by its name in ``--input``)."""
+
+    def make(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, Any]:
+        sized = []
+        for s in specs:
+            dims = tuple(
+                dataclasses.replace(
+                    d, example=dim_sizes.get(d.name, dim_sizes.get(f"{s.name}[{i}]", d.example))
+                )
+                if d.dynamic and i > 0
+                else d
+                for i, d in enumerate(s.dims)
+            )
+            sized.append(dataclasses.replace(s, dims=dims))
+        return random_arrays(sized, batch=count, seed=seed)
+
+    return make
+
+
+def check(model_path: Path, batch_dim: str, make_rows: MakeRows, data: str = "generated") -> BatchCheck:
+    """Run the check with onnxruntime (CPU, one thread) on the ONNX file at ``model_path``."""
+    import onnxruntime as ort
+
+    inputs, outputs = signature.named_dims(signature.load_graph(model_path))
+    session = ort.InferenceSession(str(model_path), session_options(1), providers=["CPUExecutionProvider"])
+    names = [name for name, _ in outputs]
+
+    def run(feeds: dict[str, Any]) -> list[Any]:
+        return list(session.run(names, feeds))
+
+    return check_batch_independence(run, inputs, outputs, make_rows, batch_dim=batch_dim, data=data)
