@@ -20,7 +20,15 @@ from inferstack.modeltools import signature
 from inferstack.modeltools._ort import session_options
 from inferstack.modeltools.spec import InputSpec, random_arrays
 
-from inferstack.batchcheck import BatchCheck, MakeRows, check_batch_independence
+from inferstack import datatypes
+from inferstack.batchcheck import (
+    DEFAULT_BATCH_DIM,
+    BatchCheck,
+    MakeRows,
+    check_batch_independence,
+    random_rows,
+)
+from inferstack.manifest import Manifest
 
 
 def rows_from_specs(specs: list[InputSpec]) -> MakeRows:
@@ -56,3 +64,21 @@ def check(model_path: Path, batch_dim: str, make_rows: MakeRows, data: str = "ge
         return list(session.run(names, feeds))
 
     return check_batch_independence(run, inputs, outputs, make_rows, batch_dim=batch_dim, data=data)
+
+
+def check_package(model_path: Path, manifest: Manifest) -> BatchCheck:
+    """The check on ``model_path`` (the package's model, or a variant of it) with the manifest's
+    batch dimension and the export's example data (``source.inputs``); generated rows when the
+    manifest does not record them."""
+    from inferstack.modeltools.spec import parse_inputs
+
+    batch_dim = str((manifest.batch_check or {}).get("batch_dim") or DEFAULT_BATCH_DIM)
+    specs_text = (manifest.source or {}).get("inputs")
+    make_rows: MakeRows
+    if specs_text:
+        make_rows = rows_from_specs(parse_inputs(list(specs_text)))
+    else:
+        graph_inputs, _ = signature.named_dims(signature.load_graph(model_path))
+        dtypes = {t.name: datatypes.by_v2(t.datatype).numpy for t in manifest.inputs}
+        make_rows = random_rows([(n, d, dtypes[n]) for n, d in graph_inputs], batch_dim)
+    return check(model_path, batch_dim, make_rows)

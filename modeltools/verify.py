@@ -13,7 +13,6 @@ from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import parse_inputs
 
 from inferstack import datatypes
-from inferstack.batchcheck import DEFAULT_BATCH_DIM, MakeRows, random_rows
 from inferstack.errors import InferstackError
 from inferstack.manifest import Manifest, load_manifest, verify_files
 
@@ -109,19 +108,8 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
 def _check_batch(package: Path, manifest: Manifest) -> Check:
     """The batch-independence check again, on the package's model: a package that lets the runtime
     merge requests (``max_batch_size`` > 0) must pass it."""
-    batch_dim = str((manifest.batch_check or {}).get("batch_dim") or DEFAULT_BATCH_DIM)
-    specs_text = (manifest.source or {}).get("inputs")
-    make_rows: MakeRows
-    if specs_text:  # the export's own example data
-        make_rows = batching.rows_from_specs(parse_inputs(list(specs_text)))
-    else:
-        from inferstack.modeltools import signature
-
-        graph_inputs, _ = signature.named_dims(signature.load_graph(package / manifest.model_file))
-        dtypes = {t.name: datatypes.by_v2(t.datatype).numpy for t in manifest.inputs}
-        make_rows = random_rows([(n, d, dtypes[n]) for n, d in graph_inputs], batch_dim)
     try:
-        record = batching.check(package / manifest.model_file, batch_dim, make_rows)
+        record = batching.check_package(package / manifest.model_file, manifest)
     except Exception as e:
         return Check("batch", "fail", f"the batch-independence check could not run: {first_line(e)}")
     if record.batchable:
