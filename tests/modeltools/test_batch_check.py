@@ -182,7 +182,9 @@ def test_the_batch_axis_is_named_never_guessed(tmp_path: Path, batch_models: Pat
     assert data["batch_check"]["batchable"] is True and data["batch_check"]["batch_dim"] == "rows"
 
 
-def test_max_batch_size_cannot_force_merging_of_a_row_mixing_model(tmp_path: Path, batch_models: Path) -> None:
+def test_max_batch_size_cannot_force_merging_of_a_row_mixing_model(
+    tmp_path: Path, batch_models: Path
+) -> None:
     out = tmp_path / "forced"
     r = run_cli(
         "export", f"{batch_models}:cumsum", "-i", "x:batch,4:FP32", "-o", out, "--max-batch-size", "8"
