@@ -85,6 +85,20 @@ NAMED_MODELS = textwrap.dedent(
         return Plain().eval()
 
 
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 3)
+
+        def forward(self, x):
+            return torch.tanh(self.fc(x)) * 2
+
+
+    def scaled():
+        torch.manual_seed(0)
+        return Scaled().eval()
+
+
     class Specializes(nn.Module):
         def forward(self, x):
             return x.reshape(2, -1)
@@ -226,22 +240,32 @@ def test_unnamed_outputs_are_numbered_never_named_after_graph_ops(tmp_path: Path
 def test_an_output_name_that_an_internal_value_holds_still_exports(
     tmp_path: Path, named_models: Path
 ) -> None:
-    """``tanh`` is also the name the exporter gives the Tanh node's value inside the graph."""
+    """The exporter calls the Tanh value ``tanh`` and the product ``mul``; naming the outputs the
+    other way round makes each name collide with an internal value."""
     pkg = _export(
         tmp_path / "plain",
         f"{named_models}:plain",
         "--input",
         "x:batch,6:FP32",
         "--output",
-        "tanh",
-        "--output",
         "mul",
+        "--output",
+        "tanh",
     )
     x = np.random.default_rng(6).standard_normal((3, 6)).astype(np.float32)
     got = _run(pkg, {"x": x})
     y, y3 = _torch(named_models, "plain", x=x)
-    np.testing.assert_allclose(got["tanh"], y.numpy(), atol=1e-5)
-    np.testing.assert_allclose(got["mul"], y3.numpy(), atol=1e-5)
+    assert list(got) == ["mul", "tanh"]
+    np.testing.assert_allclose(got["mul"], y.numpy(), atol=1e-5)
+    np.testing.assert_allclose(got["tanh"], y3.numpy(), atol=1e-5)
+
+
+def test_an_output_named_like_an_inner_value_still_exports(tmp_path: Path, named_models: Path) -> None:
+    """``tanh`` is the exporter's name of the inner Tanh value; the output (its double) takes it."""
+    pkg = _export(tmp_path / "scaled", f"{named_models}:scaled", "-i", "x:batch,6:FP32", "--output", "tanh")
+    x = np.random.default_rng(7).standard_normal((3, 6)).astype(np.float32)
+    got = _run(pkg, {"x": x})
+    np.testing.assert_allclose(got["tanh"], _torch(named_models, "scaled", x=x).numpy(), atol=1e-5)
 
 
 def test_a_dynamic_dimension_the_export_fixed_is_an_error_naming_it(
