@@ -447,9 +447,9 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
             max_batch, batch_check = manifest.max_batch_size, manifest.batch_check
             if max_batch > 0 and chosen != "reference":
                 progress(f"batch-independence check of {chosen}")
-                record = batching.check_package(stage / "model.onnx", manifest)
-                batch_check = record.to_dict()
-                max_batch = max_batch if record.batchable else 0
+                variant_check = batching.check_package(stage / "model.onnx", manifest)
+                batch_check = variant_check.to_dict()
+                max_batch = max_batch if variant_check.batchable else 0
             # The model keeps its version (clients address /v2/models/<name>/versions/<version>);
             # the variant is optimization.chosen.
             new = Manifest(

@@ -216,3 +216,36 @@ def test_verify_fails_a_manifest_that_merges_a_row_mixing_model(cumsum_pkg: Path
     assert r.exit_code == 1
     text = " ".join(r.stderr.split())
     assert "batch failed" in text and "max_batch_size 16" in text and "output_0" in text, text
+
+
+def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
+    tmp_path: Path, mlp_pkg: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8-dynamic quantizes each activation with the range of the whole batch, so its rows depend
+    on their batch-mates: the optimized package must not be merged, and keeps version 1."""
+    from inferstack.modeltools import optimize
+
+    # the choice among measured variants is timing-dependent; fix it to the variant under test
+    monkeypatch.setattr(optimize, "choose", lambda *a, **k: ("int8-dynamic", "chosen by the test"))
+    out = tmp_path / "opt"
+    r = run_cli(
+        "optimize",
+        mlp_pkg,
+        "--out",
+        out,
+        "--candidate",
+        "int8-dynamic",
+        "--seconds",
+        "0.1",
+        "--samples",
+        "32",
+    )
+    assert r.exit_code == 0, r.stdout + r.stderr
+    data = read_manifest(out)
+    assert data["version"] == "1" == read_manifest(mlp_pkg)["version"]
+    assert data["optimization"]["chosen"] == "int8-dynamic"
+    assert data["max_batch_size"] == 0
+    assert data["batch_check"]["batchable"] is False
+    assert data["batch_check"]["reason"].startswith("output 'output_0' row ")
+    r = run_cli("verify", out)
+    assert r.exit_code == 0, r.stdout + r.stderr
