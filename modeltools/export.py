@@ -123,8 +123,11 @@ def _torch_inputs(specs: list[InputSpec]) -> dict[str, Any]:
     return {s.name: torch.from_numpy(arrays[s.name]) for s in specs}
 
 
-def _dynamic_shapes(specs: list[InputSpec]) -> dict[str, dict[int, Any]] | None:
-    """``torch.export`` dynamic shapes keyed by ``forward()`` parameter name."""
+def _dynamic_shapes(
+    specs: list[InputSpec], binding: loading.Binding
+) -> dict[str, dict[int, Any]] | tuple[dict[int, Any], ...] | None:
+    """``torch.export`` dynamic shapes: by position when every input is passed by position (a lone
+    input may have another name than its parameter), else keyed by ``forward()`` parameter name."""
     import torch
 
     dims: dict[str, Any] = {}
@@ -135,7 +138,11 @@ def _dynamic_shapes(specs: list[InputSpec]) -> dict[str, dict[int, Any]] | None:
             if d.name is not None:
                 shape[i] = dims.setdefault(d.name, torch.export.Dim(d.name, min=1))
         shapes[s.name] = shape
-    return shapes if dims else None
+    if not dims:
+        return None
+    if not binding.keyword:
+        return tuple(shapes[n] for n in binding.positional)
+    return shapes
 
 
 def _shapes_text(specs: list[InputSpec]) -> str:
@@ -288,7 +295,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                     kwargs=kwargs,
                     dynamo=True,
                     opset_version=opts.opset,
-                    dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs),
+                    dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs, binding),
                     optimize=True,
                 )
             except Exception as e:
@@ -307,7 +314,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         del program
         # Names by binding (inputs) and by what forward returned (outputs), set on the saved graph;
         # build-machine metadata (paths, module names, stack traces) dropped.
-        naming.normalize(model_path, list(binding.order), out_names)
+        dim_names = {s.name: [d.name for d in s.dims] for s in opts.inputs}
+        naming.normalize(model_path, list(binding.order), out_names, dim_names)
 
         progress("checking the ONNX model")
         try:

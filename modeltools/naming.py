@@ -190,8 +190,37 @@ def _set_names(proto: Any, inputs: list[str], outputs: list[str]) -> None:
         _rename(proto, tmp, new)
 
 
-def normalize(model_path: Path, inputs: list[str], outputs: list[str]) -> None:
-    """Name the saved graph's inputs and outputs, strip build-machine metadata, save in place.
+def _set_dim_names(proto: Any, dims: dict[str, list[str | None]]) -> None:
+    """Call each dynamic dimension of the inputs by its ``--input`` name, everywhere in the graph.
+
+    The exporter names a dimension after its symbol, which for a ``torch.export`` program is
+    ``s77`` rather than ``batch``; the runtime finds the batch axis by name.
+    """
+    mapping: dict[str, str] = {}
+    for v in proto.graph.input:
+        for d, name in zip(v.type.tensor_type.shape.dim, dims.get(v.name, []), strict=False):
+            if name is None or not d.dim_param:
+                continue
+            if mapping.setdefault(d.dim_param, name) != name:
+                raise NamingError(
+                    f"--input {v.name}: dimensions {mapping[d.dim_param]!r} and {name!r} are one "
+                    "dimension in the exported graph; give them one name"
+                )
+    if not mapping:
+        return
+    for g in _graphs(proto.graph):
+        for v in [*g.input, *g.output, *g.value_info]:
+            for d in v.type.tensor_type.shape.dim:
+                if d.dim_param in mapping:
+                    d.dim_param = mapping[d.dim_param]
+
+
+def normalize(
+    model_path: Path, inputs: list[str], outputs: list[str], dims: dict[str, list[str | None]] | None = None
+) -> None:
+    """Name the saved graph's inputs and outputs (and, with ``dims``, the inputs' dynamic
+    dimensions: input name -> a name per dimension, None for a fixed one), strip build-machine
+    metadata, save in place.
 
     External weights stay where they are (the graph is read and written without them).
     """
@@ -200,4 +229,5 @@ def normalize(model_path: Path, inputs: list[str], outputs: list[str]) -> None:
     proto = onnx.load(str(model_path), load_external_data=False)
     _strip(proto)
     _set_names(proto, inputs, outputs)
+    _set_dim_names(proto, dims or {})
     onnx.save(proto, str(model_path))

@@ -104,7 +104,7 @@ def test_fixed_dims_mean_no_batch_axis_and_options_are_recorded(tmp_path: Path, 
         "--max-batch-size",
         "8",
     )
-    assert_one_line_error(r, "--max-batch-size 8", "no dynamic batch axis")
+    assert_one_line_error(r, "--max-batch-size 8", "no dimension is named 'batch'")
 
 
 @pytest.mark.parametrize("opset", ["17", "99"])
