@@ -274,36 +274,54 @@ def check_batch_independence(
     For each size in ``dim_sizes`` (every other dynamic dimension of the inputs set to it; a
     single setting when there is none), ``make_rows(max(sizes), {dim: size}, seed)`` supplies
     distinct rows; the first k rows are run merged for every k in ``sizes`` and compared with each
-    row run alone. ``run`` returns the outputs in the order of ``outputs``. A ``run`` that raises,
-    rows that are not distinct, or an axis problem (:func:`batch_axis_problem`) make the model not
-    batchable, with the reason. Costs ``len(dim_sizes) * (max(sizes) + len(sizes))`` runs.
+    row run alone. Rows of example data may keep their own lengths (the record gives the sizes the
+    rows had) and may be fewer than ``max(sizes)`` (only the sizes they fill are tried; fewer than
+    ``min(sizes)`` rows cannot be checked). ``run`` returns the outputs in the order of
+    ``outputs``. A ``run`` that raises, rows that are not distinct, or an axis problem
+    (:func:`batch_axis_problem`) make the model not batchable, with the reason. Costs
+    ``len(dim_sizes) * (max(sizes) + len(sizes))`` runs at most.
     """
     sizes = sorted({int(s) for s in sizes})
     if not sizes or sizes[0] < 2:
         raise ValueError(f"sizes must be merged batch sizes >= 2, got {list(sizes)}")
-    record = BatchCheck(False, "", batch_dim, list(sizes), [], 0.0, data)
+    record = BatchCheck(False, "", batch_dim, [], [], 0.0, data)
     problem = batch_axis_problem(inputs, outputs, batch_dim)
     if problem is not None:
         record.reason = problem
-        record.sizes = []
         return record
     others = dynamic_dims(inputs, batch_dim)
     settings = [{d: int(s) for d in others} for s in dict.fromkeys(dim_sizes)] if others else [{}]
-    record.dim_sizes = settings if others else []
     names = [name for name, _ in outputs]
-    count = max(sizes)
     worst = 0.0
+    tried_sizes: set[int] = set()
+    tried_dims: list[dict[str, int]] = []
     for setting_index, setting in enumerate(settings):
         where = _setting(setting)
         try:
-            rows = make_rows(count, setting, seed + setting_index)
+            rows = make_rows(max(sizes), setting, seed + setting_index)
         except Exception as e:
             record.reason = f"cannot be checked: no rows{where}: {_first_line(e)}"
             return record
-        short = [n for n, a in rows.items() if a.ndim == 0 or a.shape[0] < count]
-        if short:
-            record.reason = f"cannot be checked: input {short[0]!r} has fewer than {count} rows{where}"
+        missing = [name for name, _ in inputs if name not in rows]
+        if missing:
+            record.reason = f"cannot be checked: no rows for input {missing[0]!r}{where}"
             return record
+        rows = {name: np.asarray(rows[name]) for name, _ in inputs}
+        have = min((a.shape[0] if a.ndim else 0) for a in rows.values()) if rows else 0
+        usable = [k for k in sizes if k <= have]
+        if not usable:
+            record.reason = f"cannot be checked: {have} rows{where}; the check needs at least {sizes[0]}"
+            return record
+        count = max(usable)
+        rows = {name: a[:count] for name, a in rows.items()}
+        # the sizes the rows have (example rows may keep their own lengths)
+        actual = {key: int(rows[name].shape[axis]) for name, dims in inputs
+                  for axis, d in enumerate(dims)
+                  if (key := dim_key(name, axis, d)) in others and axis < rows[name].ndim}
+        where = _setting(actual)
+        if actual and actual not in tried_dims:
+            tried_dims.append(actual)
+        record.dim_sizes = tried_dims
         pair = _distinct(rows, count)
         if pair is not None:
             record.reason = (f"cannot be checked: rows {pair[0]} and {pair[1]} are equal in every "
@@ -322,7 +340,9 @@ def check_batch_independence(
                                      f"{where}: its first axis does not follow the batch")
                     return record
             alone.append(result)
-        for k in sizes:
+        for k in usable:
+            tried_sizes.add(k)
+            record.sizes = sorted(tried_sizes)
             try:
                 merged = run({n: a[:k] for n, a in rows.items()})
             except Exception as e:
@@ -343,7 +363,8 @@ def check_batch_independence(
                         return record
     record.batchable = True
     record.max_abs_diff = worst
-    tried = "; ".join(_setting(s).strip(" ()") for s in settings if s)
-    record.reason = (f"every output row equals its row run alone at batch {', '.join(map(str, sizes))}"
+    tried = "; ".join(_setting(s).strip(" ()") for s in tried_dims)
+    record.reason = (f"every output row equals its row run alone at batch "
+                     f"{', '.join(map(str, record.sizes))}"
                      f"{f' ({tried})' if tried else ''}; max abs diff {worst:.3g}")
     return record

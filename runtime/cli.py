@@ -36,6 +36,16 @@ def serve(
         envvar=_env("max-batch-size"), show_default=False,
         help="Largest merged batch; 0 turns batching off. [default: the manifest's max_batch_size]",
     )] = None,
+    batch_dim: Annotated[str, typer.Option(
+        envvar=_env("batch-dim"),
+        help="Name of the batch axis (ONNX dim_param); requests are merged only when it is the first "
+        "dimension of every input and output and the model passes the batch-independence check.",
+    )] = "batch",
+    unsafe_force_batching: Annotated[bool, typer.Option(
+        "--unsafe-force-batching", envvar=_env("unsafe-force-batching"),
+        help="UNSAFE: merge requests along the first axis without the batch-axis rule or the "
+        "batch-independence check; a model that mixes rows then answers with other requests' data.",
+    )] = False,
     max_queue_delay_us: Annotated[int, typer.Option(
         envvar=_env("max-queue-delay-us"),
         help="Microseconds the batcher may wait for more requests; 0 takes whatever is queued.",
@@ -108,6 +118,8 @@ def serve(
         host=host,
         port=port,
         max_batch_size=max_batch_size,
+        batch_dim=batch_dim,
+        unsafe_force_batching=unsafe_force_batching,
         max_queue_delay_us=max_queue_delay_us,
         follow_wait=follow_wait,
         max_queue_size=max_queue_size,

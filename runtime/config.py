@@ -45,6 +45,11 @@ class ServerConfig:
     port: int = 8000
     max_batch_size: int | None = None
     """Largest merged batch; default: the manifest's max_batch_size (0 = no batching)."""
+    batch_dim: str = "batch"
+    """Name of the batch axis (the ONNX dim_param): merging needs it first in every input and output."""
+    unsafe_force_batching: bool = False
+    """Merge requests along the first axis without the batch-axis rule and the batch-independence
+    check: a model that mixes rows then answers with other requests' data."""
     max_queue_delay_us: int = 0
     """How long the batcher may wait for more requests once one is queued; 0 = take what is there."""
     follow_wait: float = 0.25
@@ -83,6 +88,8 @@ class ServerConfig:
             raise ConfigError(f"{setting('port')}: must be 0..65535, got {self.port}")
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise ConfigError(f"{setting('max-batch-size')}: must be >= 0, got {self.max_batch_size}")
+        if not self.batch_dim.strip():
+            raise ConfigError(f"{setting('batch-dim')}: must not be empty")
         if self.max_queue_delay_us < 0:
             raise ConfigError(f"{setting('max-queue-delay-us')}: must be >= 0, got {self.max_queue_delay_us}")
         if not 0 <= self.follow_wait <= 1:

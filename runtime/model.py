@@ -1,9 +1,13 @@
-"""The model: an onnxruntime session, its signature as the v2 API shows it, and a warm-up.
+"""The model: an onnxruntime session, its signature as the v2 API shows it, the decision on
+dynamic batching, and a warm-up.
 
 The signature comes from the session (names, datatypes, ``-1`` for every dynamic dimension).
-A model can be batched when every input and output has a dynamic first dimension; the warm-up
-runs batch 1 and batch 2 and checks that every output's first dimension follows the batch, so a
-graph whose first axis only looks dynamic is served without merging.
+Requests are merged along the batch axis only when merging cannot change an answer
+(:mod:`inferstack.batchcheck`): the axis is the dimension named ``--batch-dim`` (``batch``), first
+in every input and output, and the model passes the batch-independence check: the package's
+``batch_check`` record when its manifest has one (its files are sha256-checked), else the check run
+here at warm-up on generated rows, before anything is merged. ``--unsafe-force-batching`` skips
+both (loudly).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from inferstack.runtime.errors import ConfigError, ModelLoadError
 from inferstack.runtime.source import ModelSource
 
 from inferstack import datatypes
+from inferstack.batchcheck import BatchCheck, Dims, batch_axis_problem, check_batch_independence, random_rows
 from inferstack.datatypes import DType
 from inferstack.errors import InferstackError
 
@@ -30,6 +35,7 @@ class TensorInfo:
     name: str
     dtype: DType
     shape: tuple[int, ...]  # -1 for dynamic dimensions
+    dims: Dims = ()  # as onnxruntime reports them: int, dim_param name (str) or None
 
     @property
     def datatype(self) -> str:
@@ -55,6 +61,8 @@ class Model:
     output_by_name: dict[str, TensorInfo] = field(init=False)
     output_names: list[str] = field(init=False)
     run_options: Any = None
+    #: why the model is merged or not, one line (Triton config parameter ``batch_check``)
+    batch_decision: str = ""
 
     def __post_init__(self) -> None:
         self.input_by_name = {t.name: t for t in self.inputs}
@@ -84,10 +92,11 @@ def _tensor_info(arg: Any, kind: str) -> TensorInfo:
         raise ModelLoadError(
             f"{kind} {arg.name!r} has type {arg.type}, which the v2 protocol cannot carry"
         ) from None
-    return TensorInfo(arg.name, dtype, _dims(arg.shape))
+    return TensorInfo(arg.name, dtype, _dims(arg.shape), tuple(arg.shape or ()))
 
 
-def has_batch_axis(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> bool:
+def has_dynamic_first_axis(inputs: list[TensorInfo], outputs: list[TensorInfo]) -> bool:
+    """Every input and output has a dynamic first dimension (what merging needs at the least)."""
     return all(len(t.shape) >= 1 and t.shape[0] == -1 for t in [*inputs, *outputs])
 
 
@@ -135,20 +144,12 @@ def load_model(source: ModelSource, config: ServerConfig) -> Model:
     inputs = [_tensor_info(a, "input") for a in session.get_inputs()]
     outputs = [_tensor_info(a, "output") for a in session.get_outputs()]
 
-    batchable = has_batch_axis(inputs, outputs)
     if config.max_batch_size is not None:
-        max_batch = config.max_batch_size
-        origin = setting("max-batch-size")
+        max_batch, origin = config.max_batch_size, setting("max-batch-size")
     elif source.manifest is not None:
-        max_batch = source.manifest.max_batch_size
-        origin = "manifest.json max_batch_size"
+        max_batch, origin = source.manifest.max_batch_size, "manifest.json max_batch_size"
     else:
-        max_batch = 64 if batchable else 0
-        origin = "default for a bare .onnx"
-    if max_batch > 0 and not batchable:
-        log.warning("%s is %d, but the model has no dynamic first axis on every input and output: "
-                    "serving without batching", origin, max_batch)
-        max_batch = 0
+        max_batch, origin = 64, "default for a bare .onnx"
 
     run_options = ort.RunOptions()
     run_options.log_severity_level = 4  # a request's bad values are answered 400, not logged as errors
@@ -163,8 +164,79 @@ def load_model(source: ModelSource, config: ServerConfig) -> Model:
         providers=active,
         source=source,
     )
+    decide_batching(model, config, origin)
     warmup(model)
     return model
+
+
+def _manifest_check(source: ModelSource | None) -> BatchCheck | None:
+    record = source.manifest.batch_check if source is not None and source.manifest is not None else None
+    if record is None:
+        return None
+    try:
+        return BatchCheck.from_dict(record, "manifest.json batch_check")
+    except ValueError as e:
+        log.warning("%s; checking the model here instead", e)
+        return None
+
+
+def decide_batching(model: Model, config: ServerConfig, origin: str) -> None:
+    """Set ``model.max_batch_size`` (0: requests run one by one) and ``model.batch_decision``.
+
+    Merging needs a positive max batch size (``origin`` says where it came from), the batch axis
+    named ``config.batch_dim`` first in every input and output, and a passed batch-independence
+    check: the manifest's record for that axis, else :func:`check_batch_independence` run now on
+    generated rows. ``config.unsafe_force_batching`` merges along any dynamic first axis unchecked.
+    """
+    wanted = model.max_batch_size
+    if config.unsafe_force_batching and config.max_batch_size != 0:
+        if not has_dynamic_first_axis(model.inputs, model.outputs):
+            _no_batching(model, "--unsafe-force-batching / INFERSTACK_UNSAFE_FORCE_BATCHING is set, but "
+                         "not every input and output has a dynamic first dimension")
+            return
+        if wanted <= 0:  # the manifest's 0 (a failed check) is what this flag overrides
+            wanted = 64
+        model.max_batch_size = wanted
+        model.batch_decision = ("forced: --unsafe-force-batching merges along the first axis without "
+                                "the batch-axis rule or the batch-independence check")
+        log.warning("UNSAFE: --unsafe-force-batching / INFERSTACK_UNSAFE_FORCE_BATCHING: requests are "
+                    "merged (up to %d rows) along the first axis without checking that this cannot "
+                    "change an answer; a model that mixes rows answers with other requests' data", wanted)
+        return
+    if wanted <= 0:
+        _no_batching(model, f"{origin} is 0", level=logging.INFO)
+        return
+    problem = batch_axis_problem([(t.name, t.dims) for t in model.inputs],
+                                 [(t.name, t.dims) for t in model.outputs], config.batch_dim)
+    if problem is not None:
+        _no_batching(model, f"no batch axis ({setting('batch-dim')} is {config.batch_dim!r}): {problem}")
+        return
+    record = _manifest_check(model.source)
+    if record is not None and record.batch_dim == config.batch_dim:
+        where = f"manifest.json batch_check ({record.data} rows)"
+    else:
+        started = time.perf_counter()
+        record = check_model(model, config.batch_dim)
+        where = f"checked at warm-up on generated rows in {time.perf_counter() - started:.2f}s"
+    if not record.batchable:
+        _no_batching(model, f"batch-independence check failed ({where}): {record.reason}")
+        return
+    model.batch_decision = f"passed ({where}): {record.reason}"
+    log.info("batching up to %d rows along %r: %s", wanted, config.batch_dim, model.batch_decision)
+
+
+def check_model(model: Model, batch_dim: str) -> BatchCheck:
+    """Run the batch-independence check on the model's own session with generated rows."""
+    inputs = [(t.name, t.dims) for t in model.inputs]
+    rows = random_rows([(t.name, t.dims, t.dtype.numpy) for t in model.inputs], batch_dim)
+    return check_batch_independence(model.run, inputs, [(t.name, t.dims) for t in model.outputs], rows,
+                                    batch_dim=batch_dim)
+
+
+def _no_batching(model: Model, why: str, level: int = logging.WARNING) -> None:
+    model.max_batch_size = 0
+    model.batch_decision = f"off: {why}"
+    log.log(level, "serving without batching: %s", why)
 
 
 def example_feeds(model: Model, batch: int) -> dict[str, np.ndarray]:
@@ -181,8 +253,8 @@ def example_feeds(model: Model, batch: int) -> dict[str, np.ndarray]:
 
 
 def warmup(model: Model, runs: int = 3) -> None:
-    """Run the model a few times so the first request does not pay for allocations; with batching,
-    check that every output follows the batch axis (else turn batching off)."""
+    """Run the model a few times so the first request does not pay for allocations (with batching,
+    at 1, 2 and the largest batch); an output that does not follow the batch turns batching off."""
     sizes = [1, 2, model.max_batch_size] if model.batching else [1]
     for size in dict.fromkeys(sizes):
         feeds = example_feeds(model, size)
@@ -195,6 +267,5 @@ def warmup(model: Model, runs: int = 3) -> None:
             log.warning("warm-up at batch %d failed (%s); serving without further warm-up", size, e)
             return
         if model.batching and any(r.ndim == 0 or r.shape[0] != size for r in results):
-            log.warning("outputs do not follow the batch axis at batch %d; serving without batching", size)
-            model.max_batch_size = 0
+            _no_batching(model, f"outputs do not follow the batch axis at batch {size} in the warm-up")
             return

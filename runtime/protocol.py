@@ -27,6 +27,8 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT_KINDS = frozenset("iuf")
 _INT_KINDS = frozenset("iu")
 _BOOL_KINDS = frozenset("b")
+#: an empty input's shape with its zero dimensions counted as 1 may describe at most this many bytes
+_MAX_EMPTY_DESCRIBED_BYTES = 1 << 28
 
 
 @dataclass
@@ -191,6 +193,15 @@ def _check_shape(tensor: dict[str, Any], spec: TensorInfo, model: Model) -> list
             raise BadRequest(
                 f"input {name!r}: shape {_describe(shape)} does not match the model's "
                 f"{_describe(expected)} (dim {i} is {d}, expected {e})"
+            )
+    if 0 in shape:
+        # an empty tensor carries no bytes, so nothing bounds its other dimensions: numpy refuses
+        # more than 2**63 bytes, and a model may still make them real (ReduceSum over the empty axis)
+        described = _count([d or 1 for d in shape]) * max(spec.dtype.itemsize, 1)
+        if described > _MAX_EMPTY_DESCRIBED_BYTES:
+            raise BadRequest(
+                f"input {name!r}: shape {_describe(shape)} is empty, but its other dimensions describe "
+                f"{described} bytes of {spec.dtype.v2} (at most {_MAX_EMPTY_DESCRIBED_BYTES})"
             )
     if model.batching:
         if shape[0] < 1:
@@ -445,7 +456,8 @@ def _to_binary(array: np.ndarray, info: TensorInfo) -> bytes | memoryview:
         return b"".join(parts)
     if array.dtype != info.dtype.numpy:
         array = array.astype(info.dtype.numpy)
-    return memoryview(np.ascontiguousarray(array)).cast("B")  # type: ignore[arg-type]
+    # flat bytes (a zero-size view with several dimensions cannot be cast)
+    return memoryview(np.ascontiguousarray(array).reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def dumps(doc: Any) -> bytes:

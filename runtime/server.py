@@ -189,8 +189,12 @@ class App:
                 conn.respond(200, self.metrics.render(), content_type=CONTENT_TYPE.encode(),
                              keep_alive=request.keep_alive)
                 return
-            ok = path == "/v2/health/live" or self.serving_ready
-            conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
+            # the Open Inference Protocol's bodies: kserve's client reads "live" and "ready"
+            if path == "/v2/health/live":
+                conn.respond(200, b'{"live":true}', keep_alive=request.keep_alive)
+                return
+            ok = self.serving_ready
+            conn.respond(200 if ok else 503, b'{"ready":true}' if ok else self._not_ready(),
                          keep_alive=request.keep_alive)
             return
         self._authorize(request)
@@ -221,12 +225,16 @@ class App:
         self._require_get(method, path)
         if action == "ready":
             ok = self.serving_ready
-            conn.respond(200 if ok else 503, b"{}" if ok else dumps({"error": "not ready"}),
-                         keep_alive=request.keep_alive)
+            conn.respond(200 if ok else 503, dumps({"name": model.name, "ready": True}) if ok
+                         else self._not_ready(), keep_alive=request.keep_alive)
         elif action == "config":
             conn.respond(200, dumps(self._config(model)), keep_alive=request.keep_alive)
         else:
             conn.respond(200, dumps(self._metadata(model)), keep_alive=request.keep_alive)
+
+    def _not_ready(self) -> bytes:
+        why = "draining" if self.stopping or self.draining else "the model is still loading"
+        return dumps({"error": f"not ready: {why}"})
 
     @staticmethod
     def _require_get(method: bytes, path: str) -> None:
@@ -279,7 +287,12 @@ class App:
             "instance_group": [
                 {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
             ],
-            "parameters": {"execution_providers": {"string_value": ",".join(model.providers)}},
+            "parameters": {
+                "execution_providers": {"string_value": ",".join(model.providers)},
+                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
+                "batch_check": {"string_value": model.batch_decision},
+                "batch_dim": {"string_value": self.config.batch_dim},
+            },
         }
         if model.batching:
             config["dynamic_batching"] = {

@@ -146,3 +146,34 @@ def batch_models(models_dir: Path) -> dict[str, Path]:
     from batch_models import export_all
 
     return export_all(models_dir / "batch-models")
+
+
+@pytest.fixture(scope="session")
+def grid_package(models_dir: Path) -> Path:
+    """y = x * 2 on x: [batch, h, w] FP32 and t = s on s: [batch, n] BYTES: every non-batch
+    dimension is dynamic, so a request may be empty (h = 0) or describe huge dimensions."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
+    graph = helper.make_graph(
+        [helper.make_node("Mul", ["x", "two"], ["y"]), helper.make_node("Identity", ["s"], ["t"])],
+        "grid",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "h", "w"]),
+         helper.make_tensor_value_info("s", TensorProto.STRING, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "h", "w"]),
+         helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", "n"])],
+        initializer=[two],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "grid.onnx"
+    onnx.save(model, str(path))
+    return package(models_dir / "grid", [path], "grid", 8)
+
+
+@pytest.fixture(scope="session")
+def grid_server(grid_package: Path) -> Iterator[Served]:
+    s = start_server(grid_package)
+    yield s
+    s.stop()

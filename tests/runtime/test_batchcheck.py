@@ -107,6 +107,17 @@ def test_example_rows_are_used(batch_models: dict[str, Path]) -> None:
 
     result = _check(batch_models["rowwise"], make_rows=rows, data="example")
     assert result.batchable and result.data == "example" and seen == [{}]
+    # fewer example rows than the largest size: the sizes they fill; one row: nothing to compare
+    three = _check(batch_models["mixing"], make_rows=lambda count, dims, seed: {"x": example[:3, :8]})
+    assert not three.batchable and three.sizes == [2] and "at batch 2" in three.reason
+    fits = _check(batch_models["rowwise"], make_rows=lambda count, dims, seed: {"x": example[:3]})
+    assert fits.batchable and fits.sizes == [2, 3] and "at batch 2, 3;" in fits.reason
+    one = _check(batch_models["rowwise"], make_rows=lambda count, dims, seed: {"x": example[:1]})
+    assert not one.batchable and one.reason == "cannot be checked: 1 rows; the check needs at least 2"
+    # example rows keep their own sequence length: the record says which lengths were checked
+    seq4 = np.random.default_rng(6).standard_normal((5, 4, 8)).astype(np.float32)
+    own = _check(batch_models["rowseq"], make_rows=lambda count, dims, seed: {"x": seq4[:count]})
+    assert own.batchable and own.dim_sizes == [{"seq": 4}] and "(seq=4)" in own.reason
 
 
 def test_rows_that_cannot_be_checked(batch_models: dict[str, Path]) -> None:

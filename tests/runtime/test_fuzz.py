@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -138,3 +139,57 @@ def test_binary_framing_never_gets_a_5xx(
 @given(raw=st.binary(max_size=400))
 def test_arbitrary_bytes_never_get_a_5xx(raw: bytes, client: httpx.Client, mlp_server: Served) -> None:
     _check(client.post(f"{mlp_server.url}/v2/models/mlp/infer", content=raw))
+
+
+# -- shapes: products that overflow, zero-size, negative and huge dimensions, binary sizes that
+#    do not match; JSON and binary, in and out. A 200 must carry the right answer.
+dims = st.sampled_from([0, 1, 2, 3, -1, 2**31, 2**32 + 1, 2**62, 2**63 - 1, 2**64 - 1]) | st.integers(0, 4)
+
+
+@st.composite
+def shaped_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str], list[Any] | None]:
+    """A grid-model request (x: [batch, h, w] FP32; s: [batch, n] BYTES) with a drawn shape for
+    x and data that fits it or not; returns (body, headers, x's shape when the data fits it)."""
+    # mostly [batch, h, w] with a valid batch, so that h and w reach the model; sometimes anything
+    shape = draw(st.tuples(st.integers(1, 3), dims, dims).map(list) | st.lists(dims, max_size=4))
+    binary = draw(st.booleans())
+    count = 1
+    for d in shape:
+        count *= d if d >= 0 else 0
+    fits = count <= 64 and all(d >= 0 for d in shape)
+    n = count if fits else draw(st.integers(0, 8))
+    if draw(st.integers(0, 4)) == 0:
+        n = max(0, n + draw(st.sampled_from([-1, 1])))  # one element too few or too many
+    values = [float(i) for i in range(n)]
+    blob = b"".join(int(v).to_bytes(4, "little") for v in values)  # not floats: any bytes will do
+    x: dict[str, Any] = {"name": "x", "datatype": "FP32", "shape": shape}
+    s: dict[str, Any] = {"name": "s", "datatype": "BYTES", "shape": [1, 0], "data": []}
+    if binary:
+        size = draw(st.sampled_from([len(blob), len(blob) + 4, max(0, len(blob) - 4), 0]))
+        x["parameters"] = {"binary_data_size": size}
+        blob = (blob + b"\0" * 4)[:size] if size <= len(blob) + 4 else blob
+    else:
+        x["data"] = values
+    doc = {"inputs": [x, s], "parameters": {"binary_data_output": draw(st.booleans())}}
+    header = json.dumps(doc).encode()
+    if binary:
+        return header + blob, {"Inference-Header-Content-Length": str(len(header))}, shape
+    return header, {}, shape
+
+
+@FUZZ
+@given(case=shaped_requests())
+def test_shapes_and_binary_sizes_get_a_200_or_a_400(case: tuple[bytes, dict[str, str], Any],
+                                                    client: httpx.Client, grid_server: Served) -> None:
+    body, headers, shape = case
+    r = client.post(f"{grid_server.url}/v2/models/grid/infer", content=body, headers=headers)
+    _check(r)
+    if r.status_code == 200:
+        length = r.headers.get("inference-header-content-length")
+        header = json.loads(r.content[: int(length)] if length else r.content)
+        y = next(o for o in header["outputs"] if o["name"] == "y")
+        assert y["shape"] == shape
+        if "data" in y:
+            assert len(y["data"]) == int(np.prod(shape))
+        else:
+            assert y["parameters"]["binary_data_size"] == 4 * int(np.prod(shape))

@@ -8,6 +8,8 @@ import contextlib
 import gzip
 import json
 import re
+import signal
+import time
 from pathlib import Path
 
 import httpx
@@ -411,3 +413,144 @@ def test_large_and_compressed_bodies_are_decoded_off_the_loop(
     assert r.status_code == 400 and "needs 16 elements, got 300000" in r.json()["error"]
     r = _post(url, gzip.compress(big), {"Content-Encoding": "gzip"})
     assert r.status_code == 200 and r.json()["outputs"][0]["shape"] == [4, 4]
+
+
+def _grid_request(shape: list[int], binary_in: bool, binary_out: bool, data: np.ndarray | None = None,
+                  strings: list[str] | None = None) -> tuple[bytes, dict[str, str]]:
+    """x (FP32, ``shape``) and s (BYTES, [shape[0], len(strings)]) for the grid model."""
+    strings = [] if strings is None else strings
+    x = np.zeros(shape, np.float32) if data is None else data
+    s_blob = b"".join(len(v.encode()).to_bytes(4, "little") + v.encode() for v in strings)
+    blobs = []
+    inputs: list[dict[str, object]] = []
+    for name, datatype, tshape, payload, blob in (
+        ("x", "FP32", shape, x.ravel().tolist(), x.tobytes()),
+        ("s", "BYTES", [shape[0] if shape else 1, len(strings)], strings, s_blob),
+    ):
+        tensor: dict[str, object] = {"name": name, "datatype": datatype, "shape": tshape}
+        if binary_in:
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = payload
+        inputs.append(tensor)
+    doc = {"inputs": inputs, "parameters": {"binary_data_output": binary_out}}
+    header = json.dumps(doc).encode()
+    if not blobs:
+        return header, {}
+    return header + b"".join(blobs), {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _grid_outputs(r: httpx.Response) -> dict[str, tuple[list[int], object]]:
+    """name -> (shape, data: a list (JSON) or raw bytes (binary))."""
+    assert r.status_code == 200, r.text
+    length = r.headers.get("inference-header-content-length")
+    header = json.loads(r.content[: int(length)] if length else r.content)
+    out, pos = {}, int(length or 0)
+    for o in header["outputs"]:
+        size = o.get("parameters", {}).get("binary_data_size")
+        if size is None:
+            out[o["name"]] = (o["shape"], o["data"])
+        else:
+            out[o["name"]] = (o["shape"], r.content[pos:pos + size])
+            pos += size
+    assert pos == len(r.content) or not length
+    return out
+
+
+@pytest.mark.parametrize("binary_in", [False, True])
+@pytest.mark.parametrize("binary_out", [False, True])
+def test_empty_tensors_are_answered_200(grid_server: Served, binary_in: bool, binary_out: bool) -> None:
+    """Zero-size inputs and outputs are valid: an empty answer of the right shape (the binary
+    extension with binary_data_size 0), in JSON and binary, in and out."""
+    url = f"{grid_server.url}/v2/models/grid/infer"
+    for shape in ([1, 0, 5], [2, 3, 0], [1, 0, 0]):
+        out = _grid_outputs(_post(url, *_grid_request(shape, binary_in, binary_out)))
+        assert out["y"] == (shape, b"" if binary_out else [])
+        assert out["t"] == ([shape[0], 0], b"" if binary_out else [])
+    # and a non-empty request on the same path is answered with its values
+    x = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    out = _grid_outputs(_post(url, *_grid_request([1, 2, 3], binary_in, binary_out, x, ["a", "bc"])))
+    shape, data = out["y"]
+    got = np.frombuffer(data, np.float32) if binary_out else np.asarray(data, np.float32)
+    assert shape == [1, 2, 3] and got.tolist() == (x * 2).ravel().tolist()
+    t_shape, t_data = out["t"]
+    assert t_shape == [1, 2]
+    assert t_data == (b"\x01\x00\x00\x00a\x02\x00\x00\x00bc" if binary_out else ["a", "bc"])
+
+
+def test_empty_tensors_through_tritonclient(grid_server: Served) -> None:
+    client = th.InferenceServerClient(grid_server.address)
+    x = np.zeros((1, 0, 4), np.float32)
+    s = np.empty((1, 0), dtype=object)
+    result = _infer(client, "grid", {"x": x, "s": s}, {"x": "FP32", "s": "BYTES"}, True, True, ["y", "t"])
+    assert result.as_numpy("y").shape == (1, 0, 4)
+    assert result.as_numpy("t").shape == (1, 0)
+
+
+@pytest.mark.parametrize("binary_in", [False, True])
+def test_shapes_no_tensor_can_have_get_a_precise_400(grid_server: Served, binary_in: bool) -> None:
+    url = f"{grid_server.url}/v2/models/grid/infer"
+    big = 2**62
+    cases = [
+        ([1, 0, big], f"input 'x': shape [1, 0, {big}] is empty, but its other dimensions describe "
+                      f"{big * 4} bytes of FP32 (at most 268435456)"),
+        ([1, big, 0], "is empty, but its other dimensions describe"),
+        ([1, 2**31, 2**31], "needs" if not binary_in else "binary_data_size is 0 bytes, but shape"),
+        ([1, -1, 4], "'shape' must be an array of non-negative integers"),
+        ([1, 2, 2**63], "needs" if not binary_in else "binary_data_size is 0 bytes, but shape"),
+        ([1, 0, 2**64 - 1], "is empty, but its other dimensions describe"),
+        ([0, 2, 2], "batch size (dim 0) must be at least 1"),
+        ([9, 1, 1], "batch size 9 exceeds the model's max batch size 8"),
+    ]
+    for shape, message in cases:
+        tensor: dict[str, object] = {"name": "x", "datatype": "FP32", "shape": shape}
+        s = {"name": "s", "datatype": "BYTES", "shape": [1, 0], "data": []}
+        if binary_in:
+            tensor["parameters"] = {"binary_data_size": 0}
+            header = json.dumps({"inputs": [tensor, s]}).encode()
+            r = _post(url, header, {"Inference-Header-Content-Length": str(len(header))})
+        else:
+            tensor["data"] = []
+            r = _post(url, {"inputs": [tensor, s]})
+        assert r.status_code == 400, (shape, r.text)
+        assert message in r.json()["error"], (shape, r.text)
+
+
+def _kserve_health(url: str, model: str) -> tuple[object, object, object]:
+    """(live, ready, model ready) as kserve's own v2 REST client reports them."""
+    import asyncio
+
+    from kserve import InferenceRESTClient, RESTConfig
+
+    async def ask() -> tuple[object, object, object]:
+        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=10))
+        try:
+            return (await client.is_server_live(url), await client.is_server_ready(url),
+                    await client.is_model_ready(url, model))
+        finally:
+            await client.close()
+
+    return asyncio.run(ask())
+
+
+def test_health_bodies_as_kserve_and_tritonclient_read_them(serve, mlp_package: Path) -> None:
+    s = serve(mlp_package, "--drain-delay-s", "5")
+    assert httpx.get(f"{s.url}/v2/health/live").json() == {"live": True}
+    assert httpx.get(f"{s.url}/v2/health/ready").json() == {"ready": True}
+    assert httpx.get(f"{s.url}/v2/models/mlp/ready").json() == {"name": "mlp", "ready": True}
+    assert httpx.get(f"{s.url}/v2/models/mlp/versions/1/ready").json() == {"name": "mlp", "ready": True}
+    assert _kserve_health(s.url, "mlp") == (True, True, True)
+    triton = th.InferenceServerClient(s.address)
+    assert triton.is_server_live() and triton.is_server_ready() and triton.is_model_ready("mlp")
+    # SIGTERM with a drain delay: live, not ready (503 with the reason), as both clients see it
+    s.proc.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while httpx.get(f"{s.url}/v2/health/ready").status_code == 200 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    r = httpx.get(f"{s.url}/v2/health/ready")
+    assert r.status_code == 503 and r.json() == {"error": "not ready: draining"}
+    assert httpx.get(f"{s.url}/v2/models/mlp/ready").json() == {"error": "not ready: draining"}
+    assert triton.is_server_live() and not triton.is_server_ready() and not triton.is_model_ready("mlp")
+    with pytest.raises(httpx.HTTPStatusError, match="not ready: draining"):
+        _kserve_health(s.url, "mlp")

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from runtime_harness import Served
+from runtime_harness import Served, package
 
 
 def _metric(text: str, name: str) -> float:
@@ -208,8 +208,24 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
     model.ir_version = 9
     path = models_dir / "lookup.onnx"
     onnx.save(model, str(path))
+    # generated rows (0..15) index past the 5-row table, so the server's own check cannot run it:
+    # the package carries the check made on example rows (as export does with --example)
+    import onnxruntime as ort
+
+    from inferstack.batchcheck import check_batch_independence
+    from inferstack.manifest import load_manifest, write_manifest
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    record = check_batch_independence(
+        lambda feeds: session.run(["out"], feeds), [("idx", ["batch"])], [("out", ["batch", 2])],
+        lambda count, dims, seed: {"idx": np.arange(count, dtype=np.int64) % 5}, data="example")
+    assert record.batchable, record.reason
+    lookup = package(models_dir / "lookup", [path], "lookup", 64)
+    manifest = load_manifest(lookup)
+    manifest.batch_check = record.to_dict()
+    write_manifest(lookup, manifest)
     # the bad index shares a merged batch with good ones: only its own request fails
-    s = serve(path, "--max-queue-delay-us", "300000")
+    s = serve(lookup, "--max-queue-delay-us", "300000")
     indices = [1, 4, 7, 0, 2]
 
     def call(i: int) -> httpx.Response:
@@ -312,7 +328,7 @@ def test_outputs_off_the_batch_axis_turn_batching_off(serve, models_dir: Path) -
     path = models_dir / "twice.onnx"
     onnx.save(model, str(path))
     s = serve(path, "--max-batch-size", "8", "--max-queue-delay-us", "100000")
-    assert "outputs do not follow the batch axis" in s.log()
+    assert "output 'y' has dims (rows, 4): no dimension is named 'batch'" in s.log()
     assert httpx.get(f"{s.url}/v2/models/twice/config").json()["max_batch_size"] == 0
 
     def call(i: int) -> httpx.Response:
