@@ -4,15 +4,20 @@ real modules of the kinds that break under merging, exported for real and checke
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from pathlib import Path
 
+import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
 from modeltools_helpers import assert_one_line_error, read_manifest, run_cli
 
 from inferstack.manifest import load_manifest, validate
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
+from runtime_harness import start_server  # noqa: E402
 
 BATCH_MODELS = textwrap.dedent(
     '''
@@ -249,3 +254,11 @@ def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
     assert data["batch_check"]["reason"].startswith("output 'output_0' row ")
     r = run_cli("verify", out)
     assert r.exit_code == 0, r.stdout + r.stderr
+    # served, the model answers at its own version
+    server = start_server(out)
+    try:
+        for path in (f"/v2/models/{server.name}/versions/1", f"/v2/models/{server.name}/versions/1/ready"):
+            response = httpx.get(server.url + path, timeout=10)
+            assert response.status_code == 200, (path, response.text)
+    finally:
+        server.stop()

@@ -3,6 +3,7 @@ names of what forward returns; checked on real exports with onnxruntime against 
 
 from __future__ import annotations
 
+import sys
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from modeltools_helpers import assert_one_line_error, load_models, read_manifest, run_cli
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "runtime"))
+from runtime_harness import start_server  # noqa: E402
 
 NAMED_MODELS = textwrap.dedent(
     '''
@@ -195,6 +199,35 @@ def test_dict_outputs_keep_their_keys_whatever_the_output_order(tmp_path: Path, 
     np.testing.assert_allclose(got["probs"], expected["probs"].numpy(), atol=1e-5)
     np.testing.assert_allclose(got["logits"], expected["logits"].numpy(), atol=1e-5)
     np.testing.assert_allclose(got["probs"].sum(-1), 1.0, atol=1e-5)
+
+
+def test_served_dict_outputs_answer_under_their_keys(tmp_path: Path, named_models: Path) -> None:
+    """The real server and tritonclient: each requested output is the tensor of its key."""
+    import tritonclient.http as http
+
+    pkg = _export(
+        tmp_path / "heads",
+        f"{named_models}:heads",
+        "-i",
+        "x:batch,6:FP32",
+        "--output",
+        "probs",
+        "--output",
+        "logits",
+    )
+    server = start_server(pkg)
+    try:
+        client = http.InferenceServerClient(server.address)
+        x = np.random.default_rng(8).standard_normal((3, 6)).astype(np.float32)
+        inp = http.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x)
+        asked = [http.InferRequestedOutput("probs"), http.InferRequestedOutput("logits")]
+        result = client.infer(server.name, [inp], outputs=asked)
+        expected = _torch(named_models, "heads", x=x)
+        np.testing.assert_allclose(result.as_numpy("probs"), expected["probs"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy("logits"), expected["logits"].numpy(), atol=1e-5)
+    finally:
+        server.stop()
 
 
 def test_dict_outputs_without_output_flags_are_named_by_their_keys(
