@@ -174,12 +174,23 @@ def dim_key(tensor: str, axis: int, dim: Dim) -> str | None:
     return f"{tensor}[{axis}]"
 
 
-def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAULT_BATCH_DIM) -> MakeRows:
+def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAULT_BATCH_DIM,
+                int_high: int = 16) -> MakeRows:
     """A ``make_rows`` of generated data for inputs given as ``(name, dims, numpy dtype)``:
-    floats from a standard normal, integers from 0..15, random booleans, strings of digits.
-    Small integers keep most index inputs (token ids, type ids) inside their tables."""
+    floats from a standard normal, integers from ``0..int_high - 1``, random booleans, strings of
+    digits. Small integers keep most index inputs (token ids, type ids) inside their tables."""
 
     def make(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
+        # draw 8x the rows and keep the first distinct ones: small integer or boolean rows repeat
+        pool = generate(count * 8, dim_sizes, seed)
+        keep: dict[bytes, int] = {}
+        for i in range(count * 8):
+            keep.setdefault(_row_key(pool, i), i)
+        chosen = list(keep.values())[:count]
+        chosen += [i for i in range(count * 8) if i not in chosen][:count - len(chosen)]
+        return {name: a[chosen] for name, a in pool.items()}
+
+    def generate(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         feeds: dict[str, np.ndarray] = {}
         for name, dims, dtype in inputs:
@@ -189,7 +200,7 @@ def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAUL
             if kind.kind == "f":
                 feeds[name] = rng.standard_normal(shape).astype(kind)
             elif kind.kind in "iu":
-                feeds[name] = rng.integers(0, 16, size=shape).astype(kind)
+                feeds[name] = rng.integers(0, int_high, size=shape).astype(kind)
             elif kind.kind == "b":
                 feeds[name] = rng.integers(0, 2, size=shape).astype(bool)
             elif kind.kind in "OSU":
@@ -245,12 +256,16 @@ def _compare(merged: np.ndarray, alone: np.ndarray) -> tuple[bool, float, str]:
     return True, 0.0, ""
 
 
+def _row_key(feeds: Mapping[str, np.ndarray], i: int) -> bytes:
+    return b"\0".join(np.ascontiguousarray(a[i]).tobytes() if a.dtype.kind != "O"
+                      else repr(a[i].tolist()).encode() for a in feeds.values())
+
+
 def _distinct(feeds: Mapping[str, np.ndarray], count: int) -> tuple[int, int] | None:
     """The first pair of rows that are equal in every input, or None."""
     seen: dict[bytes, int] = {}
     for i in range(count):
-        key = b"\0".join(np.ascontiguousarray(a[i]).tobytes() if a.dtype.kind != "O"
-                         else repr(a[i].tolist()).encode() for a in feeds.values())
+        key = _row_key(feeds, i)
         if key in seen:
             return seen[key], i
         seen[key] = i

@@ -81,7 +81,9 @@ class Manifest:
             "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
             "optimization", "source",
         ]
-        return {k: data[k] for k in order if k != "created" or data[k] is not None}
+        # created (older manifests only) and batch_check only when there is one: manifests
+        # written without them stay byte-identical
+        return {k: data[k] for k in order if k not in ("created", "batch_check") or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:

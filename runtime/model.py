@@ -226,11 +226,19 @@ def decide_batching(model: Model, config: ServerConfig, origin: str) -> None:
 
 
 def check_model(model: Model, batch_dim: str) -> BatchCheck:
-    """Run the batch-independence check on the model's own session with generated rows."""
+    """Run the batch-independence check on the model's own session with generated rows: integers
+    from 0..15, and from 0..1 when the model cannot run those (an index into a small table)."""
     inputs = [(t.name, t.dims) for t in model.inputs]
-    rows = random_rows([(t.name, t.dims, t.dtype.numpy) for t in model.inputs], batch_dim)
-    return check_batch_independence(model.run, inputs, [(t.name, t.dims) for t in model.outputs], rows,
-                                    batch_dim=batch_dim)
+    outputs = [(t.name, t.dims) for t in model.outputs]
+    typed = [(t.name, t.dims, t.dtype.numpy) for t in model.inputs]
+    first = check_batch_independence(model.run, inputs, outputs, random_rows(typed, batch_dim),
+                                     batch_dim=batch_dim)
+    if first.batchable or not first.reason.startswith("cannot be checked") \
+            or not any(t.dtype.numpy.kind in "iu" for t in model.inputs):
+        return first
+    small = check_batch_independence(model.run, inputs, outputs, random_rows(typed, batch_dim, int_high=2),
+                                     batch_dim=batch_dim)
+    return small if not small.reason.startswith("cannot be checked") else first
 
 
 def _no_batching(model: Model, why: str, level: int = logging.WARNING) -> None:

@@ -25,7 +25,8 @@ def export_all(directory: Path) -> dict[str, Path]:
     batch,8), ``cumsum`` (cumsum over the batch: batch,8), ``width`` (y = x[:, :max(n)] * 2, the
     output's width depends on the whole batch: x: batch,8, n: batch,1 INT64), ``seqfirst``
     (nn.TransformerEncoderLayer in PyTorch's default layout: x: seq,batch,32) and ``rowseq`` (a
-    per-row module over a sequence: x: batch,seq,8 -> y: batch,seq,4)."""
+    per-row module over a sequence: x: batch,seq,8 -> y: batch,seq,4), ``types`` (nn.Embedding(2, 4):
+    x: batch,seq INT64 indices into a table of 2 rows -> y: batch,seq,4)."""
     import torch
     from torch import nn
 
@@ -60,5 +61,7 @@ def export_all(directory: Path) -> dict[str, Path]:
         "rowseq": export(nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4)),
                          (torch.randn(3, 5, 8),), directory / "rowseq.onnx", ["x"],
                          {"input": {0: batch, 1: seq}}),
+        "types": export(nn.Embedding(2, 4), (torch.tensor([[0, 1, 1], [1, 0, 0]]),), directory / "types.onnx",
+                        ["x"], {"input": {0: batch, 1: seq}}),
     }
     return paths

@@ -100,6 +100,21 @@ def test_a_per_row_model_still_merges(serve, batch_models: dict[str, Path], ort_
     assert requests == REQUESTS and runs < REQUESTS  # merged: fewer runs than requests
 
 
+def test_an_index_into_a_small_table_is_checked_with_small_integers(serve, batch_models: dict[str, Path],
+                                                                    ort_run) -> None:
+    """nn.Embedding(2, 4): generated indices 0..15 mostly fall outside the table, so the check
+    runs again with 0..1, and the model merges."""
+    model = batch_models["types"]
+    s = serve(model, "--max-queue-delay-us", "50000")
+    config = _config(s)
+    assert config["max_batch_size"] == 64
+    assert config["parameters"]["batch_check"]["string_value"].startswith("passed (checked at warm-up")
+    requests = [{"x": np.array([[i % 2, (i // 2) % 2, 1]], np.int64)} for i in range(REQUESTS)]
+    _hammer(s, model, requests, ort_run)
+    served, runs = _runs(s)
+    assert served == REQUESTS and runs < REQUESTS
+
+
 def test_a_sequence_first_model_is_not_merged(serve, batch_models: dict[str, Path], ort_run) -> None:
     """nn.TransformerEncoderLayer in PyTorch's default layout (x: seq, batch, 32): its first axis
     is dynamic, but it is the sequence."""

@@ -208,8 +208,9 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
     model.ir_version = 9
     path = models_dir / "lookup.onnx"
     onnx.save(model, str(path))
-    # generated rows (0..15) index past the 5-row table, so the server's own check cannot run it:
-    # the package carries the check made on example rows (as export does with --example)
+    # generated rows (0..15) index past the 5-row table, and one index per row drawn from 0..1
+    # cannot make 5 distinct rows, so the server cannot check it itself: the package carries the
+    # check made on example rows (as export does with example data)
     import onnxruntime as ort
 
     from inferstack.batchcheck import check_batch_independence
