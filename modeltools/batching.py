@@ -32,16 +32,16 @@ from inferstack.manifest import Manifest
 
 
 def rows_from_specs(specs: list[InputSpec]) -> MakeRows:
-    """A ``make_rows`` giving ``count`` rows of the export's example data, with every other dynamic
-    dimension at the size the check asks for (by its name in ``--input``)."""
+    """A ``make_rows`` giving ``count`` rows of the export's example data. Every other dynamic
+    dimension is its example size plus the size the check asks for (3, then 7): sizes that differ
+    from each other and from the example, and no smaller than the example the export ran on (a
+    convolution stack may refuse a 3-pixel image). The check records the sizes the rows had."""
 
     def make(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, Any]:
         sized = []
         for s in specs:
             dims = tuple(
-                dataclasses.replace(
-                    d, example=dim_sizes.get(d.name, dim_sizes.get(f"{s.name}[{i}]", d.example))
-                )
+                dataclasses.replace(d, example=d.example + dim_sizes.get(d.name or "", 0))
                 if d.dynamic and i > 0
                 else d
                 for i, d in enumerate(s.dims)
