@@ -262,3 +262,13 @@ def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
             assert response.status_code == 200, (path, response.text)
     finally:
         server.stop()
+
+
+def test_other_dynamic_dimensions_are_checked_at_sizes_the_model_takes(tmp_path: Path) -> None:
+    """A CNN with dynamic height and width is checked at its example size plus 3 and plus 7 (never
+    below the size it was exported with), and stays batchable."""
+    data = _export(tmp_path / "cnn", "inferstack.examples.cnn:build", "image:batch,3,h=32,w=32:FP32")
+    check = data["batch_check"]
+    assert check["batchable"] is True, check["reason"]
+    assert check["dim_sizes"] == [{"h": 35, "w": 35}, {"h": 39, "w": 39}]
+    assert data["max_batch_size"] == 64
