@@ -103,6 +103,18 @@ NAMED_MODELS = textwrap.dedent(
         return Scaled().eval()
 
 
+    class Repeats(nn.Module):
+        """Returns its input and one tensor twice: outputs that are no value of their own."""
+
+        def forward(self, x):
+            y = x * 2
+            return x, y, y
+
+
+    def repeats():
+        return Repeats()
+
+
     class Specializes(nn.Module):
         def forward(self, x):
             return x.reshape(2, -1)
@@ -299,6 +311,18 @@ def test_an_output_named_like_an_inner_value_still_exports(tmp_path: Path, named
     x = np.random.default_rng(7).standard_normal((3, 6)).astype(np.float32)
     got = _run(pkg, {"x": x})
     np.testing.assert_allclose(got["tanh"], _torch(named_models, "scaled", x=x).numpy(), atol=1e-5)
+
+
+def test_an_input_or_a_tensor_returned_twice_gets_outputs_of_its_own(
+    tmp_path: Path, named_models: Path
+) -> None:
+    pkg = _export(tmp_path / "repeats", f"{named_models}:repeats", "-i", "x:batch,6:FP32")
+    x = np.random.default_rng(9).standard_normal((2, 6)).astype(np.float32)
+    got = _run(pkg, {"x": x})
+    assert list(got) == ["output_0", "output_1", "output_2"]
+    np.testing.assert_array_equal(got["output_0"], x)
+    np.testing.assert_allclose(got["output_1"], x * 2)
+    np.testing.assert_allclose(got["output_2"], x * 2)
 
 
 def test_a_dynamic_dimension_the_export_fixed_is_an_error_naming_it(
