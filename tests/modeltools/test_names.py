@@ -335,3 +335,24 @@ def test_a_dynamic_dimension_the_export_fixed_is_an_error_naming_it(
     r = run_cli("export", pt2, "-i", "x:batch,8:FP32", "-o", tmp_path / "o")
     assert_one_line_error(r, "--input x", "dimension 1 ('batch')", "declared dynamic", "fixed it to 2")
     assert not (tmp_path / "o").exists()
+
+
+def test_graph_outputs_that_share_a_value_get_one_each(tmp_path: Path) -> None:
+    """A graph (as another exporter may write it) whose outputs are its input and one value twice:
+    each output gets a value of its own under its name, and onnxruntime runs it."""
+    import onnx
+    from inferstack.modeltools.naming import normalize
+    from onnx import TensorProto, helper
+
+    info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 2]) for n in ("x", "y", "y", "x")]
+    graph = helper.make_graph([helper.make_node("Neg", ["x"], ["y"])], "g", [info[0]], info[1:])
+    path = tmp_path / "model.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    normalize(path, ["input"], ["a", "b", "c"])
+    onnx.checker.check_model(str(path))
+    x = np.array([[1.0, -2.0]], np.float32)
+    got = _run(tmp_path, {"input": x})
+    assert list(got) == ["a", "b", "c"]
+    np.testing.assert_array_equal(got["a"], -x)
+    np.testing.assert_array_equal(got["b"], -x)
+    np.testing.assert_array_equal(got["c"], x)
