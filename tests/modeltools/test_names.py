@@ -115,6 +115,17 @@ NAMED_MODELS = textwrap.dedent(
         return Repeats()
 
 
+    class Broadcasts(nn.Module):
+        """Adds a (2, 8) tensor: the exporter fixes the batch to 2, without an error of its own."""
+
+        def forward(self, x):
+            return x + torch.ones(2, 8)
+
+
+    def broadcasts():
+        return Broadcasts()
+
+
     class Specializes(nn.Module):
         def forward(self, x):
             return x.reshape(2, -1)
@@ -323,6 +334,14 @@ def test_an_input_or_a_tensor_returned_twice_gets_outputs_of_its_own(
     np.testing.assert_array_equal(got["output_0"], x)
     np.testing.assert_allclose(got["output_1"], x * 2)
     np.testing.assert_allclose(got["output_2"], x * 2)
+
+
+def test_a_dynamic_dimension_the_module_fixes_is_an_error_naming_it(
+    tmp_path: Path, named_models: Path
+) -> None:
+    r = run_cli("export", f"{named_models}:broadcasts", "-i", "x:batch,8:FP32", "-o", tmp_path / "o")
+    assert_one_line_error(r, "--input x", "dimension 1 ('batch')", "declared dynamic", "fixed it to 2")
+    assert not (tmp_path / "o").exists()
 
 
 def test_a_dynamic_dimension_the_export_fixed_is_an_error_naming_it(
