@@ -118,7 +118,8 @@ def verify(
         float | None, typer.Option(help="Parity: relative tolerance (default: export's).")
     ] = None,
 ) -> None:
-    """Re-check a package: manifest, file hashes, ONNX load, signature, and parity when --source is given."""
+    """Re-check a package: manifest, file hashes, ONNX load, signature, batch independence, and
+    parity when --source is given."""
     from inferstack.modeltools import report
     from inferstack.modeltools.loading import Source
     from inferstack.modeltools.verify import verify as run_verify
