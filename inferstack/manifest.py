@@ -9,8 +9,12 @@ A package is a directory::
 The manifest names every file with its sha256 and size, the input/output signature in v2
 datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge and the
 batch-independence check that decided it (``batch_check``, see :mod:`inferstack.batchcheck`), and
-the records of the tools that made it (parity, optimization). ``digest`` is the package's content
-hash: a changed model has a new digest, so the stacks roll it out under a new object prefix.
+the records of the tools that made it (parity, optimization). ``digest`` is the hash of the files
+alone. The manifest holds no time and no path of the machine that wrote it, so the same model
+exported twice gives the same manifest.json, byte for byte; the stacks upload a package under the
+sha256 of its manifest.json (see ``ModelArtifact``), which changes exactly when a file or a setting
+the runtime reads changes. ``created`` is accepted in manifests written by older versions and never
+written now.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -66,7 +69,7 @@ class Manifest:
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
-    created: str = field(default_factory=lambda: utc_now())
+    created: str | None = None  # only in manifests of older versions: a time would make re-exports differ
     digest: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -82,8 +85,9 @@ class Manifest:
             "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
             "optimization", "source",
         ]
-        # batch_check only when there is one: manifests written without it stay byte-identical
-        return {k: data[k] for k in order if k != "batch_check" or data[k] is not None}
+        # created (older manifests only) and batch_check only when there is one: manifests
+        # written without them stay byte-identical
+        return {k: data[k] for k in order if k not in ("created", "batch_check") or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
@@ -91,7 +95,7 @@ class Manifest:
         m = cls(
             name=data["name"],
             version=data["version"],
-            created=data["created"],
+            created=data.get("created"),
             model_file=data["model_file"],
             files=[FileEntry(**f) for f in data["files"]],
             inputs=[TensorSpec(**t) for t in data["inputs"]],
@@ -119,10 +123,6 @@ class Manifest:
             if f.path == path:
                 return f
         raise ManifestError(f"{MANIFEST_NAME}: no file {path!r} in the package")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
 def package_digest(files: list[FileEntry]) -> str:

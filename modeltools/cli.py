@@ -51,8 +51,18 @@ def export(
     ] = 18,
     max_batch_size: Annotated[
         int | None,
-        typer.Option(help="Largest batch the runtime merges (default 64 with a dynamic batch axis, else 0)."),
+        typer.Option(
+            help="Largest batch the runtime merges (default 64 when the batch-independence check "
+            "passes, else 0)."
+        ),
     ] = None,
+    batch_dim: Annotated[
+        str,
+        typer.Option(
+            help="Name of the batch dimension in --input: it must be the first dimension of every "
+            "input and output for requests to be merged."
+        ),
+    ] = "batch",
     external_data: Annotated[
         bool | None,
         typer.Option(
@@ -84,6 +94,7 @@ def export(
         atol=atol,
         rtol=rtol,
         skip_parity=skip_parity,
+        batch_dim=batch_dim,
     )
     with report.status("exporting") as progress:
         manifest, path = run_export(opts, progress)
@@ -107,7 +118,8 @@ def verify(
         float | None, typer.Option(help="Parity: relative tolerance (default: export's).")
     ] = None,
 ) -> None:
-    """Re-check a package: manifest, file hashes, ONNX load, signature, and parity when --source is given."""
+    """Re-check a package: manifest, file hashes, ONNX load, signature, batch independence, and
+    parity when --source is given."""
     from inferstack.modeltools import report
     from inferstack.modeltools.loading import Source
     from inferstack.modeltools.verify import verify as run_verify

@@ -22,15 +22,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import loading, parity, signature
+from inferstack.modeltools import batching, loading, naming, parity, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.loading import Source
 from inferstack.modeltools.spec import InputSpec, random_arrays
 from inferstack.modeltools.staging import check_destination, staged_dir
 
+from inferstack.batchcheck import DEFAULT_BATCH_DIM
 from inferstack.errors import InferstackError
-from inferstack.manifest import MANIFEST_NAME, Manifest, file_entries, sha256_file, write_manifest
+from inferstack.manifest import (
+    MANIFEST_NAME,
+    Manifest,
+    TensorSpec,
+    file_entries,
+    sha256_file,
+    write_manifest,
+)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 MIN_OPSET = 18
@@ -59,6 +67,7 @@ class ExportOptions:
     atol: float = parity.DEFAULT_ATOL
     rtol: float = parity.DEFAULT_RTOL
     skip_parity: bool = False
+    batch_dim: str = DEFAULT_BATCH_DIM  # the dimension requests are merged along (--batch-dim)
 
 
 Progress = Callable[[str], None]
@@ -107,39 +116,48 @@ def _quiet_exporter() -> Iterator[io.StringIO]:
             lg.setLevel(level)
 
 
-def _torch_inputs(specs: list[InputSpec]) -> tuple[Any, ...]:
+def _torch_inputs(specs: list[InputSpec]) -> dict[str, Any]:
     import torch
 
     arrays = random_arrays(specs, batch=None, seed=0)
-    return tuple(torch.from_numpy(arrays[s.name]) for s in specs)
+    return {s.name: torch.from_numpy(arrays[s.name]) for s in specs}
 
 
-def _dynamic_shapes(specs: list[InputSpec]) -> tuple[dict[int, Any], ...] | None:
+def _dynamic_shapes(
+    specs: list[InputSpec], binding: loading.Binding
+) -> dict[str, dict[int, Any]] | tuple[dict[int, Any], ...] | None:
+    """``torch.export`` dynamic shapes: by position when every input is passed by position (a lone
+    input may have another name than its parameter), else keyed by ``forward()`` parameter name."""
     import torch
 
     dims: dict[str, Any] = {}
-    shapes = []
+    shapes: dict[str, dict[int, Any]] = {}
     for s in specs:
         shape: dict[int, Any] = {}
         for i, d in enumerate(s.dims):
             if d.name is not None:
                 shape[i] = dims.setdefault(d.name, torch.export.Dim(d.name, min=1))
-        shapes.append(shape)
-    return tuple(shapes) if dims else None
+        shapes[s.name] = shape
+    if not dims:
+        return None
+    if not binding.keyword:
+        return tuple(shapes[n] for n in binding.positional)
+    return shapes
 
 
 def _shapes_text(specs: list[InputSpec]) -> str:
     return ", ".join(f"{s.name}:{list(s.example_shape)} {s.datatype}" for s in specs)
 
 
-def _check_forward(model: Any, args: tuple[Any, ...], specs: list[InputSpec]) -> None:
+def _check_forward(model: Any, feeds: dict[str, Any], specs: list[InputSpec]) -> Any:
+    """Run the model once on the example inputs (bound by name); return what forward returned."""
     import torch
 
-    if isinstance(model, torch.export.ExportedProgram):
-        model = model.module()
+    model = loading.runnable(model)
+    args, kwargs = loading.bind_inputs(model, list(feeds)).split(feeds)
     try:
         with torch.no_grad():
-            model(*args)
+            return model(*args, **kwargs)
     except Exception as e:
         raise ExportError(
             f"the model does not accept the inputs {_shapes_text(specs)}: {first_line(e)} "
@@ -169,6 +187,35 @@ def _explain_export_failure(e: BaseException, opset: int) -> str:
     summary = re.search(r"## Exception summary\s+(.*?)(?:\n\n|$)", text, re.S)
     detail = summary.group(1).strip().splitlines()[0] if summary else first_line(e)
     return "ONNX export failed: " + _ANSI.sub("", detail)
+
+
+def _portable(spec: str) -> str:
+    """The source as recorded in the manifest: a file path reduced to its file name (``model.py:build``,
+    ``model.pt2``), so that no path of the build machine is in the package and the manifest does not
+    depend on where the export ran; a module path (``package.module:factory``) as given."""
+    target, sep, attr = spec.rpartition(":")
+    if sep and not (target.endswith(".py") or "/" in target or "\\" in target):
+        return spec
+    return f"{Path(target).name}{sep}{attr}" if sep else Path(spec).name
+
+
+def _check_dynamic_dims(specs: list[InputSpec], inputs: list[TensorSpec]) -> None:
+    """A dimension declared dynamic in --input must be dynamic in the graph, not specialized."""
+    declared = {s.name: s for s in specs}
+    for t in inputs:
+        spec = declared[t.name]
+        if len(spec.dims) != len(t.shape):
+            raise ExportError(
+                f"--input {t.name}: the exported graph takes {len(t.shape)} dimension(s), "
+                f"not {len(spec.dims)}"
+            )
+        for i, (d, size) in enumerate(zip(spec.dims, t.shape, strict=True)):
+            if d.dynamic and size != -1:
+                raise ExportError(
+                    f"--input {t.name}: dimension {i + 1} ({d.name!r}) was declared dynamic, but the "
+                    f"exporter fixed it to {size} (the module specializes it); give that dimension "
+                    "its number in --input, or make the module accept any size"
+                )
 
 
 def _param_bytes(model: Any) -> int:
@@ -201,6 +248,8 @@ def _check_flags(opts: ExportOptions, name: str) -> None:
         raise ExportError(
             f"--max-batch-size {opts.max_batch_size}: must be 0 (no batching) or a positive batch size"
         )
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", opts.batch_dim):
+        raise ExportError(f"--batch-dim {opts.batch_dim!r}: must be a dimension name as in --input (batch)")
     for flag, tol in (("--atol", opts.atol), ("--rtol", opts.rtol)):
         if not tol >= 0:  # also refuses NaN
             raise ExportError(f"{flag} {tol}: a tolerance must be 0 or more")
@@ -224,8 +273,14 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
 
     progress(f"loading {opts.source.spec}")
     model = loading.load(opts.source)
-    args = _torch_inputs(opts.inputs)
-    _check_forward(model, args, opts.inputs)
+    feeds = _torch_inputs(opts.inputs)
+    binding = loading.bind_inputs(model, names)
+    result = _check_forward(model, feeds, opts.inputs)
+    out_names = naming.output_names(result, opts.outputs)
+    del result
+    if set(out_names) & set(names):
+        raise ExportError(f"output names {', '.join(out_names)}: an output cannot have the name of an input")
+    args, kwargs = binding.split(feeds)
     is_program = isinstance(model, torch.export.ExportedProgram)
 
     with staged_dir(opts.out) as stage:
@@ -237,11 +292,10 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                     model,
                     args,
                     None,
+                    kwargs=kwargs,
                     dynamo=True,
                     opset_version=opts.opset,
-                    input_names=names,
-                    output_names=opts.outputs or None,
-                    dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs),
+                    dynamic_shapes=None if is_program else _dynamic_shapes(opts.inputs, binding),
                     optimize=True,
                 )
             except Exception as e:
@@ -258,6 +312,10 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         if log.getvalue():
             logging.getLogger(__name__).debug(log.getvalue())
         del program
+        # Names by binding (inputs) and by what forward returned (outputs), set on the saved graph;
+        # build-machine metadata (paths, module names, stack traces) dropped.
+        dim_names = {s.name: [d.name for d in s.dims] for s in opts.inputs}
+        naming.normalize(model_path, list(binding.order), out_names, dim_names)
 
         progress("checking the ONNX model")
         try:
@@ -273,21 +331,18 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                 f"--opset {opts.opset}: the exporter could not convert the model to it and wrote opset "
                 f"{opset}; {_opset_range()}, but some operators may not convert (try another --opset)"
             )
-        if [t.name for t in inputs] != names:
-            raise ExportError(
-                f"the exported graph's inputs are {[t.name for t in inputs]}, not {names} "
-                "(does forward take exactly the --input tensors?)"
-            )
-        if opts.outputs and len(opts.outputs) != len(outputs):
-            raise ExportError(f"--output names {len(opts.outputs)} tensors, the model returns {len(outputs)}")
+        _check_dynamic_dims(opts.inputs, inputs)
 
-        batch_default = signature.default_max_batch(inputs, outputs, DEFAULT_MAX_BATCH)
-        max_batch = batch_default if opts.max_batch_size is None else opts.max_batch_size
-        if max_batch and not batch_default:
-            raise ExportError(
-                f"--max-batch-size {max_batch}: the model has no dynamic batch axis (the first dimension "
-                "of every input and output must be named in --input, e.g. batch,3,32,32)"
-            )
+        progress(f"batch-independence check on the {opts.batch_dim!r} axis")
+        batch_record = batching.check(model_path, opts.batch_dim, batching.rows_from_specs(opts.inputs))
+        max_batch = DEFAULT_MAX_BATCH if batch_record.batchable else 0
+        if opts.max_batch_size is not None:
+            if opts.max_batch_size and not batch_record.batchable:
+                raise ExportError(
+                    f"--max-batch-size {opts.max_batch_size}: merging requests could change answers: "
+                    f"{batch_record.reason}"
+                )
+            max_batch = opts.max_batch_size
         parity_record = None
         if not opts.skip_parity:
             batches = parity.batch_sizes(opts.inputs, max_batch)
@@ -300,9 +355,9 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         files = [p.name for p in sorted(stage.iterdir()) if p.is_file() and p.name != MANIFEST_NAME]
         source_record: dict[str, Any] = {
             "kind": opts.source.kind,
-            "spec": opts.source.spec,
+            "spec": _portable(opts.source.spec),
             "inputs": [parity._spec_text(s) for s in opts.inputs],
-            "weights": opts.source.weights,
+            "weights": Path(opts.source.weights).name if opts.source.weights else None,
             "weights_sha256": sha256_file(opts.source.weights) if opts.source.weights else None,
             "trust_pickle": opts.source.trust_pickle,
             "external_data": external,
@@ -315,6 +370,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             inputs=inputs,
             outputs=outputs,
             max_batch_size=max_batch,
+            batch_check=batch_record.to_dict(),
             opset=opset,
             producer=_producer(),
             parity=parity_record,

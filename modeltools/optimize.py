@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from inferstack.modeltools import bench, candidates, signature
+from inferstack.modeltools import batching, bench, candidates, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.staging import check_destination, staged_dir
@@ -442,15 +442,25 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
                 "plot": PLOT_NAME,
                 "candidates": [c.record() for c in cands],
             }
-            version = manifest.version if chosen == "reference" else f"{manifest.version}+{chosen}"
+            # A variant may mix rows where the exported model did not (int8-dynamic quantizes each
+            # activation with the range of the whole batch): merging stays on only if it passes.
+            max_batch, batch_check = manifest.max_batch_size, manifest.batch_check
+            if max_batch > 0 and chosen != "reference":
+                progress(f"batch-independence check of {chosen}")
+                variant_check = batching.check_package(stage / "model.onnx", manifest)
+                batch_check = variant_check.to_dict()
+                max_batch = max_batch if variant_check.batchable else 0
+            # The model keeps its version (clients address /v2/models/<name>/versions/<version>);
+            # the variant is optimization.chosen.
             new = Manifest(
                 name=opts.name or manifest.name,
-                version=version,
+                version=manifest.version,
                 model_file="model.onnx",
                 files=file_entries(stage, sorted(files)),
                 inputs=manifest.inputs,
                 outputs=manifest.outputs,
-                max_batch_size=manifest.max_batch_size,
+                max_batch_size=max_batch,
+                batch_check=batch_check,
                 opset=signature.opset(graph),
                 producer=manifest.producer,
                 parity=manifest.parity,

@@ -60,7 +60,7 @@ def torch_outputs(model: Any, specs: list[InputSpec], batches: list[int | None],
         feeds = random_arrays(specs, batch, seed=seed + i)
         try:
             with torch.no_grad():
-                result = fn(*(torch.from_numpy(feeds[s.name]) for s in specs))
+                result = loading.call(fn, {s.name: torch.from_numpy(feeds[s.name]) for s in specs})
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
             raise ParityError(f"PyTorch failed at batch {batch}: {type(e).__name__}: {first}") from e

@@ -48,6 +48,9 @@ def print_export(manifest: Manifest, path: Path) -> None:
     out.print(
         f"opset {manifest.opset}, max_batch_size {manifest.max_batch_size}, digest {manifest.digest[:12]}"
     )
+    if manifest.batch_check:
+        verdict = "batchable" if manifest.batch_check.get("batchable") else "[yellow]not batchable[/]"
+        out.print(f"batch check: {verdict}: {manifest.batch_check.get('reason', '')}", highlight=False)
     if manifest.parity:
         p = manifest.parity
         batches = [b["batch"] for b in p["batches"]]
