@@ -215,10 +215,12 @@ class Connection(asyncio.Protocol):
                 self._fail_protocol(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
 
     def _fail_protocol(self, message: str) -> None:
-        if self.busy:  # answers must stay in order; drop the connection instead
-            self.close()
-            return
-        self.respond_error(BadRequest(message), keep_alive=False)
+        """The bytes are not HTTP/1.1 (or not within its limits): answer 400 after what was read
+        before them, in order, then close."""
+        self._discard = True
+        self._in_head = self._in_body = False
+        self._drop_partial()
+        self._final(BadRequest(message), b"")
 
     # -- timeouts (called by the application's periodic sweep) ---------------------------------
     def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float,
@@ -386,7 +388,12 @@ class Connection(asyncio.Protocol):
         self._drop_partial()
         self._discard = True
         self._in_body = False
-        request = Request(self.parser.get_method(), self._url, self._headers, b"", False, error)
+        self._final(error, self.parser.get_method())
+
+    def _final(self, error: HTTPError, method: bytes) -> None:
+        """Queue ``error`` as the connection's last answer (after the ones before it), read no
+        more, and close once it is written."""
+        request = Request(method, self._url, self._headers, b"", False, error)
         self.closing = True
         self._paused = True
         self._sync_reading()
