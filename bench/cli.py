@@ -34,7 +34,8 @@ def bench(
         str,
         typer.Option(
             help="Comma-separated setups: inferstack-json, inferstack-binary, plain-json, triton-json, "
-            "triton-binary, kserve-json, ceiling; 'all' for every one."
+            "triton-binary, kserve-json, ceiling; 'all' for every one; uvicorn-binary and granian-binary "
+            "(the runtime behind those servers) only when named."
         ),
     ] = "all",
     concurrency: Annotated[str, typer.Option(help="Comma-separated connection counts.")] = "1,8,32,128",
@@ -63,11 +64,11 @@ def bench(
     """Benchmark the serving runtime against its peers (server on core 0, wrk on core 1)."""
     from inferstack.bench import report
     from inferstack.bench.run import Config, run
-    from inferstack.bench.setups import SETUPS, ServerConfig
+    from inferstack.bench.setups import DEFAULT_SETUPS, ServerConfig
 
     cfg = Config(
         models=["mlp", "transformer", "cnn"] if full else _csv(models),
-        setups=list(SETUPS) if setups == "all" else _csv(setups),
+        setups=list(DEFAULT_SETUPS) if setups == "all" else _csv(setups),
         concurrency=_counts(concurrency),
         duration_s=duration,
         warmup_s=warmup,

@@ -26,7 +26,7 @@ import numpy as np
 from inferstack.bench import envs, machine, payloads, wrk
 from inferstack.bench.models import MODELS, ModelSpec, ensure_package
 from inferstack.bench.procs import Server, StartFailed, http_post
-from inferstack.bench.setups import SETUPS, ServerConfig, launch, split
+from inferstack.bench.setups import DEFAULT_SETUPS, SETUPS, ServerConfig, launch, split
 
 from inferstack.errors import InferstackError
 
@@ -37,7 +37,7 @@ Log = Callable[[str], None]
 @dataclass
 class Config:
     models: list[str] = field(default_factory=lambda: ["mlp", "transformer"])
-    setups: list[str] = field(default_factory=lambda: list(SETUPS))
+    setups: list[str] = field(default_factory=lambda: list(DEFAULT_SETUPS))
     concurrency: list[int] = field(default_factory=lambda: [1, 8, 32, 128])
     duration_s: float = 10.0
     warmup_s: float = 2.0

@@ -12,8 +12,8 @@ from inferstack.bench.procs import free_port, pinned
 
 PEERS_DIR = Path(__file__).resolve().parent / "peers"
 
-#: every (server, body) row of the results, in table order; "ceiling" is the in-process loop
-SETUPS: tuple[str, ...] = (
+#: every (server, body) row of the default run, in table order; "ceiling" is the in-process loop
+DEFAULT_SETUPS: tuple[str, ...] = (
     "inferstack-json",
     "inferstack-binary",
     "plain-json",
@@ -22,6 +22,10 @@ SETUPS: tuple[str, ...] = (
     "kserve-json",
     "ceiling",
 )
+#: the runtime's own request handling and batcher behind general-purpose ASGI servers
+#: (``peers/asgi_server.py``): the HTTP-layer comparison; measured only when named in ``--setups``
+HTTP_LAYER_SETUPS: tuple[str, ...] = ("uvicorn-binary", "granian-binary")
+SETUPS = DEFAULT_SETUPS + HTTP_LAYER_SETUPS
 
 
 def split(setup: str) -> tuple[str, str]:
@@ -125,4 +129,8 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
             str(port),
         ]
         return Launch(pinned(cfg.core, argv), base, env.env, env.versions)
-    raise ValueError(f"unknown server {server!r}; known: inferstack, plain, triton, kserve")
+    if server in ("uvicorn", "granian"):
+        argv = [sys.executable, str(PEERS_DIR / "asgi_server.py"), str(package), "--server", server,
+                "--port", str(port)]
+        return Launch(pinned(cfg.core, argv), base)
+    raise ValueError(f"unknown server {server!r}; known: inferstack, plain, triton, kserve, uvicorn, granian")

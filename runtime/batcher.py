@@ -7,7 +7,8 @@ The batcher does not wait for company when the worker is idle: it takes whatever
 oldest request's arrival) for the batch to fill, and the follow-up wait gives the last run's clients
 a short time (a fraction of that run's compute time) to come back. Requests merge only when their
 non-batch dimensions agree. onnxruntime releases the GIL while it runs, so the event loop keeps
-parsing the next requests. A lone request for a fast model runs on the event loop itself.
+parsing the next requests. onnxruntime never runs on the event loop: a run's time can depend on
+the input (dynamic shapes, loops), and the loop must keep answering health checks and timeouts.
 """
 
 from __future__ import annotations
@@ -51,7 +52,6 @@ class Job:
 
 _STOP = None
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
-_INLINE_MAX_S = 0.0005  # a lone request runs on the event loop when the last run took less
 
 
 class Batcher:
@@ -62,7 +62,7 @@ class Batcher:
         self.max_rows = model.max_batch_size
         self.delay = max_queue_delay_s if model.batching else 0.0
         self.follow_wait = follow_wait if model.batching else 0.0
-        # the last run (by the worker, or inline on the event loop while the worker is idle)
+        # the last run
         self._last_rows = 0  # its rows
         self._last_compute = 1.0  # its onnxruntime seconds (unknown at first: as if long)
         # lists of jobs, one per turn of the event loop; [None] stops the worker
@@ -113,16 +113,6 @@ class Batcher:
             return
         self._staged = []
         self._staged_rows = 0
-        if len(staged) == 1 and self.pending == 1 and self._last_rows <= 1 \
-                and self._last_compute < _INLINE_MAX_S:
-            # The only request anywhere (and the last run was a lone one too, so no follow-up
-            # wait is due), for a model that runs in a fraction of a millisecond: run it here.
-            # Handing it to the worker and its answer back costs two thread wake-ups, which on a
-            # busy host take longer than such a run.
-            self._running = 1
-            self._execute(staged, self._deliver)
-            self._running = 0
-            return
         self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:

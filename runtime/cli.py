@@ -71,6 +71,11 @@ def serve(
     body_timeout_s: Annotated[float, typer.Option(
         envvar=_env("body-timeout-s"), help="Seconds a request body may stall; past it, 408 and close.",
     )] = 30.0,
+    min_body_rate: Annotated[float, typer.Option(
+        envvar=_env("min-body-rate"),
+        help="Bytes/s a request body must bring over each --body-timeout-s window; below it, 408 and "
+        "close (0: no minimum).",
+    )] = 1024.0,
     idle_timeout_s: Annotated[float, typer.Option(
         envvar=_env("idle-timeout-s"), help="Seconds an idle keep-alive connection stays open.",
     )] = 75.0,
@@ -78,10 +83,19 @@ def serve(
         envvar=_env("max-buffered-bytes"),
         help="Request bytes all connections together may hold; past it, 503 with Retry-After.",
     )] = 256 * 1024 * 1024,
+    max_client_buffered_bytes: Annotated[int | None, typer.Option(
+        envvar=_env("max-client-buffered-bytes"), show_default=False,
+        help="Request bytes the connections of one client address may hold; past it, 503 with "
+        "Retry-After. [default: a quarter of --max-buffered-bytes, at least --max-body-bytes]",
+    )] = None,
     drain_delay_s: Annotated[float, typer.Option(
         envvar=_env("drain-delay-s"),
         help="After SIGTERM, seconds to keep accepting (readiness 503) before draining.",
     )] = 0.0,
+    drain_timeout_s: Annotated[float, typer.Option(
+        envvar=_env("drain-timeout-s"),
+        help="While draining, seconds an idle keep-alive connection stays open for a last request.",
+    )] = 10.0,
     providers: Annotated[str, typer.Option(
         envvar=_env("providers"),
         help="onnxruntime execution providers in priority order (those available are used).",
@@ -129,7 +143,10 @@ def serve(
         body_timeout_s=body_timeout_s,
         idle_timeout_s=idle_timeout_s,
         max_buffered_bytes=max_buffered_bytes,
+        max_client_buffered_bytes=max_client_buffered_bytes,
+        min_body_rate=min_body_rate,
         drain_delay_s=drain_delay_s,
+        drain_timeout_s=drain_timeout_s,
         providers=parse_providers(providers),
         require_gpu=require_gpu,
         intra_op_threads=intra_op_threads,

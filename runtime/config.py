@@ -62,14 +62,24 @@ class ServerConfig:
     header_timeout_s: float = 10.0
     """Seconds a client may take to send a request line and headers; past it, 408 and close."""
     body_timeout_s: float = 30.0
-    """Seconds a request body may stall (no bytes arrive); past it, 408 and close."""
+    """Seconds a request body may stall (no bytes arrive); past it, 408 and close. Also the window
+    over which ``min_body_rate`` is measured."""
+    min_body_rate: float = 1024.0
+    """Bytes per second a request body must bring over each ``body_timeout_s`` window (a body
+    trickled a byte now and then never stalls); below it, 408 and close. 0 = no minimum."""
     idle_timeout_s: float = 75.0
     """Seconds a keep-alive connection may sit idle between requests before it is closed."""
     max_buffered_bytes: int = 256 * 1024 * 1024
     """Request bytes all connections together may hold (declared bodies being read, pipelined
     requests waiting, requests being answered); past it, 503 + Retry-After."""
+    max_client_buffered_bytes: int | None = None
+    """... of which the connections of one client address may hold; past it, 503 + Retry-After.
+    Default: a quarter of ``max_buffered_bytes``, at least ``max_body_bytes``."""
     drain_delay_s: float = 0.0
     """After SIGTERM: seconds to keep accepting (readiness already 503) before draining."""
+    drain_timeout_s: float = 10.0
+    """While draining: seconds an idle keep-alive connection stays open for a last request (its
+    client may be writing one as the drain begins); then it is closed."""
     providers: tuple[str, ...] = DEFAULT_PROVIDERS
     require_gpu: bool = False
     intra_op_threads: int = 0
@@ -110,6 +120,17 @@ class ServerConfig:
                 f"{setting('max-buffered-bytes')}: must be >= --max-body-bytes ({self.max_body_bytes}), "
                 f"got {self.max_buffered_bytes}"
             )
+        if self.max_client_buffered_bytes is not None and not (
+                self.max_body_bytes <= self.max_client_buffered_bytes <= self.max_buffered_bytes):
+            raise ConfigError(
+                f"{setting('max-client-buffered-bytes')}: must be from --max-body-bytes "
+                f"({self.max_body_bytes}) to --max-buffered-bytes ({self.max_buffered_bytes}), "
+                f"got {self.max_client_buffered_bytes}"
+            )
+        if not self.min_body_rate >= 0:
+            raise ConfigError(f"{setting('min-body-rate')}: must be >= 0, got {self.min_body_rate}")
+        if not self.drain_timeout_s > 0:
+            raise ConfigError(f"{setting('drain-timeout-s')}: must be > 0, got {self.drain_timeout_s}")
         if not self.drain_delay_s >= 0:
             raise ConfigError(f"{setting('drain-delay-s')}: must be >= 0, got {self.drain_delay_s}")
         if self.intra_op_threads < 0:
@@ -124,6 +145,13 @@ class ServerConfig:
             raise ConfigError(f"{setting('name')}: must not be empty")
         if self.auth_token is not None and not self.auth_token.strip():
             raise ConfigError("--auth-token-file / INFERSTACK_AUTH_TOKEN: the token is empty")
+
+    @property
+    def client_buffered_bytes(self) -> int:
+        """``max_client_buffered_bytes`` or its default."""
+        if self.max_client_buffered_bytes is not None:
+            return self.max_client_buffered_bytes
+        return max(self.max_body_bytes, self.max_buffered_bytes // 4)
 
     @property
     def max_queue_delay_s(self) -> float:

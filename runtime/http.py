@@ -1,7 +1,11 @@
 """A lean HTTP/1.1 server protocol on asyncio and httptools: keep-alive, pipelining (answers in
-order, bounded by count and bytes), ``Expect: 100-continue``, a body size limit and a server-wide
-budget of buffered body bytes (both checked at the headers), header/body/idle timeouts (checked by
-the application's periodic sweep, nothing per read but one attribute store) and graceful closing.
+order, bounded by count and bytes), back-pressure (a connection whose unsent answers pass the
+transport's high-water mark is not read until they drain), ``Expect: 100-continue``, a body size
+limit, a server-wide budget of buffered body bytes and a per-client share of it (counted as the
+bytes arrive, after the application has admitted the request's headers), header/body/idle
+timeouts and a minimum body rate (checked by the application's periodic sweep, nothing per read but
+one attribute store), HEAD answers without a body, one answer per request (``Upgrade`` is ignored,
+CONNECT refused), and graceful closing that never closes a keep-alive connection under a request.
 
 It parses a request into a :class:`Request` and hands it to the application's ``handle``; the
 application answers (now or later) with :meth:`Connection.respond`. Nothing else: no routing, no
@@ -21,7 +25,14 @@ from typing import Protocol
 
 import httptools
 import orjson
-from inferstack.runtime.errors import BadRequest, ClientTimeout, HTTPError, Overloaded, PayloadTooLarge
+from inferstack.runtime.errors import (
+    BadRequest,
+    ClientTimeout,
+    HTTPError,
+    MethodNotAllowed,
+    Overloaded,
+    PayloadTooLarge,
+)
 
 log = logging.getLogger("inferstack.runtime")
 
@@ -29,20 +40,35 @@ _WANTED = frozenset(
     {b"content-length", b"content-type", b"content-encoding", b"inference-header-content-length",
      b"authorization", b"expect", b"transfer-encoding"}
 )
+#: headers whose second copy makes the request ambiguous (which one counts?): refused with 400
+_SINGLE = frozenset(
+    {b"content-type", b"content-encoding", b"inference-header-content-length", b"authorization"}
+)
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _MAX_PIPELINED = 8  # requests read ahead of the answer in progress; past it, reading pauses
 _MAX_QUEUED_BYTES = 4 * 1024 * 1024  # ... or past this many body bytes read ahead
 _MAX_HEAD_BYTES = 256 * 1024
 _LINGER_S = 2.0  # after a final answer, how long to read and discard before closing for good
+_HIGH_WATER = 256 * 1024  # unsent answer bytes past which a connection is not read
 
 
 class Handler(Protocol):
     max_body_bytes: int
     max_buffered_bytes: int
+    max_client_buffered_bytes: int
     buffered: int
-    """request body bytes all connections hold now (declared bodies being read, queued, answered)"""
+    """request body bytes all connections hold now (bodies being read, queued, answered)"""
+    held_by: dict[str, int]
+    """... of which each client address holds (only addresses holding bytes are keys)"""
     now: float
     """a coarse clock (the event loop's time, refreshed by the periodic sweep)"""
+    shutting_down: bool
+    """SIGTERM seen: every answer closes its connection"""
+
+    def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
+        """Called at the end of a request's headers, before any of its body is read or counted:
+        an error refuses the request (auth)."""
+        ...
 
     def handle(self, conn: Connection, request: Request) -> None: ...
 
@@ -72,10 +98,15 @@ class Connection(asyncio.Protocol):
         self.parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self.busy = False  # a request of this connection is being answered
-        self.closing = False  # close once the current answer is written (shutdown)
+        self.closing = False  # close after the answers to what was read (shutdown, errors)
         self._queue: deque[Request] = deque()
         self._queued_bytes = 0
-        self._paused = False
+        self._paused = False  # reading paused: too many pipelined requests, or closing
+        self._write_paused = False  # reading paused: the transport holds too many unsent bytes
+        self._reading_paused = False  # what the transport was told
+        self._in_queue = False  # _run_queue is on the stack
+        self._head_answer = False  # the request being answered is a HEAD: no body in its answer
+        self._client = ""  # the peer's address: its share of the body budget
         self._in_head = False  # between on_message_begin and on_headers_complete
         self._in_body = False  # between on_headers_complete and on_message_complete
         self._fresh = True  # no request started yet on this connection
@@ -86,19 +117,25 @@ class Connection(asyncio.Protocol):
         self._mark = app.now  # when bytes last arrived or the last answer was written
         self._held = 0  # body bytes of this connection in the server's budget
         self._current = 0  # ... of which the request being answered
+        self._window_since = 0.0  # the body rate is measured over windows of --body-timeout-s
+        self._window_bytes = 0
         self._reset()
 
     def _reset(self) -> None:
         self._url = b""
         self._headers: dict[bytes, bytes] = {}
         self._body: list[bytes] = []
-        self._size = 0  # body bytes of a chunked request read so far
-        self._reserved = 0  # body bytes of the request being read, counted in the budget
-        self._chunked = False
+        self._size = 0  # body bytes of the request being read so far
+        self._reserved = 0  # ... of them counted in the budget
+        self._twice: bytes | None = None  # a header of _SINGLE sent more than once
+        self._error: HTTPError | None = None  # refused at the headers, answered in order
 
     # -- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
+        peer = transport.get_extra_info("peername")
+        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._mark = self.app.now
         self.app.connection_opened(self)
 
@@ -106,9 +143,53 @@ class Connection(asyncio.Protocol):
         self.transport = None
         self._queue.clear()
         self._body = []
-        self.app.buffered -= self._held
-        self._held = self._current = self._reserved = self._queued_bytes = 0
+        self._release(self._held)
+        self._current = self._reserved = self._queued_bytes = 0
         self.app.connection_closed(self)
+
+    def pause_writing(self) -> None:
+        """The transport holds more than _HIGH_WATER unsent bytes: the client is not reading its
+        answers. Read nothing more from it (and answer nothing more) until they drain."""
+        self._write_paused = True
+        self._sync_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._run_queue()
+        self._sync_reading()
+
+    def _sync_reading(self) -> None:
+        transport = self.transport
+        if transport is None or self._lingering:
+            return
+        pause = self._paused or self._write_paused
+        if pause != self._reading_paused:
+            self._reading_paused = pause
+            if pause:
+                transport.pause_reading()
+            else:
+                transport.resume_reading()
+
+    # -- the body budget -----------------------------------------------------------------------
+    def _hold(self, n: int) -> None:
+        app = self.app
+        app.buffered += n
+        self._held += n
+        held_by = app.held_by
+        held_by[self._client] = held_by.get(self._client, 0) + n
+
+    def _release(self, n: int) -> None:
+        if not n:
+            return
+        app = self.app
+        app.buffered -= n
+        self._held -= n
+        held_by = app.held_by
+        left = held_by.get(self._client, 0) - n
+        if left > 0:
+            held_by[self._client] = left
+        else:
+            held_by.pop(self._client, None)
 
     def data_received(self, data: bytes) -> None:
         if self._lingering:  # the answer is out and the connection is closing: discard the rest
@@ -117,7 +198,12 @@ class Connection(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._fail_protocol("protocol upgrades are not supported")
+            # The request (with Upgrade, or a CONNECT) was complete and is answered once, with
+            # Connection: close (see on_message_complete); what follows it is not HTTP/1.1.
+            self._discard = True
+            self.closing = True
+            self._paused = True
+            self._sync_reading()
             return
         except httptools.HttpParserError as e:
             if not self._discard:
@@ -129,14 +215,23 @@ class Connection(asyncio.Protocol):
                 self._fail_protocol(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
 
     def _fail_protocol(self, message: str) -> None:
-        if self.busy:  # answers must stay in order; drop the connection instead
-            self.close()
-            return
-        self.respond_error(BadRequest(message), keep_alive=False)
+        """The bytes are not HTTP/1.1 (or not within its limits): answer 400 after what was read
+        before them, in order, then close."""
+        self._discard = True
+        self._in_head = self._in_body = False
+        self._drop_partial()
+        self._final(BadRequest(message), b"")
 
     # -- timeouts (called by the application's periodic sweep) ---------------------------------
-    def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float) -> None:
-        if self.closing or self._paused or self.transport is None:
+    def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float,
+                       min_rate: float, drain_over: bool) -> None:
+        if self.transport is None or self._lingering:
+            return
+        if self._write_paused:  # a client that reads none of its answers for that long is gone
+            if now - self._mark > idle_s:
+                self.close()
+            return
+        if self._paused:
             return
         if self._in_head:
             if now - self._head_since > header_s:
@@ -146,6 +241,21 @@ class Connection(asyncio.Protocol):
             if now - self._mark > body_s:
                 self._expire(f"request body stalled: no bytes for {body_s:g}s "
                              "(--body-timeout-s / INFERSTACK_BODY_TIMEOUT_S)")
+            elif now - self._window_since >= body_s:
+                # bytes now and then are not enough: over each window, at least min_rate bytes/s
+                took = now - self._window_since
+                if self._window_bytes < min_rate * took:
+                    self._expire(f"request body too slow: {self._window_bytes} bytes in {took:.1f}s, "
+                                 f"under {min_rate:g} bytes/s (--min-body-rate / INFERSTACK_MIN_BODY_RATE)")
+                else:
+                    self._window_since = now
+                    self._window_bytes = 0
+        elif self.closing:
+            # Shutting down and idle: the client may be writing a request right now, so the
+            # connection stays open for it (answered with Connection: close) until the drain
+            # timeout; only then is it closed under a possible request.
+            if drain_over and not self.busy and not self._queue:
+                self.close()
         elif not self.busy and not self._queue:
             if self._fresh:
                 if now - self._mark > header_s:
@@ -157,6 +267,7 @@ class Connection(asyncio.Protocol):
     def _expire(self, message: str) -> None:
         self._drop_partial()
         self._discard = True
+        self._in_head = self._in_body = False
         if self.busy or self._queue:  # answer what was read, in order, then close
             self.closing = True
             self._pause()
@@ -176,7 +287,10 @@ class Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         if name in _WANTED:
-            self._headers[name] = value
+            headers = self._headers
+            if name in headers and name in _SINGLE:
+                self._twice = name
+            headers[name] = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -185,44 +299,60 @@ class Connection(asyncio.Protocol):
         if self._discard:
             return
         app = self.app
-        limit = app.max_body_bytes
-        length = self._headers.get(b"content-length")
-        if length is None:
-            self._chunked = b"transfer-encoding" in self._headers
-        elif length.isdigit():  # (httptools has checked it)
-            size = int(length)
+        headers = self._headers
+        method = self.parser.get_method()
+        length = headers.get(b"content-length")
+        size = int(length) if length is not None and length.isdigit() else 0  # (httptools checked it)
+        has_body = size > 0 or (length is None and b"transfer-encoding" in headers)
+        if self._twice is not None:
+            error: HTTPError | None = BadRequest(
+                f"more than one {self._twice.decode('latin-1').title()} header: send it once")
+        elif method == b"CONNECT":
+            error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
+        else:
+            error = app.admit(method, self._url, headers)  # auth: before any body byte is counted
+        if error is None and size:
+            limit = app.max_body_bytes
             if size > limit:  # refuse before the body is sent (or read)
-                self._refuse_early(self._payload_too_large(size, limit))
-                return
-            if size:
-                if app.buffered + size > app.max_buffered_bytes:
-                    self._refuse_early(self._overloaded())
-                    return
-                app.buffered += size
-                self._held += size
-                self._reserved = size
-        if self._headers.get(b"expect", b"").lower() == b"100-continue" and not self.busy \
+                error = self._payload_too_large(size, limit)
+            elif app.buffered + size > app.max_buffered_bytes:  # it cannot fit now
+                error = self._overloaded()
+            elif app.held_by.get(self._client, 0) + size > app.max_client_buffered_bytes:
+                error = self._over_share()
+        if error is not None:
+            if has_body:  # not read, not waited for: answer, then close
+                self._refuse_early(error)
+            else:  # answered in order, the connection stays usable
+                self._error = error
+            return
+        self._window_since = app.now
+        self._window_bytes = 0
+        if headers.get(b"expect", b"").lower() == b"100-continue" and not self.busy \
                 and self.transport is not None:
             # (while an answer is in progress, a 100 would land in the middle of it: the client
             # sends the body after its own wait instead)
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def on_body(self, body: bytes) -> None:
-        if self._discard:
+        if self._discard or self._error is not None:
             return
-        if self._chunked:  # no declared length: count as it comes
-            app = self.app
-            n = len(body)
-            self._size += n
-            if self._size > app.max_body_bytes:
-                self._refuse_early(self._payload_too_large(self._size, app.max_body_bytes, at_least=True))
-                return
-            app.buffered += n
-            self._held += n
-            self._reserved += n
-            if app.buffered > app.max_buffered_bytes:
-                self._refuse_early(self._overloaded())
-                return
+        # Counted in the budget as the bytes arrive (not as declared): a body that trickles in
+        # holds only what it sent, and the minimum rate cuts it off.
+        app = self.app
+        n = len(body)
+        self._size += n
+        self._window_bytes += n
+        if self._size > app.max_body_bytes:  # (a chunked body: no declared length)
+            self._refuse_early(self._payload_too_large(self._size, app.max_body_bytes, at_least=True))
+            return
+        self._hold(n)
+        self._reserved += n
+        if app.buffered > app.max_buffered_bytes:
+            self._refuse_early(self._overloaded())
+            return
+        if app.held_by[self._client] > app.max_client_buffered_bytes:
+            self._refuse_early(self._over_share())
+            return
         self._body.append(body)
 
     @staticmethod
@@ -239,10 +369,16 @@ class Connection(asyncio.Protocol):
             f"INFERSTACK_MAX_BUFFERED_BYTES is {self.app.max_buffered_bytes}); retry later"
         )
 
+    def _over_share(self) -> HTTPError:
+        return Overloaded(
+            f"this client holds {self.app.held_by.get(self._client, 0)} bytes of requests "
+            f"(--max-client-buffered-bytes / INFERSTACK_MAX_CLIENT_BUFFERED_BYTES is "
+            f"{self.app.max_client_buffered_bytes}); retry later"
+        )
+
     def _drop_partial(self) -> None:
         if self._reserved:
-            self.app.buffered -= self._reserved
-            self._held -= self._reserved
+            self._release(self._reserved)
             self._reserved = 0
         self._body = []
 
@@ -252,28 +388,38 @@ class Connection(asyncio.Protocol):
         self._drop_partial()
         self._discard = True
         self._in_body = False
-        request = Request(self.parser.get_method(), self._url, self._headers, b"", False, error)
-        if self.busy:
-            self._queue.append(request)
-            self.closing = True
-            self._pause()
-        else:
-            self._dispatch(request)
+        self._final(error, self.parser.get_method())
+
+    def _final(self, error: HTTPError, method: bytes) -> None:
+        """Queue ``error`` as the connection's last answer (after the ones before it), read no
+        more, and close once it is written."""
+        request = Request(method, self._url, self._headers, b"", False, error)
+        self.closing = True
+        self._paused = True
+        self._sync_reading()
+        self._queue.append(request)
+        self._run_queue()
 
     def on_message_complete(self) -> None:
         self._in_body = False
         if self._discard:
             return
+        parser = self.parser
+        keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():  # Upgrade is ignored (RFC 9110 7.8), but what follows is not HTTP/1.1
+            keep_alive = False
+            length = self._headers.get(b"content-length")
+            if self._error is None and (length.strip(b"0") if length is not None
+                                        else b"transfer-encoding" in self._headers):
+                # httptools hands over no body for a request with Upgrade: refuse, not misread
+                self._error = BadRequest("a request body with Upgrade is not supported")
         parts = self._body
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         self._body = []
         size = self._reserved
         self._reserved = 0
-        request = Request(
-            self.parser.get_method(), self._url, self._headers, body, self.parser.should_keep_alive(),
-            None, size,
-        )
-        if self.busy:
+        request = Request(parser.get_method(), self._url, self._headers, body, keep_alive, self._error, size)
+        if self.busy or self._write_paused or self._queue:
             self._queue.append(request)
             self._queued_bytes += size
             if len(self._queue) >= _MAX_PIPELINED or self._queued_bytes >= _MAX_QUEUED_BYTES:
@@ -282,15 +428,31 @@ class Connection(asyncio.Protocol):
             self._dispatch(request)
 
     def _pause(self) -> None:
-        if not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        self._paused = True
+        self._sync_reading()
 
     # -- answering ---------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
         self.busy = True
         self._current = request.size
+        self._head_answer = request.method == b"HEAD"
         self.app.handle(self, request)
+
+    def _run_queue(self) -> None:
+        """Answer queued requests while nothing else is in progress (a loop, not a recursion:
+        answers written at once come back here)."""
+        if self._in_queue:
+            return
+        self._in_queue = True
+        try:
+            queue = self._queue
+            while queue and not self.busy and not self._write_paused and not self._lingering \
+                    and self.transport is not None:
+                request = queue.popleft()
+                self._queued_bytes -= request.size
+                self._dispatch(request)
+        finally:
+            self._in_queue = False
 
     def respond(
         self,
@@ -307,16 +469,22 @@ class Connection(asyncio.Protocol):
             self.busy = False
             return False
         if self._current:  # the request's bytes leave the budget
-            self.app.buffered -= self._current
-            self._held -= self._current
+            self._release(self._current)
             self._current = 0
-        # when shutting down, finish the requests already read, then close
-        keep_alive = keep_alive and not (self.closing and not self._queue)
+        if keep_alive and (self.closing or self.app.shutting_down) and not (
+                self._queue or self._in_head or self._in_body):
+            # Shutting down: this is the connection's last answer, unless the client has already
+            # sent (part of) another request, which is read and answered first.
+            keep_alive = False
         extra = b"".join([f"{n}: {v}\r\n".encode("latin-1") for n, v in headers]) if headers else b""
         if not keep_alive:
             extra += b"connection: close\r\n"
         status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode()
-        if isinstance(body, bytes):
+        if self._head_answer:  # the length a GET would get, and no body (RFC 9110 9.3.2)
+            length = len(body) if isinstance(body, bytes) else sum(len(c) for c in body)
+            transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
+                status_line, content_type, length, extra))
+        elif isinstance(body, bytes):
             transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
                 status_line, content_type, len(body), extra, body))
         else:
@@ -331,16 +499,14 @@ class Connection(asyncio.Protocol):
         self.busy = False
         self._mark = self.app.now
         if not keep_alive:
+            self._queue.clear()  # (only after an Upgrade: nothing after it was parsed)
             self._linger_close()
             return True
-        if self._queue:
-            request = self._queue.popleft()
-            self._queued_bytes -= request.size
-            self._dispatch(request)
+        self._run_queue()
         if self._paused and not self.closing and len(self._queue) < _MAX_PIPELINED // 2 \
-                and self._queued_bytes < _MAX_QUEUED_BYTES // 2 and self.transport is not None:
+                and self._queued_bytes < _MAX_QUEUED_BYTES // 2:
             self._paused = False
-            self.transport.resume_reading()
+            self._sync_reading()
         return True
 
     def respond_error(self, error: HTTPError, keep_alive: bool = True) -> bool:
@@ -370,7 +536,7 @@ class Connection(asyncio.Protocol):
         asyncio.get_running_loop().call_later(_LINGER_S, self.close)
 
     def shutdown(self) -> None:
-        """Close now when idle; otherwise after the answer in progress (no new requests read)."""
+        """Shutting down: the next answer on this connection is its last (``Connection: close``).
+        An idle connection stays open for a request its client may be writing right now; the
+        periodic sweep closes it once the drain timeout has passed."""
         self.closing = True
-        if not self.busy and not self._queue:
-            self.close()

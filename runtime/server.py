@@ -19,6 +19,7 @@ import contextlib
 import gc
 import hmac
 import logging
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,7 @@ from inferstack import __version__
 log = logging.getLogger("inferstack.runtime")
 
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+_OPEN_RAW = frozenset(p.encode() for p in _OPEN_PATHS)
 _EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 #: bodies larger than this (and every compressed body) are decoded off the event loop
@@ -80,7 +82,11 @@ class App:
         self.metrics = metrics or Metrics()
         self.max_body_bytes = config.max_body_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
+        self.max_client_buffered_bytes = config.client_buffered_bytes
         self.buffered = 0  # request body bytes the connections hold (see http.Connection)
+        self.held_by: dict[str, int] = {}  # ... of which each client address holds
+        self.shutting_down = False  # SIGTERM seen: every answer carries Connection: close
+        self.drain_deadline = 0.0  # (monotonic) idle connections are closed from then on
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
         self.model: Model | None = None
         self.batcher: Batcher | None = None
@@ -110,8 +116,10 @@ class App:
     def _tick(self) -> None:
         self.now = now = time.monotonic()
         c = self.config
+        drain_over = self.draining and now >= self.drain_deadline
         for conn in list(self.connections):
-            conn.check_timeouts(now, c.header_timeout_s, c.body_timeout_s, c.idle_timeout_s)
+            conn.check_timeouts(now, c.header_timeout_s, c.body_timeout_s, c.idle_timeout_s, c.min_body_rate,
+                                drain_over)
         loop = self._clock_loop
         if loop is not None and not loop.is_closed():
             loop.call_later(self._tick_every, self._tick)
@@ -140,6 +148,20 @@ class App:
     def connection_closed(self, conn: Connection) -> None:
         self.connections.discard(conn)
 
+    def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
+        """At the end of a request's headers, before its body is read: auth (all but the open
+        paths). An error refuses the request without reading its body."""
+        if self._token is None:
+            return None
+        q = url.find(b"?")
+        if (url if q < 0 else url[:q]) in _OPEN_RAW:
+            return None
+        header = headers.get(b"authorization", b"")
+        scheme, _, token = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
+            return Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        return None
+
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
         batcher = self.batcher
@@ -151,10 +173,12 @@ class App:
             path = (raw if q < 0 else raw[:q]).decode("latin-1")
             if path.endswith("/infer"):  # counted in the request metrics, whatever the outcome
                 request.started = time.perf_counter()
-            if request.error is not None:
-                raise request.error
-            if path in self._infer_paths:  # the hot path first
-                self._authorize(request)
+            if request.error is not None:  # refused at the headers (auth, limits, protocol)
+                # (answered, not raised: a raised error's traceback would hold this frame, and so
+                # the request, in a reference cycle)
+                self._refuse(conn, request.error, request)
+                return
+            if path in self._infer_paths:  # the hot path first (auth: admit, at the headers)
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.method.decode('latin-1')} {path}: use POST", "POST")
                 self._infer(conn, request)
@@ -173,14 +197,6 @@ class App:
             self.metrics.failure(error.reason)
             self._observe_request(time.perf_counter() - request.started)
 
-    def _authorize(self, request: Request) -> None:
-        if self._token is None:
-            return
-        header = request.headers.get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
-            raise Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
-
     def _route(self, conn: Connection, request: Request, path: str) -> None:
         method = request.method
         if path in _OPEN_PATHS:
@@ -197,7 +213,6 @@ class App:
             conn.respond(200 if ok else 503, b'{"ready":true}' if ok else self._not_ready(),
                          keep_alive=request.keep_alive)
             return
-        self._authorize(request)
         if path in ("/v2", "/v2/"):
             self._require_get(method, path)
             body = {"name": "inferstack", "version": __version__, "extensions": _EXTENSIONS}
@@ -238,8 +253,8 @@ class App:
 
     @staticmethod
     def _require_get(method: bytes, path: str) -> None:
-        if method != b"GET":
-            raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET")
+        if method != b"GET" and method != b"HEAD":  # HEAD: the GET answer's headers (http.Connection)
+            raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET, HEAD")
 
     def _model(self, name: str, version: str | None) -> Model:
         model = self.model
@@ -333,13 +348,20 @@ class App:
 
     def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request, model: Model,
                  batcher: Batcher) -> None:
-        try:
+        # The error is taken, not raised again: raising it here would add this frame (which holds
+        # the future, which holds the error) to its traceback, a reference cycle that keeps the
+        # request and the decoder's frames (a decompressed body) alive until the collector runs.
+        error = future.exception()
+        if error is None:
             self._submit(conn, request, model, batcher, future.result())
-        except HTTPError as e:
-            self._refuse(conn, e, request)
-        except Exception as e:
-            log.exception("error while decoding %r", request.url)
-            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+            return
+        if isinstance(error, HTTPError):
+            error.__traceback__ = None  # the decoder's frames go now
+            self._refuse(conn, error, request)
+            return
+        log.error("error while decoding %r", request.url, exc_info=error)
+        error.__traceback__ = None
+        self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request)
 
     def _submit(self, conn: Connection, request: Request, model: Model, batcher: Batcher,
                 infer: InferRequest) -> None:
@@ -405,6 +427,7 @@ class App:
         except zlib.error as e:
             raise BadRequest(f"request body is not valid {encoding.decode()}: {e}") from None
         if len(out) > limit:
+            del out, d  # not kept alive by the error's traceback
             raise PayloadTooLarge(
                 f"decompressed request body exceeds the limit of {limit} bytes (--max-body-bytes / "
                 "INFERSTACK_MAX_BODY_BYTES)"
@@ -423,7 +446,12 @@ class App:
 
     # -- shutdown ----------------------------------------------------------------------------
     def begin_drain(self) -> None:
+        """Stop reading new connections (the listener is closed): each connection's next answer
+        is its last; idle ones stay open for the request their client may be writing now, until
+        --drain-timeout-s (closed by _tick)."""
+        self.shutting_down = True
         self.draining = True
+        self.drain_deadline = time.monotonic() + self.config.drain_timeout_s
         for conn in list(self.connections):
             conn.shutdown()
 
@@ -433,7 +461,7 @@ class App:
 
     def idle(self) -> bool:
         pending = self.batcher.pending if self.batcher else 0
-        return pending == 0 and not any(c.busy for c in self.connections)
+        return pending == 0 and not self.connections
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
@@ -463,6 +491,7 @@ class Server:
         if self._stop is None or self._stop.is_set():
             return
         app = self.app
+        app.shutting_down = True  # from now on every answer carries Connection: close
         delay = self.config.drain_delay_s
         if delay > 0 and app.ready and not app.stopping:
             app.stopping = True
@@ -503,12 +532,18 @@ class Server:
             # garbage collector's scans, and collect young objects less often (requests make few cycles).
             gc.collect()
             gc.freeze()
-            gc.set_threshold(10_000, 50, 100)
+            gc.set_threshold(10_000, 10, 10)
             where = ", ".join(model.providers)
             batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
             log.info("ready: model %s on http://%s:%d (%s; %s)", model.name, config.host, self.port,
                      batching, where)
             await self._stop.wait()
+            # Closing a listening socket resets the connections the kernel has completed but the
+            # server not yet accepted, whose clients may have written a request already. So first
+            # new connection attempts are dropped (they never get to write), what is queued is
+            # accepted and drained like the rest, and only then is the socket closed.
+            if _drop_new_connections(listener.sockets[0]):
+                await asyncio.sleep(0.05)
             listener.close()
             await self._drain()
         finally:
@@ -546,11 +581,47 @@ class Server:
     async def _drain(self) -> None:
         app = self.app
         app.begin_drain()
-        deadline = time.monotonic() + self.config.request_timeout_s + 5
+        # every connection closes: after its last answer (and the linger after it), or idle at
+        # the drain timeout; requests in flight get their --request-timeout-s
+        config = self.config
+        deadline = time.monotonic() + max(config.drain_timeout_s, config.request_timeout_s) + 5
         while not app.idle() and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
         # let the last answers reach the sockets
         await asyncio.sleep(0.05)
+
+
+def _drop_new_connections(sock: Any) -> bool:
+    """Linux: attach a classic BPF filter to the listening socket that drops TCP segments with SYN
+    set and ACK clear (new connection attempts; their clients retry, then see the port closed),
+    while handshakes already under way complete. False where that is not possible."""
+    import ctypes
+    import socket
+    import struct
+    import sys
+
+    # A = tcp[13] (flags) & (SYN | ACK); if A == SYN: drop; else: keep
+    program = [(0x30, 0, 0, 13), (0x54, 0, 0, 0x12), (0x15, 0, 1, 0x02), (0x06, 0, 0, 0),
+               (0x06, 0, 0, 0xFFFFFFFF)]
+    if not sys.platform.startswith("linux"):
+        return False
+
+    class SockFprog(ctypes.Structure):  # struct sock_fprog
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+    code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *op) for op in program))
+    fprog = bytes(SockFprog(len(program), ctypes.addressof(code)))
+    try:
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+    except (OSError, AttributeError, ValueError):
+        return False
+    try:
+        dup.setsockopt(socket.SOL_SOCKET, 26, fprog)  # SO_ATTACH_FILTER (copied by the kernel)
+    except OSError:
+        return False
+    finally:
+        dup.close()
+    return True
 
 
 def _settle(future: asyncio.Future[Model], result: Model | None, error: BaseException | None) -> None:

@@ -132,14 +132,11 @@ def test_follow_wait_is_bounded_by_the_last_runs_compute_time(model: Model) -> N
     _in_loop(scenario)
 
 
-def test_a_lone_request_for_a_fast_model_is_answered_without_the_worker(
-    model: Model, ort_run, mlp_package: Path
-) -> None:
-    """No worker thread is started here: after one lone run has shown the model to be fast, the
-    next lone request is run on the event loop (two thread wake-ups saved); a request that
-    arrives with others still goes to the worker (and here, with no worker, waits)."""
+def test_a_lone_request_for_a_fast_model_still_goes_to_the_worker(model: Model) -> None:
+    """No worker thread is started here: even after a lone run has shown the model to be fast,
+    the next lone request is not run on the event loop (a run's time can depend on its input, and
+    the loop must keep answering health checks and timeouts); it waits for the worker."""
     x = np.random.default_rng(2).standard_normal((1, 16)).astype(np.float32)
-    expected = ort_run(mlp_package / "mlp.onnx", {"x": x})[0]
 
     async def main() -> None:
         batcher = Batcher(model, Metrics(), follow_wait=0.25)
@@ -148,14 +145,7 @@ def test_a_lone_request_for_a_fast_model_is_answered_without_the_worker(
         answers: list[tuple[int, Any, Any]] = []
         batcher.submit(_job(x, answers, 0))
         await asyncio.sleep(0.05)
-        assert [i for i, _, _ in answers] == [0]
-        np.testing.assert_allclose(answers[0][1]["y"], expected, rtol=1e-5, atol=1e-6)
-        assert batcher.pending == 0
-        assert batcher.metrics.batch_size.counts[0] == 1  # counted like any run
-        batcher.submit(_job(x, answers, 1))
-        batcher.submit(_job(x, answers, 2))
-        await asyncio.sleep(0.05)
-        assert [i for i, _, _ in answers] == [0]  # two at once: for the worker
-        assert batcher._queue.qsize() == 1
+        assert answers == []
+        assert batcher._queue.qsize() == 1 and batcher.pending == 1
 
     asyncio.run(main())

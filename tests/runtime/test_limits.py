@@ -1,7 +1,8 @@
 """The server against clients that misbehave at the HTTP level: stalled headers and bodies (408 and
-close), idle keep-alive connections (closed), a server-wide budget for buffered request bytes (503
-with Retry-After), ``Expect: 100-continue`` (413 at once when too large, 100 then the answer when
-allowed), and a Content-Length over the limit answered before the body is sent."""
+close), idle keep-alive connections (closed), a server-wide budget for buffered request bytes,
+counted as they arrive (503 with Retry-After), ``Expect: 100-continue`` (413 at once when too
+large, 100 then the answer when allowed), and a Content-Length over the limit answered before the
+body is sent."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def strict_server(mlp_package: Path) -> Iterator[Served]:
     s = start_server(
         mlp_package, "--header-timeout-s", "0.5", "--body-timeout-s", "0.5", "--idle-timeout-s", "1",
         "--max-body-bytes", str(LIMIT), "--max-buffered-bytes", str(BUDGET),
+        "--max-client-buffered-bytes", str(BUDGET),
     )
     yield s
     s.stop()
@@ -98,10 +100,11 @@ def test_silent_connection_is_closed(strict_server: Served) -> None:
 
 def test_stalled_body_gets_408_and_frees_its_budget(strict_server: Served) -> None:
     socks = []
-    for _ in range(2):  # 2 x 900 kB declared: within the 2.5 MB budget
+    for _ in range(2):  # 2 x 800 kB sent of 900 kB declared: within the 2.5 MB budget
         sock = _connect(strict_server)
-        sock.sendall(_head(900_000) + b'{"inputs": [')
+        sock.sendall(_head(900_000) + b'{"inputs": [' + b" " * 800_000)
         socks.append(sock)
+    time.sleep(0.1)
     try:
         # a third declared body does not fit beside them: 503 with Retry-After, before its body is sent
         with _connect(strict_server) as sock:
@@ -166,7 +169,7 @@ def test_pipelined_large_bodies_stay_within_the_budget(serve, mlp_package: Path)
     # 900 kB bodies declare 4.5 MB, more than the 2.5 MB budget; the server holds what fits, answers
     # it in order, and refuses the first that does not fit with 503 (then closes)
     s = serve(mlp_package, "--max-queue-delay-us", "1000000", "--max-body-bytes", str(LIMIT),
-              "--max-buffered-bytes", str(BUDGET))
+              "--max-buffered-bytes", str(BUDGET), "--max-client-buffered-bytes", str(BUDGET))
     big = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
                                   "data": X16}], "id": " " * 899_000}).encode()
     with _connect(s) as sock:

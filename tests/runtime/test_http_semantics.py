@@ -1,0 +1,99 @@
+"""One correct answer per request (RFC 9110 / RFC 9112), on raw sockets: HEAD answers carry no body,
+a request with ``Upgrade`` and a CONNECT get exactly one answer, and a request with two
+``Authorization`` headers is refused, not decided by whichever comes last."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import httpx
+from runtime_harness import Served
+
+
+def _exchange(s: Served, raw: bytes) -> bytes:
+    with socket.create_connection((s.host, s.port), timeout=5) as sock:
+        sock.sendall(raw)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, TimeoutError):
+            pass
+    return data
+
+
+def _split(data: bytes, head_first: bool) -> list[tuple[int, dict[str, str], bytes]]:
+    answers = []
+    first = True
+    while data:
+        head, sep, rest = data.partition(b"\r\n\r\n")
+        assert sep, f"a partial answer: {data[:200]!r}"
+        lines = head.decode("latin-1").split("\r\n")
+        assert lines[0].startswith("HTTP/1.1 "), f"not an answer: {data[:200]!r}"
+        headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = 0 if (head_first and first) else int(headers.get("content-length", "0"))
+        answers.append((int(lines[0].split()[1]), headers, rest[:length]))
+        data = rest[length:]
+        first = False
+    return answers
+
+
+def test_head_answers_carry_no_body(mlp_server: Served) -> None:
+    for path in ("/v2/health/live", "/v2/models/mlp", "/metrics", "/v2/models/mlp/infer"):
+        raw = (f"HEAD {path} HTTP/1.1\r\nHost: x\r\n\r\n"
+               "GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").encode()
+        answers = _split(_exchange(mlp_server, raw), head_first=True)
+        # the HEAD answer's headers, then directly the GET's answer: no body in between
+        assert len(answers) == 2, (path, answers)
+        (head_status, head_headers, _), (get_status, _, get_body) = answers
+        assert get_status == 200 and get_body.startswith(b"{"), (path, answers)
+        if path == "/v2/models/mlp/infer":
+            assert head_status == 405 and head_headers["allow"] == "POST"
+        else:
+            assert head_status == 200
+            # the length GET would send
+            assert int(head_headers["content-length"]) == len(httpx.get(f"{mlp_server.url}{path}").content) \
+                or path == "/metrics"
+
+
+def test_upgrade_request_gets_one_answer(mlp_server: Served) -> None:
+    raw = (b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+           b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+    answers = _split(_exchange(mlp_server, raw), head_first=False)
+    assert [a[0] for a in answers] == [200], answers
+    assert answers[0][1].get("connection") == "close"
+
+
+def test_connect_gets_one_answer(mlp_server: Served) -> None:
+    raw = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n"
+    answers = _split(_exchange(mlp_server, raw), head_first=False)
+    assert len(answers) == 1, answers
+    assert answers[0][0] == 405 and b"CONNECT" in answers[0][2]
+
+
+def test_two_authorization_headers_are_refused(serve, mlp_package: Path, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("right")
+    s = serve(mlp_package, "--auth-token-file", str(token))
+    body = b'{"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [' \
+        + b",".join([b"1"] * 16) + b"]}]}"
+    for first, second in (("wrong", "right"), ("right", "wrong"), ("right", "right")):
+        raw = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {first}\r\n"
+               f"Authorization: Bearer {second}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+        answers = _split(_exchange(s, raw), head_first=False)
+        assert [a[0] for a in answers] == [400], answers
+        assert b"more than one Authorization header" in answers[0][2]
+    ok = httpx.post(f"{s.url}/v2/models/mlp/infer", content=body, headers={"Authorization": "Bearer right"})
+    assert ok.status_code == 200
+
+
+def test_garbage_after_a_pipelined_request_gets_its_answer_after_that_one(mlp_server: Served) -> None:
+    body = b'{"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [' \
+        + b",".join([b"1"] * 16) + b"]}]}"
+    raw = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+           + body + b"NOT HTTP AT ALL\r\n\r\n")
+    answers = _split(_exchange(mlp_server, raw), head_first=False)
+    # the request read before the garbage is answered (in order), then the 400, then the close
+    assert [a[0] for a in answers] == [200, 400], answers
+    assert answers[1][1].get("connection") == "close"
