@@ -30,8 +30,10 @@ def export(
         typer.Option(
             "--input",
             "-i",
-            help="NAME:DIMS:DTYPE, e.g. image:batch,3,224,224:FP32 (a name marks "
-            "a dynamic dimension; name=N sets its example size). Repeat per input.",
+            help="NAME:DIMS:DTYPE[:LOW..HIGH], e.g. image:batch,3,224,224:FP32 or "
+            "input_ids:batch,seq:INT64:0..30521 (a name marks a dynamic dimension; name=N sets its "
+            "example size; LOW..HIGH bounds the generated check data). Without a range integers are "
+            "0..9, except inputs named *mask*: padding masks (1s then 0s). Repeat per input.",
         ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Package directory to write.")],
@@ -63,6 +65,13 @@ def export(
     atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
     skip_parity: Annotated[bool, typer.Option("--skip-parity", help="Do not compare with PyTorch.")] = False,
+    example: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz with one array per input name: real inputs for the parity check instead of "
+            "generated ones (checked against --input: names, dtypes, ranks, fixed sizes, ranges)."
+        ),
+    ] = None,
 ) -> None:
     """Export a PyTorch model to a checked ONNX package (model.onnx + manifest.json)."""
     from inferstack.modeltools import report
@@ -84,6 +93,7 @@ def export(
         atol=atol,
         rtol=rtol,
         skip_parity=skip_parity,
+        example=example,
     )
     with report.status("exporting") as progress:
         manifest, path = run_export(opts, progress)
@@ -129,8 +139,11 @@ def optimize(
     data: Annotated[
         Path | None,
         typer.Option(
-            help=".npz with one array per input name (or one array for a single input): the "
-            "calibration and scoring data. Default: generated data, said in the report."
+            "--data",
+            "--example",
+            help=".npz with one array per input name (or one array for a single input), plus optional "
+            "'labels': the calibration and scoring data, checked like export's --example. Default: "
+            "data generated from export's --input specs (their value ranges, padding masks).",
         ),
     ] = None,
     budget: Annotated[

@@ -26,7 +26,7 @@ from inferstack.modeltools import loading, parity, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
 from inferstack.modeltools.loading import Source
-from inferstack.modeltools.spec import InputSpec, random_arrays
+from inferstack.modeltools.spec import InputSpec, load_example, random_arrays
 from inferstack.modeltools.staging import check_destination, staged_dir
 
 from inferstack.errors import InferstackError
@@ -59,6 +59,7 @@ class ExportOptions:
     atol: float = parity.DEFAULT_ATOL
     rtol: float = parity.DEFAULT_RTOL
     skip_parity: bool = False
+    example: Path | None = None  # --example FILE.npz: real inputs for the checks (spec.load_example)
 
 
 Progress = Callable[[str], None]
@@ -221,6 +222,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
     name = opts.name or default_name(opts.source)
     _check_flags(opts, name)
     check_destination(opts.out)
+    example = load_example(opts.example, opts.inputs) if opts.example else None
 
     progress(f"loading {opts.source.spec}")
     model = loading.load(opts.source)
@@ -291,8 +293,10 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         parity_record = None
         if not opts.skip_parity:
             batches = parity.batch_sizes(opts.inputs, max_batch)
-            progress(f"parity check against PyTorch at batch sizes {batches}")
-            parity_record = parity.run(model, model_path, opts.inputs, batches, opts.atol, opts.rtol)
+            progress(f"parity check against PyTorch at batch sizes {batches} and every dynamic dimension")
+            parity_record = parity.run(
+                model, model_path, opts.inputs, batches, opts.atol, opts.rtol, example=example
+            )
             if not parity_record["passed"]:
                 raise parity.ParityError(f"parity check failed: {parity.summary(parity_record)}")
 
@@ -305,6 +309,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             "weights": opts.source.weights,
             "weights_sha256": sha256_file(opts.source.weights) if opts.source.weights else None,
             "trust_pickle": opts.source.trust_pickle,
+            "example_sha256": sha256_file(opts.example) if opts.example else None,
             "external_data": external,
         }
         manifest = Manifest(

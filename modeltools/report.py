@@ -50,9 +50,14 @@ def print_export(manifest: Manifest, path: Path) -> None:
     )
     if manifest.parity:
         p = manifest.parity
-        batches = [b["batch"] for b in p["batches"]]
+        sizes: dict[str, list[int]] = {}
+        for b in p["batches"]:
+            for dim, n in (b.get("dims") or ({"batch": b["batch"]} if b["batch"] else {})).items():
+                if n not in sizes.setdefault(dim, []):
+                    sizes[dim].append(n)
+        where = "; ".join(f"{d} {sorted(v)}" for d, v in sizes.items()) or "the fixed shape"
         out.print(
-            f"parity vs PyTorch at batch sizes {batches}: max abs diff {p['max_abs_diff']:.2e}, "
+            f"parity vs PyTorch at {where}: max abs diff {p['max_abs_diff']:.2e}, "
             f"max rel diff {p['max_rel_diff']:.2e} (atol {p['atol']:g}, rtol {p['rtol']:g}): [green]passed[/]"
         )
     else:
