@@ -56,6 +56,7 @@ class Manifest:
     outputs: list[TensorSpec]
     max_batch_size: int
     opset: int | None = None
+    exporter: str | None = None  # "dynamo" | "torchscript": the torch.onnx exporter that wrote the graph
     producer: dict[str, str | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
@@ -73,7 +74,7 @@ class Manifest:
         data = asdict(self)
         order = [
             "schema_version", "name", "version", "created", "model_file", "digest", "files",
-            "inputs", "outputs", "max_batch_size", "opset", "producer", "parity", "optimization",
+            "inputs", "outputs", "max_batch_size", "opset", "exporter", "producer", "parity", "optimization",
             "source",
         ]
         return {k: data[k] for k in order}
@@ -91,6 +92,7 @@ class Manifest:
             outputs=[TensorSpec(**t) for t in data["outputs"]],
             max_batch_size=data["max_batch_size"],
             opset=data.get("opset"),
+            exporter=data.get("exporter"),
             producer=data.get("producer") or {},
             parity=data.get("parity"),
             optimization=data.get("optimization"),

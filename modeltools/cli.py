@@ -72,6 +72,14 @@ def export(
             "generated ones (checked against --input: names, dtypes, ranks, fixed sizes, ranges)."
         ),
     ] = None,
+    exporter: Annotated[
+        str,
+        typer.Option(
+            help="auto: torch.onnx's dynamo exporter, and the TorchScript exporter (dynamo=False) when "
+            "it fails on a module, said in the output and recorded in the manifest; dynamo or "
+            "torchscript: that one only. Parity checks either.",
+        ),
+    ] = "auto",
 ) -> None:
     """Export a PyTorch model to a checked ONNX package (model.onnx + manifest.json)."""
     from inferstack.modeltools import report
@@ -94,6 +102,7 @@ def export(
         rtol=rtol,
         skip_parity=skip_parity,
         example=example,
+        exporter=exporter,
     )
     with report.status("exporting") as progress:
         manifest, path = run_export(opts, progress)

@@ -4,7 +4,12 @@ The steps, each of which stops the export with one clear message:
 
 1. load the source (see :mod:`loading`) and run it once on the example inputs, so that a shape
    the module does not accept is reported in PyTorch's words before the exporter's;
-2. ``torch.onnx.export(..., dynamo=True)`` with a ``torch.export.Dim`` per named dimension;
+2. ``torch.onnx.export(..., dynamo=True)`` with a ``torch.export.Dim`` per named dimension; when
+   that exporter fails on a module (transformers' attention code in T5 and Swin, for one), the
+   TorchScript exporter (``dynamo=False``) is tried instead, said in the output and recorded in the
+   manifest (``exporter``), and the parity check holds it to the same bar. Data-dependent control
+   flow and a dynamic dimension the module fixes are never handed to it: TorchScript would record
+   one branch or one size without a word;
 3. save, with the weights as external data when the model is large, and ``onnx.checker`` on the path
    (the only form that works past 2 GB);
 4. read the signature back from the ONNX graph, run the parity check in a subprocess;
@@ -39,10 +44,15 @@ DEFAULT_MAX_BATCH = 64
 #: Weights above this size go to ``model.onnx.data`` (protobuf cannot hold more than 2 GB).
 EXTERNAL_DATA_BYTES = 1 << 30
 MODEL_FILE = "model.onnx"
+EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 class ExportError(InferstackError):
     """The model cannot be exported as asked."""
+
+
+class _UseTorchScript(Exception):
+    """--exporter torchscript: skip the dynamo exporter."""
 
 
 @dataclass
@@ -60,6 +70,7 @@ class ExportOptions:
     rtol: float = parity.DEFAULT_RTOL
     skip_parity: bool = False
     example: Path | None = None  # --example FILE.npz: real inputs for the checks (spec.load_example)
+    exporter: str = "auto"  # auto (dynamo, TorchScript when dynamo fails) | dynamo | torchscript
 
 
 Progress = Callable[[str], None]
@@ -93,7 +104,11 @@ def default_name(source: Source) -> str:
 def _quiet_exporter() -> Iterator[io.StringIO]:
     """The exporter prints progress and warnings; keep them for --verbose, not for the user's screen."""
     buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    # "torch" covers its children without a level of their own (torch.fx's symbolic shapes log
+    # "Unable to find user code" on data-dependent control flow) through torch's own handler,
+    # which writes to the real stderr past the redirect below.
+    names = ("torch", "torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscript")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -161,6 +176,15 @@ def _explain_export_failure(e: BaseException, opset: int) -> str:
         return (
             f"unsupported operator {m.group(1)}: the ONNX exporter has no translation for it at opset {opset}"
         )
+    if _data_dependent(e):
+        m = re.search(r'File "([^"]+)", line (\d+), in \S+\n\s*(.+)', text)
+        where = f" at {Path(m.group(1)).name}:{m.group(2)} ({m.group(3).strip()!r})" if m else ""
+        return (
+            f"forward branches on the values of a tensor{where}, which the dynamo exporter cannot "
+            "record (data-dependent control flow); write the branch with torch.cond or torch.where, "
+            "or pass --exporter torchscript if every input takes the same branch (TorchScript records "
+            "the one branch the example input takes)"
+        )
     m = re.search(r"Constraints violated \(([^)]*)\)", text)
     if m:
         return (
@@ -170,6 +194,62 @@ def _explain_export_failure(e: BaseException, opset: int) -> str:
     summary = re.search(r"## Exception summary\s+(.*?)(?:\n\n|$)", text, re.S)
     detail = summary.group(1).strip().splitlines()[0] if summary else first_line(e)
     return "ONNX export failed: " + _ANSI.sub("", detail)
+
+
+def _explain_checker_failure(e: BaseException, outputs: list[str]) -> str:
+    m = re.search(r"'([^']+)' has been used as output names multiple times", str(e))
+    if m and m.group(1) in outputs:
+        return (
+            f"--output {m.group(1)!r} is also the name of a value inside the exported graph "
+            "(onnx.checker: not in SSA form); choose another --output name"
+        )
+    return f"the exported model fails onnx.checker: {first_line(e)}"
+
+
+def _data_dependent(e: BaseException) -> bool:
+    chain: list[BaseException] = []
+    cur: BaseException | None = e
+    while cur is not None and len(chain) < 10:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return any("GuardOnDataDependent" in type(x).__name__ or "data-dependent" in str(x) for x in chain)
+
+
+def _may_fall_back(e: BaseException, model: Any) -> bool:
+    """Whether the TorchScript exporter may stand in for a failed dynamo export: a module (not a
+    torch.export program), and not a failure TorchScript would hide (a branch on tensor values, a
+    declared dynamic dimension the module fixes)."""
+    import torch
+
+    return (
+        isinstance(model, torch.nn.Module) and not _data_dependent(e) and "Constraints violated" not in str(e)
+    )
+
+
+def _torchscript_export(
+    model: Any, args: tuple[Any, ...], path: Path, specs: list[InputSpec], outputs: list[str], opset: int
+) -> None:
+    """``torch.onnx.export(..., dynamo=False)``: traces the module on ``args``; every named
+    dimension is a dynamic axis. Output names: ``outputs``, else ``output_0, output_1, ...``."""
+    import torch
+    import torch.utils._pytree as pytree
+
+    with torch.no_grad():
+        leaves = [t for t in pytree.tree_leaves(model(*args)) if isinstance(t, torch.Tensor)]
+    out_names = list(outputs) or [f"output_{i}" for i in range(len(leaves))]
+    axes: dict[str, dict[int, str]] = {
+        s.name: {i: d.name for i, d in enumerate(s.dims) if d.name is not None} for s in specs
+    }
+    torch.onnx.export(
+        model,
+        args,
+        str(path),
+        dynamo=False,
+        opset_version=opset,
+        input_names=[s.name for s in specs],
+        output_names=out_names,
+        dynamic_axes={k: v for k, v in axes.items() if v} or None,
+    )
 
 
 def _param_bytes(model: Any) -> int:
@@ -202,6 +282,8 @@ def _check_flags(opts: ExportOptions, name: str) -> None:
         raise ExportError(
             f"--max-batch-size {opts.max_batch_size}: must be 0 (no batching) or a positive batch size"
         )
+    if opts.exporter not in EXPORTERS:
+        raise ExportError(f"--exporter {opts.exporter!r}: choose {', '.join(EXPORTERS)}")
     for flag, tol in (("--atol", opts.atol), ("--rtol", opts.rtol)):
         if not tol >= 0:  # also refuses NaN
             raise ExportError(f"{flag} {tol}: a tolerance must be 0 or more")
@@ -229,12 +311,20 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
     args = _torch_inputs(opts.inputs)
     _check_forward(model, args, opts.inputs)
     is_program = isinstance(model, torch.export.ExportedProgram)
+    if is_program and opts.exporter == "torchscript":
+        raise ExportError(
+            f"--exporter torchscript: {opts.source.spec} is a torch.export program; the TorchScript "
+            "exporter takes a module (a factory or a pickled module)"
+        )
 
     with staged_dir(opts.out) as stage:
         model_path = stage / MODEL_FILE
         progress(f"exporting to ONNX (opset {opts.opset})")
+        exporter, fallback_reason = "dynamo", None
         with _quiet_exporter() as log:
             try:
+                if opts.exporter == "torchscript":
+                    raise _UseTorchScript
                 program = torch.onnx.export(
                     model,
                     args,
@@ -247,14 +337,38 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
                     optimize=True,
                 )
             except Exception as e:
-                raise ExportError(_explain_export_failure(e, opts.opset)) from e
-            assert program is not None
+                program = None
+                if isinstance(e, _UseTorchScript):
+                    fallback_reason = "--exporter torchscript"
+                else:
+                    fallback_reason = _explain_export_failure(e, opts.opset)
+                    if opts.exporter == "dynamo" or not _may_fall_back(e, model):
+                        raise ExportError(fallback_reason) from e
+                    progress("the dynamo exporter failed; trying the TorchScript exporter")
+                exporter = "torchscript"
+                try:
+                    _torchscript_export(model, args, model_path, opts.inputs, opts.outputs, opts.opset)
+                except Exception as e2:
+                    if isinstance(e, _UseTorchScript):
+                        raise ExportError(f"the TorchScript exporter failed: {first_line(e2)}") from e2
+                    raise ExportError(
+                        f"{fallback_reason}; the TorchScript exporter failed too: {first_line(e2)}"
+                    ) from e
             external = opts.external_data
             if external is None:
                 external = _param_bytes(model) > EXTERNAL_DATA_BYTES
             progress("saving" + (" with external data" if external else ""))
             try:
-                program.save(model_path, external_data=external)
+                if program is not None:
+                    program.save(model_path, external_data=external)
+                elif external:
+                    onnx.save_model(
+                        onnx.load(str(model_path)),
+                        str(model_path),
+                        save_as_external_data=True,
+                        all_tensors_to_one_file=True,
+                        location=model_path.name + ".data",
+                    )
             except Exception as e:
                 raise ExportError(f"saving the ONNX model failed: {first_line(e)}") from e
         if log.getvalue():
@@ -265,7 +379,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         try:
             onnx.checker.check_model(str(model_path))
         except Exception as e:
-            raise ExportError(f"the exported model fails onnx.checker: {first_line(e)}") from e
+            raise ExportError(_explain_checker_failure(e, opts.outputs)) from e
         graph = signature.load_graph(model_path)
         inputs, outputs = signature.signature(graph, model_path)
         opset = signature.opset(graph)
@@ -312,6 +426,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             "example_sha256": sha256_file(opts.example) if opts.example else None,
             "external_data": external,
         }
+        if fallback_reason is not None:
+            source_record["exporter_reason"] = fallback_reason
         manifest = Manifest(
             name=name,
             version=opts.version,
@@ -321,6 +437,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             outputs=outputs,
             max_batch_size=max_batch,
             opset=opset,
+            exporter=exporter,
             producer=_producer(),
             parity=parity_record,
             source=source_record,

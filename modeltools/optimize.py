@@ -459,6 +459,7 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
                 outputs=manifest.outputs,
                 max_batch_size=manifest.max_batch_size,
                 opset=signature.opset(graph),
+                exporter=manifest.exporter,
                 producer=manifest.producer,
                 parity=manifest.parity,
                 optimization=record,

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from inferstack.console import err, out, verbose
@@ -48,6 +49,16 @@ def print_export(manifest: Manifest, path: Path) -> None:
     out.print(
         f"opset {manifest.opset}, max_batch_size {manifest.max_batch_size}, digest {manifest.digest[:12]}"
     )
+    if manifest.exporter == "torchscript":
+        why = (manifest.source or {}).get("exporter_reason") or ""
+        out.print(
+            "exporter: [yellow]torchscript[/] (torch.onnx.export dynamo=False)"
+            + (
+                f", because {escape(why)}"
+                if why.startswith("--exporter")
+                else f"; the dynamo exporter failed: {escape(why)}"
+            )
+        )
     if manifest.parity:
         p = manifest.parity
         sizes: dict[str, list[int]] = {}
