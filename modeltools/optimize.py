@@ -355,7 +355,9 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
     with tempfile.TemporaryDirectory(
         prefix=".optimize-", dir=opts.out.parent if opts.out.parent.exists() else None
     ) as work:
-        ctx = candidates.BuildContext(model_path, Path(work), providers, calibration, external)
+        ctx = candidates.BuildContext(
+            model_path.resolve(), Path(work).resolve(), providers, calibration, external
+        )
         for name, skip in _selected(opts, providers):
             c = Candidate(name, candidates.DESCRIPTIONS[name])
             cands.append(c)
