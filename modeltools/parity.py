@@ -94,30 +94,45 @@ def torch_outputs(
     batches: list[int | None],
     seed: int,
     example: dict[str, Any] | None = None,
-) -> tuple[list[dict[str, int]], dict[str, Any]]:
-    """The cases (see :func:`cases`), and their inputs and PyTorch's outputs keyed ``b{i}/in/{name}``
-    and ``b{i}/out/{k}``."""
+) -> tuple[list[dict[str, int]], dict[str, Any], list[dict[str, Any]]]:
+    """The cases run (see :func:`cases`), their inputs and PyTorch's outputs keyed
+    ``b{i}/in/{name}`` and ``b{i}/out/{k}``, and the cases skipped.
+
+    A case that shrinks a dimension other than the batch is skipped when PyTorch itself refuses it
+    (a convolution larger than a 1-pixel image): the model has no answer there to compare with.
+    PyTorch failing at any batch size is an error.
+    """
     import torch
     import torch.utils._pytree as pytree
     from inferstack.modeltools import loading
 
     fn = loading.runnable(model)
     arrays: dict[str, Any] = {}
-    runs = cases(specs, batches, example)
-    for i, case in enumerate(runs):
-        feeds = make_arrays(specs, case, seed=seed + i, example=example)
+    base = base_sizes(specs, example)
+    lead = _batch_dim(specs)
+    runs: list[dict[str, int]] = []
+    skipped: list[dict[str, Any]] = []
+    for j, case in enumerate(cases(specs, batches, example)):
+        feeds = make_arrays(specs, case, seed=seed + j, example=example)
         try:
             with torch.no_grad():
                 result = fn(*(torch.from_numpy(feeds[s.name]) for s in specs))
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
+            if any(case[k] != base[k] for k in case if k != lead):
+                skipped.append(
+                    {"dims": case, "reason": f"PyTorch refuses it: {type(e).__name__}: {first}"[:300]}
+                )
+                continue
             raise ParityError(f"PyTorch failed at {case_text(case)}: {type(e).__name__}: {first}") from e
+        i = len(runs)
+        runs.append(case)
         leaves = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
         for name, value in feeds.items():
             arrays[f"b{i}/in/{name}"] = value
         for k, t in enumerate(leaves):
             arrays[f"b{i}/out/{k}"] = t.detach().cpu().numpy()
-    return runs, arrays
+    return runs, arrays, skipped
 
 
 def run(
@@ -135,7 +150,7 @@ def run(
     case of :func:`cases`; ``example`` is :func:`spec.load_example`'s data, else data is generated."""
     import numpy as np
 
-    runs, arrays = torch_outputs(model, specs, batches, seed, example)
+    runs, arrays, skipped = torch_outputs(model, specs, batches, seed, example)
     lead = _batch_dim(specs)
     with tempfile.TemporaryDirectory(prefix="inferstack-parity-") as tmp:
         npz = Path(tmp) / "parity.npz"
@@ -167,6 +182,8 @@ def run(
             result: dict[str, Any] = json.loads(line[len(_RESULT) :])
             if "error" in result:
                 raise ParityError(f"parity check: {result['error']}")
+            if skipped:
+                result["skipped"] = skipped
             return result
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     raise ParityError(f"parity check process exited with code {proc.returncode}: {tail}")

@@ -67,6 +67,9 @@ def print_export(manifest: Manifest, path: Path) -> None:
                 if n not in sizes.setdefault(dim, []):
                     sizes[dim].append(n)
         where = "; ".join(f"{d} {sorted(v)}" for d, v in sizes.items()) or "the fixed shape"
+        skipped = [", ".join(f"{k}={v}" for k, v in c["dims"].items()) for c in p.get("skipped") or []]
+        if skipped:
+            where += f" (skipped, PyTorch refuses them: {'; '.join(skipped)})"
         out.print(
             f"parity vs PyTorch at {where}: max abs diff {p['max_abs_diff']:.2e}, "
             f"max rel diff {p['max_rel_diff']:.2e} (atol {p['atol']:g}, rtol {p['rtol']:g}): [green]passed[/]"

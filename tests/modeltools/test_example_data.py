@@ -56,6 +56,22 @@ SOURCE = textwrap.dedent(
 
     def high_ids():
         return HighIds().eval()
+
+
+    class Conv(nn.Module):
+        """A 3x3 convolution without padding: PyTorch refuses images smaller than 3 pixels."""
+
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = nn.Conv2d(1, 2, kernel_size=3)
+
+        def forward(self, x):
+            return self.conv(x).mean((2, 3))
+
+
+    def conv():
+        return Conv().eval()
     '''
 )
 
@@ -204,6 +220,19 @@ def test_an_example_with_a_wrong_name_or_dtype_is_one_line_exit_1(
 def test_parity_varies_every_dynamic_dimension_not_only_the_batch(tmp_path: Path, source: Path) -> None:
     r = run_cli("export", f"{source}:mean_over_seq", "-i", "x:batch,seq,4:FP32", "-o", tmp_path / "pkg")
     assert_one_line_error(r, "parity check failed", "seq=1")
+
+
+def test_a_size_pytorch_refuses_is_skipped_and_recorded_not_an_error(tmp_path: Path, source: Path) -> None:
+    r = run_cli("export", f"{source}:conv", "-i", "x:batch,1,h,w:FP32", "-o", tmp_path / "pkg")
+    assert r.exit_code == 0, r.stderr
+    record = read_manifest(tmp_path / "pkg")["parity"]
+    assert {(b["dims"]["h"], b["dims"]["w"]) for b in record["batches"]} == {(8, 8), (4, 8), (8, 4)}
+    assert [s["dims"] for s in record["skipped"]] == [
+        {"batch": 2, "h": 1, "w": 8},
+        {"batch": 2, "h": 8, "w": 1},
+    ]
+    assert "Kernel size can't be greater" in record["skipped"][0]["reason"]
+    assert "skipped, PyTorch refuses them: batch=2, h=1, w=8" in " ".join(r.stdout.split())
 
 
 def test_parity_runs_on_the_example_file_and_on_the_range(tmp_path: Path, source: Path) -> None:
