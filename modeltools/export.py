@@ -156,6 +156,10 @@ def _check_forward(model: Any, args: tuple[Any, ...], specs: list[InputSpec]) ->
     try:
         with torch.no_grad():
             model(*args)
+    except SystemExit as e:
+        raise ExportError(
+            f"the model's forward called sys.exit({e.code}); it must return its outputs"
+        ) from None
     except Exception as e:
         raise ExportError(
             f"the model does not accept the inputs {_shapes_text(specs)}: {first_line(e)} "

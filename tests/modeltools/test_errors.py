@@ -23,6 +23,15 @@ SOURCE = textwrap.dedent(
         sys.exit(0)
 
 
+    class ExitsInForward(nn.Module):
+        def forward(self, x):
+            sys.exit(0)
+
+
+    def exits_in_forward():
+        return ExitsInForward().eval()
+
+
     class Branches(nn.Module):
         """Control flow on tensor values: torch.export cannot record it."""
 
@@ -79,6 +88,9 @@ def test_a_factory_that_calls_sys_exit_is_exit_1_not_0(tmp_path: Path, source: P
         tmp_path / "pkg",
     )
     assert_one_line_error(r, "importing it called sys.exit(3)", "if __name__ == '__main__'")
+    assert_nothing_written(tmp_path, before)
+    r = run_cli("export", f"{source}:exits_in_forward", "-i", "x:batch,4:FP32", "-o", tmp_path / "pkg")
+    assert_one_line_error(r, "the model's forward called sys.exit(0)")
     assert_nothing_written(tmp_path, before)
 
 
