@@ -9,8 +9,8 @@ A package is a directory::
 The manifest names every file with its sha256 and size, the input/output signature in v2
 datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge and the
 batch-independence check that decided it (``batch_check``, see :mod:`inferstack.batchcheck`), and
-the records of the tools that made it (parity, optimization). ``digest`` is the hash of the files
-alone. The manifest holds no time and no path of the machine that wrote it, so the same model
+the records of the tools that made it (the exporter, parity, optimization). ``digest`` is the hash
+of the files alone. The manifest holds no time and no path of the machine that wrote it, so the same model
 exported twice gives the same manifest.json, byte for byte; the stacks upload a package under the
 sha256 of its manifest.json (see ``ModelArtifact``), which changes exactly when a file or a setting
 the runtime reads changes. ``created`` is accepted in manifests written by older versions and never
@@ -65,6 +65,7 @@ class Manifest:
     max_batch_size: int
     opset: int | None = None
     batch_check: dict[str, Any] | None = None  # inferstack.batchcheck.BatchCheck.to_dict()
+    exporter: str | None = None  # "dynamo" | "torchscript": the torch.onnx exporter that wrote the graph
     producer: dict[str, str | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
@@ -82,12 +83,13 @@ class Manifest:
         data = asdict(self)
         order = [
             "schema_version", "name", "version", "created", "model_file", "digest", "files",
-            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
-            "optimization", "source",
+            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "exporter", "producer",
+            "parity", "optimization", "source",
         ]
-        # created (older manifests only) and batch_check only when there is one: manifests
+        # created (older manifests only), batch_check and exporter only when there is one: manifests
         # written without them stay byte-identical
-        return {k: data[k] for k in order if k not in ("created", "batch_check") or data[k] is not None}
+        optional = ("created", "batch_check", "exporter")
+        return {k: data[k] for k in order if k not in optional or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
@@ -103,6 +105,7 @@ class Manifest:
             max_batch_size=data["max_batch_size"],
             opset=data.get("opset"),
             batch_check=data.get("batch_check"),
+            exporter=data.get("exporter"),
             producer=data.get("producer") or {},
             parity=data.get("parity"),
             optimization=data.get("optimization"),

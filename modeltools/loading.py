@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".pkl", ".bin")
+_EXIT_HINT = "a factory must return the module; guard script code with if __name__ == '__main__'"
 
 
 class SourceError(InferstackError):
@@ -83,6 +84,9 @@ def _import_target(target: str) -> Any:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
+        except SystemExit as e:
+            del sys.modules[name]
+            raise SourceError(f"{target}: importing it called sys.exit({e.code}) ({_EXIT_HINT})") from None
         except Exception as e:
             del sys.modules[name]
             raise SourceError(f"{target}: importing it failed: {first_line(e)}") from e
@@ -92,6 +96,8 @@ def _import_target(target: str) -> Any:
         sys.path.insert(0, str(Path.cwd()))
     try:
         return importlib.import_module(target)
+    except SystemExit as e:
+        raise SourceError(f"{target}: importing it called sys.exit({e.code}) ({_EXIT_HINT})") from None
     except ModuleNotFoundError as e:
         if e.name and target.startswith(e.name):
             raise SourceError(f"{target}: no such Python module (is the package installed?)") from e
@@ -112,6 +118,8 @@ def _load_factory(source: Source) -> torch.nn.Module:
         raise SourceError(f"{source.spec}: {attr!r} is not callable")
     try:
         model = factory()
+    except SystemExit as e:
+        raise SourceError(f"{source.spec}: the factory called sys.exit({e.code}) ({_EXIT_HINT})") from None
     except Exception as e:
         raise SourceError(f"{source.spec}: the factory raised {first_line(e)}") from e
     if not isinstance(model, torch.nn.Module):
@@ -165,8 +173,20 @@ def _load_pickle(source: Source) -> torch.nn.Module:
             "(torch.save(model.state_dict(), 'weights.pt')) and export with "
             "'package.module:factory --weights weights.pt'"
         )
+    # The pickle names its classes by module (``mymodel.Net``); like ``python script.py`` beside
+    # them, the file's own directory is importable, so a model saved next to its code loads.
+    here = str(path.resolve().parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)
+    except SystemExit as e:
+        raise SourceError(f"{source.spec}: unpickling it called sys.exit({e.code})") from None
+    except ModuleNotFoundError as e:
+        raise SourceError(
+            f"{source.spec}: cannot be unpickled: the module {e.name!r} that defines its class is not "
+            f"importable from {here} or the installed packages (install it, or export with a factory)"
+        ) from e
     except Exception as e:
         raise SourceError(f"{source.spec}: cannot be unpickled: {first_line(e)}") from e
     if not isinstance(obj, torch.nn.Module):

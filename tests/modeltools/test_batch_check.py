@@ -77,6 +77,18 @@ BATCH_MODELS = textwrap.dedent(
         return SeqFirst().eval()
 
 
+    class Loud(nn.Module):
+        """Adds the rows before each row only when a value exceeds 50: row-mixing on data of that
+        size alone (generated inputs, standard normal, never show it)."""
+
+        def forward(self, x):
+            return x + torch.cumsum(x, 0) * (x.abs().max() > 50).float()
+
+
+    def loud():
+        return Loud()
+
+
     class RowMLP(nn.Module):
         """Every output row is a function of its own input row."""
 
@@ -272,3 +284,32 @@ def test_other_dynamic_dimensions_are_checked_at_sizes_the_model_takes(tmp_path:
     assert check["batchable"] is True, check["reason"]
     assert check["dim_sizes"] == [{"h": 35, "w": 35}, {"h": 39, "w": 39}]
     assert data["max_batch_size"] == 64
+
+
+def test_the_check_runs_on_the_example_rows(tmp_path: Path, batch_models: Path) -> None:
+    """With --example the batch check runs on the user's rows, as parity does: a model that mixes
+    rows only on data like the example's is refused merging that generated data would allow."""
+    generated = _export(tmp_path / "generated", f"{batch_models}:loud", "x:batch,4:FP32")
+    assert generated["batch_check"]["data"] == "generated"
+    assert generated["max_batch_size"] == 64, generated["batch_check"]["reason"]
+
+    example = tmp_path / "example.npz"
+    np.savez(example, x=(np.random.default_rng(0).standard_normal((5, 4)) * 100).astype(np.float32))
+    data = _export(
+        tmp_path / "example", f"{batch_models}:loud", "x:batch,4:FP32", extra=("--example", str(example))
+    )
+    check = data["batch_check"]
+    assert check["data"] == "example"
+    assert check["batchable"] is False and data["max_batch_size"] == 0
+    assert "output 'output_0'" in check["reason"] and "merged vs alone" in check["reason"], check["reason"]
+
+
+def test_an_example_of_one_row_cannot_show_batching_is_safe(tmp_path: Path, batch_models: Path) -> None:
+    example = tmp_path / "one.npz"
+    np.savez(example, x=np.random.default_rng(0).standard_normal((1, 8)).astype(np.float32))
+    data = _export(
+        tmp_path / "pkg", f"{batch_models}:row_mlp", "x:batch,8:FP32", extra=("--example", str(example))
+    )
+    reason = data["batch_check"]["reason"]
+    assert data["max_batch_size"] == 0
+    assert reason.startswith("cannot be checked: 1 rows"), reason

@@ -57,6 +57,28 @@ NAMED_MODELS = textwrap.dedent(
         return Heads().eval()
 
 
+    class Gapped(nn.Module):
+        """An optional parameter between the two inputs: only binding by name reaches the mask."""
+
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(10, 4)
+            self.types = nn.Embedding(2, 4)
+
+        def forward(self, input_ids, token_type_ids=None, attention_mask=None):
+            h = self.embedding(input_ids)
+            if token_type_ids is not None:
+                h = h + self.types(token_type_ids)
+            if attention_mask is not None:
+                h = h * attention_mask.unsqueeze(-1).float()
+            return h.sum(1)
+
+
+    def gapped():
+        torch.manual_seed(0)
+        return Gapped().eval()
+
+
     Pair = namedtuple("Pair", ["scores", "embedding"])
 
 
@@ -162,7 +184,8 @@ def _torch(models: Path, factory: str, **inputs: np.ndarray) -> Any:
         return model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
 
 
-def test_inputs_bind_by_name_in_any_order(tmp_path: Path, named_models: Path) -> None:
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_inputs_bind_by_name_in_any_order(tmp_path: Path, named_models: Path, exporter: str) -> None:
     pkg = _export(
         tmp_path / "masked",
         f"{named_models}:masked",
@@ -170,7 +193,10 @@ def test_inputs_bind_by_name_in_any_order(tmp_path: Path, named_models: Path) ->
         "attention_mask:batch,6:INT64",
         "--input",
         "input_ids:batch,6:INT64",
+        "--exporter",
+        exporter,
     )
+    assert read_manifest(pkg)["exporter"] == exporter
     assert sorted(t["name"] for t in read_manifest(pkg)["inputs"]) == ["attention_mask", "input_ids"]
     rng = np.random.default_rng(1)
     ids = rng.integers(0, 10, (3, 6)).astype(np.int64)
@@ -179,6 +205,33 @@ def test_inputs_bind_by_name_in_any_order(tmp_path: Path, named_models: Path) ->
     expected = _torch(named_models, "masked", input_ids=ids, attention_mask=mask).numpy()
     swapped = _torch(named_models, "masked", input_ids=mask, attention_mask=ids).numpy()
     assert not np.allclose(expected, swapped)  # the test can tell a swap
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_an_input_after_an_optional_parameter_binds_to_its_own(
+    tmp_path: Path, named_models: Path, exporter: str
+) -> None:
+    """forward(input_ids, token_type_ids=None, attention_mask=None) with input_ids and attention_mask:
+    the mask reaches attention_mask with either exporter, never the token_type_ids position."""
+    pkg = _export(
+        tmp_path / "gapped",
+        f"{named_models}:gapped",
+        "--input",
+        "input_ids:batch,6:INT64",
+        "--input",
+        "attention_mask:batch,6:INT64",
+        "--exporter",
+        exporter,
+    )
+    assert read_manifest(pkg)["exporter"] == exporter
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 10, (3, 6)).astype(np.int64)
+    mask = (np.arange(6) < np.array([[2], [6], [4]])).astype(np.int64)
+    (got,) = _run(pkg, {"input_ids": ids, "attention_mask": mask}).values()
+    expected = _torch(named_models, "gapped", input_ids=ids, attention_mask=mask).numpy()
+    by_position = _torch(named_models, "gapped", input_ids=ids, token_type_ids=mask).numpy()
+    assert not np.allclose(expected, by_position)  # the test can tell the two bindings apart
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
@@ -204,7 +257,10 @@ def test_a_parameter_without_an_input_is_refused(tmp_path: Path, named_models: P
     assert_one_line_error(r, "'attention_mask' has no --input")
 
 
-def test_dict_outputs_keep_their_keys_whatever_the_output_order(tmp_path: Path, named_models: Path) -> None:
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_dict_outputs_keep_their_keys_whatever_the_output_order(
+    tmp_path: Path, named_models: Path, exporter: str
+) -> None:
     pkg = _export(
         tmp_path / "heads",
         f"{named_models}:heads",
@@ -214,7 +270,10 @@ def test_dict_outputs_keep_their_keys_whatever_the_output_order(tmp_path: Path, 
         "probs",
         "--output",
         "logits",
+        "--exporter",
+        exporter,
     )
+    assert read_manifest(pkg)["exporter"] == exporter
     assert [t["name"] for t in read_manifest(pkg)["outputs"]] == ["logits", "probs"]
     x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
     got = _run(pkg, {"x": x})

@@ -20,8 +20,9 @@ def _paths_of_this_machine(*extra: Path) -> list[bytes]:
     return sorted({str(p.resolve()).encode() for p in places if str(p.resolve()) != "/"})
 
 
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_two_exports_in_different_folders_give_the_same_package_and_identity(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exporter: str
 ) -> None:
     builds = []
     for run in ("first", "second"):
@@ -38,7 +39,10 @@ def test_two_exports_in_different_folders_give_the_same_package_and_identity(
         work.mkdir()
         monkeypatch.chdir(work)  # a different working directory each time
         out = where / "out" / "pkg"
-        r = run_cli("export", f"{models}:tiny", "--weights", weights, "-i", "x:batch,16:FP32", "--out", out)
+        r = run_cli(
+            "export", f"{models}:tiny", "--weights", weights, "-i", "x:batch,16:FP32", "--out", out,
+            "--exporter", exporter,
+        )
         assert r.exit_code == 0, r.stderr
         builds.append((out, where))
 
@@ -51,6 +55,7 @@ def test_two_exports_in_different_folders_give_the_same_package_and_identity(
     identity = [hashlib.sha256((p / "manifest.json").read_bytes()).hexdigest() for p in (a, b)]
     assert identity[0] == identity[1]
     assert "created" not in read_manifest(a)
+    assert read_manifest(a)["exporter"] == exporter
 
     for pkg, root in builds:
         leaks = _paths_of_this_machine(root, tmp_path)
