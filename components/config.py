@@ -38,6 +38,7 @@ KNOWN_KEYS = (
     "gpuPools",
     "kubeContext",
     "kubeconfig",
+    "kubeconfigContents",
     "modelStore",
     "models",
     "network",
@@ -50,7 +51,7 @@ KNOWN_KEYS = (
 )
 #: Keys (``top.nested`` for a value inside an object) that hold secrets: a plaintext value in a
 #: stack file is refused, since Pulumi would then show and store it as plain text.
-SECRET_KEYS = ("authToken", "objectStore.secretAccessKey")
+SECRET_KEYS = ("authToken", "kubeconfigContents", "objectStore.secretAccessKey")
 TARGETS = ("aws", "kubernetes")
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
@@ -242,6 +243,8 @@ class StackConfig:
     object_store: ObjectStoreConfig | None
     kube_context: str | None
     kubeconfig: str | None
+    """``kubeconfig``: a kubeconfig file's path exactly as the stack file gives it (``~/...``,
+    absolute, or relative to the project directory, where Pulumi runs the program and the provider)."""
     runtime_image: RuntimeImageConfig
     models: list[ModelConfig]
     tags: dict[str, str]
@@ -252,6 +255,8 @@ class StackConfig:
     """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
     standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
     addons: AddonsConfig = field(default_factory=AddonsConfig)
+    kubeconfig_contents: pulumi.Output[str] | None = None
+    """``kubeconfigContents``: a kubeconfig's contents, a secret (it holds tokens and keys)."""
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -294,9 +299,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
 
     object_store = None
     kube_context = cfg.get("kubeContext")
-    kubeconfig = cfg.get("kubeconfig")
-    if kubeconfig and "\n" not in kubeconfig:  # a path (not inline contents): ~ and relative paths
-        kubeconfig = str((root / Path(kubeconfig).expanduser()).resolve())
+    kubeconfig, kubeconfig_contents = _kubeconfig(cfg)
     if target == "kubernetes":
         if gpu_pools:
             raise ConfigError("gpuPools", names, "no GPU pools with target kubernetes (the cluster exists)")
@@ -383,7 +386,45 @@ def load(project_dir: Path | None = None) -> StackConfig:
         cluster_admins=admins,
         cluster_support_type=support_type,
         addons=addons,
+        kubeconfig_contents=kubeconfig_contents,
     )
+
+
+_KUBECONFIG_HINT = (
+    "set a kubeconfig's contents encrypted with "
+    "`pulumi config set --secret inferstack:kubeconfigContents \"$(cat <file>)\" --stack {stack}`"
+)
+
+
+def _kubeconfig(cfg: pulumi.Config) -> tuple[str | None, pulumi.Output[str] | None]:
+    """``kubeconfig`` (a file's path, kept as given: the plan never shows the builder's home) or
+    ``kubeconfigContents`` (the file's contents, a secret). A path key that holds contents, or a
+    secret, is refused without showing the value: contents carry tokens and client keys."""
+    values, secrets = _stack_values()
+    path_key, contents_key = f"{NAMESPACE}:kubeconfig", f"{NAMESPACE}:kubeconfigContents"
+    hint = _KUBECONFIG_HINT.format(stack=pulumi.get_stack())
+    if path_key in values and contents_key in values:
+        raise ConfigKeyError("kubeconfig", "set kubeconfig (a path) or kubeconfigContents, not both")
+    if path_key in secrets:
+        raise ConfigKeyError(
+            "kubeconfig", f"a secret, but this key holds a file's path; for the file's contents {hint}"
+        )
+    path = values.get(path_key)
+    if path is not None:
+        looks_inline = path.lstrip().startswith(("{", "[")) or re.search(
+            r"(^|\s)(apiVersion|clusters|users|kind)\s*:", path
+        )
+        if looks_inline or any(ord(c) < 32 for c in path):
+            raise ConfigKeyError(
+                "kubeconfig",
+                f"a kubeconfig's contents, not a file path; remove it from the stack file and {hint}",
+            )
+        if not path.strip() or len(path) > 4096:
+            raise ConfigKeyError("kubeconfig", "a kubeconfig file's path (1-4096 characters)")
+        return path, None
+    if contents_key in values:
+        return None, cfg.get_secret("kubeconfigContents")
+    return None, None
 
 
 def _stack_values() -> tuple[dict[str, Any], set[str]]:

@@ -310,7 +310,7 @@ class InferenceStack(pulumi.ComponentResource):
         kube = k8s.Provider(
             f"{name}-k8s",
             context=cfg.kube_context,
-            kubeconfig=cfg.kubeconfig,
+            kubeconfig=cfg.kubeconfig_contents or cfg.kubeconfig,
             opts=pulumi.ResourceOptions(parent=self),
         )
         on_store = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
@@ -367,7 +367,7 @@ class InferenceStack(pulumi.ComponentResource):
         self.model_uris = pulumi.Output.all(**uris)
         self.bucket_name = store.bucket_name
         self.cluster_name = pulumi.Output.from_input(cfg.kube_context or "(current kubeconfig context)")
-        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig or "")
+        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig_contents or cfg.kubeconfig or "")
 
 
     # -- runtime images: one per variant the models use ------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,57 @@ def test_gpu_pools_must_fit_a_rollout_at_peak() -> None:
     _expect(cfg, "models[0].autoscaling.maxReplicas", "at most 1", "need 3", "gpuPools[].maxSize")
 
 
-def test_kubeconfig_path_resolves_against_the_project_root() -> None:
-    local = copy.deepcopy(load_stack("local"))
-    local["inferstack:kubeconfig"] = "kube/config"
-    seen: dict[str, config.StackConfig] = {}
-    run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), local, stack="local")
-    assert seen["cfg"].kubeconfig == str(ROOT / "kube" / "config")
+def _local() -> dict[str, Any]:
+    return copy.deepcopy(load_stack("local"))
+
+
+def _kube_provider(cfg: dict[str, Any]) -> Any:
+    return run_program(main, cfg, stack="local").one("pulumi:providers:kubernetes")
+
+
+def test_a_kubeconfig_path_is_kept_as_given() -> None:
+    # the provider expands ~ and resolves a relative path where Pulumi runs it (the project
+    # directory); the plan must not carry the builder's home or checkout path
+    for given in ("~/.kube/other", "kube/config"):
+        provider = _kube_provider(_set(_local(), "kubeconfig", given))
+        assert provider.inputs["kubeconfig"] == given
+        assert str(Path.home()) not in str(provider.inputs) and str(ROOT) not in str(provider.inputs)
+
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.kubeconfig-token-4711"
+INLINE = (
+    "apiVersion: v1\nkind: Config\nclusters: []\nusers:\n- name: u\n  user:\n"
+    f"    token: {TOKEN}\n    client-key-data: a2V5\n"
+)
+ONE_LINE = json.dumps({"apiVersion": "v1", "kind": "Config", "users": [{"user": {"token": TOKEN}}]})
+
+
+@pytest.mark.parametrize("contents", [INLINE, ONE_LINE], ids=["yaml", "one-line-json"])
+def test_kubeconfig_contents_under_the_path_key_are_refused_unshown(contents: str) -> None:
+    program = Program()
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, _set(_local(), "kubeconfig", contents), stack="local", program=program)
+    msg = str(info.value)
+    assert msg.startswith("inferstack:kubeconfig: a kubeconfig's contents, not a file path"), msg
+    assert "pulumi config set --secret inferstack:kubeconfigContents" in msg
+    assert TOKEN not in msg and "a2V5" not in msg
+
+
+def test_plaintext_kubeconfig_contents_are_refused() -> None:
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, _set(_local(), "kubeconfigContents", INLINE), stack="local", secret_keys=[])
+    assert "inferstack:kubeconfigContents: a secret in plain text" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+def test_kubeconfig_contents_reach_the_provider_as_a_secret() -> None:
+    cfg = _set(_local(), "kubeconfigContents", INLINE)  # set with --secret (secret_keys_of)
+    provider = _kube_provider(cfg)
+    assert provider.inputs["kubeconfig"] == INLINE  # as given: not joined onto a path
+    assert "kubeconfig" in provider.secret_inputs
+    both = _set(cfg, "kubeconfig", "~/.kube/other")
+    with pytest.raises(config.ConfigKeyError, match="not both"):
+        run_program(main, both, stack="local")
 
 
 def test_a_gpu_pool_has_one_gpu_model() -> None:
