@@ -110,34 +110,46 @@ def test_dev_scales_to_zero_and_a_request_at_zero_waits_at_the_interceptor() -> 
     assert p.outputs["endpointUrl"] == f"http://{host}:8000", p.outputs["endpointUrl"]
 
 
-def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor() -> None:
-    def program() -> Autoscaling:
-        return Autoscaling(
-            "tiny",
-            AutoscalingArgs(
-                model_name="tiny",
-                namespace="tiny",
-                min_replicas=0,
-                max_replicas=2,
-                prometheus_address="http://prometheus-server.monitoring.svc.cluster.local:80",
-                backend_service="tiny-backend",
-                interceptor_host="keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local",
-                interceptor_namespace="keda",
-                scaler_address="keda-add-ons-http-external-scaler.keda:9090",
-            ),
-        )
+def _local_at(min_replicas: int) -> Program:
+    return _run("local", {"autoscaling": {"minReplicas": min_replicas, "maxReplicas": 2}})
 
-    p = run_program(program)
-    svc = p.one(SERVICE)
-    assert svc.inputs["metadata"] == {
-        "name": "tiny",
-        "namespace": "tiny",
-        "labels": svc.inputs["metadata"]["labels"],
-    }
+
+def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor() -> None:
+    p = _local_at(0)
+    svc = next(s for s in p.of_type(SERVICE) if s.inputs["metadata"]["name"] == "tiny")
+    assert svc.inputs["metadata"]["namespace"] == "tiny", svc.urn
     assert svc.inputs["spec"]["type"] == "ExternalName", svc.urn
     assert svc.inputs["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local"
-    assert "tiny.tiny.svc.cluster.local" in p.one(HTTP_SCALED_OBJECT).inputs["spec"]["hosts"]
-    assert resolve(p.result.endpoint_url) == "http://tiny.tiny.svc.cluster.local:8000"
+    assert "selector" not in svc.inputs["spec"], svc.urn
+    hosts = p.one(HTTP_SCALED_OBJECT).inputs["spec"]["hosts"]
+    # clients in the model's namespace call http://tiny:8000: the interceptor must route that Host too
+    assert {"tiny", "tiny.tiny", "tiny.tiny.svc", "tiny.tiny.svc.cluster.local"} <= set(hosts), hosts
+    assert p.outputs["endpointUrl"] == "http://tiny.tiny.svc.cluster.local:8000"
+
+
+def _owners(p: Program) -> dict[tuple[str, str, str], str]:
+    owners: dict[tuple[str, str, str], str] = {}
+    for r in p.kubernetes_objects():
+        meta = r.inputs.get("metadata") or {}
+        key = (r.type, meta.get("namespace") or "", meta.get("name") or "")
+        assert key not in owners, f"{key} declared by {owners[key]} and {r.urn}"
+        owners[key] = r.urn
+    return owners
+
+
+@pytest.mark.parametrize("stack", ["local", "dev"])
+def test_changing_the_minimum_keeps_one_owner_per_kubernetes_object(stack: str) -> None:
+    # `pulumi up` from min 1 to min 0 (and back) must update objects, never hand one to another
+    # resource: a create of a name that exists fails, and a rename's deferred delete removes it
+    at_zero = _owners(_run(stack, {"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}))
+    at_one = _owners(_run(stack, {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}}))
+    service = (SERVICE, "tiny", "tiny")
+    assert service in at_zero and service in at_one
+    for key in at_zero.keys() & at_one.keys():
+        assert at_zero[key] == at_one[key], f"{key}: {at_one[key]} at min 1, {at_zero[key]} at min 0"
+    by_urn_zero = {urn: key for key, urn in at_zero.items()}
+    for key, urn in at_one.items():
+        assert by_urn_zero.get(urn, key) == key, f"{urn} is {key} at min 1 and {by_urn_zero[urn]} at min 0"
 
 
 def test_min_zero_without_the_http_add_on_is_refused() -> None:
