@@ -229,6 +229,12 @@ class AddonsConfig:
     """With ``prometheus: false``: the Prometheus KEDA queries, e.g. http://prometheus.mon:9090."""
     grafana: bool = True
     """Install Grafana with the inferstack dashboard. Default true."""
+    http_addon_namespace: str | None = None
+    """``httpAddon.namespace``, with ``keda: false``: where the installed HTTP add-on runs
+    (default keda)."""
+    http_addon_proxy_port: int | None = None
+    """``httpAddon.proxyPort``, with ``keda: false``: its interceptor proxy Service's port (the chart's
+    ``interceptor.proxy.port``, 8080 unless set). Required there when a model scales to zero."""
 
 
 @dataclass(frozen=True)
@@ -336,6 +342,16 @@ def load(project_dir: Path | None = None) -> StackConfig:
             None,
             f"the Prometheus that KEDA reads for {', '.join(scaled)} (autoscaling), "
             "or addons.prometheus: true",
+        )
+
+    at_zero = [m.name for m in models if m.autoscaling and m.autoscaling.min_replicas == 0]
+    if at_zero and not addons.keda and addons.http_addon_proxy_port is None:
+        raise ConfigError(
+            "addons.httpAddon",
+            None,
+            f"the installed KEDA HTTP add-on's namespace and interceptor proxy port for {', '.join(at_zero)} "
+            "(minReplicas 0 with addons.keda: false), e.g. {namespace: keda, proxyPort: 8080}; "
+            "docs/infrastructure.md lists the chart values it needs",
         )
 
     auth_token = None
@@ -675,8 +691,21 @@ def _pinned(value: Any, key: str) -> str:
 
 
 def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
-    _keys(raw, "addons", {"keda", "prometheus", "prometheusAddress", "grafana"})
+    _keys(raw, "addons", {"keda", "prometheus", "prometheusAddress", "grafana", "httpAddon"})
     keda = _bool(raw.get("keda", True), "addons.keda")
+    http_ns = http_port = None
+    http = raw.get("httpAddon")
+    if http is not None:
+        if keda:
+            raise ConfigError(
+                "addons.httpAddon", "(set)", "httpAddon only with addons.keda: false (the stack's own "
+                "add-on listens on 8000 in namespace keda)"
+            )
+        if not isinstance(http, Mapping):
+            raise ConfigError("addons.httpAddon", http, "a mapping with namespace and proxyPort")
+        _keys(http, "addons.httpAddon", {"namespace", "proxyPort"})
+        http_ns = _name(http.get("namespace", "keda"), "addons.httpAddon.namespace")
+        http_port = _int(http.get("proxyPort"), "addons.httpAddon.proxyPort", 1, 65535)
     prometheus = _bool(raw.get("prometheus", True), "addons.prometheus")
     address = raw.get("prometheusAddress")
     if address is not None:
@@ -694,7 +723,7 @@ def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
         raise ConfigError(
             "addons.grafana", grafana, "false when addons.prometheus is false (it reads that one)"
         )
-    return AddonsConfig(keda, prometheus, address, grafana)
+    return AddonsConfig(keda, prometheus, address, grafana, http_ns, http_port)
 
 
 def _autoscaling(a: Any, key: str, replicas: int) -> AutoscalingConfig:

@@ -24,6 +24,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+#: seconds the startup probe gives a started container to download and load its model
+STARTUP_TIMEOUT_S = 900
 TYPE = "inferstack:inference_service:InferenceService"
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -130,8 +132,9 @@ class InferenceServiceArgs:
     """Bearer token the runtime requires; stored in a Secret, mounted as a file. Default: no auth."""
     port: int = 8000
     """Container and Service port. Default 8000."""
-    startup_timeout_s: int = 900
-    """How long the startup probe waits for a cold GPU start (image pull excluded). Default 900."""
+    startup_timeout_s: int = STARTUP_TIMEOUT_S
+    """How long the startup probe waits for the model to load (from the container's start: node
+    launch and image pull excluded). Default 900."""
     await_timeout: str = "30m"
     """Pulumi's wait for the Deployment to become ready (node scale-up + pull + load). Default 30m."""
     service_depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -376,7 +379,7 @@ class InferenceService(pulumi.ComponentResource):
                 "external_name": args.external_name,
                 "ports": [{"name": "http", "port": args.port, "protocol": "TCP"}],
             }
-            svc_annotations = {}
+            svc_annotations = {"pulumi.com/skipAwait": "true"}
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={
@@ -395,7 +398,12 @@ class InferenceService(pulumi.ComponentResource):
         if args.backend_service is not None:
             k8s.core.v1.Service(
                 f"{name}-backend",
-                metadata={**meta, "name": args.backend_service},
+                # at zero it has no ready endpoint: awaiting one would hold `pulumi up`
+                metadata={
+                    **meta,
+                    "name": args.backend_service,
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
                 spec={"type": "ClusterIP", "selector": labels, "ports": ports},
                 opts=in_ns,
             )

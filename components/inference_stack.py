@@ -425,20 +425,18 @@ class _ScalingAddons:
             after_keda = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[keda]))
             self.http = KedaHttpAddon(f"{name}-keda-http", opts=after_keda)
             self.keda = [keda, self.http]
-        # KEDA's HTTP add-on: the stack's, or one the user installed (addons.keda false)
-        defaults = KedaHttpAddonArgs()
-        self.interceptor_host: pulumi.Input[str] = (
-            self.http.interceptor_host
-            if self.http
-            else f"{INTERCEPTOR_SERVICE}.{defaults.namespace}.svc.cluster.local"
-        )
-        self.interceptor_namespace: pulumi.Input[str] = (
-            self.http.namespace if self.http else defaults.namespace
-        )
-        self.interceptor_port = self.http.interceptor_port if self.http else defaults.proxy_port
-        self.scaler_address: pulumi.Input[str] = (
-            self.http.scaler_address if self.http else f"{SCALER_SERVICE}.{defaults.namespace}:{SCALER_PORT}"
-        )
+        # KEDA's HTTP add-on: the stack's, or the one the user installed (addons.keda false, httpAddon)
+        if self.http is not None:
+            self.interceptor_host: pulumi.Input[str] = self.http.interceptor_host
+            self.interceptor_namespace: pulumi.Input[str] = self.http.namespace
+            self.interceptor_port = self.http.interceptor_port
+            self.scaler_address: pulumi.Input[str] = self.http.scaler_address
+        else:
+            ns = cfg.addons.http_addon_namespace or KedaHttpAddonArgs().namespace
+            self.interceptor_host = f"{INTERCEPTOR_SERVICE}.{ns}.svc.cluster.local"
+            self.interceptor_namespace = ns
+            self.interceptor_port = cfg.addons.http_addon_proxy_port or KedaHttpAddonArgs().proxy_port
+            self.scaler_address = f"{SCALER_SERVICE}.{ns}:{SCALER_PORT}"
         self.prometheus_address: pulumi.Output[str] | None = None
         if cfg.addons.prometheus:
             prometheus = Prometheus(f"{name}-prometheus", opts=opts)

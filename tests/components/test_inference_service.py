@@ -114,7 +114,10 @@ def test_an_autoscaled_deployment_starts_at_its_minimum_and_keeps_the_live_count
     assert dep.inputs["spec"]["replicas"] == 0, f"{dep.urn}: a model that scales to zero starts at zero"
     assert "spec.replicas" in dep.ignore_changes, f"{dep.urn}: pulumi up would reset KEDA's count"
     services = {s.inputs["metadata"]["name"]: s for s in p.of_type("kubernetes:core/v1:Service")}
-    assert services["tiny-backend"].inputs["spec"]["selector"] == dep.inputs["spec"]["selector"]["matchLabels"]
+    pods = dep.inputs["spec"]["selector"]["matchLabels"]
+    assert services["tiny-backend"].inputs["spec"]["selector"] == pods
+    skip = services["tiny-backend"].inputs["metadata"]["annotations"]["pulumi.com/skipAwait"]
+    assert skip == "true", "no ready endpoint at zero: an await would hold `pulumi up`"
     assert services["tiny"].inputs["spec"]["externalName"] == "proxy.keda"
     assert not p.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"), "no CPU HPA"
     fixed = run_program(lambda: _svc(replicas=2)).one(DEPLOYMENT)
