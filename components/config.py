@@ -33,6 +33,7 @@ KNOWN_KEYS = (
     "addons",
     "authToken",
     "clusterAdmins",
+    "clusterEndpoint",
     "clusterSupportType",
     "clusterVersion",
     "gpuPools",
@@ -261,6 +262,9 @@ class StackConfig:
     """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
     standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
     addons: AddonsConfig = field(default_factory=AddonsConfig)
+    public_access_cidrs: list[str] = field(default_factory=list)
+    """``clusterEndpoint.publicAccessCidrs`` (target aws, required there): who reaches the EKS API's
+    public endpoint; empty: the public endpoint is off (private endpoint only)."""
     kubeconfig_contents: pulumi.Output[str] | None = None
     """``kubeconfigContents``: a kubeconfig's contents, a secret (it holds tokens and keys)."""
 
@@ -373,6 +377,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
             )
     if admins and target != "aws":
         raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
+    public_access_cidrs = _cluster_endpoint(_obj(cfg, "clusterEndpoint"), target)
     if cfg.get("clusterSupportType") is not None and target != "aws":
         raise ConfigError(
             "clusterSupportType", support_type, "clusterSupportType only with target aws (EKS upgrade policy)"
@@ -403,7 +408,46 @@ def load(project_dir: Path | None = None) -> StackConfig:
         cluster_support_type=support_type,
         addons=addons,
         kubeconfig_contents=kubeconfig_contents,
+        public_access_cidrs=public_access_cidrs,
     )
+
+
+def _cluster_endpoint(raw: Mapping[str, Any] | None, target: str) -> list[str]:
+    """``clusterEndpoint.publicAccessCidrs``: stated on every aws stack, never assumed open."""
+    if target != "aws":
+        if raw is not None:
+            raise ConfigError(
+                "clusterEndpoint", "(set)", "clusterEndpoint only with target aws (the EKS API)"
+            )
+        return []
+    if raw is None:
+        raise ConfigError(
+            "clusterEndpoint",
+            None,
+            "the networks that reach the EKS API's public endpoint: {publicAccessCidrs: [<your "
+            "deployers' egress CIDRs>]}, or {publicAccessCidrs: []} for the private endpoint only "
+            "(reached from the VPC); 0.0.0.0/0 only when written out",
+        )
+    _keys(raw, "clusterEndpoint", {"publicAccessCidrs"})
+    cidrs = raw.get("publicAccessCidrs")
+    if not isinstance(cidrs, list) or len(cidrs) > 40:
+        raise ConfigError(
+            "clusterEndpoint.publicAccessCidrs",
+            cidrs,
+            "a list of at most 40 IPv4 CIDR blocks ([] = private only)",
+        )
+    for i, c in enumerate(cidrs):
+        try:
+            if not isinstance(c, str) or "/" not in c:
+                raise ValueError(c)
+            ipaddress.IPv4Network(c, strict=True)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"clusterEndpoint.publicAccessCidrs[{i}]",
+                c,
+                "an IPv4 CIDR block with its prefix length and no host bits, such as 198.51.100.0/24",
+            ) from None
+    return list(cidrs)
 
 
 _KUBECONFIG_HINT = (

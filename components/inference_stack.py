@@ -129,6 +129,7 @@ class InferenceStack(pulumi.ComponentResource):
                 region=cfg.region,
                 admin_principal_arns=cfg.cluster_admins,
                 support_type=cfg.cluster_support_type,
+                public_access_cidrs=cfg.public_access_cidrs,
             ),
             opts=on_aws,
         )

@@ -339,3 +339,40 @@ def test_the_checks_hold_for_pulumi_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**to_config(prod), "inferstack:regoin": "eu-west-1"}))
     msg = _refused({}, secret_keys=[], stack="prod")
     assert "inferstack:regoin: unknown key; did you mean 'region'?" in msg
+
+
+def _eks(p: Any) -> dict[str, Any]:
+    return p.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+
+
+def test_prod_keeps_the_eks_api_off_the_internet() -> None:
+    prod = copy.deepcopy(load_stack("prod"))
+    prod["inferstack:authToken"] = "t"
+    vpc = _eks(run_program(main, prod, stack="prod"))
+    assert vpc["endpointPublicAccess"] is False and vpc["endpointPrivateAccess"] is True, vpc
+    assert "0.0.0.0/0" not in str(vpc)
+    prod["inferstack:clusterEndpoint"] = {"publicAccessCidrs": ["198.51.100.0/24"]}
+    vpc = _eks(run_program(main, prod, stack="prod"))
+    assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["198.51.100.0/24"], vpc
+
+
+def test_the_eks_api_is_open_only_when_written_out() -> None:
+    missing = _dev()
+    del missing["inferstack:clusterEndpoint"]
+    _expect(missing, "clusterEndpoint", "(missing)", "publicAccessCidrs", "0.0.0.0/0 only when written out")
+    _expect(
+        _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": ["10.0.0.1"]}),
+        "clusterEndpoint.publicAccessCidrs[0]",
+        "prefix length",
+    )
+    _expect(
+        _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": ["10.0.0.1/8"]}),
+        "clusterEndpoint.publicAccessCidrs[0]",
+    )
+    one = _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": "0.0.0.0/0"})
+    _expect(one, "clusterEndpoint.publicAccessCidrs", "a list")
+    _expect(_set(_dev(), "clusterEndpoint", {"private": True}), "clusterEndpoint.private", "unknown key")
+    local = _set(_local(), "clusterEndpoint", {"publicAccessCidrs": []})
+    with pytest.raises(config.ConfigError, match="clusterEndpoint only with target aws"):
+        run_program(main, local, stack="local")
+    assert _eks(run_program(main, _dev(), stack="dev"))["publicAccessCidrs"] == ["0.0.0.0/0"]  # dev says so
