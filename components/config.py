@@ -752,6 +752,7 @@ def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
         http_port = _int(http.get("proxyPort"), "addons.httpAddon.proxyPort", 1, 65535)
     prometheus = _bool(raw.get("prometheus", True), "addons.prometheus")
     address = raw.get("prometheusAddress")
+    _no_userinfo(address, "addons.prometheusAddress")
     if address is not None:
         if prometheus:
             raise ConfigError(
@@ -969,7 +970,20 @@ def _quantity(value: Any, key: str) -> str:
     return value
 
 
+def _no_userinfo(value: Any, key: str) -> None:
+    """Refuse ``scheme://user:password@host``: the stack file and the plan would carry the
+    credentials in plain text. The message does not show the value."""
+    if isinstance(value, str) and "@" in value.partition("://")[2].split("/", 1)[0]:
+        raise ConfigKeyError(
+            key,
+            "a URL with credentials (user:password@) is not allowed: they would be stored and planned "
+            "in plain text; give the address alone (the store's keys go in accessKeyId and the secret "
+            "secretAccessKey)",
+        )
+
+
 def _url(value: Any, key: str) -> str:
+    _no_userinfo(value, key)
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value):
         raise ConfigError(key, value, "an http(s) URL without a path, e.g. http://minio.minio:9000")
     return value.rstrip("/")

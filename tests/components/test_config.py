@@ -376,3 +376,23 @@ def test_the_eks_api_is_open_only_when_written_out() -> None:
     with pytest.raises(config.ConfigError, match="clusterEndpoint only with target aws"):
         run_program(main, local, stack="local")
     assert _eks(run_program(main, _dev(), stack="dev"))["publicAccessCidrs"] == ["0.0.0.0/0"]  # dev says so
+
+
+@pytest.mark.parametrize("key", ["endpoint", "clusterEndpoint"])
+def test_a_store_url_with_credentials_is_refused_unshown(key: str) -> None:
+    local = _local()
+    local["inferstack:objectStore"][key] = "http://admin:pw-4711@minio.minio:9000"
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, local, stack="local")
+    msg = str(info.value)
+    assert msg.startswith(f"inferstack:objectStore.{key}: a URL with credentials"), msg
+    assert "pw-4711" not in msg and "admin" not in msg
+
+
+def test_a_prometheus_url_with_credentials_is_refused_unshown() -> None:
+    cfg = _set(_dev(), "addons", {"prometheus": False, "grafana": False,
+                                  "prometheusAddress": "https://u:pw-4711@prom.example.com"})
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, cfg, stack="dev")
+    assert str(info.value).startswith("inferstack:addons.prometheusAddress: a URL with credentials")
+    assert "pw-4711" not in str(info.value)
