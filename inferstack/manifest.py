@@ -137,14 +137,14 @@ def plain_path_problem(path: str) -> str | None:
     if "\0" in path:
         return "contains a NUL byte"
     if path.startswith("/") or PureWindowsPath(path).drive:
-        return "is absolute"
+        return "is outside the package (absolute)"
     if path.endswith("/"):
         return "ends with '/' (a folder, not a file)"
     parts = path.split("/")
     if "" in parts:
         return "has an empty segment ('//')"
     if ".." in parts:
-        return "contains '..'"
+        return "is outside the package ('..')"
     if "." in parts:
         return "contains a '.' segment"
     return None
@@ -343,10 +343,7 @@ def check_external_data(package_dir: str | os.PathLike[str], manifest: Manifest)
         # only a plain relative POSIX path can be matched to a listed file
         problem = plain_path_problem(location)
         if problem:
-            raise ManifestError(
-                f"{model}: external data location {location!r} {problem}; only a plain relative "
-                "path inside the package, listed in the manifest, is loaded; refused"
-            )
+            raise ManifestError(f"{model}: external data location {location!r} {problem}; refused")
         path = (folder / location).as_posix()
         if path not in listed:
             raise ManifestError(

@@ -87,10 +87,10 @@ def test_the_same_package_with_a_plain_location_serves_the_hashed_weights(serve,
 @pytest.mark.parametrize(
     ("location", "problem"),
     [
-        ("C:/w.bin", "is absolute"),
+        ("C:/w.bin", "is outside the package"),
         ("sub//w.bin", "empty segment"),
         ("sub/./w.bin", "'.' segment"),
-        ("sub/../sub/w.bin", "'..'"),
+        ("sub/../sub/w.bin", "is outside the package"),
     ],
 )
 def test_other_unplain_locations_are_refused(tmp_path: Path, location: str, problem: str) -> None:
