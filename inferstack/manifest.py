@@ -137,14 +137,14 @@ def plain_path_problem(path: str) -> str | None:
     if "\0" in path:
         return "contains a NUL byte"
     if path.startswith("/") or PureWindowsPath(path).drive:
-        return "is outside the package (absolute)"
+        return "is outside the package"
     if path.endswith("/"):
         return "ends with '/' (a folder, not a file)"
     parts = path.split("/")
     if "" in parts:
         return "has an empty segment ('//')"
     if ".." in parts:
-        return "is outside the package ('..')"
+        return "is outside the package"
     if "." in parts:
         return "contains a '.' segment"
     return None
