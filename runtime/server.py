@@ -373,6 +373,9 @@ class App:
                 return
             try:
                 written = self._answer(conn, model, infer, outputs, keep_alive)
+            except HTTPError as e:  # an answer the protocol cannot carry (inf in JSON)
+                self._refuse(conn, e, request)
+                return
             except Exception as e:
                 log.exception("error while encoding a response")
                 self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
@@ -432,6 +435,8 @@ class App:
                 f"decompressed request body exceeds the limit of {limit} bytes (--max-body-bytes / "
                 "INFERSTACK_MAX_BODY_BYTES)"
             )
+        if not d.eof:  # the stream stopped before its end marker (and checksum)
+            raise BadRequest(f"{encoding.decode()} body is truncated or corrupt")
         return out
 
     @staticmethod
