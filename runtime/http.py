@@ -206,7 +206,8 @@ class Connection(asyncio.Protocol):
             self._sync_reading()
             return
         except httptools.HttpParserError as e:
-            if not self._discard:
+            # (after a final answer, e.g. to Connection: close, the rest of the packet is discarded)
+            if not self._discard and not self._lingering:
                 self._fail_protocol(f"malformed HTTP request: {e}")
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
@@ -465,7 +466,8 @@ class Connection(asyncio.Protocol):
         """Write one answer; then go on with the next pipelined request, or close. False when the
         client has gone (nothing written)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
+            # gone, or the final answer is out (write_eof): nothing is ever written after it
             self.busy = False
             return False
         if self._current:  # the request's bytes leave the budget
