@@ -19,8 +19,8 @@ def _exchange(host: str, port: int, payload: bytes) -> bytes:
 def test_bytes_after_a_connection_close_request_are_discarded_quietly(serve, fixed_onnx) -> None:
     s = serve(fixed_onnx)
     body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]}'
-    infer = b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (
-        s.name.encode(), len(body), body)
+    infer = (b"POST /v2/models/%s/infer HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+             b"Content-Length: %d\r\n\r\n%s" % (s.name.encode(), len(body), body))
     get = b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     for first in (get, infer):  # answered at once; answered later, by the batcher
         for rest in (b"GET /v2 HTTP/1.1\r\n\r\n", b"xyz not http\r\n\r\n", b"POST /v2 HTTP/1.1\r\n"):
