@@ -511,6 +511,16 @@ class Connection(asyncio.Protocol):
             self._sync_reading()
         return True
 
+    def hold_decoded(self, n: int) -> bool:
+        """Count ``n`` more bytes in the budget for the request being answered (what its body
+        decodes into), until its answer is written; False, and nothing counted, when they do not
+        fit now."""
+        if self.app.buffered + n > self.app.max_buffered_bytes:
+            return False
+        self._hold(n)
+        self._current += n
+        return True
+
     def respond_error(self, error: HTTPError, keep_alive: bool = True) -> bool:
         body = orjson.dumps({"error": error.message})
         return self.respond(error.status_code, body, headers=error.headers, keep_alive=keep_alive)

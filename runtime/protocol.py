@@ -27,6 +27,10 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT_KINDS = frozenset("iuf")
 _INT_KINDS = frozenset("iu")
 _BOOL_KINDS = frozenset("b")
+#: BYTES elements one request may carry (``--max-bytes-elements``'s default)
+DEFAULT_MAX_BYTES_ELEMENTS = 1 << 19
+#: BYTES elements encoded per piece of a binary output (bounds the per-element objects alive at once)
+_BYTES_CHUNK = 1 << 14
 #: an empty input's shape with its zero dimensions counted as 1 may describe at most this many bytes
 _MAX_EMPTY_DESCRIBED_BYTES = 1 << 28
 
@@ -78,9 +82,11 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest:
+def decode(body: bytes, header_length: int | None, model: Model,
+           max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
     """Parse and check an infer request body; ``header_length`` is the value of
-    ``Inference-Header-Content-Length`` (None when the whole body is JSON)."""
+    ``Inference-Header-Content-Length`` (None when the whole body is JSON). BYTES inputs may hold
+    ``max_bytes_elements`` elements together (checked from their shapes, before any is read)."""
     size = len(body)
     header: bytes | memoryview
     if header_length is None:
@@ -112,6 +118,7 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
     rows = -1
     key: list[Any] = []
     batching = model.batching
+    strings = 0  # BYTES elements so far
     for index, raw in enumerate(raw_inputs):
         tensor = _object(raw, f"inputs[{index}]")
         name = tensor.get("name")
@@ -126,6 +133,13 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
         if name in inputs:
             raise BadRequest(f"input {name!r} appears twice")
         shape = _check_shape(tensor, spec, model)
+        if spec.dtype.v2 == "BYTES":
+            strings += _count(shape)
+            if strings > max_bytes_elements:
+                raise BadRequest(
+                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
+                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
+                )
         tparams = _params(tensor.get("parameters"), f"input {name!r}: 'parameters'")
         binary_size = tparams.get("binary_data_size")
         has_data = "data" in tensor
@@ -509,12 +523,16 @@ def _to_json(array: np.ndarray, info: TensorInfo, name: str) -> Any:
 
 def _to_binary(array: np.ndarray, info: TensorInfo) -> bytes | memoryview:
     if info.dtype.v2 == "BYTES":
-        parts = []
-        for x in array.reshape(-1):
-            raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
-            parts.append(len(raw).to_bytes(4, "little"))
-            parts.append(raw)
-        return b"".join(parts)
+        # in pieces: the per-element bytes objects of one piece at a time, then one join
+        flat = array.reshape(-1)
+        pieces = []
+        for start in range(0, len(flat), _BYTES_CHUNK):
+            parts: list[bytes] = []
+            for x in flat[start:start + _BYTES_CHUNK]:
+                raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
+                parts += (len(raw).to_bytes(4, "little"), raw)
+            pieces.append(b"".join(parts))
+        return b"".join(pieces)
     if array.dtype != info.dtype.numpy:
         array = array.astype(info.dtype.numpy)
     # flat bytes (a zero-size view with several dimensions cannot be cast)
