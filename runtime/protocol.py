@@ -101,6 +101,12 @@ def decode(body: bytes, header_length: int | None, model: Model,
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
         where = "request body" if header_length is None else "request JSON header"
+        near = bytes(header[max(e.pos - 1, 0):e.pos + 8])
+        if any(token in near for token in (b"NaN", b"Infinity")):  # Python's json.dumps writes them
+            raise BadRequest(
+                f"{where} is not valid JSON: NaN/Infinity at char {e.pos}; JSON cannot carry "
+                "non-finite numbers: send the input as binary data (the binary tensor data extension)"
+            ) from None
         raise BadRequest(f"{where} is not valid JSON: {e}") from None
     doc = _object(doc, "request body")
 

@@ -70,6 +70,14 @@ def test_values_json_or_the_datatype_cannot_hold_are_refused(
     assert message in r.json()["error"], r.json()
 
 
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_non_finite_json_inputs_say_to_send_binary_data(dtypes_server, token: str) -> None:
+    body = json.dumps(_doc()).replace("[1.5, 2, 3]", f"[1.5, {token}, 3]", 1)
+    r = httpx.post(f"{dtypes_server.url}/v2/models/dtypes/infer", content=body)
+    assert r.status_code == 400, r.text
+    assert "NaN/Infinity" in r.json()["error"] and "binary data" in r.json()["error"], r.text
+
+
 def test_request_parameters_that_are_not_an_object_are_refused(dtypes_server) -> None:
     r = _post(dtypes_server, {**_doc(), "parameters": []})
     assert r.status_code == 400 and r.json()["error"] == "'parameters' must be a JSON object, got an array"
