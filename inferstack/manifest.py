@@ -117,6 +117,7 @@ class Manifest:
             raise ManifestError(
                 f"{where}: digest {m.digest} does not match its files list (expected {expected})"
             )
+        check_listed_paths([f.path for f in m.files], where)
         if m.model_file not in {f.path for f in m.files}:
             raise ManifestError(f"{where}: model_file {m.model_file!r} is not listed in files")
         return m
@@ -126,6 +127,52 @@ class Manifest:
             if f.path == path:
                 return f
         raise ManifestError(f"{MANIFEST_NAME}: no file {path!r} in the package")
+
+
+def plain_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a plain relative POSIX file path (None when it is one): a package path
+    is read the same way on every platform and by every reader (onnxruntime opens an external data
+    location literally, so ``sub\\w.bin`` on Linux is one file named with a backslash)."""
+    if not path:
+        return "is empty"
+    if "\\" in path:
+        return "contains a backslash (use '/')"
+    if "\0" in path:
+        return "contains a NUL byte"
+    if path.startswith("/") or PureWindowsPath(path).drive:
+        return "is outside the package"
+    if path.endswith("/"):
+        return "ends with '/' (a folder, not a file)"
+    parts = path.split("/")
+    if "" in parts:
+        return "has an empty segment ('//')"
+    if ".." in parts:
+        return "is outside the package"
+    if "." in parts:
+        return "contains a '.' segment"
+    return None
+
+
+def check_listed_paths(paths: list[str], where: str = MANIFEST_NAME) -> None:
+    """Refuse a files list with a path that is not a plain relative file path (see
+    :func:`plain_path_problem`), a path listed twice, or one that is both a file and the folder of
+    another (``a`` and ``a/b``): no reader could place both."""
+    seen: set[str] = set()
+    for path in paths:
+        problem = plain_path_problem(path)
+        if problem:
+            raise ManifestError(f"{where}: file path {path!r} {problem}; refused")
+        if path in seen:
+            raise ManifestError(f"{where}: file path {path!r} is listed twice")
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in seen:
+                raise ManifestError(
+                    f"{where}: {folder!r} is listed as a file and as the folder of {path!r}; refused"
+                )
 
 
 def package_digest(files: list[FileEntry]) -> str:
@@ -295,12 +342,12 @@ def check_external_data(package_dir: str | os.PathLike[str], manifest: Manifest)
     except ManifestError:
         return  # a graph that does not parse loads nothing: the ONNX check (or onnxruntime) names it
     for location in locations:
-        rel = PurePosixPath(location.replace("\\", "/"))
-        if not location or rel.is_absolute() or ".." in rel.parts or PureWindowsPath(location).drive:
-            raise ManifestError(
-                f"{model}: external data location {location!r} is outside the package; refused"
-            )
-        path = (folder / rel).as_posix()
+        # onnxruntime opens the location as given (on Linux a backslash is part of a file name), so
+        # only a plain relative POSIX path can be matched to a listed file
+        problem = plain_path_problem(location)
+        if problem:
+            raise ManifestError(f"{model}: external data location {location!r} {problem}; refused")
+        path = (folder / location).as_posix()
         if path not in listed:
             raise ManifestError(
                 f"{model}: loads external data {path!r}, which {MANIFEST_NAME} does not list "

@@ -206,7 +206,8 @@ class Connection(asyncio.Protocol):
             self._sync_reading()
             return
         except httptools.HttpParserError as e:
-            if not self._discard:
+            # (after a final answer, e.g. to Connection: close, the rest of the packet is discarded)
+            if not self._discard and not self._lingering:
                 self._fail_protocol(f"malformed HTTP request: {e}")
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
@@ -465,7 +466,8 @@ class Connection(asyncio.Protocol):
         """Write one answer; then go on with the next pipelined request, or close. False when the
         client has gone (nothing written)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
+            # gone, or the final answer is out (write_eof): nothing is ever written after it
             self.busy = False
             return False
         if self._current:  # the request's bytes leave the budget
@@ -507,6 +509,16 @@ class Connection(asyncio.Protocol):
                 and self._queued_bytes < _MAX_QUEUED_BYTES // 2:
             self._paused = False
             self._sync_reading()
+        return True
+
+    def hold_decoded(self, n: int) -> bool:
+        """Count ``n`` more bytes in the budget for the request being answered (what its body
+        decodes into), until its answer is written; False, and nothing counted, when they do not
+        fit now."""
+        if self.app.buffered + n > self.app.max_buffered_bytes:
+            return False
+        self._hold(n)
+        self._current += n
         return True
 
     def respond_error(self, error: HTTPError, keep_alive: bool = True) -> bool:

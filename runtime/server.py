@@ -38,6 +38,7 @@ from inferstack.runtime.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     QueueFull,
     RequestTimeout,
@@ -58,7 +59,15 @@ _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _OPEN_RAW = frozenset(p.encode() for p in _OPEN_PATHS)
 _EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
-#: bodies larger than this (and every compressed body) are decoded off the event loop
+#: memory a JSON body's decoding may take per byte of JSON (orjson's Python objects, then the numpy
+#: arrays: a 64 MiB body of FP32 "0," values peaks at 16x), counted in --max-buffered-bytes
+JSON_DECODED_PER_BYTE = 16
+#: ... per BYTES element (a Python string, its slot in an object array and onnxruntime's copy, in
+#: and out: 1,048,576 two-byte elements peak at about 210 bytes each)
+BYTES_DECODED_PER_ELEMENT = 256
+#: bodies larger than this (and every compressed body, and every body of a model with a BYTES
+#: input) are decoded off the event loop; answers larger than this (and every answer with a BYTES
+#: output) are encoded off it: per-element work must not stall health checks
 _INLINE_DECODE_BYTES = 1 << 20
 
 
@@ -102,6 +111,7 @@ class App:
         self._outcomes = self.metrics.outcome
         self._observe_request = self.metrics.request_seconds.observe
         self._decoder: ThreadPoolExecutor | None = None
+        self._bytes_in = self._bytes_out = False  # the model has a BYTES input / output
         self._clock_loop: asyncio.AbstractEventLoop | None = None
         timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
         self._tick_every = max(0.05, min(1.0, min(timeouts) / 4))
@@ -138,6 +148,8 @@ class App:
         base = f"/v2/models/{model.name}"
         versioned = f"{base}/versions/{model.version}"
         self._infer_paths = {f"{base}/infer": model.name, f"{versioned}/infer": model.name}
+        self._bytes_in = any(t.dtype.v2 == "BYTES" for t in model.inputs)
+        self._bytes_out = any(t.dtype.v2 == "BYTES" for t in model.outputs)
         self.ready = True
 
     def connection_opened(self, conn: Connection) -> None:
@@ -329,22 +341,50 @@ class App:
             )
         header_length = _header_length(request.headers)
         encoding = request.headers.get(b"content-encoding")
-        if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity"):
-            self._submit(conn, request, model, batcher, decode(request.body, header_length, model))
+        if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity") \
+                and not self._bytes_in:
+            self._submit(conn, request, model, batcher,
+                         decode(request.body, header_length, model, self.config.max_bytes_elements))
             return
-        # a large or compressed body: parse it in a thread, so the event loop keeps answering
-        # (health checks, small requests) meanwhile
-        if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
-        future = self._decoder.submit(self._decode_body, request, header_length, model)
+        self._hold_decoded(conn, request, header_length)
+        # a large or compressed body, or BYTES elements: parse it in a thread, so the event loop
+        # keeps answering (health checks, small requests) meanwhile
+        future = self._worker().submit(self._decode_body, request, header_length, model)
         loop = self._loop
         assert loop is not None
         future.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, model, batcher)
         )
 
+    def _hold_decoded(self, conn: Connection, request: Request, header_length: int | None) -> None:
+        """Count what the body will decode into in --max-buffered-bytes, beyond the body itself:
+        JSON_DECODED_PER_BYTE per byte of JSON, BYTES_DECODED_PER_ELEMENT per BYTES element the
+        binary part can hold (one per 4 bytes, at most --max-bytes-elements). A compressed body is
+        counted at its compressed size (its decompressed size is bounded by --max-body-bytes)."""
+        size = len(request.body)
+        json_bytes = size if header_length is None else min(header_length, size)
+        elements = min((size - json_bytes) // 4, self.config.max_bytes_elements) if self._bytes_in else 0
+        need = json_bytes * JSON_DECODED_PER_BYTE + elements * BYTES_DECODED_PER_ELEMENT
+        budget = self.max_buffered_bytes
+        if need > budget - size:
+            raise PayloadTooLarge(
+                f"this request decodes into about {need} bytes, more than --max-buffered-bytes / "
+                f"INFERSTACK_MAX_BUFFERED_BYTES ({budget}) allows; send tensors as binary data (the "
+                "binary tensor data extension) or fewer per request"
+            )
+        if not conn.hold_decoded(need):
+            raise Overloaded(
+                f"the server holds {self.buffered} bytes of requests and their decoded data "
+                f"(--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES is {budget}); retry later"
+            )
+
+    def _worker(self) -> ThreadPoolExecutor:
+        if self._decoder is None:
+            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
+        return self._decoder
+
     def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
-        return decode(self._body(request), header_length, model)
+        return decode(self._body(request), header_length, model, self.config.max_bytes_elements)
 
     def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request, model: Model,
                  batcher: Batcher) -> None:
@@ -371,13 +411,40 @@ class App:
             if error is not None or outputs is None:
                 self._refuse(conn, error or InternalError("no outputs"), request)
                 return
-            try:
-                written = self._answer(conn, model, infer, outputs, keep_alive)
-            except Exception as e:
-                log.exception("error while encoding a response")
-                self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+            if self._bytes_out or sum(o.nbytes for o in outputs.values()) > _INLINE_DECODE_BYTES:
+                # per-element work (strings, a large JSON answer) in a thread; written on the loop
+                loop = self._loop
+                assert loop is not None
+                future = self._worker().submit(encode, model, infer, outputs)
+                future.add_done_callback(lambda f: loop.call_soon_threadsafe(encoded, f))
                 return
-            if written:
+            try:
+                answer = encode(model, infer, outputs)
+            except Exception as e:
+                failed(e)
+                return
+            write(answer)
+
+        def encoded(future: Future[tuple[bytes, list[bytes | memoryview], int | None]]) -> None:
+            if future.cancelled():  # the process is stopping
+                self._refuse(conn, ServiceUnavailable("the server is shutting down"), request)
+                return
+            error = future.exception()  # taken, not raised: no cycle through this frame
+            if error is not None:
+                error.__traceback__ = None
+                failed(error)
+                return
+            write(future.result())
+
+        def failed(e: BaseException) -> None:
+            if isinstance(e, HTTPError):  # an answer the protocol cannot carry (inf in JSON)
+                self._refuse(conn, e, request)
+                return
+            log.error("error while encoding a response: %s: %s", type(e).__name__, e)
+            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+
+        def write(answer: tuple[bytes, list[bytes | memoryview], int | None]) -> None:
+            if self._write(conn, *answer, keep_alive):
                 self._outcomes["success"].inc()
             else:  # the client left before its answer
                 self._outcomes["disconnected"].inc()
@@ -432,12 +499,13 @@ class App:
                 f"decompressed request body exceeds the limit of {limit} bytes (--max-body-bytes / "
                 "INFERSTACK_MAX_BODY_BYTES)"
             )
+        if not d.eof:  # the stream stopped before its end marker (and checksum)
+            raise BadRequest(f"{encoding.decode()} body is truncated or corrupt")
         return out
 
     @staticmethod
-    def _answer(conn: Connection, model: Model, infer: InferRequest, outputs: dict[str, Any],
-                keep_alive: bool) -> bool:
-        header, blobs, header_length = encode(model, infer, outputs)
+    def _write(conn: Connection, header: bytes, blobs: list[bytes | memoryview], header_length: int | None,
+               keep_alive: bool) -> bool:
         if header_length is None:
             return conn.respond(200, header, keep_alive=keep_alive)
         return conn.respond(200, [header, *blobs], content_type=BINARY_CONTENT_TYPE,
