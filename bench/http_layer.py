@@ -3,7 +3,7 @@ batcher behind uvicorn and granian, and the plain Starlette peer, on the MLP at 
 
 The machine is shared, so the setups run in interleaved rounds (A, B, C, D, A, B, C, D, ...), one
 ``inferstack bench`` run per setup and round, and the result is each setup's median over the rounds
-and the ratio of medians to the plain peer. Writes ``<out-dir>/http-layer.json``.
+and the ratio of medians to the plain peer. Writes ``<out-dir>/<name>.json`` (``http-layer``).
 
 Run: ``python -m inferstack.bench.http_layer --rounds 5 --duration 5``
 """
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--setups", default=",".join(SETUPS))
     parser.add_argument("--out-dir", type=Path, default=Path("bench/results"))
     parser.add_argument("--work-dir", type=Path, default=Path("build/bench"))
+    parser.add_argument("--name", default="http-layer", help="file stem of the results")
     args = parser.parse_args()
     setups = args.setups.split(",")
     runs: dict[str, list[dict[str, float]]] = {s: [] for s in setups}
@@ -71,7 +72,7 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     out = {"concurrency": args.concurrency, "duration_s": args.duration, "rounds": args.rounds,
            "summary": summary}
-    (args.out_dir / "http-layer.json").write_text(json.dumps(out, indent=2) + "\n")
+    (args.out_dir / f"{args.name}.json").write_text(json.dumps(out, indent=2) + "\n")
     print("| setup | median req/s | median p99 ms | median CPU us/req | x plain (medians) "
           "| x plain (median of rounds) | x plain by CPU/req (median of rounds) |")
     print("|---|---:|---:|---:|---:|---:|---:|")

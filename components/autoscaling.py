@@ -15,10 +15,12 @@
   ``HTTPScaledObject`` (with ``skip-scaledobject-creation``, so this ScaledObject stays the one owner
   of the HPA) routes by ``Host`` to the backend Service, the ScaledObject gets the add-on's
   ``external-push`` trigger (pending requests activate the Deployment), and the model's Service
-  points at the interceptor: an ``ExternalName`` Service for in-cluster clients (``clusterIP``), a
-  load balancer in front of the interceptor pods (``loadBalancer``) whose hostname is routed, or an
-  Ingress to the interceptor whose host is routed (``ingress``; the model's name still resolves in
-  the cluster). ``nodePort`` is refused at zero: the interceptor routes by ``Host``, and a client of
+  points at the interceptor: ``InferenceService`` makes it an ``ExternalName`` to the interceptor
+  (the same resource that selects the pods at a minimum >= 1, so changing the minimum updates one
+  object) next to a ``<model>-backend`` Service the interceptor forwards to; every in-cluster name of
+  it is routed, the bare ``<model>`` included. ``loadBalancer`` adds a load balancer in front of the
+  interceptor pods whose hostname is routed, ``ingress`` an Ingress to the interceptor whose host is
+  routed. ``nodePort`` is refused at zero: the interceptor routes by ``Host``, and a client of
   a node port sends whichever node address it used.
 """
 
@@ -111,8 +113,8 @@ class Autoscaling(pulumi.ComponentResource):
         self.endpoint_url = None
         if args.min_replicas == 0:
             http_name = f"{args.model_name}-http"
-            front = self._front_service(name, args, labels)
-            hosts = _hosts(front, args.ingress_host)
+            front = self._front_service(name, args, labels) if args.exposure == "loadBalancer" else None
+            hosts = _hosts(args.model_name, args.namespace, front, args.ingress_host)
             k8s.apiextensions.CustomResource(
                 f"{name}-http-scaled-object",
                 api_version="http.keda.sh/v1alpha1",
@@ -146,11 +148,15 @@ class Autoscaling(pulumi.ComponentResource):
                 }
             )
             if args.exposure == "ingress":
-                self._ingress(name, args, labels, depends_on=[front])
+                self._ingress(name, args, labels)
                 self.endpoint_url = pulumi.Output.from_input(f"http://{args.ingress_host}")
-            else:
+            elif front is not None:
                 self.endpoint_url = pulumi.Output.all(front.status, front.metadata).apply(
                     lambda v: service_endpoint(v[0], v[1], args.interceptor_port)
+                )
+            else:  # the model's own Service, an ExternalName to the interceptor (InferenceService)
+                self.endpoint_url = pulumi.Output.from_input(
+                    f"http://{args.model_name}.{args.namespace}.svc.cluster.local:{args.interceptor_port}"
                 )
         scaled = k8s.apiextensions.CustomResource(
             f"{name}-scaled-object",
@@ -174,18 +180,9 @@ class Autoscaling(pulumi.ComponentResource):
         )
 
     def _front_service(self, name: str, args: AutoscalingArgs, labels: dict[str, str]) -> k8s.core.v1.Service:
-        """The Service clients call for a model that scales to zero: it leads to the interceptor."""
-        if args.exposure in ("clusterIP", "ingress"):
-            return k8s.core.v1.Service(
-                f"{name}-endpoint",
-                metadata={"name": args.model_name, "namespace": args.namespace, "labels": labels},
-                spec={
-                    "type": "ExternalName",
-                    "external_name": args.interceptor_host,
-                    "ports": [{"name": "http", "port": args.interceptor_port, "protocol": "TCP"}],
-                },
-                opts=pulumi.ResourceOptions(parent=self),
-            )
+        """``loadBalancer`` at zero: a load balancer in front of the interceptor's pods. (In the
+        cluster, the model's own Service leads to the interceptor: an ExternalName that
+        InferenceService declares, so one resource owns ``<namespace>/<model>`` at any minimum.)"""
         svc_type, annotations = exposure_service(args.exposure, args.load_balancer_scheme)
         return k8s.core.v1.Service(
             f"{name}-endpoint",
@@ -210,9 +207,7 @@ class Autoscaling(pulumi.ComponentResource):
         )
 
 
-    def _ingress(
-        self, name: str, args: AutoscalingArgs, labels: dict[str, str], depends_on: list[pulumi.Resource]
-    ) -> k8s.networking.v1.Ingress:
+    def _ingress(self, name: str, args: AutoscalingArgs, labels: dict[str, str]) -> k8s.networking.v1.Ingress:
         """``ingress`` at zero: the Ingress leads to the interceptor's proxy Service (an Ingress
         reaches Services of its own namespace only), which routes ``ingress_host`` to the model."""
         return k8s.networking.v1.Ingress(
@@ -246,7 +241,7 @@ class Autoscaling(pulumi.ComponentResource):
                     }
                 ],
             },
-            opts=pulumi.ResourceOptions(parent=self, depends_on=depends_on),
+            opts=pulumi.ResourceOptions(parent=self),
         )
 
 
@@ -292,18 +287,27 @@ def _prometheus_trigger(
     }
 
 
-def _hosts(front: k8s.core.v1.Service, ingress_host: str | None) -> pulumi.Output[list[str]]:
-    """The ``Host`` values the interceptor routes to this model: the front Service's DNS names in
-    the cluster, its load balancer's hostname when it has one, and the Ingress's host."""
+def _hosts(
+    model: str, namespace: str, front: k8s.core.v1.Service | None, ingress_host: str | None
+) -> pulumi.Output[list[str]]:
+    """The ``Host`` values the interceptor routes to this model: every name of the model's Service
+    in the cluster (the bare ``<model>`` that clients of its own namespace call included), the
+    load balancer's Service names and address when there is one, and the Ingress's host."""
+
+    def names(name: str, ns: str) -> list[str]:
+        return [f"{name}.{ns}.svc.cluster.local", f"{name}.{ns}.svc", f"{name}.{ns}"]
 
     def hosts(v: list[Any]) -> list[str]:
+        found = [*names(model, namespace), model]
         meta, status = v[0] or {}, v[1] or {}
-        name, ns = meta.get("name"), meta.get("namespace")
-        found = [f"{name}.{ns}.svc.cluster.local", f"{name}.{ns}.svc", f"{name}.{ns}"]
+        if meta:
+            found += names(str(meta["name"]), str(meta["namespace"]))
         ingress = (status.get("load_balancer") or {}).get("ingress") or []
         found += [h for i in ingress for h in (i.get("hostname"), i.get("ip")) if h]
         return found + ([ingress_host] if ingress_host else [])
 
+    if front is None:
+        return pulumi.Output.from_input(hosts([None, None]))
     return pulumi.Output.all(front.metadata, front.status).apply(hosts)
 
 

@@ -35,8 +35,10 @@ class ClusterArgs:
     support_type: str = "EXTENDED"
     """``STANDARD`` or ``EXTENDED`` (the EKS default): what happens when the version leaves standard
     support. Default EXTENDED."""
-    public_access_cidrs: list[str] = field(default_factory=lambda: ["0.0.0.0/0"])
-    """Who may reach the public API endpoint. Default anywhere (authentication still applies)."""
+    public_access_cidrs: list[str] = field(default_factory=list)
+    """IPv4 CIDR blocks that may reach the API server's public endpoint (EKS allows 40). Default
+    none: the public endpoint is off and the API is reached from the VPC (and networks joined to it)
+    only, through the private endpoint, which is always on."""
     tags: dict[str, str] = field(default_factory=dict)
     """Tags on every resource. Default none."""
 
@@ -101,8 +103,8 @@ class Cluster(pulumi.ComponentResource):
             vpc_config={
                 "subnet_ids": args.subnet_ids,
                 "endpoint_private_access": True,
-                "endpoint_public_access": True,
-                "public_access_cidrs": args.public_access_cidrs,
+                "endpoint_public_access": bool(args.public_access_cidrs),
+                "public_access_cidrs": args.public_access_cidrs or None,
             },
             access_config={
                 "authentication_mode": "API",

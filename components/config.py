@@ -33,11 +33,13 @@ KNOWN_KEYS = (
     "addons",
     "authToken",
     "clusterAdmins",
+    "clusterEndpoint",
     "clusterSupportType",
     "clusterVersion",
     "gpuPools",
     "kubeContext",
     "kubeconfig",
+    "kubeconfigContents",
     "modelStore",
     "models",
     "network",
@@ -50,7 +52,7 @@ KNOWN_KEYS = (
 )
 #: Keys (``top.nested`` for a value inside an object) that hold secrets: a plaintext value in a
 #: stack file is refused, since Pulumi would then show and store it as plain text.
-SECRET_KEYS = ("authToken", "objectStore.secretAccessKey")
+SECRET_KEYS = ("authToken", "kubeconfigContents", "objectStore.secretAccessKey")
 TARGETS = ("aws", "kubernetes")
 AMI_TYPES = ("AL2023_x86_64_NVIDIA", "BOTTLEROCKET_x86_64_NVIDIA")
 CAPACITY_TYPES = ("ON_DEMAND", "SPOT")
@@ -228,6 +230,12 @@ class AddonsConfig:
     """With ``prometheus: false``: the Prometheus KEDA queries, e.g. http://prometheus.mon:9090."""
     grafana: bool = True
     """Install Grafana with the inferstack dashboard. Default true."""
+    http_addon_namespace: str | None = None
+    """``httpAddon.namespace``, with ``keda: false``: where the installed HTTP add-on runs
+    (default keda)."""
+    http_addon_proxy_port: int | None = None
+    """``httpAddon.proxyPort``, with ``keda: false``: its interceptor proxy Service's port (the chart's
+    ``interceptor.proxy.port``, 8080 unless set). Required there when a model scales to zero."""
 
 
 @dataclass(frozen=True)
@@ -242,6 +250,8 @@ class StackConfig:
     object_store: ObjectStoreConfig | None
     kube_context: str | None
     kubeconfig: str | None
+    """``kubeconfig``: a kubeconfig file's path exactly as the stack file gives it (``~/...``,
+    absolute, or relative to the project directory, where Pulumi runs the program and the provider)."""
     runtime_image: RuntimeImageConfig
     models: list[ModelConfig]
     tags: dict[str, str]
@@ -252,6 +262,11 @@ class StackConfig:
     """EKS upgrade policy (``clusterSupportType``): STANDARD (auto-upgrade when the version leaves
     standard support) or EXTENDED (the EKS default: stay, at the extended-support price)."""
     addons: AddonsConfig = field(default_factory=AddonsConfig)
+    public_access_cidrs: list[str] = field(default_factory=list)
+    """``clusterEndpoint.publicAccessCidrs`` (target aws, required there): who reaches the EKS API's
+    public endpoint; empty: the public endpoint is off (private endpoint only)."""
+    kubeconfig_contents: pulumi.Output[str] | None = None
+    """``kubeconfigContents``: a kubeconfig's contents, a secret (it holds tokens and keys)."""
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -294,9 +309,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
 
     object_store = None
     kube_context = cfg.get("kubeContext")
-    kubeconfig = cfg.get("kubeconfig")
-    if kubeconfig and "\n" not in kubeconfig:  # a path (not inline contents): ~ and relative paths
-        kubeconfig = str((root / Path(kubeconfig).expanduser()).resolve())
+    kubeconfig, kubeconfig_contents = _kubeconfig(cfg)
     if target == "kubernetes":
         if gpu_pools:
             raise ConfigError("gpuPools", names, "no GPU pools with target kubernetes (the cluster exists)")
@@ -335,6 +348,16 @@ def load(project_dir: Path | None = None) -> StackConfig:
             "or addons.prometheus: true",
         )
 
+    at_zero = [m.name for m in models if m.autoscaling and m.autoscaling.min_replicas == 0]
+    if at_zero and not addons.keda and addons.http_addon_proxy_port is None:
+        raise ConfigError(
+            "addons.httpAddon",
+            None,
+            f"the installed KEDA HTTP add-on's namespace and interceptor proxy port for {', '.join(at_zero)} "
+            "(minReplicas 0 with addons.keda: false), e.g. {namespace: keda, proxyPort: 8080}; "
+            "docs/infrastructure.md lists the chart values it needs",
+        )
+
     auth_token = None
     if any(m.auth for m in models):
         auth_token = cfg.get_secret("authToken")
@@ -354,6 +377,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
             )
     if admins and target != "aws":
         raise ConfigError("clusterAdmins", admins, "clusterAdmins only with target aws")
+    public_access_cidrs = _cluster_endpoint(_obj(cfg, "clusterEndpoint"), target)
     if cfg.get("clusterSupportType") is not None and target != "aws":
         raise ConfigError(
             "clusterSupportType", support_type, "clusterSupportType only with target aws (EKS upgrade policy)"
@@ -383,7 +407,84 @@ def load(project_dir: Path | None = None) -> StackConfig:
         cluster_admins=admins,
         cluster_support_type=support_type,
         addons=addons,
+        kubeconfig_contents=kubeconfig_contents,
+        public_access_cidrs=public_access_cidrs,
     )
+
+
+def _cluster_endpoint(raw: Mapping[str, Any] | None, target: str) -> list[str]:
+    """``clusterEndpoint.publicAccessCidrs``: stated on every aws stack, never assumed open."""
+    if target != "aws":
+        if raw is not None:
+            raise ConfigError(
+                "clusterEndpoint", "(set)", "clusterEndpoint only with target aws (the EKS API)"
+            )
+        return []
+    if raw is None:
+        raise ConfigError(
+            "clusterEndpoint",
+            None,
+            "the networks that reach the EKS API's public endpoint: {publicAccessCidrs: [<your "
+            "deployers' egress CIDRs>]}, or {publicAccessCidrs: []} for the private endpoint only "
+            "(reached from the VPC); 0.0.0.0/0 only when written out",
+        )
+    _keys(raw, "clusterEndpoint", {"publicAccessCidrs"})
+    cidrs = raw.get("publicAccessCidrs")
+    if not isinstance(cidrs, list) or len(cidrs) > 40:
+        raise ConfigError(
+            "clusterEndpoint.publicAccessCidrs",
+            cidrs,
+            "a list of at most 40 IPv4 CIDR blocks ([] = private only)",
+        )
+    for i, c in enumerate(cidrs):
+        try:
+            if not isinstance(c, str) or "/" not in c:
+                raise ValueError(c)
+            ipaddress.IPv4Network(c, strict=True)
+        except (ValueError, TypeError):
+            raise ConfigError(
+                f"clusterEndpoint.publicAccessCidrs[{i}]",
+                c,
+                "an IPv4 CIDR block with its prefix length and no host bits, such as 198.51.100.0/24",
+            ) from None
+    return list(cidrs)
+
+
+_KUBECONFIG_HINT = (
+    "set a kubeconfig's contents encrypted with "
+    "`pulumi config set --secret inferstack:kubeconfigContents \"$(cat <file>)\" --stack {stack}`"
+)
+
+
+def _kubeconfig(cfg: pulumi.Config) -> tuple[str | None, pulumi.Output[str] | None]:
+    """``kubeconfig`` (a file's path, kept as given: the plan never shows the builder's home) or
+    ``kubeconfigContents`` (the file's contents, a secret). A path key that holds contents, or a
+    secret, is refused without showing the value: contents carry tokens and client keys."""
+    values, secrets = _stack_values()
+    path_key, contents_key = f"{NAMESPACE}:kubeconfig", f"{NAMESPACE}:kubeconfigContents"
+    hint = _KUBECONFIG_HINT.format(stack=pulumi.get_stack())
+    if path_key in values and contents_key in values:
+        raise ConfigKeyError("kubeconfig", "set kubeconfig (a path) or kubeconfigContents, not both")
+    if path_key in secrets:
+        raise ConfigKeyError(
+            "kubeconfig", f"a secret, but this key holds a file's path; for the file's contents {hint}"
+        )
+    path = values.get(path_key)
+    if path is not None:
+        looks_inline = path.lstrip().startswith(("{", "[")) or re.search(
+            r"(^|\s)(apiVersion|clusters|users|kind)\s*:", path
+        )
+        if looks_inline or any(ord(c) < 32 for c in path):
+            raise ConfigKeyError(
+                "kubeconfig",
+                f"a kubeconfig's contents, not a file path; remove it from the stack file and {hint}",
+            )
+        if not path.strip() or len(path) > 4096:
+            raise ConfigKeyError("kubeconfig", "a kubeconfig file's path (1-4096 characters)")
+        return path, None
+    if contents_key in values:
+        return None, cfg.get_secret("kubeconfigContents")
+    return None, None
 
 
 def _stack_values() -> tuple[dict[str, Any], set[str]]:
@@ -634,10 +735,24 @@ def _pinned(value: Any, key: str) -> str:
 
 
 def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
-    _keys(raw, "addons", {"keda", "prometheus", "prometheusAddress", "grafana"})
+    _keys(raw, "addons", {"keda", "prometheus", "prometheusAddress", "grafana", "httpAddon"})
     keda = _bool(raw.get("keda", True), "addons.keda")
+    http_ns = http_port = None
+    http = raw.get("httpAddon")
+    if http is not None:
+        if keda:
+            raise ConfigError(
+                "addons.httpAddon", "(set)", "httpAddon only with addons.keda: false (the stack's own "
+                "add-on listens on 8000 in namespace keda)"
+            )
+        if not isinstance(http, Mapping):
+            raise ConfigError("addons.httpAddon", http, "a mapping with namespace and proxyPort")
+        _keys(http, "addons.httpAddon", {"namespace", "proxyPort"})
+        http_ns = _name(http.get("namespace", "keda"), "addons.httpAddon.namespace")
+        http_port = _int(http.get("proxyPort"), "addons.httpAddon.proxyPort", 1, 65535)
     prometheus = _bool(raw.get("prometheus", True), "addons.prometheus")
     address = raw.get("prometheusAddress")
+    _no_userinfo(address, "addons.prometheusAddress")
     if address is not None:
         if prometheus:
             raise ConfigError(
@@ -653,7 +768,7 @@ def _addons(raw: Mapping[str, Any]) -> AddonsConfig:
         raise ConfigError(
             "addons.grafana", grafana, "false when addons.prometheus is false (it reads that one)"
         )
-    return AddonsConfig(keda, prometheus, address, grafana)
+    return AddonsConfig(keda, prometheus, address, grafana, http_ns, http_port)
 
 
 def _autoscaling(a: Any, key: str, replicas: int) -> AutoscalingConfig:
@@ -855,7 +970,20 @@ def _quantity(value: Any, key: str) -> str:
     return value
 
 
+def _no_userinfo(value: Any, key: str) -> None:
+    """Refuse ``scheme://user:password@host``: the stack file and the plan would carry the
+    credentials in plain text. The message does not show the value."""
+    if isinstance(value, str) and "@" in value.partition("://")[2].split("/", 1)[0]:
+        raise ConfigKeyError(
+            key,
+            "a URL with credentials (user:password@) is not allowed: they would be stored and planned "
+            "in plain text; give the address alone (the store's keys go in accessKeyId and the secret "
+            "secretAccessKey)",
+        )
+
+
 def _url(value: Any, key: str) -> str:
+    _no_userinfo(value, key)
     if not isinstance(value, str) or not re.match(r"^https?://[^/\s]+/?$", value):
         raise ConfigError(key, value, "an http(s) URL without a path, e.g. http://minio.minio:9000")
     return value.rstrip("/")

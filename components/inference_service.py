@@ -24,6 +24,8 @@ import pulumi
 import pulumi_aws as aws
 import pulumi_kubernetes as k8s
 
+#: seconds the startup probe gives a started container to download and load its model
+STARTUP_TIMEOUT_S = 900
 TYPE = "inferstack:inference_service:InferenceService"
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -94,10 +96,14 @@ class InferenceServiceArgs:
     autoscaled: bool = False
     """An autoscaler (KEDA) owns ``spec.replicas``: ``pulumi up`` never resets the live count. Default
     false."""
-    service_name: str | None = None
-    """Name of the Service that selects the pods. Default: ``model_name`` (a model that scales to
-    zero names it ``<model>-backend`` and gives ``model_name`` to the Service in front of KEDA's
-    interceptor)."""
+    backend_service: str | None = None
+    """A model that scales to zero: the name of a ClusterIP Service that selects the pods, which
+    KEDA's interceptor forwards to. Default none. Requires ``external_name``."""
+    external_name: pulumi.Input[str] | None = None
+    """A model that scales to zero: the host (KEDA's interceptor proxy) the Service ``model_name``
+    leads to as an ``ExternalName``, instead of selecting the pods. The same Pulumi resource
+    (``<name>-service``) owns ``<namespace>/<model_name>`` either way, so switching between
+    ``minReplicas`` 0 and >= 1 updates that one object. Default none. Requires ``backend_service``."""
     gpus: int = 1
     """``nvidia.com/gpu`` per replica; 0 runs on CPU without toleration or node selector. Default 1."""
     cpu: str = "2"
@@ -128,9 +134,11 @@ class InferenceServiceArgs:
     """Container and Service port of the HTTP front end (the probes use it). Default 8000."""
     grpc_port: int = 8001
     """Container and Service port of the gRPC front end (``inference.GRPCInferenceService``).
-    Default 8001."""
-    startup_timeout_s: int = 900
-    """How long the startup probe waits for a cold GPU start (image pull excluded). Default 900."""
+    Default 8001. At zero replicas (``external_name``) the Service carries the HTTP port only: the
+    KEDA HTTP add-on's interceptor proxies HTTP, so gRPC clients reach the model while it runs."""
+    startup_timeout_s: int = STARTUP_TIMEOUT_S
+    """How long the startup probe waits for the model to load (from the container's start: node
+    launch and image pull excluded). Default 900."""
     await_timeout: str = "30m"
     """Pulumi's wait for the Deployment to become ready (node scale-up + pull + load). Default 30m."""
     service_depends_on: list[pulumi.Resource] = field(default_factory=list)
@@ -369,32 +377,49 @@ class InferenceService(pulumi.ComponentResource):
         )
 
         svc_type, svc_annotations = _exposure(args.exposure, args.load_balancer_scheme)
+        ports: Any = [
+            {"name": "http", "port": args.port, "target_port": "http", "protocol": "TCP"},
+            # cleartext HTTP/2: lets meshes and Gateway API route the calls as gRPC
+            {"name": "grpc", "port": args.grpc_port, "target_port": "grpc", "protocol": "TCP",
+             "app_protocol": "kubernetes.io/h2c"},
+        ]
+        spec: Any = {"type": svc_type, "selector": labels, "ports": ports}
+        if args.external_name is not None:
+            spec = {
+                "type": "ExternalName",
+                "external_name": args.external_name,
+                "ports": [{"name": "http", "port": args.port, "protocol": "TCP"}],
+            }
+            svc_annotations = {"pulumi.com/skipAwait": "true"}
         service = k8s.core.v1.Service(
             f"{name}-service",
             metadata={
-                "name": args.service_name or args.model_name,
+                "name": args.model_name,
                 "namespace": ns_name,
                 "labels": labels,
                 "annotations": svc_annotations,
             },
-            spec={
-                "type": svc_type,
-                "selector": labels,
-                "ports": [
-                    {"name": "http", "port": args.port, "target_port": "http", "protocol": "TCP"},
-                    # cleartext HTTP/2: lets meshes and Gateway API route the calls as gRPC
-                    {"name": "grpc", "port": args.grpc_port, "target_port": "grpc", "protocol": "TCP",
-                     "app_protocol": "kubernetes.io/h2c"},
-                ],
-            },
+            spec=spec,
             opts=pulumi.ResourceOptions(
                 parent=self,
                 depends_on=[ns, *args.service_depends_on],
                 custom_timeouts=pulumi.CustomTimeouts(create="20m", delete="20m"),
             ),
         )
+        if args.backend_service is not None:
+            k8s.core.v1.Service(
+                f"{name}-backend",
+                # at zero it has no ready endpoint: awaiting one would hold `pulumi up`
+                metadata={
+                    **meta,
+                    "name": args.backend_service,
+                    "annotations": {"pulumi.com/skipAwait": "true"},
+                },
+                spec={"type": "ClusterIP", "selector": labels, "ports": ports},
+                opts=in_ns,
+            )
         ingress = None
-        if args.exposure == "ingress":
+        if args.exposure == "ingress" and args.external_name is None:
             ingress = k8s.networking.v1.Ingress(
                 f"{name}-ingress",
                 metadata={
@@ -599,8 +624,18 @@ def _validate(args: InferenceServiceArgs) -> None:
         raise ValueError(
             f"InferenceServiceArgs.replicas: {args.replicas}; expected 1..100 (0..100 when autoscaled)"
         )
-    if args.service_name is not None and not label.match(args.service_name):
-        raise ValueError(f"InferenceServiceArgs.service_name: {args.service_name!r}; expected a DNS label")
+    if args.backend_service is not None and (
+        not label.match(args.backend_service) or args.backend_service == args.model_name
+    ):
+        raise ValueError(
+            f"InferenceServiceArgs.backend_service: {args.backend_service!r}; expected a DNS label "
+            "other than model_name"
+        )
+    if (args.backend_service is None) != (args.external_name is None):
+        raise ValueError(
+            "InferenceServiceArgs.backend_service/external_name: a model that scales to zero needs "
+            "both (the pods' Service and the interceptor's host), otherwise neither"
+        )
     if not 1 <= args.port <= 65535 or args.port < 1024:
         raise ValueError(
             f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)"

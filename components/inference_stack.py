@@ -129,6 +129,7 @@ class InferenceStack(pulumi.ComponentResource):
                 region=cfg.region,
                 admin_principal_arns=cfg.cluster_admins,
                 support_type=cfg.cluster_support_type,
+                public_access_cidrs=cfg.public_access_cidrs,
             ),
             opts=on_aws,
         )
@@ -267,7 +268,7 @@ class InferenceStack(pulumi.ComponentResource):
                     kms_key_arn=store.kms_key_arn,
                     region=cfg.region,
                     **_sizing(m),
-                    **_service_exposure(m, exposure),
+                    **scaling.service_exposure(m, exposure),
                     auth_token=cfg.auth_token if m.auth else None,
                     # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
                     service_depends_on=[*network.gateways, *pools],
@@ -310,7 +311,7 @@ class InferenceStack(pulumi.ComponentResource):
         kube = k8s.Provider(
             f"{name}-k8s",
             context=cfg.kube_context,
-            kubeconfig=cfg.kubeconfig,
+            kubeconfig=cfg.kubeconfig_contents or cfg.kubeconfig,
             opts=pulumi.ResourceOptions(parent=self),
         )
         on_store = pulumi.ResourceOptions(parent=self, providers={"aws": provider})
@@ -356,7 +357,7 @@ class InferenceStack(pulumi.ComponentResource):
                     s3_endpoint=store_cfg.cluster_endpoint,
                     s3_addressing_style=store_cfg.addressing_style,
                     **_sizing(m),
-                    **_service_exposure(m, exposure),
+                    **scaling.service_exposure(m, exposure),
                     auth_token=cfg.auth_token if m.auth else None,
                 ),
                 opts=on_k8s,
@@ -367,7 +368,7 @@ class InferenceStack(pulumi.ComponentResource):
         self.model_uris = pulumi.Output.all(**uris)
         self.bucket_name = store.bucket_name
         self.cluster_name = pulumi.Output.from_input(cfg.kube_context or "(current kubeconfig context)")
-        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig or "")
+        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig_contents or cfg.kubeconfig or "")
 
 
     # -- runtime images: one per variant the models use ------------------------------------
@@ -425,6 +426,18 @@ class _ScalingAddons:
             after_keda = pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(depends_on=[keda]))
             self.http = KedaHttpAddon(f"{name}-keda-http", opts=after_keda)
             self.keda = [keda, self.http]
+        # KEDA's HTTP add-on: the stack's, or the one the user installed (addons.keda false, httpAddon)
+        if self.http is not None:
+            self.interceptor_host: pulumi.Input[str] = self.http.interceptor_host
+            self.interceptor_namespace: pulumi.Input[str] = self.http.namespace
+            self.interceptor_port = self.http.interceptor_port
+            self.scaler_address: pulumi.Input[str] = self.http.scaler_address
+        else:
+            ns = cfg.addons.http_addon_namespace or KedaHttpAddonArgs().namespace
+            self.interceptor_host = f"{INTERCEPTOR_SERVICE}.{ns}.svc.cluster.local"
+            self.interceptor_namespace = ns
+            self.interceptor_port = cfg.addons.http_addon_proxy_port or KedaHttpAddonArgs().proxy_port
+            self.scaler_address = f"{SCALER_SERVICE}.{ns}:{SCALER_PORT}"
         self.prometheus_address: pulumi.Output[str] | None = None
         if cfg.addons.prometheus:
             prometheus = Prometheus(f"{name}-prometheus", opts=opts)
@@ -433,6 +446,15 @@ class _ScalingAddons:
                 Grafana(f"{name}-grafana", GrafanaArgs(prometheus_address=prometheus.address), opts=opts)
         elif cfg.addons.prometheus_address:
             self.prometheus_address = pulumi.Output.from_input(cfg.addons.prometheus_address)
+
+    def service_exposure(self, m: ModelConfig, exposure: dict[str, Any]) -> dict[str, Any]:
+        """The model's own Service: as ``exposure`` asks, or, when ``m`` scales to zero, an
+        ExternalName to the interceptor (whose front takes the exposure) plus the ClusterIP backend
+        the interceptor forwards to."""
+        backend = backend_service(m)
+        if backend is None:
+            return exposure
+        return {"exposure": "clusterIP", "backend_service": backend, "external_name": self.interceptor_host}
 
     def autoscale(
         self,
@@ -447,8 +469,6 @@ class _ScalingAddons:
         if a is None:
             return svc.endpoint_url
         assert self.prometheus_address is not None  # config.load() requires one with autoscaling
-        http = self.http
-        defaults = KedaHttpAddonArgs()
         scaling = Autoscaling(
             f"{self.name}-{m.name}-autoscaling",
             AutoscalingArgs(
@@ -462,15 +482,10 @@ class _ScalingAddons:
                 scale_to_zero_after_s=a.scale_to_zero_after_s,
                 backend_service=backend_service(m),
                 **exposure,
-                # KEDA's HTTP add-on: the stack's, or one already in namespace keda (addons.keda false)
-                interceptor_host=http.interceptor_host
-                if http
-                else f"{INTERCEPTOR_SERVICE}.{defaults.namespace}.svc.cluster.local",
-                interceptor_namespace=http.namespace if http else defaults.namespace,
-                interceptor_port=http.interceptor_port if http else defaults.proxy_port,
-                scaler_address=http.scaler_address
-                if http
-                else f"{SCALER_SERVICE}.{defaults.namespace}:{SCALER_PORT}",
+                interceptor_host=self.interceptor_host,
+                interceptor_namespace=self.interceptor_namespace,
+                interceptor_port=self.interceptor_port,
+                scaler_address=self.scaler_address,
                 service_depends_on=service_depends_on,
             ),
             opts=pulumi.ResourceOptions(
@@ -491,19 +506,12 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
     return {
         "replicas": scaling.min_replicas if scaling else m.replicas,
         "autoscaled": scaling is not None,
-        "service_name": backend_service(m),
         "gpus": m.gpus,
         "cpu": m.cpu,
         "memory": m.memory,
         "image_pull_policy": m.image_pull_policy,
         "cache_size": m.cache_size,
     }
-
-
-def _service_exposure(m: ModelConfig, exposure: dict[str, Any]) -> dict[str, Any]:
-    """The model's own Service: as ``exposure`` asks, or, when ``m`` scales to zero, the ClusterIP
-    backend that KEDA's interceptor forwards to (the interceptor's front takes the exposure)."""
-    return {"exposure": "clusterIP"} if backend_service(m) else exposure
 
 
 def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pulumi
 import pulumi_kubernetes as k8s
 from inferstack.components._chart import check_chart_args
+from inferstack.components.inference_service import STARTUP_TIMEOUT_S
 
 TYPE = "inferstack:keda_http_addon:KedaHttpAddon"
 CHART = "keda-add-ons-http"
@@ -23,6 +24,13 @@ SCALER_SERVICE = f"{CHART}-external-scaler"
 SCALER_PORT = 9090
 #: labels of the interceptor pods (the chart's proxy Service selects them)
 INTERCEPTOR_LABELS = {"app.kubernetes.io/component": "interceptor", "app.kubernetes.io/name": "http-add-on"}
+#: A GPU cold start at zero, in seconds, as the interceptor must wait for it (estimates, not measured
+#: here): the cluster autoscaler's scale-up and a GPU instance's launch, boot, join and NVIDIA device
+#: plugin registration (a few minutes on EKS), the pull of the multi-GB CUDA runtime image, then the
+#: startup probe's budget for the model's download and load.
+NODE_LAUNCH_S = 300
+IMAGE_PULL_S = 300
+COLD_START_S = NODE_LAUNCH_S + IMAGE_PULL_S + STARTUP_TIMEOUT_S
 
 
 @dataclass
@@ -34,9 +42,11 @@ class KedaHttpAddonArgs:
     proxy_port: int = 8000
     """Port of the interceptor's proxy Service: the runtime's, so that a model's endpoint keeps its
     port when it scales to zero. Default 8000."""
-    wait_timeout_s: int = 900
-    """How long the interceptor holds a request for a Deployment at zero: a GPU cold start is a node
-    scale-up, a multi-GB image pull and a model load (the startup probe's 900 s budget). Default 900."""
+    wait_timeout_s: int = COLD_START_S
+    """How long the interceptor holds a request for a Deployment at zero: a GPU cold start, node
+    launch (300 s) + image pull (300 s) + the startup probe's budget (900 s). Default 1500. Behind
+    an AWS NLB the connection also needs an idle timeout at least this long (default 350 s; see
+    docs/infrastructure.md)."""
     response_header_timeout_s: int = 60
     """How long it waits for a pod's response headers: the runtime's 30 s request timeout, with room
     (the chart's default, 500 ms, would cut ordinary inference requests). Default 60."""

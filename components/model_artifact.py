@@ -30,8 +30,10 @@ class ModelArtifact(pulumi.ComponentResource):
     The revision is the sha256 of manifest.json, which lists every file's sha256 and every setting
     the runtime reads from it (max batch size, signature): the prefix (and the ``uri`` output the
     Deployment receives) changes exactly when the package changes, a model file or only its
-    manifest; a new package rolls out, an unchanged one leaves the Deployment alone. Each file is
-    checked against its sha256 before upload. ``digest`` is the hash of the files alone.
+    manifest; a new package rolls out, an unchanged one leaves the Deployment alone. The manifest
+    holds no timestamp or build path, so re-exporting the same model and weights gives the same
+    revision. Each file is checked against its sha256 before upload. ``digest`` is the hash of the
+    files alone.
     """
 
     prefix: str

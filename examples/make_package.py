@@ -3,8 +3,8 @@
     python -m inferstack.examples.make_package            # writes examples/packages/tiny-linear/
 
 The graph is built with ``onnx.helper`` (y = x @ W + b, x: [batch, 4] FP32, y: [batch, 3] FP32)
-from fixed weights, and the manifest carries a fixed ``created`` time, so the output is byte-for-byte
-the same on every run: the committed package and its content digest stay stable, and the stacks'
+from fixed weights, and the manifest holds no time, so the output is byte-for-byte the same on every
+run: the committed package and its content digest stay stable, and the stacks'
 rendering under mocks is reproducible. It is a few hundred bytes, small enough to commit.
 """
 
@@ -22,7 +22,6 @@ from inferstack.manifest import Manifest, TensorSpec, file_entries, write_manife
 NAME = "tiny-linear"
 VERSION = "1"
 OPSET = 18
-CREATED = "2026-01-01T00:00:00Z"  # fixed so that regenerating changes nothing
 DEFAULT_OUT = Path(__file__).resolve().parent / "packages" / NAME
 
 
@@ -53,7 +52,6 @@ def make_package(out: Path = DEFAULT_OUT) -> Manifest:
     manifest = Manifest(
         name=NAME,
         version=VERSION,
-        created=CREATED,
         model_file="model.onnx",
         files=file_entries(out, ["model.onnx"]),
         inputs=[TensorSpec("x", "FP32", [-1, 4])],

@@ -9,8 +9,12 @@ A package is a directory::
 The manifest names every file with its sha256 and size, the input/output signature in v2
 datatypes (``-1`` for dynamic dimensions), the largest batch the runtime may merge and the
 batch-independence check that decided it (``batch_check``, see :mod:`inferstack.batchcheck`), and
-the records of the tools that made it (parity, optimization). ``digest`` is the package's content
-hash: a changed model has a new digest, so the stacks roll it out under a new object prefix.
+the records of the tools that made it (the exporter, parity, optimization). ``digest`` is the hash
+of the files alone. The manifest holds no time and no path of the machine that wrote it, so the same model
+exported twice gives the same manifest.json, byte for byte; the stacks upload a package under the
+sha256 of its manifest.json (see ``ModelArtifact``), which changes exactly when a file or a setting
+the runtime reads changes. ``created`` is accepted in manifests written by older versions and never
+written now.
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import json
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -62,11 +65,12 @@ class Manifest:
     max_batch_size: int
     opset: int | None = None
     batch_check: dict[str, Any] | None = None  # inferstack.batchcheck.BatchCheck.to_dict()
+    exporter: str | None = None  # "dynamo" | "torchscript": the torch.onnx exporter that wrote the graph
     producer: dict[str, str | None] = field(default_factory=dict)
     parity: dict[str, Any] | None = None
     optimization: dict[str, Any] | None = None
     source: dict[str, Any] | None = None
-    created: str = field(default_factory=lambda: utc_now())
+    created: str | None = None  # only in manifests of older versions: a time would make re-exports differ
     digest: str = ""
     schema_version: int = SCHEMA_VERSION
 
@@ -79,11 +83,13 @@ class Manifest:
         data = asdict(self)
         order = [
             "schema_version", "name", "version", "created", "model_file", "digest", "files",
-            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "producer", "parity",
-            "optimization", "source",
+            "inputs", "outputs", "max_batch_size", "batch_check", "opset", "exporter", "producer",
+            "parity", "optimization", "source",
         ]
-        # batch_check only when there is one: manifests written without it stay byte-identical
-        return {k: data[k] for k in order if k != "batch_check" or data[k] is not None}
+        # created (older manifests only), batch_check and exporter only when there is one: manifests
+        # written without them stay byte-identical
+        optional = ("created", "batch_check", "exporter")
+        return {k: data[k] for k in order if k not in optional or data[k] is not None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], where: str = MANIFEST_NAME) -> Manifest:
@@ -91,7 +97,7 @@ class Manifest:
         m = cls(
             name=data["name"],
             version=data["version"],
-            created=data["created"],
+            created=data.get("created"),
             model_file=data["model_file"],
             files=[FileEntry(**f) for f in data["files"]],
             inputs=[TensorSpec(**t) for t in data["inputs"]],
@@ -99,6 +105,7 @@ class Manifest:
             max_batch_size=data["max_batch_size"],
             opset=data.get("opset"),
             batch_check=data.get("batch_check"),
+            exporter=data.get("exporter"),
             producer=data.get("producer") or {},
             parity=data.get("parity"),
             optimization=data.get("optimization"),
@@ -110,6 +117,7 @@ class Manifest:
             raise ManifestError(
                 f"{where}: digest {m.digest} does not match its files list (expected {expected})"
             )
+        check_listed_paths([f.path for f in m.files], where)
         if m.model_file not in {f.path for f in m.files}:
             raise ManifestError(f"{where}: model_file {m.model_file!r} is not listed in files")
         return m
@@ -121,8 +129,50 @@ class Manifest:
         raise ManifestError(f"{MANIFEST_NAME}: no file {path!r} in the package")
 
 
-def utc_now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+def plain_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a plain relative POSIX file path (None when it is one): a package path
+    is read the same way on every platform and by every reader (onnxruntime opens an external data
+    location literally, so ``sub\\w.bin`` on Linux is one file named with a backslash)."""
+    if not path:
+        return "is empty"
+    if "\\" in path:
+        return "contains a backslash (use '/')"
+    if "\0" in path:
+        return "contains a NUL byte"
+    if path.startswith("/") or PureWindowsPath(path).drive:
+        return "is outside the package"
+    if path.endswith("/"):
+        return "ends with '/' (a folder, not a file)"
+    parts = path.split("/")
+    if "" in parts:
+        return "has an empty segment ('//')"
+    if ".." in parts:
+        return "is outside the package"
+    if "." in parts:
+        return "contains a '.' segment"
+    return None
+
+
+def check_listed_paths(paths: list[str], where: str = MANIFEST_NAME) -> None:
+    """Refuse a files list with a path that is not a plain relative file path (see
+    :func:`plain_path_problem`), a path listed twice, or one that is both a file and the folder of
+    another (``a`` and ``a/b``): no reader could place both."""
+    seen: set[str] = set()
+    for path in paths:
+        problem = plain_path_problem(path)
+        if problem:
+            raise ManifestError(f"{where}: file path {path!r} {problem}; refused")
+        if path in seen:
+            raise ManifestError(f"{where}: file path {path!r} is listed twice")
+        seen.add(path)
+    for path in paths:
+        parts = path.split("/")
+        for i in range(1, len(parts)):
+            folder = "/".join(parts[:i])
+            if folder in seen:
+                raise ManifestError(
+                    f"{where}: {folder!r} is listed as a file and as the folder of {path!r}; refused"
+                )
 
 
 def package_digest(files: list[FileEntry]) -> str:
@@ -292,12 +342,12 @@ def check_external_data(package_dir: str | os.PathLike[str], manifest: Manifest)
     except ManifestError:
         return  # a graph that does not parse loads nothing: the ONNX check (or onnxruntime) names it
     for location in locations:
-        rel = PurePosixPath(location.replace("\\", "/"))
-        if not location or rel.is_absolute() or ".." in rel.parts or PureWindowsPath(location).drive:
-            raise ManifestError(
-                f"{model}: external data location {location!r} is outside the package; refused"
-            )
-        path = (folder / rel).as_posix()
+        # onnxruntime opens the location as given (on Linux a backslash is part of a file name), so
+        # only a plain relative POSIX path can be matched to a listed file
+        problem = plain_path_problem(location)
+        if problem:
+            raise ManifestError(f"{model}: external data location {location!r} {problem}; refused")
+        path = (folder / location).as_posix()
         if path not in listed:
             raise ManifestError(
                 f"{model}: loads external data {path!r}, which {MANIFEST_NAME} does not list "

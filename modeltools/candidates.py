@@ -5,6 +5,8 @@ candidate failed and is reported as such.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,13 +177,31 @@ BUILDERS: dict[str, Callable[[BuildContext, Path], Path]] = {
 }
 
 
+@contextlib.contextmanager
+def _working_directory(path: Path) -> Iterator[None]:
+    """Run in ``path``: onnxruntime's tools write scratch files to the working directory (symbolic
+    shape inference saves ``sym_shape_infer_temp.onnx`` and a ``<uuid>.data`` there when it gives
+    up), which must stay inside the run's work area, not in the user's folder."""
+    path.mkdir(parents=True, exist_ok=True)
+    before = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(before)
+
+
 def build(name: str, ctx: BuildContext) -> Path:
-    """Build candidate ``name`` into ``ctx.work/name``; the reference is the exported model itself."""
+    """Build candidate ``name`` into ``ctx.work/name``; the reference is the exported model itself.
+
+    The builder runs with ``ctx.work/scratch`` as its working directory (paths in ``ctx`` must be
+    absolute)."""
     if name == "reference":
         return ctx.source
     out = ctx.work / name
     out.mkdir(parents=True, exist_ok=True)
-    return BUILDERS[name](ctx, out)
+    with _working_directory(ctx.work / "scratch"):
+        return BUILDERS[name](ctx, out)
 
 
 def model_files(model: Path) -> list[Path]:

@@ -30,8 +30,10 @@ def export(
         typer.Option(
             "--input",
             "-i",
-            help="NAME:DIMS:DTYPE, e.g. image:batch,3,224,224:FP32 (a name marks "
-            "a dynamic dimension; name=N sets its example size). Repeat per input.",
+            help="NAME:DIMS:DTYPE[:LOW..HIGH], e.g. image:batch,3,224,224:FP32 or "
+            "input_ids:batch,seq:INT64:0..30521 (a name marks a dynamic dimension; name=N sets its "
+            "example size; LOW..HIGH bounds the generated check data). Without a range integers are "
+            "0..9, except inputs named *mask*: padding masks (1s then 0s). Repeat per input.",
         ),
     ],
     out_dir: Annotated[Path, typer.Option("--out", "-o", help="Package directory to write.")],
@@ -51,8 +53,18 @@ def export(
     ] = 18,
     max_batch_size: Annotated[
         int | None,
-        typer.Option(help="Largest batch the runtime merges (default 64 with a dynamic batch axis, else 0)."),
+        typer.Option(
+            help="Largest batch the runtime merges (default 64 when the batch-independence check "
+            "passes, else 0)."
+        ),
     ] = None,
+    batch_dim: Annotated[
+        str,
+        typer.Option(
+            help="Name of the batch dimension in --input: it must be the first dimension of every "
+            "input and output for requests to be merged."
+        ),
+    ] = "batch",
     external_data: Annotated[
         bool | None,
         typer.Option(
@@ -63,6 +75,22 @@ def export(
     atol: Annotated[float, typer.Option(help="Parity: absolute tolerance.")] = 1e-4,
     rtol: Annotated[float, typer.Option(help="Parity: relative tolerance.")] = 1e-3,
     skip_parity: Annotated[bool, typer.Option("--skip-parity", help="Do not compare with PyTorch.")] = False,
+    example: Annotated[
+        Path | None,
+        typer.Option(
+            help=".npz with one array per input name: real inputs for the parity and batch-independence "
+            "checks instead of generated ones (checked against --input: names, dtypes, ranks, fixed "
+            "sizes, ranges)."
+        ),
+    ] = None,
+    exporter: Annotated[
+        str,
+        typer.Option(
+            help="auto: torch.onnx's dynamo exporter, and the TorchScript exporter (dynamo=False) when "
+            "it fails on a module, said in the output and recorded in the manifest; dynamo or "
+            "torchscript: that one only. Parity checks either.",
+        ),
+    ] = "auto",
 ) -> None:
     """Export a PyTorch model to a checked ONNX package (model.onnx + manifest.json)."""
     from inferstack.modeltools import report
@@ -84,6 +112,9 @@ def export(
         atol=atol,
         rtol=rtol,
         skip_parity=skip_parity,
+        batch_dim=batch_dim,
+        example=example,
+        exporter=exporter,
     )
     with report.status("exporting") as progress:
         manifest, path = run_export(opts, progress)
@@ -107,7 +138,8 @@ def verify(
         float | None, typer.Option(help="Parity: relative tolerance (default: export's).")
     ] = None,
 ) -> None:
-    """Re-check a package: manifest, file hashes, ONNX load, signature, and parity when --source is given."""
+    """Re-check a package: manifest, file hashes, ONNX load, signature, batch independence, and
+    parity when --source is given."""
     from inferstack.modeltools import report
     from inferstack.modeltools.loading import Source
     from inferstack.modeltools.verify import verify as run_verify
@@ -129,8 +161,11 @@ def optimize(
     data: Annotated[
         Path | None,
         typer.Option(
-            help=".npz with one array per input name (or one array for a single input): the "
-            "calibration and scoring data. Default: generated data, said in the report."
+            "--data",
+            "--example",
+            help=".npz with one array per input name (or one array for a single input), plus optional "
+            "'labels': the calibration and scoring data, checked like export's --example. Default: "
+            "data generated from export's --input specs (their value ranges, padding masks).",
         ),
     ] = None,
     budget: Annotated[

@@ -19,12 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from inferstack.modeltools import bench, candidates, signature
+from inferstack.modeltools import batching, bench, candidates, signature
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.flags import check_field
+from inferstack.modeltools.spec import (
+    Dim,
+    InputSpec,
+    SpecError,
+    check_example,
+    make_arrays,
+    parse_inputs,
+    read_npz,
+)
 from inferstack.modeltools.staging import check_destination, staged_dir
 
-from inferstack import datatypes
 from inferstack.errors import InferstackError
 from inferstack.manifest import (
     Manifest,
@@ -143,65 +151,64 @@ def is_classifier(outputs: list[TensorSpec]) -> bool:
     return first.datatype.startswith("FP") and len(first.shape) == 2 and first.shape[1] > 1
 
 
+def input_specs(manifest: Manifest) -> list[InputSpec]:
+    """The inputs as export was given them (``source.inputs``, with their value ranges), or, for a
+    package without that record, specs read from the signature (-1 dimensions become dynamic)."""
+    recorded = (manifest.source or {}).get("inputs")
+    if recorded:
+        try:
+            specs = parse_inputs(list(recorded))
+        except SpecError:
+            specs = []
+        if [(s.name, s.datatype, len(s.dims)) for s in specs] == [
+            (t.name, t.datatype, len(t.shape)) for t in manifest.inputs
+        ]:
+            return specs
+    out = []
+    for t in manifest.inputs:
+        dims = tuple(
+            Dim(None, "batch" if i == 0 else f"{t.name}_{i}", 2 if i == 0 else 8)
+            if d == -1
+            else Dim(d, None, d)
+            for i, d in enumerate(t.shape)
+        )
+        out.append(InputSpec(t.name, dims, t.datatype))
+    return out
+
+
 def load_data(path: Path | None, manifest: Manifest, samples: int) -> tuple[dict[str, np.ndarray], Any, str]:
-    """Scoring data as {input: array}, labels (or None) and a note on where it came from."""
+    """Scoring data as {input: array}, labels (or None) and a note on where it came from.
+
+    Generated data follows the export's ``--input`` specs (value ranges, padding masks; see
+    :mod:`spec`); a file is checked against them by :func:`spec.load_example`.
+    """
     batched = manifest.max_batch_size > 0
+    specs = input_specs(manifest)
+    lead = specs[0].dims[0].name if batched and specs and specs[0].dims else None
     if path is None:
-        rng = np.random.default_rng(0)
-        data = {}
-        for t in manifest.inputs:
-            shape = [
-                samples if (i == 0 and batched) else (8 if d == -1 else d) for i, d in enumerate(t.shape)
-            ]
-            dt = datatypes.by_v2(t.datatype).numpy
-            data[t.name] = (
-                rng.standard_normal(shape) if dt.kind == "f" else rng.integers(0, 10, shape)
-            ).astype(dt)
+        data = make_arrays(specs, {lead: samples} if lead else {}, seed=0)
         what = f"{samples} random samples" if batched else "one random input of the model's fixed shape"
         return (
             data,
             None,
             (
-                f"generated: {what} (floats standard normal, integers 0-9); "
-                "pass --data FILE.npz with real inputs for scores that reflect your traffic"
+                f"generated: {what} (the --input value ranges; else floats standard normal, integers "
+                "0-9, *mask* inputs padding masks); pass --data FILE.npz with real inputs for scores "
+                "that reflect your traffic"
             ),
         )
-    if not path.is_file():
-        raise OptimizeError(f"--data {path}: file not found")
     try:
-        npz = np.load(path, allow_pickle=False)
-        arrays = {k: npz[k] for k in npz.files}
-    except Exception as e:
-        raise OptimizeError(f"--data {path}: not a readable .npz file ({type(e).__name__}: {e})") from e
-    names = [t.name for t in manifest.inputs]
+        arrays = read_npz(path, "--data")
+        names = [t.name for t in specs]
+        rest = [k for k in arrays if k != "labels"]
+        if len(names) == 1 and len(rest) == 1 and names[0] not in arrays:
+            arrays = {names[0]: arrays[rest[0]], **{k: v for k, v in arrays.items() if k == "labels"}}
+        arrays = check_example(arrays, specs, f"--data {path}", extra=("labels",))
+    except SpecError as e:
+        raise OptimizeError(str(e)) from None
     labels = arrays.pop("labels", None)
-    if len(names) == 1 and names[0] not in arrays and len(arrays) == 1:
-        arrays = {names[0]: next(iter(arrays.values()))}
-    missing = [n for n in names if n not in arrays]
-    if missing:
-        raise OptimizeError(
-            f"--data {path}: no array for input {missing[0]!r} "
-            f"(arrays: {', '.join(sorted(arrays)) or 'none'})"
-        )
-    data = {}
-    rows: int | None = None
-    for t in manifest.inputs:
-        a = arrays[t.name]
-        want = datatypes.by_v2(t.datatype).numpy
-        if len(a.shape) != len(t.shape) or any(
-            d not in (-1, s) for d, s in zip(t.shape, a.shape, strict=True)
-        ):
-            raise OptimizeError(
-                f"--data {path}: array {t.name!r} has shape {list(a.shape)}, "
-                f"the model takes {t.shape} (-1: any)"
-            )
-        if not np.can_cast(a.dtype, want, casting="same_kind"):
-            raise OptimizeError(f"--data {path}: array {t.name!r} is {a.dtype}, the model takes {t.datatype}")
-        data[t.name] = a.astype(want)
-        if batched:
-            if rows is not None and a.shape[0] != rows:
-                raise OptimizeError(f"--data {path}: arrays differ in their number of samples")
-            rows = a.shape[0]
+    data = arrays
+    rows = next(iter(data.values())).shape[0] if batched else None
     if batched and rows is not None and rows > samples * 16:
         data = {k: v[: samples * 16] for k, v in data.items()}
         labels = labels[: samples * 16] if labels is not None else None
@@ -348,7 +355,9 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
     with tempfile.TemporaryDirectory(
         prefix=".optimize-", dir=opts.out.parent if opts.out.parent.exists() else None
     ) as work:
-        ctx = candidates.BuildContext(model_path, Path(work), providers, calibration, external)
+        ctx = candidates.BuildContext(
+            model_path.resolve(), Path(work).resolve(), providers, calibration, external
+        )
         for name, skip in _selected(opts, providers):
             c = Candidate(name, candidates.DESCRIPTIONS[name])
             cands.append(c)
@@ -442,16 +451,27 @@ def optimize(opts: OptimizeOptions, progress: Any = lambda _m: None) -> Optimize
                 "plot": PLOT_NAME,
                 "candidates": [c.record() for c in cands],
             }
-            version = manifest.version if chosen == "reference" else f"{manifest.version}+{chosen}"
+            # A variant may mix rows where the exported model did not (int8-dynamic quantizes each
+            # activation with the range of the whole batch): merging stays on only if it passes.
+            max_batch, batch_check = manifest.max_batch_size, manifest.batch_check
+            if max_batch > 0 and chosen != "reference":
+                progress(f"batch-independence check of {chosen}")
+                variant_check = batching.check_package(stage / "model.onnx", manifest)
+                batch_check = variant_check.to_dict()
+                max_batch = max_batch if variant_check.batchable else 0
+            # The model keeps its version (clients address /v2/models/<name>/versions/<version>);
+            # the variant is optimization.chosen.
             new = Manifest(
                 name=opts.name or manifest.name,
-                version=version,
+                version=manifest.version,
                 model_file="model.onnx",
                 files=file_entries(stage, sorted(files)),
                 inputs=manifest.inputs,
                 outputs=manifest.outputs,
-                max_batch_size=manifest.max_batch_size,
+                max_batch_size=max_batch,
+                batch_check=batch_check,
                 opset=signature.opset(graph),
+                exporter=manifest.exporter,
                 producer=manifest.producer,
                 parity=manifest.parity,
                 optimization=record,

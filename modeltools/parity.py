@@ -1,6 +1,10 @@
 """Parity: does the ONNX model compute what the PyTorch model computes?
 
-Both run on the same random inputs at several batch sizes. PyTorch runs in the calling process,
+Both run on the same inputs (generated from the ``--input`` specs and their value ranges, or the
+user's ``--example`` data) at several sizes of every dynamic dimension: the batch at 1, its example
+size and a larger one; every other dynamic dimension (a sequence, an image side) at 1 and half its
+base size as well as the base size itself, never above it, because the base size (``seq=N`` or the
+example file's) may be the largest the model accepts (its positions). PyTorch runs in the calling process,
 which holds the model already; onnxruntime runs in a subprocess (``python -m
 inferstack.modeltools.parity``), because its sessions do not give memory back and a crash in it must
 not take the command down. The parent writes the inputs and PyTorch's outputs to an ``.npz``, sends a
@@ -23,7 +27,7 @@ from typing import Any
 
 from inferstack.modeltools._ort import session_options
 from inferstack.modeltools._text import first_line
-from inferstack.modeltools.spec import InputSpec
+from inferstack.modeltools.spec import InputSpec, base_sizes, make_arrays
 
 from inferstack.errors import InferstackError
 
@@ -47,29 +51,88 @@ def batch_sizes(specs: list[InputSpec], max_batch_size: int) -> list[int | None]
     return sorted({1, example, larger})
 
 
-def torch_outputs(model: Any, specs: list[InputSpec], batches: list[int | None], seed: int) -> dict[str, Any]:
-    """Inputs and PyTorch's outputs per batch, keyed ``b{i}/in/{name}`` and ``b{i}/out/{k}``."""
+def _batch_dim(specs: list[InputSpec]) -> str | None:
+    """The dimension ``batch_sizes`` varies: the dynamic first dimension shared by every input."""
+    if not specs or not all(s.batch_dynamic for s in specs):
+        return None
+    names = {s.dims[0].name for s in specs}
+    return names.pop() if len(names) == 1 else None
+
+
+def cases(
+    specs: list[InputSpec], batches: list[int | None], example: dict[str, Any] | None = None
+) -> list[dict[str, int]]:
+    """The dynamic dimension sizes parity runs at, ``{dim name: size}``: each of ``batches`` with the
+    other dimensions at their base size, then each other dynamic dimension at 1 and half its base
+    size (the batch at its base size)."""
+    base = base_sizes(specs, example)
+    lead = _batch_dim(specs)
+    out: list[dict[str, int]] = []
+    for b in batches:
+        case = dict(base)
+        if lead is not None and b is not None:
+            case[lead] = b
+        if case not in out:
+            out.append(case)
+    for name, size in base.items():
+        if name == lead:
+            continue
+        for smaller in sorted({1, max(1, size // 2)} - {size}):
+            case = {**base, name: smaller}
+            if case not in out:
+                out.append(case)
+    return out
+
+
+def case_text(case: dict[str, int]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in case.items()) or "the fixed shape"
+
+
+def torch_outputs(
+    model: Any,
+    specs: list[InputSpec],
+    batches: list[int | None],
+    seed: int,
+    example: dict[str, Any] | None = None,
+) -> tuple[list[dict[str, int]], dict[str, Any], list[dict[str, Any]]]:
+    """The cases run (see :func:`cases`), their inputs and PyTorch's outputs keyed
+    ``b{i}/in/{name}`` and ``b{i}/out/{k}``, and the cases skipped.
+
+    A case that shrinks a dimension other than the batch is skipped when PyTorch itself refuses it
+    (a convolution larger than a 1-pixel image): the model has no answer there to compare with.
+    PyTorch failing at any batch size is an error.
+    """
     import torch
     import torch.utils._pytree as pytree
     from inferstack.modeltools import loading
-    from inferstack.modeltools.spec import random_arrays
 
     fn = loading.runnable(model)
     arrays: dict[str, Any] = {}
-    for i, batch in enumerate(batches):
-        feeds = random_arrays(specs, batch, seed=seed + i)
+    base = base_sizes(specs, example)
+    lead = _batch_dim(specs)
+    runs: list[dict[str, int]] = []
+    skipped: list[dict[str, Any]] = []
+    for j, case in enumerate(cases(specs, batches, example)):
+        feeds = make_arrays(specs, case, seed=seed + j, example=example)
         try:
             with torch.no_grad():
-                result = fn(*(torch.from_numpy(feeds[s.name]) for s in specs))
+                result = loading.call(fn, {s.name: torch.from_numpy(feeds[s.name]) for s in specs})
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0]
-            raise ParityError(f"PyTorch failed at batch {batch}: {type(e).__name__}: {first}") from e
+            if any(case[k] != base[k] for k in case if k != lead):
+                skipped.append(
+                    {"dims": case, "reason": f"PyTorch refuses it: {type(e).__name__}: {first}"[:300]}
+                )
+                continue
+            raise ParityError(f"PyTorch failed at {case_text(case)}: {type(e).__name__}: {first}") from e
+        i = len(runs)
+        runs.append(case)
         leaves = [t for t in pytree.tree_leaves(result) if isinstance(t, torch.Tensor)]
         for name, value in feeds.items():
             arrays[f"b{i}/in/{name}"] = value
         for k, t in enumerate(leaves):
             arrays[f"b{i}/out/{k}"] = t.detach().cpu().numpy()
-    return arrays
+    return runs, arrays, skipped
 
 
 def run(
@@ -81,11 +144,14 @@ def run(
     rtol: float = DEFAULT_RTOL,
     seed: int = 0,
     timeout: float = 1800,
+    example: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Compare ``model`` (PyTorch, in process) with the ONNX file (ORT, in a subprocess)."""
+    """Compare ``model`` (PyTorch, in process) with the ONNX file (ORT, in a subprocess) at every
+    case of :func:`cases`; ``example`` is :func:`spec.load_example`'s data, else data is generated."""
     import numpy as np
 
-    arrays = torch_outputs(model, specs, batches, seed)
+    runs, arrays, skipped = torch_outputs(model, specs, batches, seed, example)
+    lead = _batch_dim(specs)
     with tempfile.TemporaryDirectory(prefix="inferstack-parity-") as tmp:
         npz = Path(tmp) / "parity.npz"
         np.savez(npz, **arrays)
@@ -94,7 +160,8 @@ def run(
             "model": str(Path(model_path).resolve()),
             "data": str(npz),
             "inputs": [s.name for s in specs],
-            "batches": batches,
+            "batches": [case.get(lead) if lead else None for case in runs],
+            "dims": runs,
             "atol": atol,
             "rtol": rtol,
             "seed": seed,
@@ -115,6 +182,8 @@ def run(
             result: dict[str, Any] = json.loads(line[len(_RESULT) :])
             if "error" in result:
                 raise ParityError(f"parity check: {result['error']}")
+            if skipped:
+                result["skipped"] = skipped
             return result
     tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
     raise ParityError(f"parity check process exited with code {proc.returncode}: {tail}")
@@ -122,7 +191,7 @@ def run(
 
 def _spec_text(s: InputSpec) -> str:
     dims = ",".join(f"{d.name}={d.example}" if d.dynamic else str(d.size) for d in s.dims)
-    return f"{s.name}:{dims}:{s.datatype}"
+    return f"{s.name}:{dims}:{s.datatype}" + (f":{s.range_text}" if s.range_text else "")
 
 
 def summary(record: dict[str, Any]) -> str:
@@ -130,7 +199,10 @@ def summary(record: dict[str, Any]) -> str:
     for b in record["batches"]:
         for name, o in b["outputs"].items():
             if not o["passed"]:
-                where = f"batch {b['batch']}" if b["batch"] is not None else "the fixed shape"
+                if b.get("dims") is not None:
+                    where = case_text(b["dims"])
+                else:
+                    where = f"batch {b['batch']}" if b["batch"] is not None else "the fixed shape"
                 return (
                     f"output {name!r} at {where}: max abs diff {o['max_abs_diff']:.3g}, "
                     f"max rel diff {o['max_rel_diff']:.3g} exceed atol {record['atol']:g} + "
@@ -191,7 +263,12 @@ def _worker(request: dict[str, Any]) -> dict[str, Any]:
             name: _compare(a, e, atol, rtol) for name, a, e in zip(out_names, actual, expected, strict=True)
         }
         batches.append(
-            {"batch": batch, "outputs": outputs, "passed": all(o["passed"] for o in outputs.values())}
+            {
+                "batch": batch,
+                "dims": request["dims"][i],
+                "outputs": outputs,
+                "passed": all(o["passed"] for o in outputs.values()),
+            }
         )
     return {
         "atol": atol,

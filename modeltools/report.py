@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from inferstack.console import err, out, verbose
@@ -48,11 +49,32 @@ def print_export(manifest: Manifest, path: Path) -> None:
     out.print(
         f"opset {manifest.opset}, max_batch_size {manifest.max_batch_size}, digest {manifest.digest[:12]}"
     )
+    if manifest.batch_check:
+        verdict = "batchable" if manifest.batch_check.get("batchable") else "[yellow]not batchable[/]"
+        out.print(f"batch check: {verdict}: {manifest.batch_check.get('reason', '')}", highlight=False)
+    if manifest.exporter == "torchscript":
+        why = (manifest.source or {}).get("exporter_reason") or ""
+        out.print(
+            "exporter: [yellow]torchscript[/] (torch.onnx.export dynamo=False)"
+            + (
+                f", because {escape(why)}"
+                if why.startswith("--exporter")
+                else f"; the dynamo exporter failed: {escape(why)}"
+            )
+        )
     if manifest.parity:
         p = manifest.parity
-        batches = [b["batch"] for b in p["batches"]]
+        sizes: dict[str, list[int]] = {}
+        for b in p["batches"]:
+            for dim, n in (b.get("dims") or ({"batch": b["batch"]} if b["batch"] else {})).items():
+                if n not in sizes.setdefault(dim, []):
+                    sizes[dim].append(n)
+        where = "; ".join(f"{d} {sorted(v)}" for d, v in sizes.items()) or "the fixed shape"
+        skipped = [", ".join(f"{k}={v}" for k, v in c["dims"].items()) for c in p.get("skipped") or []]
+        if skipped:
+            where += f" (skipped, PyTorch refuses them: {'; '.join(skipped)})"
         out.print(
-            f"parity vs PyTorch at batch sizes {batches}: max abs diff {p['max_abs_diff']:.2e}, "
+            f"parity vs PyTorch at {where}: max abs diff {p['max_abs_diff']:.2e}, "
             f"max rel diff {p['max_rel_diff']:.2e} (atol {p['atol']:g}, rtol {p['rtol']:g}): [green]passed[/]"
         )
     else:

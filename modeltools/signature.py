@@ -48,9 +48,21 @@ def opset(model: Any) -> int | None:
     return None
 
 
-def default_max_batch(inputs: list[TensorSpec], outputs: list[TensorSpec], default: int = 64) -> int:
-    """``default`` when every input and output has a dynamic first dimension, else 0."""
-    tensors = inputs + outputs
-    if tensors and all(t.shape and t.shape[0] == -1 for t in tensors):
-        return default
-    return 0
+def named_dims(
+    model: Any,
+) -> tuple[list[tuple[str, list[int | str | None]]], list[tuple[str, list[int | str | None]]]]:
+    """Inputs and outputs as ``(name, dims)``, each dimension an ``int`` (fixed), its ``dim_param``
+    name (a named dynamic dimension, e.g. ``batch``) or None (unnamed): the form of
+    :mod:`inferstack.batchcheck`."""
+    initializers = {i.name for i in model.graph.initializer}
+
+    def dims(v: Any) -> list[int | str | None]:
+        return [
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+            for d in v.type.tensor_type.shape.dim
+        ]
+
+    return (
+        [(v.name, dims(v)) for v in model.graph.input if v.name not in initializers],
+        [(v.name, dims(v)) for v in model.graph.output],
+    )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inferstack.modeltools import loading, parity
+from inferstack.modeltools import batching, loading, parity
 from inferstack.modeltools._ort import session_options
 from inferstack.modeltools._text import first_line
 from inferstack.modeltools.loading import Source
@@ -105,6 +105,25 @@ def _check_session(package: Path, manifest: Manifest) -> list[Check]:
     ]
 
 
+def _check_batch(package: Path, manifest: Manifest) -> Check:
+    """The batch-independence check again, on the package's model: a package that lets the runtime
+    merge requests (``max_batch_size`` > 0) must pass it."""
+    try:
+        record = batching.check_package(package / manifest.model_file, manifest)
+    except Exception as e:
+        return Check("batch", "fail", f"the batch-independence check could not run: {first_line(e)}")
+    if record.batchable:
+        return Check("batch", "pass", f"max_batch_size {manifest.max_batch_size}: {record.reason}")
+    if manifest.max_batch_size > 0:
+        return Check(
+            "batch",
+            "fail",
+            f"max_batch_size {manifest.max_batch_size} lets the runtime merge requests, but merging "
+            f"changes answers: {record.reason}",
+        )
+    return Check("batch", "pass", f"max_batch_size 0, requests are never merged: {record.reason}")
+
+
 def _check_parity(
     package: Path, manifest: Manifest, source: Source | None, atol: float | None, rtol: float | None
 ) -> Check:
@@ -169,6 +188,11 @@ def verify(
     checks.append(Check("files", "pass", f"{len(manifest.files)} file(s), {total:,} bytes, sha256 match"))
     checks += _check_session(package, manifest)
     if any(c.status == "fail" for c in checks):
-        return [*checks, Check("parity", "skip", "an earlier check failed")]
+        return [
+            *checks,
+            Check("batch", "skip", "an earlier check failed"),
+            Check("parity", "skip", "an earlier check failed"),
+        ]
+    checks.append(_check_batch(package, manifest))
     checks.append(_check_parity(package, manifest, source, atol, rtol))
     return checks

@@ -74,6 +74,10 @@ def serve(
     max_body_bytes: Annotated[int, typer.Option(
         envvar=_env("max-body-bytes"), help="Largest request body; past it, 413.",
     )] = 64 * 1024 * 1024,
+    max_bytes_elements: Annotated[int, typer.Option(
+        envvar=_env("max-bytes-elements"),
+        help="BYTES (string) elements one request may carry, all inputs together; past it, 400.",
+    )] = 1 << 19,
     request_timeout_s: Annotated[float, typer.Option(
         envvar=_env("request-timeout-s"), help="Seconds a request may wait and run; past it, 504.",
     )] = 30.0,
@@ -165,6 +169,7 @@ def serve(
         follow_wait=follow_wait,
         max_queue_size=max_queue_size,
         max_body_bytes=max_body_bytes,
+        max_bytes_elements=max_bytes_elements,
         request_timeout_s=request_timeout_s,
         header_timeout_s=header_timeout_s,
         body_timeout_s=body_timeout_s,

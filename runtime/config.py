@@ -75,6 +75,10 @@ class ServerConfig:
     max_queue_size: int = 256
     """Requests admitted to the batcher at once (waiting or running); past it, 503 + Retry-After."""
     max_body_bytes: int = 64 * 1024 * 1024
+    max_bytes_elements: int = 1 << 19
+    """BYTES (string) elements one request may carry, all inputs together; past it, 400. Each
+    element becomes a Python string and an onnxruntime string on the way in and again on the way
+    out (a few hundred bytes each), so this, not the body size, bounds a BYTES request's memory."""
     request_timeout_s: float = 30.0
     header_timeout_s: float = 10.0
     """Seconds a client may take to send a request line and headers; past it, 408 and close."""
@@ -138,6 +142,8 @@ class ServerConfig:
             raise ConfigError(f"{setting('max-queue-size')}: must be >= 1, got {self.max_queue_size}")
         if self.max_body_bytes < 1:
             raise ConfigError(f"{setting('max-body-bytes')}: must be >= 1, got {self.max_body_bytes}")
+        if self.max_bytes_elements < 1:
+            raise ConfigError(f"{setting('max-bytes-elements')}: must be >= 1, got {self.max_bytes_elements}")
         if not self.request_timeout_s > 0:
             raise ConfigError(f"{setting('request-timeout-s')}: must be > 0, got {self.request_timeout_s}")
         for flag, value in (("header-timeout-s", self.header_timeout_s),

@@ -34,11 +34,16 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
         # when the client left before its answer. Counts metrics and statistics.
     plane.deliver_finished()                      # call before reading each new request: answers
         # of finished runs first (they free queue places)
+    plane.worker() -> ThreadPoolExecutor          # decoding and encoding off the event loop:
+        # entry.decode_off_loop(size) / entry.encode_off_loop(outputs) say when (BYTES tensors,
+        # bodies or answers over INLINE_BYTES)
     plane.begin_drain(); plane.idle() -> bool; plane.stop()
 
     # the repository extension (Triton's model repository API); control errors are BadRequest
     plane.repository_index(ready_only=False) -> list[dict]  # [{"name", "version", "state", "reason"}]
-    await plane.load(name)      # (re)load from its package, verified before anything is replaced
+    await plane.load(name, parameters=())  # (re)load from its package, verified before anything
+        # is replaced; parameter names 'config' or 'file:...' (a configuration or files sent in
+        # the request) are refused, over either protocol
     await plane.unload(name)    # 404 for new requests at once; returns once in-flight ones are answered
     plane.require_model_control()  # BadRequest unless --model-control explicit
     plane.models: dict[str, ModelEntry]           # entry.model (Model), entry.batcher, entry.stats
@@ -53,7 +58,8 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,6 +87,10 @@ log = logging.getLogger("inferstack.runtime")
 
 EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+#: bodies or messages larger than this (and every one for a model with a BYTES input) are decoded
+#: off the event loop; answers larger than this (and every answer with a BYTES output) are encoded
+#: off it: per-element work must not stall health checks and other requests
+INLINE_BYTES = 1 << 20
 
 
 def status_outcome(status: int) -> str:
@@ -107,10 +117,22 @@ class ModelEntry:
     source: str
     ready: bool = True
     infer_paths: tuple[str, ...] = field(default=())
+    bytes_in: bool = False  # the model has a BYTES input
+    bytes_out: bool = False  # ... a BYTES output
 
     @property
     def name(self) -> str:
         return self.model.name
+
+    def decode_off_loop(self, size: int) -> bool:
+        """Whether a request of ``size`` bytes (its body or message) is decoded in
+        :meth:`DataPlane.worker` rather than on the event loop."""
+        return self.bytes_in or size > INLINE_BYTES
+
+    def encode_off_loop(self, outputs: dict[str, Any]) -> bool:
+        """Whether the answer of ``outputs`` (name -> numpy array) is encoded in
+        :meth:`DataPlane.worker`."""
+        return self.bytes_out or sum(o.nbytes for o in outputs.values()) > INLINE_BYTES
 
 
 class DataPlane:
@@ -140,6 +162,18 @@ class DataPlane:
         #: called after the set of models changed (front ends rebuild their routes)
         self.on_change: list[Callable[[], None]] = []
         self.metrics.watch(self._queue_depth, self._inflight)
+        self._worker: ThreadPoolExecutor | None = None
+
+    def worker(self) -> ThreadPoolExecutor:
+        """The threads that decode and encode tensors off the event loop (two, made on first use)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
+        return self._worker
+
+    def stop_worker(self) -> None:
+        """Cancel the decoding and encoding not started yet (the process is stopping)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the request-timeout sweep on ``loop`` (the loop every call comes from)."""
@@ -156,7 +190,9 @@ class DataPlane:
         batcher.start(self._loop)
         base = f"/v2/models/{model.name}"
         entry = ModelEntry(model, batcher, stats, source,
-                           infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"))
+                           infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"),
+                           bytes_in=any(t.dtype.v2 == "BYTES" for t in model.inputs),
+                           bytes_out=any(t.dtype.v2 == "BYTES" for t in model.outputs))
         old = self.models.get(model.name)
         self.models[model.name] = entry
         if old is not None:
@@ -278,11 +314,16 @@ class DataPlane:
                              "reason": self.load_errors.get(name, "unloaded")})
         return rows
 
-    async def load(self, name: str) -> None:
+    async def load(self, name: str, parameters: Iterable[str] = ()) -> None:
         """(Re)load model ``name`` from its package. Nothing is replaced until the new model is
         verified, loaded and warmed up; a failed load (BadRequest naming why) leaves the old one
-        serving. Loads of one name do not overlap (ServiceUnavailable meanwhile)."""
+        serving. Loads of one name do not overlap (ServiceUnavailable meanwhile). ``parameters``:
+        the names of the request's parameters; Triton's ``config`` (a configuration) and
+        ``file:<path>`` (files) are refused (BadRequest): a model loads from its package only."""
         self.require_model_control()
+        if any(k == "config" or k.startswith("file:") for k in parameters):
+            raise BadRequest("loading with a configuration or files in the request is not supported; "
+                             "the model is loaded from its package in the repository")
         if self.stopping or self.draining:
             raise ServiceUnavailable("the server is stopping; nothing is loaded")
         uri = self.repository_packages().get(name)

@@ -9,6 +9,8 @@ draining) or RESOURCE_EXHAUSTED (shedding: queue or buffer full), 500 INTERNAL."
 
 from __future__ import annotations
 
+import re
+
 from inferstack.errors import InferstackError
 
 
@@ -60,11 +62,31 @@ class PayloadTooLarge(HTTPError):
 
 
 class ModelFailed(HTTPError):
-    """onnxruntime rejected an input that passed the signature checks (e.g. an index out of range)."""
+    """onnxruntime rejected an input that passed the signature checks (e.g. an index out of range).
+    The message keeps onnxruntime's meaningful text, without its internal source locations."""
 
     grpc_code = "INVALID_ARGUMENT"
     status_code = 400
     reason = "model_rejected_input"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ort_message(message))
+
+
+#: ``[ONNXRuntimeError] : 1 : FAIL : `` before onnxruntime's text
+_ORT_PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
+#: a source location (``/onnxruntime_src/.../reshape_helper.h:84``), the C++ function after it and
+#: the failed internal condition (``... was false.``) that ORT_ENFORCE adds before the message
+_ORT_SOURCE = re.compile(
+    r"\S*/[\w.+/-]+\.(?:h|hpp|cc|cpp|c|cu|cuh):\d+ (?:[\w:~<>]+\([^()]*\)(?: const)? )?(?:.*? was false\. )?"
+)
+
+
+def ort_message(text: str) -> str:
+    """onnxruntime's error text for a client: without the error-code prefix, its build's source
+    paths, C++ function names and internal conditions; on one line."""
+    text = _ORT_SOURCE.sub("", _ORT_PREFIX.sub("", text))
+    return " ".join(text.split())
 
 
 class ServiceUnavailable(HTTPError):

@@ -25,6 +25,7 @@ from inferstack.runtime.errors import BadRequest
 from inferstack.runtime.model import Model, TensorInfo
 from inferstack.runtime.proto import grpc_service_pb2 as pb
 from inferstack.runtime.protocol import (
+    DEFAULT_MAX_BYTES_ELEMENTS,
     InferRequest,
     _check_shape,
     _count,
@@ -55,9 +56,12 @@ def _parameter(value: Any) -> Any:
     return None if which is None else getattr(value, which)
 
 
-def decode_request(request: Any, model: Model) -> InferRequest:
+def decode_request(request: Any, model: Model,
+                   max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
     """Check a ``ModelInferRequest`` against ``model`` and read its inputs (raw ones in place).
-    Raises :class:`BadRequest` naming the input and what is wrong."""
+    BYTES inputs may hold ``max_bytes_elements`` elements together (checked from their shapes,
+    before any is read), as over HTTP. Raises :class:`BadRequest` naming the input and what is
+    wrong."""
     raw = request.raw_input_contents
     tensors = request.inputs
     if not tensors:
@@ -71,6 +75,7 @@ def decode_request(request: Any, model: Model) -> InferRequest:
     rows = -1
     key: list[Any] = []
     batching = model.batching
+    strings = 0  # BYTES elements so far
     for index, tensor in enumerate(tensors):
         name = tensor.name
         spec = model.input_by_name.get(name)
@@ -82,6 +87,13 @@ def decode_request(request: Any, model: Model) -> InferRequest:
         if name in inputs:
             raise BadRequest(f"input {name!r} appears twice")
         shape = _check_shape({"datatype": tensor.datatype, "shape": list(tensor.shape)}, spec, model)
+        if spec.dtype.v2 == "BYTES":
+            strings += _count(shape)
+            if strings > max_bytes_elements:
+                raise BadRequest(
+                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
+                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
+                )
         if raw:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} has both 'contents' and raw_input_contents; send one")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import ParseDict
-from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
+from inferstack.runtime.errors import ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.logs import log_access
 from inferstack.runtime.proto import grpc_service_pb2 as pb
@@ -115,8 +115,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     raise refused
             entry = plane.entry(request.model_name, request.model_version or None)
             plane.admit(entry)
-            infer = decode_request(request, entry.model)
-            answer: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            max_elements = plane.config.max_bytes_elements
+            if entry.decode_off_loop(request.ByteSize()):  # BYTES elements, or a large message
+                infer = await loop.run_in_executor(plane.worker(), decode_request, request, entry.model,
+                                                   max_elements)
+            else:
+                infer = decode_request(request, entry.model, max_elements)
+            answer: asyncio.Future[dict[str, Any]] = loop.create_future()
 
             def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
                 if answer.done():  # the client left
@@ -127,12 +133,15 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                     answer.set_result(outputs)
 
             plane.submit(entry, infer, started, done)
-            try:
-                outputs = await answer
-            except asyncio.CancelledError:  # the client went away (or its deadline passed)
-                plane.finish(entry, started, None, written=False)
-                raise
-            response = encode_response(entry.model, infer, outputs)
+            outputs = await answer
+            if entry.encode_off_loop(outputs):  # per-element work (strings, a large answer)
+                response = await loop.run_in_executor(plane.worker(), encode_response, entry.model, infer,
+                                                      outputs)
+            else:
+                response = encode_response(entry.model, infer, outputs)
+        except asyncio.CancelledError:  # the client went away (or its deadline passed)
+            plane.finish(entry, started, None, written=False)
+            raise
         except HTTPError as e:
             e.__traceback__ = None
             plane.finish(entry, started, e)
@@ -160,12 +169,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             {"models": plane.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        def check() -> None:
-            self.plane.require_model_control()
-            if any(k == "config" or k.startswith("file:") for k in request.parameters):
-                raise BadRequest("loading with a configuration or files in the request is not supported; "
-                                 "the model is loaded from its package in the repository")
-        return await self._repository(context, check, lambda: self.plane.load(request.model_name),
+        return await self._repository(context, self.plane.require_model_control,
+                                      lambda: self.plane.load(request.model_name, request.parameters),
                                       pb.RepositoryModelLoadResponse())
 
     async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:

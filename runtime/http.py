@@ -212,7 +212,8 @@ class Connection(asyncio.Protocol):
             self._sync_reading()
             return
         except httptools.HttpParserError as e:
-            if not self._discard:
+            # (after a final answer, e.g. to Connection: close, the rest of the packet is discarded)
+            if not self._discard and not self._lingering:
                 self._fail_protocol(f"malformed HTTP request: {e}")
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
@@ -221,10 +222,12 @@ class Connection(asyncio.Protocol):
                 self._fail_protocol(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
 
     def _fail_protocol(self, message: str) -> None:
-        if self.busy:  # answers must stay in order; drop the connection instead
-            self.close()
-            return
-        self.respond_error(BadRequest(message), keep_alive=False)
+        """The bytes are not HTTP/1.1 (or not within its limits): answer 400 after what was read
+        before them, in order, then close."""
+        self._discard = True
+        self._in_head = self._in_body = False
+        self._drop_partial()
+        self._final(BadRequest(message), b"")
 
     # -- timeouts (called by the application's periodic sweep) ---------------------------------
     def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float,
@@ -392,7 +395,12 @@ class Connection(asyncio.Protocol):
         self._drop_partial()
         self._discard = True
         self._in_body = False
-        request = Request(self.parser.get_method(), self._url, self._headers, b"", False, error)
+        self._final(error, self.parser.get_method())
+
+    def _final(self, error: HTTPError, method: bytes) -> None:
+        """Queue ``error`` as the connection's last answer (after the ones before it), read no
+        more, and close once it is written."""
+        request = Request(method, self._url, self._headers, b"", False, error)
         self.closing = True
         self._paused = True
         self._sync_reading()
@@ -467,7 +475,8 @@ class Connection(asyncio.Protocol):
         """Write one answer; then go on with the next pipelined request, or close. False when the
         client has gone (nothing written)."""
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._lingering:
+            # gone, or the final answer is out (write_eof): nothing is ever written after it
             self.busy = False
             return False
         if self._current:  # the request's bytes leave the budget
@@ -515,6 +524,16 @@ class Connection(asyncio.Protocol):
                 and self._queued_bytes < _MAX_QUEUED_BYTES // 2:
             self._paused = False
             self._sync_reading()
+        return True
+
+    def hold_decoded(self, n: int) -> bool:
+        """Count ``n`` more bytes in the budget for the request being answered (what its body
+        decodes into), until its answer is written; False, and nothing counted, when they do not
+        fit now."""
+        if self.app.buffered + n > self.app.max_buffered_bytes:
+            return False
+        self._hold(n)
+        self._current += n
         return True
 
     def respond_error(self, error: HTTPError, keep_alive: bool = True) -> bool:

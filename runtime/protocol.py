@@ -27,6 +27,10 @@ _DUMPS_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
 _FLOAT_KINDS = frozenset("iuf")
 _INT_KINDS = frozenset("iu")
 _BOOL_KINDS = frozenset("b")
+#: BYTES elements one request may carry (``--max-bytes-elements``'s default)
+DEFAULT_MAX_BYTES_ELEMENTS = 1 << 19
+#: BYTES elements encoded per piece of a binary output (bounds the per-element objects alive at once)
+_BYTES_CHUNK = 1 << 14
 #: an empty input's shape with its zero dimensions counted as 1 may describe at most this many bytes
 _MAX_EMPTY_DESCRIBED_BYTES = 1 << 28
 
@@ -64,6 +68,11 @@ def _json_type(value: Any) -> str:
     return "an object"
 
 
+def _params(value: Any, where: str) -> dict[str, Any]:
+    """A ``parameters`` field: absent or null is no parameters; anything else must be an object."""
+    return {} if value is None else _object(value, where)
+
+
 def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
     value = params.get(key)
     if value is None:
@@ -73,9 +82,11 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
-def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest:
+def decode(body: bytes, header_length: int | None, model: Model,
+           max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
     """Parse and check an infer request body; ``header_length`` is the value of
-    ``Inference-Header-Content-Length`` (None when the whole body is JSON)."""
+    ``Inference-Header-Content-Length`` (None when the whole body is JSON). BYTES inputs may hold
+    ``max_bytes_elements`` elements together (checked from their shapes, before any is read)."""
     size = len(body)
     header: bytes | memoryview
     if header_length is None:
@@ -90,13 +101,19 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
         doc = orjson.loads(header)
     except orjson.JSONDecodeError as e:
         where = "request body" if header_length is None else "request JSON header"
+        near = bytes(header[max(e.pos - 1, 0):e.pos + 8])
+        if any(token in near for token in (b"NaN", b"Infinity")):  # Python's json.dumps writes them
+            raise BadRequest(
+                f"{where} is not valid JSON: NaN/Infinity at char {e.pos}; JSON cannot carry "
+                "non-finite numbers: send the input as binary data (the binary tensor data extension)"
+            ) from None
         raise BadRequest(f"{where} is not valid JSON: {e}") from None
     doc = _object(doc, "request body")
 
     request_id = doc.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise BadRequest(f"'id' must be a string, got {_json_type(request_id)}")
-    params = _object(doc.get("parameters") or {}, "'parameters'")
+    params = _params(doc.get("parameters"), "'parameters'")
     binary_output = _flag(params, "binary_data_output", "request") or False
 
     raw_inputs = doc.get("inputs")
@@ -107,6 +124,7 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
     rows = -1
     key: list[Any] = []
     batching = model.batching
+    strings = 0  # BYTES elements so far
     for index, raw in enumerate(raw_inputs):
         tensor = _object(raw, f"inputs[{index}]")
         name = tensor.get("name")
@@ -121,7 +139,14 @@ def decode(body: bytes, header_length: int | None, model: Model) -> InferRequest
         if name in inputs:
             raise BadRequest(f"input {name!r} appears twice")
         shape = _check_shape(tensor, spec, model)
-        tparams = _object(tensor.get("parameters") or {}, f"input {name!r}: 'parameters'")
+        if spec.dtype.v2 == "BYTES":
+            strings += _count(shape)
+            if strings > max_bytes_elements:
+                raise BadRequest(
+                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
+                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
+                )
+        tparams = _params(tensor.get("parameters"), f"input {name!r}: 'parameters'")
         binary_size = tparams.get("binary_data_size")
         has_data = "data" in tensor
         if binary_size is not None:
@@ -285,6 +310,38 @@ def _flatten_strings(data: Any, name: str, out: list[str]) -> None:
             stack.pop()
 
 
+def _check_nesting(data: list[Any], shape: list[int], name: str) -> None:
+    """Nested ``data`` must follow the shape level by level (a ragged array is refused, as numpy
+    refuses a ragged numeric one); flat data is checked by its element count alone."""
+    level: list[Any] = [data]
+    for depth, dim in enumerate(shape):
+        for item in level:
+            if not isinstance(item, list) or len(item) != dim:
+                raise BadRequest(
+                    f"input {name!r}: nested 'data' does not follow shape {_describe(shape)} "
+                    f"(level {depth}); send a regular array or a flat one"
+                )
+        level = [x for item in level for x in item]
+    if any(isinstance(x, list) for x in level):
+        raise BadRequest(f"input {name!r}: nested 'data' is deeper than shape {_describe(shape)}")
+
+
+def _has_booleans(data: list[Any]) -> bool:
+    """Whether a (nested) JSON array holds ``true``/``false``: numpy would read them as 1 and 0.
+    One ``type`` call per element, in C (``map``)."""
+    level = [data]
+    while level:
+        types: set[type] = set()
+        for items in level:
+            types.update(map(type, items))
+        if bool in types:
+            return True
+        if list not in types:
+            return False
+        level = [x for items in level for x in items if type(x) is list]
+    return False
+
+
 def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
     name = spec.name
     count = _count(shape)
@@ -292,6 +349,8 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
         raise BadRequest(f"input {name!r}: 'data' must be an array, got {_json_type(data)}")
     dtype = spec.dtype
     if dtype.v2 == "BYTES":
+        if any(isinstance(item, list) for item in data):
+            _check_nesting(data, shape, name)
         flat: list[str] = []
         _flatten_strings(data, name, flat)
         if len(flat) != count:
@@ -323,6 +382,13 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
     if count:
         kind = array.dtype.kind
         target = dtype.numpy
+        if kind == "O" and None in array.reshape(-1).tolist():
+            raise BadRequest(
+                f"input {name!r}: 'data' holds null; JSON cannot carry NaN or infinity: send "
+                "this input as binary data (the binary tensor data extension)"
+            )
+        if target.kind != "b" and kind != "b" and _has_booleans(data):
+            raise BadRequest(f"input {name!r}: {dtype.v2} data holds true/false; only BOOL takes booleans")
         if target.kind == "b":
             allowed = _BOOL_KINDS
         elif target.kind in "iu":
@@ -345,9 +411,18 @@ def _from_json(data: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
                     f"input {name!r}: a value is out of range for {dtype.v2} ({info.min}..{info.max})"
                 )
     try:
-        return array.astype(dtype.numpy, copy=False).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = array.astype(dtype.numpy, copy=False).reshape(shape)
     except (ValueError, TypeError, OverflowError):
         raise BadRequest(f"input {name!r}: 'data' cannot be read as {dtype.v2}") from None
+    if cast.dtype.kind == "f" and count and not np.isfinite(cast).all():
+        # JSON has no inf/NaN (orjson refuses them): a non-finite value here is one the
+        # datatype cannot hold (FP16 70000, FP32 1e300), which would become inf
+        limit = float(np.finfo(cast.dtype).max)
+        raise BadRequest(
+            f"input {name!r}: a value is out of range for {dtype.v2} (-{limit:.6g}..{limit:.6g})"
+        )
+    return cast
 
 
 def _integers_in_range(array: np.ndarray, target: np.dtype, spec: TensorInfo) -> None:
@@ -407,7 +482,7 @@ def _requested_outputs(raw: Any, model: Model, binary_default: bool) -> list[tup
         if name in seen:
             raise BadRequest(f"output {name!r} is requested twice")
         seen.add(name)
-        params = _object(out.get("parameters") or {}, f"output {name!r}: 'parameters'")
+        params = _params(out.get("parameters"), f"output {name!r}: 'parameters'")
         if params.get("classification"):
             raise BadRequest(f"output {name!r}: the classification extension is not supported")
         binary = _flag(params, "binary_data", f"output {name!r}")
@@ -433,7 +508,7 @@ def encode(
                             "parameters": {"binary_data_size": len(blob)}})
         else:
             entries.append({"name": name, "datatype": info.dtype.v2, "shape": shape,
-                            "data": _to_json(array, info)})
+                            "data": _to_json(array, info, name)})
     doc: dict[str, Any] = {"model_name": model.name, "model_version": model.version, "outputs": entries}
     if request.id is not None:
         doc["id"] = request.id
@@ -441,10 +516,16 @@ def encode(
     return header, blobs, (len(header) if blobs else None)
 
 
-def _to_json(array: np.ndarray, info: TensorInfo) -> Any:
+def _to_json(array: np.ndarray, info: TensorInfo, name: str) -> Any:
     if info.dtype.v2 == "BYTES":
         return [x.decode("utf-8", "replace") if isinstance(x, bytes) else str(x) for x in array.reshape(-1)]
     flat = array.reshape(-1)
+    if flat.dtype.kind in "fc" and flat.size and not np.isfinite(flat).all():
+        # JSON has no inf/-inf/NaN (orjson would write null, read back as NaN): refuse, never lose
+        raise BadRequest(
+            f"output {name!r} holds inf or NaN, which JSON cannot carry; request it as binary data "
+            "(parameter binary_data_output, or binary_data on the output)"
+        )
     if not flat.flags.c_contiguous:
         flat = np.ascontiguousarray(flat)
     return flat
@@ -452,12 +533,16 @@ def _to_json(array: np.ndarray, info: TensorInfo) -> Any:
 
 def _to_binary(array: np.ndarray, info: TensorInfo) -> bytes | memoryview:
     if info.dtype.v2 == "BYTES":
-        parts = []
-        for x in array.reshape(-1):
-            raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
-            parts.append(len(raw).to_bytes(4, "little"))
-            parts.append(raw)
-        return b"".join(parts)
+        # in pieces: the per-element bytes objects of one piece at a time, then one join
+        flat = array.reshape(-1)
+        pieces = []
+        for start in range(0, len(flat), _BYTES_CHUNK):
+            parts: list[bytes] = []
+            for x in flat[start:start + _BYTES_CHUNK]:
+                raw = x if isinstance(x, bytes) else str(x).encode("utf-8")
+                parts += (len(raw).to_bytes(4, "little"), raw)
+            pieces.append(b"".join(parts))
+        return b"".join(pieces)
     if array.dtype != info.dtype.numpy:
         array = array.astype(info.dtype.numpy)
     # flat bytes (a zero-size view with several dimensions cannot be cast)

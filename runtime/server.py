@@ -30,7 +30,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import unquote
 
@@ -45,6 +45,7 @@ from inferstack.runtime.errors import (
     InternalError,
     MethodNotAllowed,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     ServiceUnavailable,
 )
@@ -59,8 +60,12 @@ log = logging.getLogger("inferstack.runtime")
 
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _OPEN_RAW = frozenset(p.encode() for p in _OPEN_PATHS)
-#: bodies larger than this (and every compressed body) are decoded off the event loop
-_INLINE_DECODE_BYTES = 1 << 20
+#: memory a JSON body's decoding may take per byte of JSON (orjson's Python objects, then the numpy
+#: arrays: a 64 MiB body of FP32 "0," values peaks at 16x), counted in --max-buffered-bytes
+JSON_DECODED_PER_BYTE = 16
+#: ... per BYTES element (a Python string, its slot in an object array and onnxruntime's copy, in
+#: and out: 1,048,576 two-byte elements peak at about 210 bytes each)
+BYTES_DECODED_PER_ELEMENT = 256
 
 
 class App:
@@ -84,7 +89,6 @@ class App:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._infer_paths: dict[str, ModelEntry] = {}
         self.plane.on_change.append(self._routes)
-        self._decoder: ThreadPoolExecutor | None = None
         self._clock_loop: asyncio.AbstractEventLoop | None = None
         timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
         self._tick_every = max(0.05, min(1.0, min(timeouts) / 4))
@@ -287,13 +291,7 @@ class App:
         params = options.get("parameters") or {}
         if not isinstance(params, dict):
             raise BadRequest(f"{path}: 'parameters' must be a JSON object")
-        if parts[5] == "load":
-            if any(k == "config" or k.startswith("file:") for k in params):
-                raise BadRequest(f"{path}: loading with a configuration or files in the request is not "
-                                 "supported; the model is loaded from its package in the repository")
-            work = plane.load(name)
-        else:
-            work = plane.unload(name)
+        work = plane.load(name, params) if parts[5] == "load" else plane.unload(name)
         keep_alive = request.keep_alive
         task = asyncio.get_running_loop().create_task(work)
 
@@ -327,25 +325,48 @@ class App:
             self.plane.admit(entry)
             header_length = _header_length(request.headers)
             encoding = request.headers.get(b"content-encoding")
-            if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity"):
-                self._submit(conn, request, entry, decode(request.body, header_length, entry.model))
+            if (encoding is None or encoding == b"identity") and not entry.decode_off_loop(len(request.body)):
+                infer = decode(request.body, header_length, entry.model, self.config.max_bytes_elements)
+                self._submit(conn, request, entry, infer)
                 return
+            self._hold_decoded(conn, request, header_length, entry)
         except HTTPError as e:
             self._refuse(conn, e, request, entry)
             return
-        # a large or compressed body: parse it in a thread, so the event loop keeps answering
-        # (health checks, small requests) meanwhile
-        if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
-        future = self._decoder.submit(self._decode_body, request, header_length, entry.model)
+        # a large or compressed body, or BYTES elements: parse it in a thread, so the event loop
+        # keeps answering (health checks, small requests) meanwhile
+        future = self.plane.worker().submit(self._decode_body, request, header_length, entry.model)
         loop = self._loop
         assert loop is not None
         future.add_done_callback(
             lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, entry)
         )
 
+    def _hold_decoded(self, conn: Connection, request: Request, header_length: int | None,
+                      entry: ModelEntry) -> None:
+        """Count what the body will decode into in --max-buffered-bytes, beyond the body itself:
+        JSON_DECODED_PER_BYTE per byte of JSON, BYTES_DECODED_PER_ELEMENT per BYTES element the
+        binary part can hold (one per 4 bytes, at most --max-bytes-elements). A compressed body is
+        counted at its compressed size (its decompressed size is bounded by --max-body-bytes)."""
+        size = len(request.body)
+        json_bytes = size if header_length is None else min(header_length, size)
+        elements = min((size - json_bytes) // 4, self.config.max_bytes_elements) if entry.bytes_in else 0
+        need = json_bytes * JSON_DECODED_PER_BYTE + elements * BYTES_DECODED_PER_ELEMENT
+        budget = self.max_buffered_bytes
+        if need > budget - size:
+            raise PayloadTooLarge(
+                f"this request decodes into about {need} bytes, more than --max-buffered-bytes / "
+                f"INFERSTACK_MAX_BUFFERED_BYTES ({budget}) allows; send tensors as binary data (the "
+                "binary tensor data extension) or fewer per request"
+            )
+        if not conn.hold_decoded(need):
+            raise Overloaded(
+                f"the server holds {self.buffered} bytes of requests and their decoded data "
+                f"(--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES is {budget}); retry later"
+            )
+
     def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
-        return decode(self._body(request), header_length, model)
+        return decode(self._body(request), header_length, model, self.config.max_bytes_elements)
 
     def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request,
                  entry: ModelEntry) -> None:
@@ -372,12 +393,41 @@ class App:
             if error is not None or outputs is None:
                 self._refuse(conn, error or InternalError("no outputs"), request, entry)
                 return
-            try:
-                written = self._answer(conn, entry.model, infer, outputs, keep_alive)
-            except Exception as e:
-                log.exception("error while encoding a response")
-                self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request, entry)
+            model = entry.model
+            if entry.encode_off_loop(outputs):
+                # per-element work (strings, a large JSON answer) in a thread; written on the loop
+                loop = self._loop
+                assert loop is not None
+                future = plane.worker().submit(encode, model, infer, outputs)
+                future.add_done_callback(lambda f: loop.call_soon_threadsafe(encoded, f))
                 return
+            try:
+                answer = encode(model, infer, outputs)
+            except Exception as e:
+                failed(e)
+                return
+            write(answer)
+
+        def encoded(future: Future[tuple[bytes, list[bytes | memoryview], int | None]]) -> None:
+            if future.cancelled():  # the process is stopping
+                self._refuse(conn, ServiceUnavailable("the server is shutting down"), request, entry)
+                return
+            error = future.exception()  # taken, not raised: no cycle through this frame
+            if error is not None:
+                error.__traceback__ = None
+                failed(error)
+                return
+            write(future.result())
+
+        def failed(e: BaseException) -> None:
+            if isinstance(e, HTTPError):  # an answer the protocol cannot carry (inf in JSON)
+                self._refuse(conn, e, request, entry)
+                return
+            log.error("error while encoding a response: %s: %s", type(e).__name__, e)
+            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request, entry)
+
+        def write(answer: tuple[bytes, list[bytes | memoryview], int | None]) -> None:
+            written = self._write(conn, *answer, keep_alive)  # False: the client left before its answer
             plane.finish(entry, request.started, None, written)
 
         plane.submit(entry, infer, request.started, done)
@@ -404,12 +454,13 @@ class App:
                 f"decompressed request body exceeds the limit of {limit} bytes (--max-body-bytes / "
                 "INFERSTACK_MAX_BODY_BYTES)"
             )
+        if not d.eof:  # the stream stopped before its end marker (and checksum)
+            raise BadRequest(f"{encoding.decode()} body is truncated or corrupt")
         return out
 
     @staticmethod
-    def _answer(conn: Connection, model: Model, infer: InferRequest, outputs: dict[str, Any],
-                keep_alive: bool) -> bool:
-        header, blobs, header_length = encode(model, infer, outputs)
+    def _write(conn: Connection, header: bytes, blobs: list[bytes | memoryview], header_length: int | None,
+               keep_alive: bool) -> bool:
         if header_length is None:
             return conn.respond(200, header, keep_alive=keep_alive)
         return conn.respond(200, [header, *blobs], content_type=BINARY_CONTENT_TYPE,
@@ -429,8 +480,7 @@ class App:
             conn.shutdown()
 
     def stop_decoding(self) -> None:
-        if self._decoder is not None:
-            self._decoder.shutdown(wait=False, cancel_futures=True)
+        self.plane.stop_worker()
 
     def idle(self) -> bool:
         return self.plane.idle() and not self.connections

@@ -282,9 +282,12 @@ def _remove_orphaned_parts(target: Path) -> None:
 
 
 def _download(fetch: Fetch, rel: str, dest: Path, where: str, budget: _Budget) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=part_prefix())
-    os.close(fd)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=part_prefix())
+        os.close(fd)
+    except OSError as e:  # e.g. a cached file where the path needs a folder
+        raise ModelLoadError(f"{where}: cannot be stored in the cache ({e.strerror or e})") from None
     try:
         log.info("downloading %s", where)
         fetch(rel, Path(tmp), budget)

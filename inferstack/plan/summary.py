@@ -190,12 +190,15 @@ def render_summary(
     lines += _table(["item", "at rest", "at max scale"], rows)
     lines += [
         "",
-        f"Ceiling, every node group at its max size: {_money(cost.usd_per_hour_ceiling)}.",
+        "Ceiling, every node group at its max size of its dearest instance type: "
+        f"{_money(cost.usd_per_hour_ceiling)}.",
         "",
         "At rest: each GPU workload at its scaler's minimum (else its replicas), each GPU node group "
         "at the nodes those replicas need and at least its min size, CPU node groups at their min "
-        "size; at max scale: the workloads at their maximum. A node is priced as its group's first "
-        "instance type. The control plane costs the extended-support rate when its upgrade policy is "
+        "size; at max scale: the workloads at their maximum. At rest and at max scale a node is priced "
+        "as its group's first instance type (on-demand node groups launch the types in the order "
+        "given); the ceiling prices each group's dearest type. The control plane costs the "
+        "extended-support rate when its upgrade policy is "
         f"EXTENDED and its version leaves standard support within {table['eks_extended_support_lead_days']} "
         f"days of {table['as_of']} (versions: {table['eks_versions_source']}).",
         "",

@@ -148,6 +148,8 @@ class Registration:
     provider: str
     state: dict[str, Any] = field(default_factory=dict)
     """What the (mock) provider returned: inputs plus computed outputs such as a build's digest."""
+    secret_inputs: set[str] = field(default_factory=set)
+    """The top-level inputs the program sent as secrets (``inputs`` shows them unwrapped)."""
 
 
 @dataclass
@@ -211,9 +213,21 @@ class RecordingMonitor(pulumi_mocks.MockMonitor):
                 state=_unwrap(pulumi.runtime.rpc.deserialize_properties(response.object))
                 if response.object
                 else {},
+                secret_inputs=_secret_keys(pulumi.runtime.rpc.deserialize_properties(request.object))
+                if request.object
+                else set(),
             )
         )
         return response
+
+
+def _secret_keys(inputs: dict[str, Any]) -> set[str]:
+    sig = pulumi.runtime.rpc._special_sig_key
+    return {
+        k
+        for k, v in inputs.items()
+        if isinstance(v, dict) and v.get(sig) == pulumi.runtime.rpc._special_secret_sig
+    }
 
 
 def _unwrap(value: Any) -> Any:

@@ -8,12 +8,13 @@ import json
 from typing import Any
 
 import pytest
+from inferstack.components import config
 from inferstack.components.autoscaling import Autoscaling, AutoscalingArgs
 from inferstack.components.grafana import load_dashboards
 from inferstack.components.keda_http_addon import INTERCEPTOR_LABELS
 from inferstack.components.program import main
 from inferstack.runtime.metrics import Metrics
-from pulumi_harness import Program, load_stack, resolve, run_program
+from pulumi_harness import Program, load_stack, run_program
 
 SCALED_OBJECT = "kubernetes:keda.sh/v1alpha1:ScaledObject"
 HTTP_SCALED_OBJECT = "kubernetes:http.keda.sh/v1alpha1:HTTPScaledObject"
@@ -110,34 +111,47 @@ def test_dev_scales_to_zero_and_a_request_at_zero_waits_at_the_interceptor() -> 
     assert p.outputs["endpointUrl"] == f"http://{host}:8000", p.outputs["endpointUrl"]
 
 
-def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor() -> None:
-    def program() -> Autoscaling:
-        return Autoscaling(
-            "tiny",
-            AutoscalingArgs(
-                model_name="tiny",
-                namespace="tiny",
-                min_replicas=0,
-                max_replicas=2,
-                prometheus_address="http://prometheus-server.monitoring.svc.cluster.local:80",
-                backend_service="tiny-backend",
-                interceptor_host="keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local",
-                interceptor_namespace="keda",
-                scaler_address="keda-add-ons-http-external-scaler.keda:9090",
-            ),
-        )
+def _local_at(min_replicas: int) -> Program:
+    return _run("local", {"autoscaling": {"minReplicas": min_replicas, "maxReplicas": 2}})
 
-    p = run_program(program)
-    svc = p.one(SERVICE)
-    assert svc.inputs["metadata"] == {
-        "name": "tiny",
-        "namespace": "tiny",
-        "labels": svc.inputs["metadata"]["labels"],
-    }
+
+def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor() -> None:
+    p = _local_at(0)
+    svc = next(s for s in p.of_type(SERVICE) if s.inputs["metadata"]["name"] == "tiny")
+    assert svc.inputs["metadata"]["namespace"] == "tiny", svc.urn
     assert svc.inputs["spec"]["type"] == "ExternalName", svc.urn
-    assert svc.inputs["spec"]["externalName"] == "keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local"
-    assert "tiny.tiny.svc.cluster.local" in p.one(HTTP_SCALED_OBJECT).inputs["spec"]["hosts"]
-    assert resolve(p.result.endpoint_url) == "http://tiny.tiny.svc.cluster.local:8000"
+    proxy = "keda-add-ons-http-interceptor-proxy.keda.svc.cluster.local"
+    assert svc.inputs["spec"]["externalName"] == proxy
+    assert "selector" not in svc.inputs["spec"], svc.urn
+    hosts = p.one(HTTP_SCALED_OBJECT).inputs["spec"]["hosts"]
+    # clients in the model's namespace call http://tiny:8000: the interceptor must route that Host too
+    assert {"tiny", "tiny.tiny", "tiny.tiny.svc", "tiny.tiny.svc.cluster.local"} <= set(hosts), hosts
+    assert p.outputs["endpointUrl"] == "http://tiny.tiny.svc.cluster.local:8000"
+
+
+def _owners(p: Program) -> dict[tuple[str, str, str], str]:
+    owners: dict[tuple[str, str, str], str] = {}
+    for r in p.kubernetes_objects():
+        meta = r.inputs.get("metadata") or {}
+        key = (r.type, meta.get("namespace") or "", meta.get("name") or "")
+        assert key not in owners, f"{key} declared by {owners[key]} and {r.urn}"
+        owners[key] = r.urn
+    return owners
+
+
+@pytest.mark.parametrize("stack", ["local", "dev"])
+def test_changing_the_minimum_keeps_one_owner_per_kubernetes_object(stack: str) -> None:
+    # `pulumi up` from min 1 to min 0 (and back) must update objects, never hand one to another
+    # resource: a create of a name that exists fails, and a rename's deferred delete removes it
+    at_zero = _owners(_run(stack, {"autoscaling": {"minReplicas": 0, "maxReplicas": 1}}))
+    at_one = _owners(_run(stack, {"autoscaling": {"minReplicas": 1, "maxReplicas": 1}}))
+    service = (SERVICE, "tiny", "tiny")
+    assert service in at_zero and service in at_one
+    for key in at_zero.keys() & at_one.keys():
+        assert at_zero[key] == at_one[key], f"{key}: {at_one[key]} at min 1, {at_zero[key]} at min 0"
+    by_urn_zero = {urn: key for key, urn in at_zero.items()}
+    for key, urn in at_one.items():
+        assert by_urn_zero.get(urn, key) == key, f"{urn} is {key} at min 1 and {by_urn_zero[urn]} at min 0"
 
 
 def test_min_zero_without_the_http_add_on_is_refused() -> None:
@@ -161,7 +175,11 @@ def test_the_add_on_releases_exist_and_dcgm_runs_on_gpu_nodes_only() -> None:
     assert dcgm["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert dcgm["podAnnotations"]["prometheus.io/scrape"] == "true", "Prometheus would not scrape the GPUs"
     wait = charts["keda-add-ons-http"].inputs["values"]["interceptor"]["replicas"]["waitTimeout"]
-    assert int(wait.rstrip("s")) >= 600, f"the interceptor gives up on a cold GPU start after {wait}"
+    # a request at zero waits for a node, the image and the model load: the startup probe's budget
+    # alone covers only the last
+    probe = p.one(DEPLOYMENT).inputs["spec"]["template"]["spec"]["containers"][0]["startupProbe"]
+    budget = probe["periodSeconds"] * probe["failureThreshold"]
+    assert int(wait.rstrip("s")) >= budget + 600, f"the interceptor gives up on a cold GPU start after {wait}"
     local = _run("local")
     assert not [r for r in local.of_type(RELEASE) if r.inputs["chart"] == "dcgm-exporter"], "no GPUs there"
 
@@ -211,3 +229,48 @@ def test_add_ons_refuse_an_unpinned_chart_or_a_cold_start_the_interceptor_cannot
         run_program(lambda: Keda("k", KedaArgs(version="latest")))
     with pytest.raises(ValueError, match="KedaHttpAddonArgs.wait_timeout_s"):
         run_program(lambda: KedaHttpAddon("h", KedaHttpAddonArgs(wait_timeout_s=5)))
+
+
+def _local_zero_with(addons: dict[str, Any]) -> dict[str, Any]:
+    cfg = copy.deepcopy(load_stack("local"))
+    cfg["inferstack:models"][0]["autoscaling"] = {"minReplicas": 0, "maxReplicas": 1}
+    cfg["inferstack:addons"] = addons
+    return cfg
+
+
+def test_a_user_installed_http_add_on_is_reached_where_the_config_says() -> None:
+    # the chart's own default port is 8080, not the 8000 the stack gives its add-on: never assumed
+    missing = r"inferstack:addons.httpAddon: \(missing\).*proxyPort: 8080"
+    with pytest.raises(config.ConfigError, match=missing):
+        run_program(main, _local_zero_with({"keda": False}), stack="local")
+    cfg = _local_zero_with({"keda": False, "httpAddon": {"namespace": "http", "proxyPort": 8080}})
+    p = run_program(main, cfg, stack="local")
+    charts = [r.inputs["chart"] for r in p.of_type(RELEASE)]
+    assert not [c for c in charts if c.startswith("keda")], "the user installed them"
+    svc = next(s for s in p.of_type(SERVICE) if s.inputs["metadata"]["name"] == "tiny")
+    proxy = "keda-add-ons-http-interceptor-proxy.http.svc.cluster.local"
+    assert svc.inputs["spec"]["externalName"] == proxy
+    (push,) = [t for t in p.one(SCALED_OBJECT).inputs["spec"]["triggers"] if t["type"] == "external-push"]
+    assert push["metadata"]["scalerAddress"] == "keda-add-ons-http-external-scaler.http:9090"
+    assert p.outputs["endpointUrl"] == "http://tiny.tiny.svc.cluster.local:8080"
+
+
+@pytest.mark.parametrize(
+    ("addons", "key", "fragment"),
+    [
+        ({"keda": True, "httpAddon": {"proxyPort": 8080}}, "addons.httpAddon", "only with addons.keda"),
+        ({"keda": False, "httpAddon": {"proxyPort": 0}}, "addons.httpAddon.proxyPort", "from 1 to 65535"),
+        ({"keda": False, "httpAddon": {"proxyPort": "8080"}}, "addons.httpAddon.proxyPort", "an integer"),
+        (
+            {"keda": False, "httpAddon": {"namespace": "Keda!", "proxyPort": 8080}},
+            "addons.httpAddon.namespace",
+            "a DNS label",
+        ),
+        ({"keda": False, "httpAddon": {"port": 8080}}, "addons.httpAddon.port", "did you mean 'proxyPort'"),
+    ],
+)
+def test_http_add_on_config_is_validated(addons: dict[str, Any], key: str, fragment: str) -> None:
+    with pytest.raises(config.ConfigError) as info:
+        run_program(main, _local_zero_with(addons), stack="local")
+    msg = str(info.value)
+    assert msg.startswith(f"inferstack:{key}:") and fragment in msg, msg

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -178,12 +179,57 @@ def test_gpu_pools_must_fit_a_rollout_at_peak() -> None:
     _expect(cfg, "models[0].autoscaling.maxReplicas", "at most 1", "need 3", "gpuPools[].maxSize")
 
 
-def test_kubeconfig_path_resolves_against_the_project_root() -> None:
-    local = copy.deepcopy(load_stack("local"))
-    local["inferstack:kubeconfig"] = "kube/config"
-    seen: dict[str, config.StackConfig] = {}
-    run_program(lambda: seen.setdefault("cfg", config.load(ROOT)), local, stack="local")
-    assert seen["cfg"].kubeconfig == str(ROOT / "kube" / "config")
+def _local() -> dict[str, Any]:
+    return copy.deepcopy(load_stack("local"))
+
+
+def _kube_provider(cfg: dict[str, Any]) -> Any:
+    return run_program(main, cfg, stack="local").one("pulumi:providers:kubernetes")
+
+
+def test_a_kubeconfig_path_is_kept_as_given() -> None:
+    # the provider expands ~ and resolves a relative path where Pulumi runs it (the project
+    # directory); the plan must not carry the builder's home or checkout path
+    for given in ("~/.kube/other", "kube/config"):
+        provider = _kube_provider(_set(_local(), "kubeconfig", given))
+        assert provider.inputs["kubeconfig"] == given
+        assert str(Path.home()) not in str(provider.inputs) and str(ROOT) not in str(provider.inputs)
+
+
+TOKEN = "eyJhbGciOiJSUzI1NiJ9.kubeconfig-token-4711"
+INLINE = (
+    "apiVersion: v1\nkind: Config\nclusters: []\nusers:\n- name: u\n  user:\n"
+    f"    token: {TOKEN}\n    client-key-data: a2V5\n"
+)
+ONE_LINE = json.dumps({"apiVersion": "v1", "kind": "Config", "users": [{"user": {"token": TOKEN}}]})
+
+
+@pytest.mark.parametrize("contents", [INLINE, ONE_LINE], ids=["yaml", "one-line-json"])
+def test_kubeconfig_contents_under_the_path_key_are_refused_unshown(contents: str) -> None:
+    program = Program()
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, _set(_local(), "kubeconfig", contents), stack="local", program=program)
+    msg = str(info.value)
+    assert msg.startswith("inferstack:kubeconfig: a kubeconfig's contents, not a file path"), msg
+    assert "pulumi config set --secret inferstack:kubeconfigContents" in msg
+    assert TOKEN not in msg and "a2V5" not in msg
+
+
+def test_plaintext_kubeconfig_contents_are_refused() -> None:
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, _set(_local(), "kubeconfigContents", INLINE), stack="local", secret_keys=[])
+    assert "inferstack:kubeconfigContents: a secret in plain text" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+def test_kubeconfig_contents_reach_the_provider_as_a_secret() -> None:
+    cfg = _set(_local(), "kubeconfigContents", INLINE)  # set with --secret (secret_keys_of)
+    provider = _kube_provider(cfg)
+    assert provider.inputs["kubeconfig"] == INLINE  # as given: not joined onto a path
+    assert "kubeconfig" in provider.secret_inputs
+    both = _set(cfg, "kubeconfig", "~/.kube/other")
+    with pytest.raises(config.ConfigKeyError, match="not both"):
+        run_program(main, both, stack="local")
 
 
 def test_a_gpu_pool_has_one_gpu_model() -> None:
@@ -293,3 +339,60 @@ def test_the_checks_hold_for_pulumi_up(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PULUMI_CONFIG", json.dumps({**to_config(prod), "inferstack:regoin": "eu-west-1"}))
     msg = _refused({}, secret_keys=[], stack="prod")
     assert "inferstack:regoin: unknown key; did you mean 'region'?" in msg
+
+
+def _eks(p: Any) -> dict[str, Any]:
+    return p.one("aws:eks/cluster:Cluster").inputs["vpcConfig"]
+
+
+def test_prod_keeps_the_eks_api_off_the_internet() -> None:
+    prod = copy.deepcopy(load_stack("prod"))
+    prod["inferstack:authToken"] = "t"
+    vpc = _eks(run_program(main, prod, stack="prod"))
+    assert vpc["endpointPublicAccess"] is False and vpc["endpointPrivateAccess"] is True, vpc
+    assert "0.0.0.0/0" not in str(vpc)
+    prod["inferstack:clusterEndpoint"] = {"publicAccessCidrs": ["198.51.100.0/24"]}
+    vpc = _eks(run_program(main, prod, stack="prod"))
+    assert vpc["endpointPublicAccess"] is True and vpc["publicAccessCidrs"] == ["198.51.100.0/24"], vpc
+
+
+def test_the_eks_api_is_open_only_when_written_out() -> None:
+    missing = _dev()
+    del missing["inferstack:clusterEndpoint"]
+    _expect(missing, "clusterEndpoint", "(missing)", "publicAccessCidrs", "0.0.0.0/0 only when written out")
+    _expect(
+        _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": ["10.0.0.1"]}),
+        "clusterEndpoint.publicAccessCidrs[0]",
+        "prefix length",
+    )
+    _expect(
+        _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": ["10.0.0.1/8"]}),
+        "clusterEndpoint.publicAccessCidrs[0]",
+    )
+    one = _set(_dev(), "clusterEndpoint", {"publicAccessCidrs": "0.0.0.0/0"})
+    _expect(one, "clusterEndpoint.publicAccessCidrs", "a list")
+    _expect(_set(_dev(), "clusterEndpoint", {"private": True}), "clusterEndpoint.private", "unknown key")
+    local = _set(_local(), "clusterEndpoint", {"publicAccessCidrs": []})
+    with pytest.raises(config.ConfigError, match="clusterEndpoint only with target aws"):
+        run_program(main, local, stack="local")
+    assert _eks(run_program(main, _dev(), stack="dev"))["publicAccessCidrs"] == ["0.0.0.0/0"]  # dev says so
+
+
+@pytest.mark.parametrize("key", ["endpoint", "clusterEndpoint"])
+def test_a_store_url_with_credentials_is_refused_unshown(key: str) -> None:
+    local = _local()
+    local["inferstack:objectStore"][key] = "http://admin:pw-4711@minio.minio:9000"
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, local, stack="local")
+    msg = str(info.value)
+    assert msg.startswith(f"inferstack:objectStore.{key}: a URL with credentials"), msg
+    assert "pw-4711" not in msg and "admin" not in msg
+
+
+def test_a_prometheus_url_with_credentials_is_refused_unshown() -> None:
+    cfg = _set(_dev(), "addons", {"prometheus": False, "grafana": False,
+                                  "prometheusAddress": "https://u:pw-4711@prom.example.com"})
+    with pytest.raises(config.ConfigKeyError) as info:
+        run_program(main, cfg, stack="dev")
+    assert str(info.value).startswith("inferstack:addons.prometheusAddress: a URL with credentials")
+    assert "pw-4711" not in str(info.value)

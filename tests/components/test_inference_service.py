@@ -107,11 +107,18 @@ def test_rollout_never_drops_below_capacity_and_waits_long_enough() -> None:
 
 
 def test_an_autoscaled_deployment_starts_at_its_minimum_and_keeps_the_live_count() -> None:
-    p = run_program(lambda: _svc(replicas=0, autoscaled=True, service_name="tiny-backend"))
+    p = run_program(
+        lambda: _svc(replicas=0, autoscaled=True, backend_service="tiny-backend", external_name="proxy.keda")
+    )
     dep = p.one(DEPLOYMENT)
     assert dep.inputs["spec"]["replicas"] == 0, f"{dep.urn}: a model that scales to zero starts at zero"
     assert "spec.replicas" in dep.ignore_changes, f"{dep.urn}: pulumi up would reset KEDA's count"
-    assert p.one("kubernetes:core/v1:Service").inputs["metadata"]["name"] == "tiny-backend"
+    services = {s.inputs["metadata"]["name"]: s for s in p.of_type("kubernetes:core/v1:Service")}
+    pods = dep.inputs["spec"]["selector"]["matchLabels"]
+    assert services["tiny-backend"].inputs["spec"]["selector"] == pods
+    skip = services["tiny-backend"].inputs["metadata"]["annotations"]["pulumi.com/skipAwait"]
+    assert skip == "true", "no ready endpoint at zero: an await would hold `pulumi up`"
+    assert services["tiny"].inputs["spec"]["externalName"] == "proxy.keda"
     assert not p.of_type("kubernetes:autoscaling/v2:HorizontalPodAutoscaler"), "no CPU HPA"
     fixed = run_program(lambda: _svc(replicas=2)).one(DEPLOYMENT)
     assert fixed.inputs["spec"]["replicas"] == 2 and not fixed.ignore_changes, fixed.urn
@@ -318,7 +325,8 @@ def test_every_child_is_parented_and_named_after_the_component() -> None:
         ({"model_prefix": "models/*"}, "model_prefix"),
         ({"gpus": 9}, "gpus"),
         ({"replicas": 0}, "replicas"),
-        ({"service_name": "Backend_1"}, "service_name"),
+        ({"backend_service": "Backend_1", "external_name": "x"}, "backend_service"),
+        ({"backend_service": "tiny-backend"}, "backend_service/external_name"),
         ({"port": 80}, "port"),
         ({"grpc_port": 8000}, "grpc_port"),
         ({"grpc_port": 443}, "grpc_port"),

@@ -34,7 +34,7 @@ def test_cnn_package_has_the_documented_manifest(cnn_pkg: Path) -> None:
     assert m.max_batch_size == 64
     assert m.opset is not None and m.opset >= 18
     assert set(m.producer) >= {"torch", "onnx", "onnxruntime"} and m.producer["torch"] == torch.__version__
-    assert data["created"].endswith("Z")
+    assert "created" not in data  # no time in a package: the same model gives the same package
     (entry,) = m.files
     assert entry.path == "model.onnx"
     assert entry.sha256 == sha256_file(cnn_pkg / "model.onnx")
@@ -104,7 +104,7 @@ def test_fixed_dims_mean_no_batch_axis_and_options_are_recorded(tmp_path: Path, 
         "--max-batch-size",
         "8",
     )
-    assert_one_line_error(r, "--max-batch-size 8", "no dynamic batch axis")
+    assert_one_line_error(r, "--max-batch-size 8", "no dimension is named 'batch'")
 
 
 @pytest.mark.parametrize("opset", ["17", "99"])

@@ -62,7 +62,8 @@ def test_scalar_input_has_no_dims() -> None:
     ("text", "needle"),
     [
         ("x:batch,3", "expected NAME:DIMS:DTYPE"),
-        ("x:batch,3:FP32:extra", "expected NAME:DIMS:DTYPE"),
+        ("x:batch,3:FP32:extra", "value range 'extra' must be LOW..HIGH"),
+        ("x:batch,3:FP32:0..1:more", "expected NAME:DIMS:DTYPE"),
         ("1x:batch,3:FP32", "input name '1x'"),
         ("x:batch,,3:FP32", "dimension 2 is empty"),
         ("x:batch,0:FP32", "dimension 2 is 0"),

@@ -154,3 +154,25 @@ def test_every_supported_cluster_version_has_support_dates() -> None:
     for v in CLUSTER_VERSIONS:
         dates = T["eks_versions"][v]
         assert dates["end_of_standard_support"] < dates["end_of_extended_support"], v
+
+
+def test_the_summary_says_how_the_ceiling_prices_a_node() -> None:
+    # a group of two types: at rest and at max the first one, the ceiling the dearest; the text
+    # under the table must say so, with the numbers it states
+    from inferstack.plan.summary import render_summary
+
+    cheap, dear = "g4dn.xlarge", G5_12
+    assert T["instances"][dear]["usd_per_hour"] > G4DN
+    resources = [_cluster(), _pool([cheap, dear], 1, 2), _deployment(1, 1)]
+    snapshot = {
+        "project": "p",
+        "stack": "t",
+        "resources": [{**r, "custom": True, "urn": r["name"], "parent": ""} for r in resources],
+    }
+    cost = estimate(snapshot)
+    pool = cost.pools[0]
+    assert pool.usd_node == G4DN and pool.usd_max_node == T["instances"][dear]["usd_per_hour"]
+    text = " ".join(render_summary(snapshot, cost, [], "1.35", "test", []).split())
+    assert "the ceiling prices each group's dearest type" in text, text
+    assert "A node is priced as its group's first instance type." not in text
+    assert "max size of its dearest instance type" in text

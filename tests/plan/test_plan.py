@@ -97,7 +97,8 @@ def test_summary_has_counts_capacity_cost_endpoints_and_tree(project) -> None:
     # one replica of one GPU, a pool of 1..3 nodes
     assert "GPUs: **1** at rest, **1** at max scale, **3** with every GPU node group at its max size." in md
     assert f"| **total** | **${g4dn + eks + nlb:,.2f}** | **${g4dn + eks + nlb:,.2f}** |" in md
-    assert f"Ceiling, every node group at its max size: ${3 * g4dn + eks + nlb:,.2f}." in md
+    ceiling = f"${3 * g4dn + eks + nlb:,.2f}"
+    assert f"Ceiling, every node group at its max size of its dearest instance type: {ceiling}." in md
     assert "upgrade policy EXTENDED, standard support ends 2026-07-29; extended-support rate" in md
     assert prices["as_of"] in md and "Estimates" in md
     assert "Kubernetes Service `inference/model` is internet-facing" in md

@@ -7,6 +7,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -150,3 +151,56 @@ def test_the_repo_program_names_the_key_a_typo_meant(tmp_path: Path) -> None:
     result = _repo_plan(root, "dev")
     _one_line_error(result, "inferstack:autToken: unknown key; did you mean 'authToken'?")
     assert "dHlwbw==" not in result.output and not (root / "plan").exists()
+
+
+KUBE_TOKEN = "kubeconfig-token-4711"
+INLINE_KUBECONFIG = (
+    "apiVersion: v1\nkind: Config\nusers:\n- name: u\n  user:\n"
+    f"    token: {KUBE_TOKEN}\n    client-key-data: Y2xpZW50LWtleQ==\n"
+)
+
+
+def _local_config(root: Path, **values: object) -> None:
+    path = root / "stacks" / "Pulumi.local.yaml"
+    doc = yaml.safe_load(path.read_text())
+    doc["config"].update({f"inferstack:{k}": v for k, v in values.items()})
+    path.write_text(yaml.safe_dump(doc))
+
+
+def _kube_provider_input(root: Path) -> object:
+    snapshot = json.loads((root / "plan" / "local.json").read_text())
+    (provider,) = [r for r in snapshot["resources"] if r["type"] == "pulumi:providers:kubernetes"]
+    return provider["inputs"].get("kubeconfig")
+
+
+@pytest.mark.parametrize("key", ["kubeconfig", "kubeconfigContents"])
+def test_a_plaintext_kubeconfig_is_refused_and_written_nowhere(tmp_path: Path, key: str) -> None:
+    root = _repo_copy(tmp_path)
+    _local_config(root, **{key: INLINE_KUBECONFIG})
+    result = _repo_plan(root, "local")
+    line = _one_line_error(result, f"inferstack:{key}:", "pulumi config set --secret")
+    assert "kubeconfigContents" in line
+    assert KUBE_TOKEN not in result.output and "Y2xpZW50LWtleQ==" not in result.output
+    assert not (root / "plan").exists()
+
+
+def test_secure_kubeconfig_contents_appear_in_no_plan_file(tmp_path: Path) -> None:
+    root = _repo_copy(tmp_path)
+    _local_config(root, kubeconfigContents={"secure": "v1:a3ViZWNvbmZpZy1zZWNyZXQ="})
+    result = _repo_plan(root, "local")
+    assert result.exit_code == 0, result.output
+    files = _written(root / "plan")
+    assert not [name for name, text in files.items() if "a3ViZWNvbmZpZy1zZWNyZXQ=" in text]
+    assert _kube_provider_input(root) == "<secret>"  # not joined onto the project path
+    assert json.loads(files["local.json"])["config"]["inferstack:kubeconfigContents"] == "<secret>"
+
+
+def test_a_kubeconfig_path_is_planned_as_given(tmp_path: Path) -> None:
+    root = _repo_copy(tmp_path)
+    _local_config(root, kubeconfig="~/.kube/other")
+    result = _repo_plan(root, "local")
+    assert result.exit_code == 0, result.output
+    assert _kube_provider_input(root) == "~/.kube/other"
+    files = _written(root / "plan")
+    for local_path in (str(Path.home()), str(root)):
+        assert not [name for name, text in files.items() if local_path in text], local_path

@@ -75,6 +75,13 @@ def test_release_publishes_both_runtime_images_on_a_tag_and_records_their_digest
     (build,) = _uses(job, "docker/build-push-action")
     assert build["with"]["push"] is True and build["with"]["file"] == "${{ matrix.dockerfile }}"
     assert "${{ matrix.variant }}" in build["with"]["tags"]
+    # OCI repository names are lowercase and GitHub owners need not be: every image reference is
+    # built from the lowercased owner, none from the raw one
+    (name,) = [s for s in _steps(job) if s.get("id") == "image"]
+    assert "${OWNER,,}" in name["run"] and name["env"]["OWNER"] == "${{ github.repository_owner }}"
+    images = [build["with"]["tags"], *(str(s.get("env", {})) for s in _steps(job) if s is not name)]
+    assert all("github.repository_owner" not in i for i in images), images
+    assert build["with"]["tags"].startswith("${{ steps.image.outputs.name }}:")
     (record,) = [s for s in _steps(job) if "steps.build.outputs.digest" in str(s.get("env", {}))]
     assert "@${DIGEST}" in record["run"] and "GITHUB_STEP_SUMMARY" in record["run"]
     (upload,) = _uses(job, "actions/upload-artifact")

@@ -86,3 +86,14 @@ def test_two_authorization_headers_are_refused(serve, mlp_package: Path, tmp_pat
         assert b"more than one Authorization header" in answers[0][2]
     ok = httpx.post(f"{s.url}/v2/models/mlp/infer", content=body, headers={"Authorization": "Bearer right"})
     assert ok.status_code == 200
+
+
+def test_garbage_after_a_pipelined_request_gets_its_answer_after_that_one(mlp_server: Served) -> None:
+    body = b'{"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": [' \
+        + b",".join([b"1"] * 16) + b"]}]}"
+    raw = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+           + body + b"NOT HTTP AT ALL\r\n\r\n")
+    answers = _split(_exchange(mlp_server, raw), head_first=False)
+    # the request read before the garbage is answered (in order), then the 400, then the close
+    assert [a[0] for a in answers] == [200, 400], answers
+    assert answers[1][1].get("connection") == "close"

@@ -1,0 +1,136 @@
+"""A request's memory is bounded by more than its body size: BYTES elements are capped per request
+(--max-bytes-elements) and checked from the shape before any is read, what a body decodes into is
+counted in --max-buffered-bytes, and per-element work runs off the event loop, so health checks
+answer promptly meanwhile. Measured on the real server: /proc/<pid>/status VmHWM."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+
+def _vm(pid: int, key: str) -> int:
+    """VmHWM / VmRSS of a process, in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no {key} for {pid}")
+
+
+@pytest.fixture(scope="module")
+def strings_onnx(models_dir: Path) -> Path:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "strings",
+        [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "strings.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def _bytes_request(n: int) -> tuple[bytes, bytes]:
+    header = json.dumps({
+        "inputs": [{"name": "x", "datatype": "BYTES", "shape": [1, n],
+                    "parameters": {"binary_data_size": 6 * n}}],
+        "outputs": [{"name": "y", "parameters": {"binary_data": True}}],
+    }).encode()
+    return header, header + (struct.pack("<I", 2) + b"ab") * n
+
+
+class _Prober:
+    """``GET /v2/health/live`` in a loop while something else runs: the slowest answer."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.slowest, self._stop = url, 0.0, threading.Event()
+        self._thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        with httpx.Client() as c:
+            while not self._stop.is_set():
+                t = time.monotonic()
+                assert c.get(f"{self.url}/v2/health/live", timeout=60).status_code == 200
+                self.slowest = max(self.slowest, time.monotonic() - t)
+                time.sleep(0.02)
+
+    def __enter__(self) -> _Prober:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def test_a_big_bytes_request_is_refused_before_its_elements_are_read(serve, strings_onnx: Path) -> None:
+    s = serve(strings_onnx)
+    baseline = _vm(s.proc.pid, "VmRSS")
+    n = 16 * 2**20 // 6  # 2.8 million 2-byte strings in a 16 MiB body
+    header, body = _bytes_request(n)
+    with _Prober(s.url) as probe:
+        r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", content=body,
+                       headers={"Inference-Header-Content-Length": str(len(header))}, timeout=120)
+    assert r.status_code == 400, r.text[:300]
+    assert "BYTES inputs hold more than 524288 elements (--max-bytes-elements" in r.json()["error"]
+    # the body is held while read and joined: a small multiple of it, not one object per element
+    assert _vm(s.proc.pid, "VmHWM") - baseline < 4 * len(body), (baseline, _vm(s.proc.pid, "VmHWM"))
+    assert probe.slowest < 1.0, probe.slowest
+
+
+def test_bytes_at_the_cap_round_trip_with_bounded_memory_and_prompt_health(serve, strings_onnx: Path) -> None:
+    s = serve(strings_onnx, "--max-bytes-elements", "300000")
+    baseline = _vm(s.proc.pid, "VmRSS")
+    n = 300_000
+    header, body = _bytes_request(n)
+    with _Prober(s.url) as probe:
+        r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", content=body,
+                       headers={"Inference-Header-Content-Length": str(len(header))}, timeout=120)
+    assert r.status_code == 200, r.text[:300]
+    length = int(r.headers["inference-header-content-length"])
+    assert r.content[length:] == body[len(header):]  # every element back, in order
+    # measured about 210 bytes per element, in and out (BYTES_DECODED_PER_ELEMENT counts 256)
+    assert _vm(s.proc.pid, "VmHWM") - baseline < 256 * n, (baseline, _vm(s.proc.pid, "VmHWM"))
+    assert probe.slowest < 1.0, probe.slowest
+    over = _bytes_request(n + 1)
+    r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", content=over[1],
+                   headers={"Inference-Header-Content-Length": str(len(over[0]))}, timeout=120)
+    assert r.status_code == 400 and "more than 300000 elements" in r.json()["error"], r.text
+
+
+def test_what_a_json_body_decodes_into_counts_in_the_buffered_budget(serve, fixed_onnx: Path) -> None:
+    """A 2 MiB JSON body decodes into up to 16x its size (orjson's objects): with 16 MiB of budget
+    it can never fit (413, saying to send binary data); with 64 MiB it is answered."""
+    pad = " " * (2 * 2**20)
+    doc = '{"inputs": [{"name": "x", "datatype": "FP32", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}]}'
+    body = (doc[:-1] + pad + "}").encode()
+    s = serve(fixed_onnx, "--max-body-bytes", str(4 * 2**20), "--max-buffered-bytes", str(16 * 2**20))
+    r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", content=body, timeout=60)
+    assert r.status_code == 413, r.text
+    assert "decodes into about" in r.json()["error"] and "binary data" in r.json()["error"]
+    s2 = serve(fixed_onnx, "--max-body-bytes", str(4 * 2**20), "--max-buffered-bytes", str(64 * 2**20))
+    r = httpx.post(f"{s2.url}/v2/models/{s2.name}/infer", content=body, timeout=60)
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(r.json()["outputs"][0]["data"], [3, 5, 7, 9, 11, 13])
+
+
+def test_the_bytes_cap_is_a_setting(tmp_path: Path) -> None:
+    from inferstack.runtime.config import ServerConfig
+    from inferstack.runtime.errors import ConfigError
+
+    assert ServerConfig(model="m.onnx").max_bytes_elements == 524288
+    with pytest.raises(ConfigError, match="--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS: must be"):
+        ServerConfig(model="m.onnx", max_bytes_elements=0)
