@@ -40,19 +40,20 @@ class JSONFormatter(logging.Formatter):
 
 
 def setup_logging(config: ServerConfig) -> None:
-    """Configure the root logger from ``--log-level`` and ``--log-format``."""
+    """Configure the root logger from ``--log-level`` and ``--log-format``, unless it has handlers
+    already (as :func:`logging.basicConfig`: a host process, e.g. a test runner, keeps its own)."""
+    # the access log is at INFO: on with --access-log whatever --log-level says
+    access_log.setLevel(logging.INFO if config.access_log else logging.CRITICAL + 1)
+    root = logging.getLogger()
+    if root.handlers:
+        return
     handler = logging.StreamHandler()
     if config.log_format == "json":
         handler.setFormatter(JSONFormatter())
     else:
         handler.setFormatter(logging.Formatter(_TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in list(root.handlers):
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(config.log_level.upper())
-    # the access log is at INFO: on with --access-log whatever --log-level says
-    access_log.setLevel(logging.INFO if config.access_log else logging.CRITICAL + 1)
 
 
 def log_access(method: str, path: str, model: str, status: int, size: int, duration_s: float,
