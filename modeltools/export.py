@@ -334,7 +334,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
         _check_dynamic_dims(opts.inputs, inputs)
 
         progress(f"batch-independence check on the {opts.batch_dim!r} axis")
-        batch_record = batching.check(model_path, opts.batch_dim, batching.rows_from_specs(opts.inputs))
+        batch_record = batching.check(model_path, opts.batch_dim, batching.rows_from_specs(opts.inputs),
+                                      max_batch_size=opts.max_batch_size or DEFAULT_MAX_BATCH)
         max_batch = DEFAULT_MAX_BATCH if batch_record.batchable else 0
         if opts.max_batch_size is not None:
             if opts.max_batch_size and not batch_record.batchable:

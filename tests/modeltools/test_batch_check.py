@@ -3,6 +3,8 @@ real modules of the kinds that break under merging, exported for real and checke
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import sys
 import textwrap
@@ -133,8 +135,13 @@ def test_a_per_row_model_is_batchable_and_the_check_is_recorded(mlp_pkg: Path) -
     assert data["max_batch_size"] == 64
     check = data["batch_check"]
     assert check["batchable"] is True and check["batch_dim"] == "batch"
-    assert check["sizes"] == [2, 3, 5] and check["max_abs_diff"] < 1e-4
+    assert check["sizes"] == [*range(2, 17), 64]
     assert "equals its row run alone" in check["reason"]
+    # the static proof held, and the record is tied to the file it was made on
+    assert check["proven"] is True and "every output row depends on its input row alone" in check["proof"]
+    listed = {f["path"]: f["sha256"] for f in data["files"]}
+    assert check["model_sha256"] == listed["model.onnx"] == hashlib.sha256(
+        (mlp_pkg / "model.onnx").read_bytes()).hexdigest()
     # and what the check claims is true of the exported model
     s = ort.InferenceSession(str(mlp_pkg / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
@@ -148,14 +155,16 @@ def test_a_row_mixing_model_gets_no_batching_and_says_which_output(cumsum_pkg: P
     assert data["max_batch_size"] == 0
     check = data["batch_check"]
     assert check["batchable"] is False
-    assert check["reason"].startswith("output 'output_0' row ")
-    assert "differs merged vs alone" in check["reason"] and "\n" not in check["reason"]
+    assert check["reason"].startswith("not proven row-independent: node ")
+    assert "(CumSum): a cumulative sum over the batch axis" in check["reason"]
+    assert check["proven"] is False and "\n" not in check["reason"]
 
 
 def test_a_model_centering_on_the_batch_mean_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
     data = _export(tmp_path / "center", f"{batch_models}:center", "x:batch,4:FP32")
     assert data["max_batch_size"] == 0
-    assert data["batch_check"]["reason"].startswith("output 'output_0' row 0 differs merged vs alone")
+    assert data["batch_check"]["reason"].startswith("not proven row-independent: node ")
+    assert "(ReduceMean): a reduction over the batch axis" in data["batch_check"]["reason"]
 
 
 def test_a_data_dependent_width_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
@@ -163,7 +172,7 @@ def test_a_data_dependent_width_gets_no_batching(tmp_path: Path, batch_models: P
     assert [o["shape"] for o in data["outputs"]] == [[-1, -1]]
     assert data["max_batch_size"] == 0
     reason = data["batch_check"]["reason"]
-    assert reason.startswith("output 'output_0' row ") and "alone but" in reason and "merged" in reason
+    assert reason.startswith("not proven row-independent: node ") and "the batch axis" in reason
 
 
 def test_a_sequence_first_transformer_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
@@ -194,7 +203,7 @@ def test_max_batch_size_cannot_force_merging_of_a_row_mixing_model(
     r = run_cli(
         "export", f"{batch_models}:cumsum", "-i", "x:batch,4:FP32", "-o", out, "--max-batch-size", "8"
     )
-    assert_one_line_error(r, "--max-batch-size 8", "merging requests could change answers", "output_0")
+    assert_one_line_error(r, "--max-batch-size 8", "merging requests could change answers", "CumSum")
     assert not out.exists()
 
 
@@ -220,7 +229,7 @@ def test_verify_fails_a_manifest_that_merges_a_row_mixing_model(cumsum_pkg: Path
     r = run_cli("verify", pkg)
     assert r.exit_code == 1
     text = " ".join(r.stderr.split())
-    assert "batch failed" in text and "max_batch_size 16" in text and "output_0" in text, text
+    assert "batch failed" in text and "max_batch_size 16" in text and "(CumSum)" in text, text
 
 
 def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
@@ -251,7 +260,7 @@ def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
     assert data["optimization"]["chosen"] == "int8-dynamic"
     assert data["max_batch_size"] == 0
     assert data["batch_check"]["batchable"] is False
-    assert data["batch_check"]["reason"].startswith("output 'output_0' row ")
+    assert "(DynamicQuantizeLinear)" in data["batch_check"]["reason"]
     r = run_cli("verify", out)
     assert r.exit_code == 0, r.stdout + r.stderr
     # served, the model answers at its own version
