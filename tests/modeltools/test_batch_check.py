@@ -4,7 +4,6 @@ real modules of the kinds that break under merging, exported for real and checke
 from __future__ import annotations
 
 import hashlib
-
 import json
 import sys
 import textwrap
