@@ -483,10 +483,10 @@ class _Prover:
 
     def op_TopK(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
+        if isinstance(x, _Rows) and int(self.attr(node, "axis", -1)) % x.rank == x.axis:
+            raise self.fail(node, "sorts along the batch axis")
         if not isinstance(x, _Rows) or not isinstance(ins[1], _Const):
             raise self.fail(node, "the batch size flows into its k")
-        if int(self.attr(node, "axis", -1)) % x.rank == x.axis:
-            raise self.fail(node, "sorts along the batch axis")
         self.set_rows(node, x.axis)
 
     def op_MatMul(self, node: Any, ins: list[_State | None]) -> None:
@@ -591,6 +591,10 @@ class _Prover:
     def op_Reshape(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
         shape = self._sym(node.input[1])
+        if isinstance(x, _Size) and isinstance(ins[1], _Const) and shape is not None \
+                and len(shape[0]) <= 1 and len(x.sym) == 1:  # a size as a scalar or a 1-vector
+            self.state[node.output[0]] = _size(list(x.sym), not shape[0])
+            return
         if not isinstance(x, _Rows) or shape is None:
             raise self.fail(node, "a reshape the proof cannot follow (data not batched or shape unknown)")
         if x.axis != 0:
