@@ -19,7 +19,13 @@ Every value of the graph is classified as one of
   tensor and what is computed from it); it may only be used as the shape argument of ``Reshape``,
   ``Expand``, ``ConstantOfShape``, ``Tile`` or ``Slice`` in a way that keeps the batch axis;
 * *rows*: a batched tensor whose batch axis is at a known position and whose slice ``i`` along it
-  depends on input row ``i`` only.
+  depends on input row ``i`` only. Reshapes may fold other axes into the batch axis (attention
+  folds the heads in, ``N * heads``, and a linear layer may run on ``seq * N``): the batch axis
+  then has ``outer * N * inner`` entries, row ``i`` owning index ``(a * N + i) * inner + j``. A
+  reshape is followed when it keeps the products before and after the batch size (so every row
+  stays where it was in the flat order, :meth:`_Prover._reshape_rows`), with symbolic
+  dimensions (named non-batch dimensions, constants, and products of them); only row-wise
+  operators may see a folded axis, and every output must have it unfolded and first.
 
 Every graph output must be *rows* with the batch axis first. Ranks come from
 ``onnx.shape_inference.infer_shapes``. Only the ONNX default domain (and a few row-wise
@@ -35,9 +41,53 @@ from typing import Any
 
 __all__ = ["Proof", "prove_row_independence"]
 
-#: a symbolic element of a shape value: an int, "N" (the batch size), "K" (a non-batch quantity,
-#: the same for all rows of a merge) or "X" (derived from N, not N itself)
-Sym = int | str
+#: a symbolic element of a shape value: an int, "N" (the batch size), "d:<name>" (a named
+#: non-batch dimension), a product ``(coefficient, (symbol, ...))`` of those, "K" (an unknown
+#: non-batch quantity, the same for all rows of a merge) or "X" (derived from N, not a product)
+Sym = int | str | tuple[int, tuple[str, ...]]
+Mono = tuple[int, tuple[str, ...]]
+
+
+def _mono(e: Sym) -> Mono | None:
+    if isinstance(e, int):
+        return (e, ())
+    if isinstance(e, tuple):
+        return e
+    if e == "N" or e.startswith("d:"):
+        return (1, (e,))
+    return None
+
+
+def _unmono(m: Mono) -> Sym:
+    coef, syms = m
+    if not syms:
+        return coef
+    if coef == 1 and len(syms) == 1:
+        return syms[0]
+    return (coef, tuple(sorted(syms)))
+
+
+def _mul(*ms: Mono) -> Mono:
+    coef, syms = 1, list[str]()
+    for c, s in ms:
+        coef *= c
+        syms += s
+    return (coef, tuple(sorted(syms)))
+
+
+def _div(a: Mono, b: Mono) -> Mono | None:
+    if b[0] == 0 or a[0] % b[0]:
+        return None
+    rest = list(a[1])
+    for s in b[1]:
+        if s not in rest:
+            return None
+        rest.remove(s)
+    return (a[0] // b[0], tuple(rest))
+
+
+def _has_n(e: Sym) -> bool:
+    return e in ("N", "X") or (isinstance(e, tuple) and "N" in e[1])
 
 _UNARY = {
     "Abs", "Acos", "Acosh", "Asin", "Asinh", "Atan", "Atanh", "BitwiseNot", "Cast", "CastLike",
@@ -68,6 +118,10 @@ _CONTRIB = {"FastGelu", "BiasGelu", "QuickGelu", "SkipLayerNormalization",
             "SkipSimplifiedLayerNormalization", "SimplifiedLayerNormalization", "LayerNormalization",
             "Gelu"}
 _BIG = 2**62
+#: operators that may see a batch axis with other axes folded into it (the heads of attention)
+_FOLDED_OK = _UNARY | _NARY | _REDUCE | {
+    "MatMul", "FusedMatMul", "Gemm", "Softmax", "LogSoftmax", "Transpose", "Reshape", "Unsqueeze",
+    "Squeeze", "Gather", "Concat", "Split", "LayerNormalization", "TopK", "CumSum"}
 
 
 @dataclass
@@ -99,11 +153,16 @@ class _Size:
 class _Rows:
     axis: int
     rank: int
+    #: the batch axis has N * inner entries, row i the block [i * inner, (i + 1) * inner)
+    #: (attention folds the heads into the batch axis this way)
+    inner: Sym = 1
+    #: and the batch axis is that block repeated ``outer`` times (strided): N * inner * outer
+    outer: Sym = 1
 
 
 def _size(sym: list[Sym], scalar: bool) -> _Const | _Size:
     """A shape value: a constant unless an element depends on the batch size."""
-    if any(v in ("N", "X") for v in sym):
+    if any(_has_n(v) for v in sym):
         return _Size(sym, scalar)
     return _Const(sym, scalar)
 
@@ -112,6 +171,13 @@ _State = _Const | _Size | _Rows
 
 
 def _sym_op(a: Sym, b: Sym, op: str) -> Sym:
+    ma, mb = _mono(a), _mono(b)
+    if op == "Mul" and ma is not None and mb is not None:
+        return _unmono(_mul(ma, mb))
+    if op == "Div" and ma is not None and mb is not None and (ma[1] or mb[1]):
+        q = _div(ma, mb)
+        if q is not None:
+            return _unmono(q)
     if isinstance(a, int) and isinstance(b, int):
         try:
             if op == "Add":
@@ -129,7 +195,7 @@ def _sym_op(a: Sym, b: Sym, op: str) -> Sym:
         except Exception:  # noqa: BLE001 - symbolic only
             pass
         return "K"
-    if "N" in (a, b) or "X" in (a, b):
+    if _has_n(a) or _has_n(b):
         return "X"
     return "K"
 
@@ -143,6 +209,11 @@ class _Prover:
         self.model = model
         self.opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         self.state: dict[str, _State] = {}
+        self.inner: Sym = 1
+        self.outer: Sym = 1
+        #: dimensions the proof computed itself (a reshape's new shape; shape inference may
+        #: only know them as unk__ names), as symbolic elements
+        self.dims: dict[str, list[Sym]] = {}
         self.shapes: dict[str, list[int | str | None] | None] = {}
         self.values: dict[str, Any] = {}  # constant arrays (initializers, Constant nodes)
         g = model.graph
@@ -172,7 +243,7 @@ class _Prover:
     def const_ints(self, name: str, node: Any, what: str) -> list[int]:
         st = self.state.get(name)
         if isinstance(st, _Const) and st.sym is not None and all(isinstance(v, int) for v in st.sym):
-            return [int(v) for v in st.sym]
+            return [v for v in st.sym if isinstance(v, int)]
         raise self.fail(node, f"its {what} is not a known constant")
 
     def fail(self, node: Any, why: str) -> _NotProven:
@@ -213,7 +284,7 @@ class _Prover:
             return Proof(False, str(e))
         for vo in g.output:
             st = self.state.get(vo.name)
-            if not isinstance(st, _Rows) or st.axis != 0:
+            if not isinstance(st, _Rows) or st.axis != 0 or st.inner != 1 or st.outer != 1:
                 what = ("a value that does not follow the batch" if not isinstance(st, _Rows)
                         else f"the batch axis at position {st.axis}")
                 return Proof(False, f"output {vo.name!r} is {what}, not rows along its first axis")
@@ -249,6 +320,12 @@ class _Prover:
         if not batched and not sized:  # constants in, constants out
             self._constant_node(node)
             return
+        folds = {repr((s.inner, s.outer)): (s.inner, s.outer) for s in present if isinstance(s, _Rows)}
+        if len(folds) > 1:
+            raise self.fail(node, "its inputs fold other axes into the batch axis differently")
+        self.inner, self.outer = next(iter(folds.values()), (1, 1))
+        if (self.inner != 1 or self.outer != 1) and op not in _FOLDED_OK:
+            raise self.fail(node, "other axes are folded into the batch axis here")
         handler = getattr(self, f"op_{op}", None)
         if handler is not None:
             handler(node, ins)
@@ -303,8 +380,8 @@ class _Prover:
     def _shape_sym(self, node: Any, dims: list[int | str | None] | None, batch_axis: int | None) -> list[Sym]:
         if dims is None:
             raise self.fail(node, "the rank of its input is unknown")
-        sym: list[Sym] = ["N" if i == batch_axis else d if isinstance(d, int) else "K"
-                          for i, d in enumerate(dims)]
+        sym: list[Sym] = ["N" if i == batch_axis else d if isinstance(d, int)
+                          else f"d:{d}" if d else "K" for i, d in enumerate(dims)]
         start = int(self.attr(node, "start", 0))
         end = self.attr(node, "end", None)
         return sym[start:] if end is None else sym[start:int(end)]
@@ -343,15 +420,17 @@ class _Prover:
             if not all(isinstance(i, int) for i in idx):
                 return None
             try:
-                return _Size([sym[int(i)] for i in idx], idx_scalar)
+                return _Size([sym[i] for i in idx if isinstance(i, int)], idx_scalar)
             except IndexError:
                 return None
         if op == "Slice" and not scalar and all(a is not None for a in args[1:3]):
             starts, ends = args[1][0], args[2][0]  # type: ignore[index]
             steps = args[4][0] if len(args) > 4 and args[4] is not None else [1]
             plain = all(isinstance(v, int) for v in (*starts, *ends, *steps))
-            if len(starts) == 1 and len(ends) == 1 and plain:
-                return _Size(sym[int(starts[0]):int(ends[0]):int(steps[0])], False)
+            lo, hi, step = starts[0], ends[0], steps[0]
+            if len(starts) == 1 and len(ends) == 1 and plain and isinstance(lo, int) \
+                    and isinstance(hi, int) and isinstance(step, int):
+                return _Size(sym[lo:hi:step], False)
             return None
         if op in ("Add", "Sub", "Mul", "Div", "Max", "Min") and len(args) == 2 and args[1] is not None:
             lhs, rhs = sym, args[1][0]
@@ -361,10 +440,12 @@ class _Prover:
                               for i in range(n)], scalar and args[1][1])
         return None
 
-    def set_rows(self, node: Any, axis: int, outputs: int | None = None) -> None:
+    def set_rows(self, node: Any, axis: int, outputs: int | None = None,
+                 fold: tuple[Sym, Sym] | None = None) -> None:
+        inner, outer = fold if fold is not None else (self.inner, self.outer)
         for i, o in enumerate(node.output[:outputs] if outputs else node.output):
             if o:
-                self.state[o] = _Rows(axis, self.out_rank(node, i))
+                self.state[o] = _Rows(axis, self.out_rank(node, i), inner, outer)
 
     # -- operator families -------------------------------------------------------------
     def elementwise(self, node: Any, ins: list[_State | None]) -> None:
@@ -539,6 +620,9 @@ class _Prover:
             raise self.fail(node, "the batch size flows into data")
         perm = self.attr(node, "perm", None)
         perm = list(perm) if perm is not None else list(reversed(range(x.rank)))
+        known = self.dims.get(node.input[0])
+        if known is not None and len(known) == len(perm):
+            self.dims[node.output[0]] = [known[p] for p in perm]
         self.set_rows(node, perm.index(x.axis))
 
     def _axes(self, node: Any, what: str = "axes") -> list[int] | None:
@@ -597,30 +681,74 @@ class _Prover:
             return
         if not isinstance(x, _Rows) or shape is None:
             raise self.fail(node, "a reshape the proof cannot follow (data not batched or shape unknown)")
-        if x.axis != 0:
-            raise self.fail(node, "reshapes a tensor whose batch axis is not first")
-        sym = shape[0]
-        if not sym or any(v in ("N", "X") for v in sym[1:]):
-            raise self.fail(node, "the batch size appears off the first axis of the new shape")
-        first = sym[0]
-        if first == "N" or (first == 0 and not self.attr(node, "allowzero", 0)):
-            self.set_rows(node, 0)
+        sym = list(shape[0])
+        if x.axis == 0 and x.inner == 1 and x.outer == 1 and sym and (
+                sym[0] == "N" or (sym[0] == 0 and not self.attr(node, "allowzero", 0))) \
+                and not any(_has_n(v) for v in sym[1:]):
+            self.set_rows(node, 0)  # the batch size stays first: rows keep their blocks
             return
-        if first == -1 and all(isinstance(v, int) and v > 0 for v in sym[1:]):
-            dims = self.shapes.get(node.input[0]) or []
-            rest = dims[1:]
-            if all(isinstance(d, int) for d in rest):
-                import math
+        axis, fold = self._reshape_rows(node, x, sym)
+        self.set_rows(node, axis, fold=fold)
 
-                have = [int(d) for d in rest if isinstance(d, int)]
-                want = [int(v) for v in sym[1:] if isinstance(v, int)]
-                if math.prod(have) == math.prod(want):
-                    self.set_rows(node, 0)
-                    return
-        raise self.fail(node, "the new shape does not keep the batch size as its first dimension")
+    def _reshape_rows(self, node: Any, x: _Rows, sym: list[Sym]) -> tuple[int, tuple[Sym, Sym]]:
+        """Where the rows of a reshape go: the new batch axis and what is folded into it. Row
+        ``i`` is a contiguous block of the input; it stays one when the dimensions before the
+        batch axis keep their product and the rest (with what is folded in) keep theirs."""
+        dims: list[Any] | None = self.dims.get(node.input[0]) or self.shapes.get(node.input[0])
+        why = "the new shape does not keep each row a block of its own along one axis"
+        if dims is None or len(dims) != x.rank:
+            raise self.fail(node, why)
+        inner, outer = _mono(x.inner), _mono(x.outer)
+        if inner is None or outer is None:
+            raise self.fail(node, why)
+        ins: list[Mono] = []
+        for i, d in enumerate(dims):
+            m = _mul((1, ("N",)), inner, outer) if i == x.axis else \
+                _mono(d) if isinstance(d, (int, tuple)) or (isinstance(d, str) and d.startswith("d:")) \
+                else _mono(f"d:{d}") if d else None
+            if m is None:
+                raise self.fail(node, why)
+            ins.append(m)
+        outs: list[Mono | None] = []
+        for i, v in enumerate(sym):
+            if v == 0 and not self.attr(node, "allowzero", 0):
+                if i >= len(ins):
+                    raise self.fail(node, why)
+                outs.append(ins[i])
+            elif v == -1:
+                outs.append(None)
+            else:
+                m = _mono(v)
+                if m is None or (isinstance(v, int) and v < 0):
+                    raise self.fail(node, why)
+                outs.append(m)
+        if outs.count(None) > 1:
+            raise self.fail(node, why)
+        if None in outs:
+            known = [m for m in outs if m is not None]
+            rest = _div(_mul(*ins), _mul(*known)) if known else _mul(*ins)
+            if rest is None:
+                raise self.fail(node, why)
+            outs[outs.index(None)] = rest
+        full = [m for m in outs if m is not None]
+        with_n = [i for i, m in enumerate(full) if "N" in m[1]]
+        if len(with_n) != 1 or full[with_n[0]][1].count("N") != 1:
+            raise self.fail(node, why)
+        b = with_n[0]
+        folded = _div(full[b], (1, ("N",)))
+        assert folded is not None
+        # the flat index is (A * N + i) * M + r with A < before * outer and M = inner * after:
+        # row i stays row i when both products are kept, whatever the axes around it
+        new_outer = _div(_mul(outer, *ins[:x.axis]), _mul(*full[:b]))
+        new_inner = _div(folded, new_outer) if new_outer is not None else None
+        if new_outer is None or new_inner is None \
+                or _mul(new_inner, *full[b + 1:]) != _mul(inner, *ins[x.axis + 1:]):
+            raise self.fail(node, why)
+        self.dims[node.output[0]] = [_unmono(m) for m in full]
+        return b, (_unmono(new_inner), _unmono(new_outer))
 
     def _keeps_batch(self, node: Any, sym: list[Sym], axis: int) -> bool:
-        return all(v not in ("N", "X") for i, v in enumerate(sym) if i != axis)
+        return all(not _has_n(v) for i, v in enumerate(sym) if i != axis)
 
     def op_Expand(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
@@ -636,7 +764,7 @@ class _Prover:
             self.set_rows(node, axis)
             return
         # constant data repeated once per row: every row is the same constant
-        positions = [i for i, v in enumerate(sym) if v in ("N", "X")]
+        positions = [i for i, v in enumerate(sym) if _has_n(v)]
         dshape = self.shapes.get(node.input[0])
         if len(positions) != 1 or sym[positions[0]] != "N" or dshape is None:
             raise self.fail(node, "expands by a value derived from the batch size")
@@ -649,7 +777,7 @@ class _Prover:
         shape = self._sym(node.input[0])
         if shape is None:
             raise self.fail(node, "its shape is unknown")
-        positions = [i for i, v in enumerate(shape[0]) if v in ("N", "X")]
+        positions = [i for i, v in enumerate(shape[0]) if _has_n(v)]
         if len(positions) != 1 or shape[0][positions[0]] != "N":
             raise self.fail(node, "a shape derived from the batch size")
         self.set_rows(node, positions[0])
@@ -684,7 +812,7 @@ class _Prover:
                 full = s == 0 and st == 1 and (e == "N" or (isinstance(e, int) and e >= _BIG))
                 if not full:
                     raise self.fail(node, "slices the batch axis")
-            elif any(v in ("N", "X") for v in (s, e)):
+            elif any(_has_n(v) for v in (s, e)):
                 raise self.fail(node, "slices by the batch size")
         self.set_rows(node, x.axis)
 
