@@ -110,7 +110,7 @@ _REDUCE = {
 _SPATIAL = {  # X: (N, C, ...) with constant weights: each image alone
     "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
     "LpPool", "GlobalLpPool", "InstanceNormalization", "LRN", "BatchNormalization",
-    "SpaceToDepth", "DepthToSpace", "MaxRoiPool",
+    "SpaceToDepth", "DepthToSpace",
 }
 _RANDOM = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
            "Bernoulli"}
@@ -311,6 +311,10 @@ class _Prover:
             return
         if op in _RANDOM:
             raise self.fail(node, "a random operator")
+        if op == "Dropout" and len(node.input) > 2 and node.input[2]:
+            mode = self.values.get(node.input[2])
+            if mode is None or bool(mode.reshape(-1)[0]):
+                raise self.fail(node, "dropout in training mode is random")
         if op == "Constant":
             arr = self._constant_value(node)
             self.values[node.output[0]] = arr
@@ -600,7 +604,10 @@ class _Prover:
             raise self.fail(node, "its inputs have the batch axis at different positions")
         self.set_rows(node, axes.pop())
 
-    op_FusedMatMul = op_MatMul
+    def op_FusedMatMul(self, node: Any, ins: list[_State | None]) -> None:
+        if any(self.attr(node, a, 0) for a in ("transA", "transB", "transBatchA", "transBatchB")):
+            raise self.fail(node, "a transposed product the proof does not follow")
+        self.op_MatMul(node, ins)
 
     def op_Gemm(self, node: Any, ins: list[_State | None]) -> None:
         a = ins[0]
