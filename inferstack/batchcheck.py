@@ -212,14 +212,17 @@ def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAUL
     floats from a standard normal, integers from ``0..int_high - 1``, random booleans, strings of
     digits. Small integers keep most index inputs (token ids, type ids) inside their tables."""
 
+    # small integer or boolean rows repeat: draw 8x the rows and keep the first distinct ones
+    # (floating-point rows are distinct as drawn; large images are not drawn 8x)
+    over = 1 if all(np.dtype(dtype).kind == "f" for _, _, dtype in inputs) else 8
+
     def make(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
-        # draw 8x the rows and keep the first distinct ones: small integer or boolean rows repeat
-        pool = generate(count * 8, dim_sizes, seed)
+        pool = generate(count * over, dim_sizes, seed)
         keep: dict[bytes, int] = {}
-        for i in range(count * 8):
+        for i in range(count * over):
             keep.setdefault(_row_key(pool, i), i)
         chosen = list(keep.values())[:count]
-        chosen += [i for i in range(count * 8) if i not in chosen][:count - len(chosen)]
+        chosen += [i for i in range(count * over) if i not in chosen][:count - len(chosen)]
         return {name: a[chosen] for name, a in pool.items()}
 
     def generate(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
