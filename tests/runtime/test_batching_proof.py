@@ -15,6 +15,7 @@ import pytest
 from batch_models import export
 from runtime_harness import package
 
+from inferstack.batchcheck import check_batch_independence, check_sizes, random_rows
 from inferstack.batchproof import prove_row_independence
 from inferstack.manifest import load_manifest, sha256_file, write_manifest
 
@@ -180,6 +181,23 @@ def test_the_proof_follows_rows_of_a_sequence_model(batch_models: dict[str, Path
     refused = prove_row_independence(batch_models["seqfirst"])
     assert not refused.proven and "input 'x' does not have 'batch' as its first dimension" in refused.reason
     assert not prove_row_independence(batch_models["cumsum"]).proven
+
+
+@pytest.mark.parametrize(("name", "found"), [("sizegate", "at batch 6"), ("sizeonly", "at batch 6"),
+                                           ("tinymix", "differs merged vs alone")])
+def test_the_merged_vs_alone_check_tries_every_size_and_mixed_magnitudes(
+        proof_models: dict[str, Path], name: str, found: str) -> None:
+    """The second line on its own: merged sizes 2..16 (and max_batch_size) find a model that mixes
+    rows only from a batch of 6 on; rows scaled by up to 1e6 find a mix by 1e-5."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(proof_models[name]), providers=["CPUExecutionProvider"])
+    record = check_batch_independence(
+        lambda feeds: session.run(None, feeds), [("x", ["batch", 8])], [("y", ["batch", 8])],
+        random_rows([("x", ["batch", 8], np.float32)]), sizes=check_sizes(64))
+    assert not record.batchable
+    assert record.reason.startswith("output 'y' row ") and found in record.reason, record.reason
+    assert check_sizes(64) == [*range(2, 17), 64] and check_sizes(4) == [2, 3, 4]
 
 
 # -- the server ---------------------------------------------------------------------------------
