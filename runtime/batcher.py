@@ -56,6 +56,10 @@ _STOP = None
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
 
 
+class _RowsChanged(Exception):
+    """A merged run's output has another row count than its inputs (message: which, one line)."""
+
+
 class Batcher:
     def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0,
                  follow_wait: float = 0.25, stats: ModelStats | None = None) -> None:
@@ -233,6 +237,19 @@ class Batcher:
         metrics.batch_rows.observe(rows)
         try:
             results, times = self._run(jobs)
+        except _RowsChanged as e:
+            # never slice an output that lost or gained rows (a model that filters rows): answer
+            # each request from its own run, and merge no more for this model
+            self._stop_merging(str(e))
+            for job in jobs:
+                try:
+                    one, one_times = self._run([job])
+                except HTTPError as e1:
+                    answer([job], None, e1)
+                    continue
+                answer([job], one, None)
+                self._record([job], job.rows, taken, one_times)
+            return
         except HTTPError as e:
             if len(jobs) > 1:
                 # one request's values may have upset the model: run each alone, so only it fails
@@ -255,6 +272,19 @@ class Batcher:
         self._last_compute = times[2] - taken
         metrics.compute_seconds.observe(times[2] - taken)
         self._record(jobs, rows, taken, times)
+
+    def _row_mismatch(self, outputs: list[np.ndarray], rows: int) -> str | None:
+        """None when every output has ``rows`` rows on axis 0; else what is wrong, one line."""
+        for name, out in zip(self.model.output_names, outputs, strict=True):
+            if np.ndim(out) == 0 or out.shape[0] != rows:
+                return f"output {name!r} has shape {list(np.shape(out))} for {rows} merged rows"
+        return None
+
+    def _stop_merging(self, why: str) -> None:
+        self.model.max_batch_size = 0
+        self.model.batch_decision = f"off: {why} (seen in a merged run)"
+        self.delay = self.follow_wait = 0.0
+        log.warning("serving without batching from now on: %s (seen in a merged run)", why)
 
     def _record(self, jobs: list[Job], rows: int, taken: float,
                 times: tuple[float, float, float, float]) -> None:
@@ -282,9 +312,12 @@ class Batcher:
             self._failed(e)
         computed = time.perf_counter()
         names = self.model.output_names
-        if len(jobs) == 1 or not self.model.batching:
+        if len(jobs) == 1:  # (a merged run is always sliced, even after merging stops)
             results = [dict(zip(names, outputs, strict=True))]
         else:
+            bad = self._row_mismatch(outputs, sum(j.rows for j in jobs))
+            if bad is not None:
+                raise _RowsChanged(bad)
             results = []
             at = 0
             for job in jobs:
