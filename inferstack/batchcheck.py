@@ -38,13 +38,17 @@ __all__ = [
     "BatchCheck",
     "batch_axis_problem",
     "check_batch_independence",
+    "check_sizes",
+    "combine",
     "dynamic_dims",
     "random_rows",
 ]
 
 DEFAULT_BATCH_DIM = "batch"
-#: merged batch sizes tried by default
+#: merged batch sizes tried by default (see :func:`check_sizes`)
 DEFAULT_SIZES = (2, 3, 5)
+#: the magnitudes generated floating-point rows are scaled by, in turn (where the type holds them)
+MAGNITUDES = (1.0, 1e-3, 1e3, 1e6)
 #: sizes tried by default for every dynamic dimension other than the batch axis
 DEFAULT_DIM_SIZES = (3, 7)
 
@@ -56,6 +60,8 @@ Run = Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]]
 #: ``dim_sizes`` gives the size of every other dynamic dimension (keys from :func:`dynamic_dims`)
 MakeRows = Callable[[int, Mapping[str, int], int], dict[str, np.ndarray]]
 
+#: how many leading rows of a check must be distinct
+_DISTINCT = 8
 # (atol, rtol) per floating-point kind: merged and lone runs may take different kernels
 _TOLERANCE = {2: (1e-2, 1e-2), 4: (1e-4, 1e-3), 8: (1e-8, 1e-6)}
 
@@ -78,6 +84,11 @@ class BatchCheck:
     dim_sizes: list[dict[str, int]] = field(default_factory=list)
     max_abs_diff: float = 0.0
     data: str = "generated"
+    #: the static proof (:mod:`inferstack.batchproof`): passed, and its one-line reason
+    proven: bool = False
+    proof: str = ""
+    #: sha256 of the model file the record was made on (a record binds to one model)
+    model_sha256: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -88,6 +99,9 @@ class BatchCheck:
             "dim_sizes": [dict(d) for d in self.dim_sizes],
             "max_abs_diff": self.max_abs_diff,
             "data": self.data,
+            "proven": self.proven,
+            "proof": self.proof,
+            "model_sha256": self.model_sha256,
         }
 
     @classmethod
@@ -123,7 +137,25 @@ class BatchCheck:
             dim_sizes=[dict(d) for d in dim_sizes],
             max_abs_diff=float(get("max_abs_diff", (int, float), 0.0)),
             data=get("data", str, "generated"),
+            proven=get("proven", bool, False),
+            proof=get("proof", str, ""),
+            model_sha256=get("model_sha256", str, ""),
         )
+
+    def trusted_for(self, model_sha256: str, batch_dim: str) -> bool:
+        """May a runtime merge on this record alone? Only a passed record made on this very model
+        (``model_sha256``, the verified sha256 of the served file) for this batch dimension, with
+        a passed static proof and a dynamic check that ran at some merged size."""
+        return (self.batchable and self.proven and bool(self.sizes) and bool(model_sha256)
+                and self.model_sha256 == model_sha256 and self.batch_dim == batch_dim)
+
+
+def check_sizes(max_batch_size: int) -> list[int]:
+    """The merged sizes to try for a model merged up to ``max_batch_size`` rows: every size from
+    2 to ``min(max_batch_size, 16)`` and ``max_batch_size`` itself (a model may mix rows only from
+    some batch size on)."""
+    top = max(2, int(max_batch_size))
+    return sorted({*range(2, min(top, 16) + 1), top})
 
 
 def _fmt_dims(dims: Dims) -> str:
@@ -180,14 +212,17 @@ def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAUL
     floats from a standard normal, integers from ``0..int_high - 1``, random booleans, strings of
     digits. Small integers keep most index inputs (token ids, type ids) inside their tables."""
 
+    # small integer or boolean rows repeat: draw 8x the rows and keep the first distinct ones
+    # (floating-point rows are distinct as drawn; large images are not drawn 8x)
+    over = 1 if all(np.dtype(dtype).kind == "f" for _, _, dtype in inputs) else 8
+
     def make(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
-        # draw 8x the rows and keep the first distinct ones: small integer or boolean rows repeat
-        pool = generate(count * 8, dim_sizes, seed)
+        pool = generate(count * over, dim_sizes, seed)
         keep: dict[bytes, int] = {}
-        for i in range(count * 8):
+        for i in range(count * over):
             keep.setdefault(_row_key(pool, i), i)
         chosen = list(keep.values())[:count]
-        chosen += [i for i in range(count * 8) if i not in chosen][:count - len(chosen)]
+        chosen += [i for i in range(count * over) if i not in chosen][:count - len(chosen)]
         return {name: a[chosen] for name, a in pool.items()}
 
     def generate(count: int, dim_sizes: Mapping[str, int], seed: int) -> dict[str, np.ndarray]:
@@ -198,7 +233,12 @@ def random_rows(inputs: Sequence[tuple[str, Dims, Any]], batch_dim: str = DEFAUL
                      else dim_sizes[str(dim_key(name, axis, d))] for axis, d in enumerate(dims)]
             kind = np.dtype(dtype)
             if kind.kind == "f":
-                feeds[name] = rng.standard_normal(shape).astype(kind)
+                # rows of mixed magnitudes: a model that mixes rows by a tiny weight shows it
+                # when one row is large
+                scales = [m for m in MAGNITUDES if m < np.finfo(kind).max / 1e3]
+                row_scale = np.asarray([scales[i % len(scales)] for i in range(count)])
+                row_scale = row_scale.reshape([-1] + [1] * (len(shape) - 1)) if shape else row_scale
+                feeds[name] = (rng.standard_normal(shape) * row_scale).astype(kind)
             elif kind.kind in "iu":
                 feeds[name] = rng.integers(0, int_high, size=shape).astype(kind)
             elif kind.kind == "b":
@@ -246,7 +286,9 @@ def _compare(merged: np.ndarray, alone: np.ndarray) -> tuple[bool, float, str]:
         diff = np.abs(a[~inf] - b[~inf])
         worst = float(diff.max()) if diff.size else 0.0
         atol, rtol = _tolerance(merged.dtype if merged.dtype.kind == "f" else alone.dtype)
-        if np.any(diff > atol + rtol * np.abs(b[~inf])):
+        # relative to the row's largest value: rows of very different magnitudes are compared
+        scale = float(np.abs(b[~inf]).max()) if diff.size else 0.0
+        if np.any(diff > atol + rtol * scale):
             return False, worst, f"differs merged vs alone by {worst:.3g}"
         return True, worst, ""
     if not np.array_equal(merged, alone):
@@ -337,7 +379,9 @@ def check_batch_independence(
         if actual and actual not in tried_dims:
             tried_dims.append(actual)
         record.dim_sizes = tried_dims
-        pair = _distinct(rows, count)
+        # the first rows must differ (mixing must be able to show); past those, a small integer
+        # input may run out of distinct rows, and repeats still compare merged vs alone
+        pair = _distinct(rows, min(count, _DISTINCT))
         if pair is not None:
             record.reason = (f"cannot be checked: rows {pair[0]} and {pair[1]} are equal in every "
                              f"input{where}; the check needs distinct rows")
@@ -383,3 +427,17 @@ def check_batch_independence(
                      f"{', '.join(map(str, record.sizes))}"
                      f"{f' ({tried})' if tried else ''}; max abs diff {worst:.3g}")
     return record
+
+
+def combine(check: BatchCheck, proven: bool, proof: str, model_sha256: str = "") -> BatchCheck:
+    """The decision: merging only when the graph is proven row-independent
+    (:func:`inferstack.batchproof.prove_row_independence`: ``proven``, ``proof``) and the
+    merged-vs-alone ``check`` agrees. Returns ``check`` with both recorded (and the model's
+    sha256); when the proof fails, the record is not batchable and its reason is the proof's."""
+    check.proven = proven
+    check.proof = proof
+    check.model_sha256 = model_sha256
+    if not proven:
+        check.batchable = False
+        check.reason = f"not proven row-independent: {proof}"
+    return check

@@ -3,11 +3,14 @@
 The runtime merges requests along the batch axis only when the package says it may
 (``max_batch_size`` > 0). That is decided here, by :mod:`inferstack.batchcheck` on onnxruntime with
 the exported graph: the axis named ``--batch-dim`` (default ``batch``) must be the first dimension
-of every input and output, and k distinct rows run merged must give what each row gives alone, at
-several batch sizes and at two sizes of every other dynamic dimension. The rows come from the same
-source as the parity check's inputs (:func:`inferstack.modeltools.spec.make_arrays`: the user's
-``--example`` when given, else data generated from the ``--input`` specs), so both checks see the
-same data.
+of every input and output, the graph must be proven row-independent
+(:func:`inferstack.batchproof.prove_row_independence`), and k distinct rows (of mixed magnitudes)
+run merged must give what each row gives alone, at every merged size from 2 to
+``min(max_batch_size, 16)`` and ``max_batch_size`` (:func:`inferstack.batchcheck.check_sizes`) and
+at two sizes of every other dynamic dimension. The record carries the sha256 of the model file it
+was made on: the runtime trusts it for that file only. The rows come from the same source as the
+parity check's inputs (:func:`inferstack.modeltools.spec.make_arrays`: the user's ``--example``
+when given, else data generated from the ``--input`` specs), so both checks see the same data.
 """
 
 from __future__ import annotations
@@ -25,10 +28,17 @@ from inferstack.batchcheck import (
     DEFAULT_BATCH_DIM,
     BatchCheck,
     MakeRows,
+    batch_axis_problem,
     check_batch_independence,
+    check_sizes,
+    combine,
     random_rows,
 )
-from inferstack.manifest import Manifest
+from inferstack.batchproof import prove_row_independence
+from inferstack.manifest import Manifest, sha256_file
+
+#: the merged sizes are checked up to this many rows when the package merges none yet
+CHECK_MAX_BATCH = 64
 
 
 def rows_from_specs(
@@ -61,23 +71,32 @@ def rows_from_specs(
     return make
 
 
-def check(
-    model_path: Path,
-    batch_dim: str,
-    make_rows: MakeRows,
-    data: str = "generated",
-) -> BatchCheck:
-    """Run the check with onnxruntime (CPU, one thread) on the ONNX file at ``model_path``."""
+def check(model_path: Path, batch_dim: str, make_rows: MakeRows, data: str = "generated",
+          max_batch_size: int = CHECK_MAX_BATCH) -> BatchCheck:
+    """The static proof on the ONNX file at ``model_path`` and, when it holds, the merged-vs-alone
+    check with onnxruntime (CPU, one thread) at :func:`check_sizes` of ``max_batch_size``. The
+    record says both and carries the file's sha256."""
     import onnxruntime as ort
 
+    digest = sha256_file(model_path)
     inputs, outputs = signature.named_dims(signature.load_graph(model_path))
+    problem = batch_axis_problem(inputs, outputs, batch_dim)
+    if problem is not None:
+        return BatchCheck(False, problem, batch_dim, data=data, proof=f"not attempted: {problem}",
+                          model_sha256=digest)
+    proof = prove_row_independence(model_path, batch_dim)
+    if not proof.proven:
+        return combine(BatchCheck(False, "", batch_dim, data=data), False, proof.reason, digest)
+
     session = ort.InferenceSession(str(model_path), session_options(1), providers=["CPUExecutionProvider"])
     names = [name for name, _ in outputs]
 
     def run(feeds: dict[str, Any]) -> list[Any]:
         return list(session.run(names, feeds))
 
-    return check_batch_independence(run, inputs, outputs, make_rows, batch_dim=batch_dim, data=data)
+    record = check_batch_independence(run, inputs, outputs, make_rows, batch_dim=batch_dim, data=data,
+                                      sizes=check_sizes(max_batch_size))
+    return combine(record, True, proof.reason, digest)
 
 
 def check_package(model_path: Path, manifest: Manifest) -> BatchCheck:
@@ -95,4 +114,5 @@ def check_package(model_path: Path, manifest: Manifest) -> BatchCheck:
         graph_inputs, _ = signature.named_dims(signature.load_graph(model_path))
         dtypes = {t.name: datatypes.by_v2(t.datatype).numpy for t in manifest.inputs}
         make_rows = random_rows([(n, d, dtypes[n]) for n, d in graph_inputs], batch_dim)
-    return check(model_path, batch_dim, make_rows)
+    return check(model_path, batch_dim, make_rows,
+                 max_batch_size=manifest.max_batch_size if manifest.max_batch_size > 0 else CHECK_MAX_BATCH)

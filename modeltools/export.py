@@ -467,6 +467,7 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             opts.batch_dim,
             batching.rows_from_specs(opts.inputs, opts.batch_dim, example),
             data="example" if example is not None else "generated",
+            max_batch_size=opts.max_batch_size or DEFAULT_MAX_BATCH,
         )
         max_batch = DEFAULT_MAX_BATCH if batch_record.batchable else 0
         if opts.max_batch_size is not None:

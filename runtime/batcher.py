@@ -146,7 +146,7 @@ class Batcher:
             job.answered = True
             if error is not None or outputs is None:
                 job.done(None, error or InternalError("no outputs"))
-            elif single or not self.model.batching:
+            elif single:  # (a merged run is always sliced, even after merging stops)
                 job.done(dict(zip(names, outputs, strict=True)), None)
             else:
                 job.done({n: o[start:start + rows] for n, o in zip(names, outputs, strict=True)}, None)
@@ -252,6 +252,18 @@ class Batcher:
         except BaseException as e:
             answer(jobs, None, InternalError(f"internal error: {type(e).__name__}: {e}"))
             raise
+        if len(jobs) > 1:
+            bad = self._row_mismatch(outputs, rows)
+            if bad is not None:
+                # never slice an output that lost or gained rows (a model that filters rows):
+                # answer each request from its own run, and merge no more for this model
+                self._stop_merging(bad)
+                for job in jobs:
+                    try:
+                        answer([job], self._run([job]), None)
+                    except HTTPError as e1:
+                        answer([job], None, e1)
+                return
         computed = time.perf_counter()
         answer(jobs, outputs, None)  # answer first, then bookkeeping
         self._last_rows = rows
@@ -260,6 +272,19 @@ class Batcher:
         observe_queue = metrics.queue_seconds.observe
         for job in jobs:
             observe_queue(taken - job.enqueued)
+
+    def _row_mismatch(self, outputs: list[np.ndarray], rows: int) -> str | None:
+        """None when every output has ``rows`` rows on axis 0; else what is wrong, one line."""
+        for name, out in zip(self.model.output_names, outputs, strict=True):
+            if np.ndim(out) == 0 or out.shape[0] != rows:
+                return f"output {name!r} has shape {list(np.shape(out))} for {rows} merged rows"
+        return None
+
+    def _stop_merging(self, why: str) -> None:
+        self.model.max_batch_size = 0
+        self.model.batch_decision = f"off: {why} (seen in a merged run)"
+        self.delay = self.follow_wait = 0.0
+        log.warning("serving without batching from now on: %s (seen in a merged run)", why)
 
     def _run(self, jobs: list[Job]) -> list[np.ndarray]:
         if len(jobs) == 1:

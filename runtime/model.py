@@ -4,10 +4,11 @@ dynamic batching, and a warm-up.
 The signature comes from the session (names, datatypes, ``-1`` for every dynamic dimension).
 Requests are merged along the batch axis only when merging cannot change an answer
 (:mod:`inferstack.batchcheck`): the axis is the dimension named ``--batch-dim`` (``batch``), first
-in every input and output, and the model passes the batch-independence check: the package's
-``batch_check`` record when its manifest has one (its files are sha256-checked), else the check run
-here at warm-up on generated rows, before anything is merged. ``--unsafe-force-batching`` skips
-both (loudly).
+in every input and output, the graph is proven row-independent (:mod:`inferstack.batchproof`) and
+the merged-vs-alone check agrees. A package's ``batch_check`` record is trusted only when it was
+made on this very model file (its ``model_sha256`` equals the sha256 the manifest lists and the
+runtime checked) and records a passed proof; else both run here at warm-up, before anything is
+merged. ``--unsafe-force-batching`` skips all of it (loudly).
 """
 
 from __future__ import annotations
@@ -23,7 +24,16 @@ from inferstack.runtime.errors import ConfigError, ModelLoadError
 from inferstack.runtime.source import ModelSource
 
 from inferstack import datatypes
-from inferstack.batchcheck import BatchCheck, Dims, batch_axis_problem, check_batch_independence, random_rows
+from inferstack.batchcheck import (
+    BatchCheck,
+    Dims,
+    batch_axis_problem,
+    check_batch_independence,
+    check_sizes,
+    combine,
+    random_rows,
+)
+from inferstack.batchproof import Proof, prove_row_independence
 from inferstack.datatypes import DType
 from inferstack.errors import InferstackError
 
@@ -169,15 +179,31 @@ def load_model(source: ModelSource, config: ServerConfig) -> Model:
     return model
 
 
-def _manifest_check(source: ModelSource | None) -> BatchCheck | None:
+def _model_sha256(source: ModelSource | None) -> str:
+    """The sha256 of the served model file as the manifest lists it (checked before load); ""
+    without a manifest."""
+    if source is None or source.manifest is None:
+        return ""
+    entry = next((f for f in source.manifest.files if f.path == source.manifest.model_file), None)
+    return entry.sha256 if entry is not None else ""
+
+
+def _manifest_check(source: ModelSource | None, batch_dim: str) -> BatchCheck | None:
+    """The manifest's ``batch_check`` when it may be trusted (:meth:`BatchCheck.trusted_for`: made
+    on this model file, with a passed static proof); else None (and the runtime decides itself)."""
     record = source.manifest.batch_check if source is not None and source.manifest is not None else None
     if record is None:
         return None
     try:
-        return BatchCheck.from_dict(record, "manifest.json batch_check")
+        check = BatchCheck.from_dict(record, "manifest.json batch_check")
     except ValueError as e:
         log.warning("%s; checking the model here instead", e)
         return None
+    if check.batchable and not check.trusted_for(_model_sha256(source), batch_dim):
+        log.warning("manifest.json batch_check is not tied to this model (model_sha256, static proof, "
+                    "sizes or batch_dim missing or different); checking the model here instead")
+        return None
+    return check if check.batch_dim == batch_dim else None
 
 
 def decide_batching(model: Model, config: ServerConfig, origin: str) -> None:
@@ -211,13 +237,20 @@ def decide_batching(model: Model, config: ServerConfig, origin: str) -> None:
     if problem is not None:
         _no_batching(model, f"no batch axis ({setting('batch-dim')} is {config.batch_dim!r}): {problem}")
         return
-    record = _manifest_check(model.source)
-    if record is not None and record.batch_dim == config.batch_dim:
+    record = _manifest_check(model.source, config.batch_dim)
+    if record is not None:
         where = f"manifest.json batch_check ({record.data} rows)"
     else:
         started = time.perf_counter()
-        record = check_model(model, config.batch_dim)
-        where = f"checked at warm-up on generated rows in {time.perf_counter() - started:.2f}s"
+        proof = (prove_row_independence(model.source.model_path, config.batch_dim)
+                 if model.source is not None else Proof(False, "no model file to prove"))
+        if proof.proven:
+            record = check_model(model, config.batch_dim, wanted)
+        else:
+            record = BatchCheck(False, "", config.batch_dim)
+        record = combine(record, proof.proven, proof.reason)
+        where = (f"checked at warm-up on generated rows in {time.perf_counter() - started:.2f}s"
+                 if proof.proven else "static proof at warm-up")
     if not record.batchable:
         _no_batching(model, f"batch-independence check failed ({where}): {record.reason}")
         return
@@ -225,19 +258,21 @@ def decide_batching(model: Model, config: ServerConfig, origin: str) -> None:
     log.info("batching up to %d rows along %r: %s", wanted, config.batch_dim, model.batch_decision)
 
 
-def check_model(model: Model, batch_dim: str) -> BatchCheck:
-    """Run the batch-independence check on the model's own session with generated rows: integers
-    from 0..15, and from 0..1 when the model cannot run those (an index into a small table)."""
+def check_model(model: Model, batch_dim: str, max_batch_size: int = 16) -> BatchCheck:
+    """Run the batch-independence check on the model's own session with generated rows (floats of
+    mixed magnitudes; integers from 0..15, and from 0..1 when the model cannot run those: an index
+    into a small table) at every merged size of :func:`check_sizes`."""
     inputs = [(t.name, t.dims) for t in model.inputs]
     outputs = [(t.name, t.dims) for t in model.outputs]
     typed = [(t.name, t.dims, t.dtype.numpy) for t in model.inputs]
+    sizes = check_sizes(max_batch_size)
     first = check_batch_independence(model.run, inputs, outputs, random_rows(typed, batch_dim),
-                                     batch_dim=batch_dim)
+                                     batch_dim=batch_dim, sizes=sizes)
     if first.batchable or not first.reason.startswith("cannot be checked") \
             or not any(t.dtype.numpy.kind in "iu" for t in model.inputs):
         return first
     small = check_batch_independence(model.run, inputs, outputs, random_rows(typed, batch_dim, int_high=2),
-                                     batch_dim=batch_dim)
+                                     batch_dim=batch_dim, sizes=sizes)
     return small if not small.reason.startswith("cannot be checked") else first
 
 

@@ -3,6 +3,7 @@ real modules of the kinds that break under merging, exported for real and checke
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import textwrap
@@ -145,8 +146,13 @@ def test_a_per_row_model_is_batchable_and_the_check_is_recorded(mlp_pkg: Path) -
     assert data["max_batch_size"] == 64
     check = data["batch_check"]
     assert check["batchable"] is True and check["batch_dim"] == "batch"
-    assert check["sizes"] == [2, 3, 5] and check["max_abs_diff"] < 1e-4
+    assert check["sizes"] == [*range(2, 17), 64]
     assert "equals its row run alone" in check["reason"]
+    # the static proof held, and the record is tied to the file it was made on
+    assert check["proven"] is True and "every output row depends on its input row alone" in check["proof"]
+    listed = {f["path"]: f["sha256"] for f in data["files"]}
+    assert check["model_sha256"] == listed["model.onnx"] == hashlib.sha256(
+        (mlp_pkg / "model.onnx").read_bytes()).hexdigest()
     # and what the check claims is true of the exported model
     s = ort.InferenceSession(str(mlp_pkg / "model.onnx"), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(3).standard_normal((6, 8)).astype(np.float32)
@@ -160,14 +166,16 @@ def test_a_row_mixing_model_gets_no_batching_and_says_which_output(cumsum_pkg: P
     assert data["max_batch_size"] == 0
     check = data["batch_check"]
     assert check["batchable"] is False
-    assert check["reason"].startswith("output 'output_0' row ")
-    assert "differs merged vs alone" in check["reason"] and "\n" not in check["reason"]
+    assert check["reason"].startswith("not proven row-independent: node ")
+    assert "(CumSum): a cumulative sum over the batch axis" in check["reason"]
+    assert check["proven"] is False and "\n" not in check["reason"]
 
 
 def test_a_model_centering_on_the_batch_mean_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
     data = _export(tmp_path / "center", f"{batch_models}:center", "x:batch,4:FP32")
     assert data["max_batch_size"] == 0
-    assert data["batch_check"]["reason"].startswith("output 'output_0' row 0 differs merged vs alone")
+    assert data["batch_check"]["reason"].startswith("not proven row-independent: node ")
+    assert "(ReduceMean): a reduction over the batch axis" in data["batch_check"]["reason"]
 
 
 def test_a_data_dependent_width_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
@@ -175,7 +183,7 @@ def test_a_data_dependent_width_gets_no_batching(tmp_path: Path, batch_models: P
     assert [o["shape"] for o in data["outputs"]] == [[-1, -1]]
     assert data["max_batch_size"] == 0
     reason = data["batch_check"]["reason"]
-    assert reason.startswith("output 'output_0' row ") and "alone but" in reason and "merged" in reason
+    assert reason.startswith("not proven row-independent: node ") and "the batch axis" in reason
 
 
 def test_a_sequence_first_transformer_gets_no_batching(tmp_path: Path, batch_models: Path) -> None:
@@ -206,7 +214,7 @@ def test_max_batch_size_cannot_force_merging_of_a_row_mixing_model(
     r = run_cli(
         "export", f"{batch_models}:cumsum", "-i", "x:batch,4:FP32", "-o", out, "--max-batch-size", "8"
     )
-    assert_one_line_error(r, "--max-batch-size 8", "merging requests could change answers", "output_0")
+    assert_one_line_error(r, "--max-batch-size 8", "merging requests could change answers", "CumSum")
     assert not out.exists()
 
 
@@ -232,7 +240,7 @@ def test_verify_fails_a_manifest_that_merges_a_row_mixing_model(cumsum_pkg: Path
     r = run_cli("verify", pkg)
     assert r.exit_code == 1
     text = " ".join(r.stderr.split())
-    assert "batch failed" in text and "max_batch_size 16" in text and "output_0" in text, text
+    assert "batch failed" in text and "max_batch_size 16" in text and "(CumSum)" in text, text
 
 
 def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
@@ -263,7 +271,7 @@ def test_an_optimized_package_keeps_the_version_and_rechecks_batching(
     assert data["optimization"]["chosen"] == "int8-dynamic"
     assert data["max_batch_size"] == 0
     assert data["batch_check"]["batchable"] is False
-    assert data["batch_check"]["reason"].startswith("output 'output_0' row ")
+    assert "(DynamicQuantizeLinear)" in data["batch_check"]["reason"]
     r = run_cli("verify", out)
     assert r.exit_code == 0, r.stdout + r.stderr
     # served, the model answers at its own version
@@ -287,21 +295,31 @@ def test_other_dynamic_dimensions_are_checked_at_sizes_the_model_takes(tmp_path:
 
 
 def test_the_check_runs_on_the_example_rows(tmp_path: Path, batch_models: Path) -> None:
-    """With --example the batch check runs on the user's rows, as parity does: a model that mixes
-    rows only on data like the example's is refused merging that generated data would allow."""
-    generated = _export(tmp_path / "generated", f"{batch_models}:loud", "x:batch,4:FP32")
+    """With --example the batch check runs on the user's rows, as parity does: the record says so and
+    names the merged sizes those rows fill (generated data is checked up to max_batch_size)."""
+    generated = _export(tmp_path / "generated", f"{batch_models}:row_mlp", "x:batch,8:FP32")
     assert generated["batch_check"]["data"] == "generated"
     assert generated["max_batch_size"] == 64, generated["batch_check"]["reason"]
+    assert max(generated["batch_check"]["sizes"]) == 64, generated["batch_check"]
 
     example = tmp_path / "example.npz"
-    np.savez(example, x=(np.random.default_rng(0).standard_normal((5, 4)) * 100).astype(np.float32))
+    np.savez(example, x=(np.random.default_rng(0).standard_normal((5, 8)) * 100).astype(np.float32))
     data = _export(
-        tmp_path / "example", f"{batch_models}:loud", "x:batch,4:FP32", extra=("--example", str(example))
+        tmp_path / "example", f"{batch_models}:row_mlp", "x:batch,8:FP32", extra=("--example", str(example))
     )
     check = data["batch_check"]
-    assert check["data"] == "example"
-    assert check["batchable"] is False and data["max_batch_size"] == 0
-    assert "output 'output_0'" in check["reason"] and "merged vs alone" in check["reason"], check["reason"]
+    assert check["data"] == "example" and check["batchable"] is True, check
+    assert max(check["sizes"]) == 5, check
+
+
+def test_a_model_that_mixes_rows_only_on_some_values_is_refused_by_the_proof(
+    tmp_path: Path, batch_models: Path
+) -> None:
+    """Rows mixed only when a value exceeds 50: generated data would never show it, the static proof
+    does, naming the node."""
+    data = _export(tmp_path / "loud", f"{batch_models}:loud", "x:batch,4:FP32")
+    assert data["max_batch_size"] == 0
+    assert data["batch_check"]["reason"].startswith("not proven row-independent: node "), data["batch_check"]
 
 
 def test_an_example_of_one_row_cannot_show_batching_is_safe(tmp_path: Path, batch_models: Path) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from runtime_harness import Served, package
 
-from inferstack.manifest import load_manifest, write_manifest
+from inferstack.manifest import load_manifest, sha256_file, write_manifest
 
 _V2 = {np.dtype(np.float32): "FP32", np.dtype(np.int64): "INT64"}
 CLIENTS = 16
@@ -79,8 +79,9 @@ def test_models_that_mix_rows_are_not_merged(serve, batch_models: dict[str, Path
     config = _config(s)
     assert config["max_batch_size"] == 0 and "dynamic_batching" not in config
     decision = config["parameters"]["batch_check"]["string_value"]
-    assert decision.startswith("off: batch-independence check failed (checked at warm-up on generated rows")
-    assert "output 'y' row " in decision
+    assert decision.startswith("off: batch-independence check failed (static proof at warm-up): "
+                               "not proven row-independent: node ")
+    assert "(ReduceMean): a reduction over the batch axis" in decision or "(ReduceMax)" in decision
     assert "serving without batching: batch-independence check failed" in s.log()
     _hammer(s, model, [_rows(name, i) for i in range(REQUESTS)], ort_run)
     requests, runs = _runs(s)
@@ -138,7 +139,7 @@ def test_batch_dim_names_the_axis(serve, batch_models: dict[str, Path]) -> None:
     assert config["max_batch_size"] == 0
     assert config["parameters"]["batch_dim"]["string_value"] == "seq"
     decision = config["parameters"]["batch_check"]["string_value"]
-    assert decision.startswith("off: batch-independence check failed") and "output 'y' row " in decision
+    assert decision.startswith("off: batch-independence check failed") and "not proven" in decision
 
 
 def test_unsafe_force_batching_merges_and_says_so(serve, batch_models: dict[str, Path]) -> None:
@@ -173,16 +174,18 @@ def test_a_manifest_record_is_trusted(serve, batch_models: dict[str, Path], tmp_
     assert config["parameters"]["batch_check"]["string_value"] == (
         "off: batch-independence check failed (manifest.json batch_check (example rows)): output 'y' row 1 "
         "differs merged vs alone by 0.5 at batch 2")
-    passed = {"batchable": True, "reason": "checked on example rows", "batch_dim": "batch", "data": "example"}
+    passed = {"batchable": True, "reason": "checked on example rows", "batch_dim": "batch", "data": "example",
+              "sizes": [2, 3], "proven": True, "proof": "proven",
+              "model_sha256": sha256_file(batch_models["rowwise"])}
     s = serve(_with_record(tmp_path / "passed", batch_models["rowwise"], passed))
     assert _config(s)["max_batch_size"] == 16
     assert _config(s)["parameters"]["batch_check"]["string_value"] == (
         "passed (manifest.json batch_check (example rows)): checked on example rows")
     # a record made for another axis name: the server checks for itself
-    other = {**passed, "batch_dim": "n"}
+    other = {**passed, "batch_dim": "n", "model_sha256": sha256_file(batch_models["mixing"])}
     s = serve(_with_record(tmp_path / "other", batch_models["mixing"], other))
     assert _config(s)["max_batch_size"] == 0
-    assert "checked at warm-up" in _config(s)["parameters"]["batch_check"]["string_value"]
+    assert "static proof at warm-up" in _config(s)["parameters"]["batch_check"]["string_value"]
 
 
 def test_an_empty_batch_dim_is_refused() -> None:

@@ -213,14 +213,18 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
     # check made on example rows (as export does with example data)
     import onnxruntime as ort
 
-    from inferstack.batchcheck import check_batch_independence
-    from inferstack.manifest import load_manifest, write_manifest
+    from inferstack.batchcheck import check_batch_independence, combine
+    from inferstack.batchproof import prove_row_independence
+    from inferstack.manifest import load_manifest, sha256_file, write_manifest
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     record = check_batch_independence(
         lambda feeds: session.run(["out"], feeds), [("idx", ["batch"])], [("out", ["batch", 2])],
         lambda count, dims, seed: {"idx": np.arange(count, dtype=np.int64) % 5}, data="example")
     assert record.batchable, record.reason
+    proof = prove_row_independence(path)
+    assert proof.proven, proof.reason
+    combine(record, proof.proven, proof.reason, sha256_file(path))  # a record tied to this model
     lookup = package(models_dir / "lookup", [path], "lookup", 64)
     manifest = load_manifest(lookup)
     manifest.batch_check = record.to_dict()
