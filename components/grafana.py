@@ -16,7 +16,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 
 TYPE = "inferstack:grafana:Grafana"
 CHART = "grafana"
@@ -46,14 +46,13 @@ class Grafana(pulumi.ComponentResource):
         check_chart_args(args.version, args.namespace, "GrafanaArgs")
         dashboards = load_dashboards()
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
+        release = helm_release(
+            self,
+            name,
             chart=CHART,
+            repository=REPOSITORY,
             version=args.version,
             namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
             values={
                 "persistence": {"enabled": False},
                 "datasources": {
@@ -79,8 +78,6 @@ class Grafana(pulumi.ComponentResource):
                     }
                 },
             },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
         )
         k8s.core.v1.ConfigMap(
             f"{name}-dashboards",
@@ -92,7 +89,7 @@ class Grafana(pulumi.ComponentResource):
             data={file: json.dumps(body, indent=1, sort_keys=True) for file, body in dashboards.items()},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[release]),
         )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        self.namespace = release_namespace(release, args.namespace)
         self.dashboards = sorted(dashboards)
         self.register_outputs({"namespace": self.namespace, "dashboards": self.dashboards})
 
