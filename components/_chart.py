@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import pulumi
 import pulumi_kubernetes as k8s
@@ -25,27 +26,33 @@ def check_chart_args(version: str, namespace: str, where: str) -> None:
         raise ValueError(f"{where}.namespace: {namespace!r}; expected a DNS label")
 
 
+class ChartArgs(Protocol):
+    """The arguments every add-on's release takes: its chart's pinned version and its namespace."""
+
+    version: str
+    namespace: str
+
+
 def helm_release(
     parent: pulumi.Resource,
     name: str,
-    *,
     chart: str,
     repository: str,
-    version: str,
-    namespace: str,
-    values: dict[str, Any],
+    args: ChartArgs,
+    values: Mapping[str, Any],
+    *,
     create_namespace: bool = True,
 ) -> k8s.helm.v3.Release:
     """The Helm release ``<name>-release`` of ``chart`` (released under the chart's own name) from the
-    chart repository URL ``repository``, at the pinned ``version``, in ``namespace`` (created unless
+    chart repository URL ``repository``, at ``args.version`` in ``args.namespace`` (created unless
     ``create_namespace`` is false), with ``values``, a child of ``parent``."""
     extra: dict[str, Any] = {"create_namespace": True} if create_namespace else {}
     return k8s.helm.v3.Release(
         f"{name}-release",
         name=chart,
         chart=chart,
-        version=version,
-        namespace=namespace,
+        version=args.version,
+        namespace=args.namespace,
         repository_opts={"repo": repository},
         values=values,
         timeout=TIMEOUT_S,

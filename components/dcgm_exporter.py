@@ -43,24 +43,17 @@ class DcgmExporter(pulumi.ComponentResource):
         args = args or DcgmExporterArgs()
         check_chart_args(args.version, args.namespace, "DcgmExporterArgs")
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            values={
-                "tolerations": [GPU_TOLERATION],
-                "nodeSelector": {GPU_LABEL[0]: GPU_LABEL[1]},
-                "serviceMonitor": {"enabled": False},
-                "podAnnotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(PORT),
-                    "prometheus.io/path": "/metrics",
-                },
+        values = {
+            "tolerations": [GPU_TOLERATION],
+            "nodeSelector": {GPU_LABEL[0]: GPU_LABEL[1]},
+            "serviceMonitor": {"enabled": False},
+            "podAnnotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
             },
-        )
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         self.namespace = release_namespace(release, args.namespace)
         self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})

@@ -46,39 +46,32 @@ class Grafana(pulumi.ComponentResource):
         check_chart_args(args.version, args.namespace, "GrafanaArgs")
         dashboards = load_dashboards()
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            values={
-                "persistence": {"enabled": False},
-                "datasources": {
-                    "datasources.yaml": {
-                        "apiVersion": 1,
-                        "datasources": [
-                            {
-                                "name": "Prometheus",
-                                "type": "prometheus",
-                                "uid": DATASOURCE_UID,
-                                "url": args.prometheus_address,
-                                "access": "proxy",
-                                "isDefault": True,
-                            }
-                        ],
-                    }
-                },
-                "sidecar": {
-                    "dashboards": {
-                        "enabled": True,
-                        "label": DASHBOARD_LABEL[0],
-                        "labelValue": DASHBOARD_LABEL[1],
-                    }
-                },
+        values = {
+            "persistence": {"enabled": False},
+            "datasources": {
+                "datasources.yaml": {
+                    "apiVersion": 1,
+                    "datasources": [
+                        {
+                            "name": "Prometheus",
+                            "type": "prometheus",
+                            "uid": DATASOURCE_UID,
+                            "url": args.prometheus_address,
+                            "access": "proxy",
+                            "isDefault": True,
+                        }
+                    ],
+                }
             },
-        )
+            "sidecar": {
+                "dashboards": {
+                    "enabled": True,
+                    "label": DASHBOARD_LABEL[0],
+                    "labelValue": DASHBOARD_LABEL[1],
+                }
+            },
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         k8s.core.v1.ConfigMap(
             f"{name}-dashboards",
             metadata={

@@ -31,15 +31,8 @@ class Keda(pulumi.ComponentResource):
         args = args or KedaArgs()
         check_chart_args(args.version, args.namespace, "KedaArgs")
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            values={"watchNamespace": ""},  # every namespace: one ScaledObject per model namespace
-        )
+        values = {"watchNamespace": ""}  # every namespace: one ScaledObject per model namespace
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         self.namespace = release_namespace(release, args.namespace)
         self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})

@@ -80,25 +80,18 @@ class KedaHttpAddon(pulumi.ComponentResource):
                 f"KedaHttpAddonArgs.interceptor_replicas: {args.interceptor_replicas}; expected 1..50"
             )
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            values={
-                "interceptor": {
-                    "proxy": {"port": args.proxy_port},
-                    "replicas": {
-                        "min": args.interceptor_replicas,
-                        "waitTimeout": f"{args.wait_timeout_s}s",
-                    },
-                    "responseHeaderTimeout": f"{args.response_header_timeout_s}s",
+        values = {
+            "interceptor": {
+                "proxy": {"port": args.proxy_port},
+                "replicas": {
+                    "min": args.interceptor_replicas,
+                    "waitTimeout": f"{args.wait_timeout_s}s",
                 },
-                "scaler": {"replicas": 2},
+                "responseHeaderTimeout": f"{args.response_header_timeout_s}s",
             },
-        )
+            "scaler": {"replicas": 2},
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         self.namespace = release_namespace(release, args.namespace)
         self.interceptor_host = self.namespace.apply(
             lambda ns: f"{INTERCEPTOR_SERVICE}.{ns}.svc.cluster.local"

@@ -39,20 +39,12 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
         args = args or NvidiaDevicePluginArgs()
         check_version(args.version, "NvidiaDevicePluginArgs")
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=False,
-            values={
-                "tolerations": [GPU_TOLERATION, {"key": "CriticalAddonsOnly", "operator": "Exists"}],
-                "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
-                "priorityClassName": "system-node-critical",
-            },
-        )
+        values = {
+            "tolerations": [GPU_TOLERATION, {"key": "CriticalAddonsOnly", "operator": "Exists"}],
+            "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+            "priorityClassName": "system-node-critical",
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values, create_namespace=False)
         self.release_name = release.name
         self.status = release.status.apply(_status)
         self.register_outputs({"release_name": self.release_name, "status": self.status})

@@ -49,32 +49,25 @@ class Prometheus(pulumi.ComponentResource):
         if not 5 <= args.scrape_interval_s <= 120:
             raise ValueError(f"PrometheusArgs.scrape_interval_s: {args.scrape_interval_s}; expected 5..120")
         super().__init__(TYPE, name, None, opts)
-        release = helm_release(
-            self,
-            name,
-            chart=CHART,
-            repository=REPOSITORY,
-            version=args.version,
-            namespace=args.namespace,
-            values={
-                "alertmanager": {"enabled": False},
-                "prometheus-pushgateway": {"enabled": False},
-                "prometheus-node-exporter": {"enabled": False},
-                "kube-state-metrics": {"enabled": False},
-                "server": {
-                    "retention": args.retention,
-                    "persistentVolume": {"enabled": False},
-                    "global": {
-                        "scrape_interval": f"{args.scrape_interval_s}s",
-                        "evaluation_interval": f"{args.scrape_interval_s}s",
-                    },
-                    "resources": {
-                        "requests": {"cpu": "200m", "memory": "512Mi"},
-                        "limits": {"memory": "2Gi"},
-                    },
+        values = {
+            "alertmanager": {"enabled": False},
+            "prometheus-pushgateway": {"enabled": False},
+            "prometheus-node-exporter": {"enabled": False},
+            "kube-state-metrics": {"enabled": False},
+            "server": {
+                "retention": args.retention,
+                "persistentVolume": {"enabled": False},
+                "global": {
+                    "scrape_interval": f"{args.scrape_interval_s}s",
+                    "evaluation_interval": f"{args.scrape_interval_s}s",
+                },
+                "resources": {
+                    "requests": {"cpu": "200m", "memory": "512Mi"},
+                    "limits": {"memory": "2Gi"},
                 },
             },
-        )
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         self.namespace = release_namespace(release, args.namespace)
         self.address = self.namespace.apply(lambda ns: f"http://{SERVER_SERVICE}.{ns}.svc.cluster.local:80")
         self.register_outputs({"namespace": self.namespace, "address": self.address})
