@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from modeltools_helpers import assert_one_line_error, read_manifest, run_cli
+from modeltools_helpers import assert_one_line_error, export, read_manifest, run_cli, write_source
 
 from inferstack.manifest import load_manifest, validate
 
@@ -111,18 +111,11 @@ BATCH_MODELS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def batch_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("batchsrc") / "batch_models.py"
-    path.write_text(BATCH_MODELS)
-    return path
+    return write_source(tmp_path_factory, "batchsrc", "batch_models.py", BATCH_MODELS)
 
 
 def _export(out: Path, source: str, *inputs: str, extra: tuple[str, ...] = ()) -> dict:
-    args = ["export", source, "--out", str(out)]
-    for i in inputs:
-        args += ["--input", i]
-    r = run_cli(*args, *extra)
-    assert r.exit_code == 0, r.stderr
-    data = read_manifest(out)
+    data = read_manifest(export(out, source, *inputs, extra=extra))
     validate(data)
     return data
 
