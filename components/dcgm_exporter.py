@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 from inferstack.components.gpu_node_pool import GPU_LABEL, GPU_TAINT
 
 TYPE = "inferstack:dcgm_exporter:DcgmExporter"
@@ -44,27 +43,17 @@ class DcgmExporter(pulumi.ComponentResource):
         args = args or DcgmExporterArgs()
         check_chart_args(args.version, args.namespace, "DcgmExporterArgs")
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
-            values={
-                "tolerations": [GPU_TOLERATION],
-                "nodeSelector": {GPU_LABEL[0]: GPU_LABEL[1]},
-                "serviceMonitor": {"enabled": False},
-                "podAnnotations": {
-                    "prometheus.io/scrape": "true",
-                    "prometheus.io/port": str(PORT),
-                    "prometheus.io/path": "/metrics",
-                },
+        values = {
+            "tolerations": [GPU_TOLERATION],
+            "nodeSelector": {GPU_LABEL[0]: GPU_LABEL[1]},
+            "serviceMonitor": {"enabled": False},
+            "podAnnotations": {
+                "prometheus.io/scrape": "true",
+                "prometheus.io/port": str(PORT),
+                "prometheus.io/path": "/metrics",
             },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
+        self.namespace = release_namespace(release, args.namespace)
         self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})

@@ -16,7 +16,7 @@ from typing import Any
 
 import pulumi
 import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 
 TYPE = "inferstack:grafana:Grafana"
 CHART = "grafana"
@@ -46,42 +46,32 @@ class Grafana(pulumi.ComponentResource):
         check_chart_args(args.version, args.namespace, "GrafanaArgs")
         dashboards = load_dashboards()
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
-            values={
-                "persistence": {"enabled": False},
-                "datasources": {
-                    "datasources.yaml": {
-                        "apiVersion": 1,
-                        "datasources": [
-                            {
-                                "name": "Prometheus",
-                                "type": "prometheus",
-                                "uid": DATASOURCE_UID,
-                                "url": args.prometheus_address,
-                                "access": "proxy",
-                                "isDefault": True,
-                            }
-                        ],
-                    }
-                },
-                "sidecar": {
-                    "dashboards": {
-                        "enabled": True,
-                        "label": DASHBOARD_LABEL[0],
-                        "labelValue": DASHBOARD_LABEL[1],
-                    }
-                },
+        values = {
+            "persistence": {"enabled": False},
+            "datasources": {
+                "datasources.yaml": {
+                    "apiVersion": 1,
+                    "datasources": [
+                        {
+                            "name": "Prometheus",
+                            "type": "prometheus",
+                            "uid": DATASOURCE_UID,
+                            "url": args.prometheus_address,
+                            "access": "proxy",
+                            "isDefault": True,
+                        }
+                    ],
+                }
             },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+            "sidecar": {
+                "dashboards": {
+                    "enabled": True,
+                    "label": DASHBOARD_LABEL[0],
+                    "labelValue": DASHBOARD_LABEL[1],
+                }
+            },
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
         k8s.core.v1.ConfigMap(
             f"{name}-dashboards",
             metadata={
@@ -92,7 +82,7 @@ class Grafana(pulumi.ComponentResource):
             data={file: json.dumps(body, indent=1, sort_keys=True) for file, body in dashboards.items()},
             opts=pulumi.ResourceOptions(parent=self, depends_on=[release]),
         )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        self.namespace = release_namespace(release, args.namespace)
         self.dashboards = sorted(dashboards)
         self.register_outputs({"namespace": self.namespace, "dashboards": self.dashboards})
 

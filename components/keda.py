@@ -8,8 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 
 TYPE = "inferstack:keda:Keda"
 CHART = "keda"
@@ -32,18 +31,8 @@ class Keda(pulumi.ComponentResource):
         args = args or KedaArgs()
         check_chart_args(args.version, args.namespace, "KedaArgs")
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
-            values={"watchNamespace": ""},  # every namespace: one ScaledObject per model namespace
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        values = {"watchNamespace": ""}  # every namespace: one ScaledObject per model namespace
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
+        self.namespace = release_namespace(release, args.namespace)
         self.release_name = release.name.apply(lambda n: n or CHART)
         self.register_outputs({"namespace": self.namespace, "release_name": self.release_name})

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 from inferstack.components.inference_service import STARTUP_TIMEOUT_S
 
 TYPE = "inferstack:keda_http_addon:KedaHttpAddon"
@@ -81,29 +80,19 @@ class KedaHttpAddon(pulumi.ComponentResource):
                 f"KedaHttpAddonArgs.interceptor_replicas: {args.interceptor_replicas}; expected 1..50"
             )
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
-            values={
-                "interceptor": {
-                    "proxy": {"port": args.proxy_port},
-                    "replicas": {
-                        "min": args.interceptor_replicas,
-                        "waitTimeout": f"{args.wait_timeout_s}s",
-                    },
-                    "responseHeaderTimeout": f"{args.response_header_timeout_s}s",
+        values = {
+            "interceptor": {
+                "proxy": {"port": args.proxy_port},
+                "replicas": {
+                    "min": args.interceptor_replicas,
+                    "waitTimeout": f"{args.wait_timeout_s}s",
                 },
-                "scaler": {"replicas": 2},
+                "responseHeaderTimeout": f"{args.response_header_timeout_s}s",
             },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+            "scaler": {"replicas": 2},
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
+        self.namespace = release_namespace(release, args.namespace)
         self.interceptor_host = self.namespace.apply(
             lambda ns: f"{INTERCEPTOR_SERVICE}.{ns}.svc.cluster.local"
         )

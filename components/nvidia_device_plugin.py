@@ -6,11 +6,10 @@ Its pods tolerate the GPU pools' ``nvidia.com/gpu`` taint and run only on nodes 
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
+from inferstack.components._chart import check_version, helm_release
 
 TYPE = "inferstack:nvidia_device_plugin:NvidiaDevicePlugin"
 CHART = "nvidia-device-plugin"
@@ -38,24 +37,14 @@ class NvidiaDevicePlugin(pulumi.ComponentResource):
         opts: pulumi.ResourceOptions | None = None,
     ) -> None:
         args = args or NvidiaDevicePluginArgs()
-        if not re.match(r"^[0-9]+\.[0-9]+\.[0-9]+$", args.version):
-            raise ValueError(f"NvidiaDevicePluginArgs.version: {args.version!r}; expected a pinned x.y.z")
+        check_version(args.version, "NvidiaDevicePluginArgs")
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            repository_opts={"repo": REPOSITORY},
-            values={
-                "tolerations": [GPU_TOLERATION, {"key": "CriticalAddonsOnly", "operator": "Exists"}],
-                "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
-                "priorityClassName": "system-node-critical",
-            },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
+        values = {
+            "tolerations": [GPU_TOLERATION, {"key": "CriticalAddonsOnly", "operator": "Exists"}],
+            "nodeSelector": {NODE_LABEL[0]: NODE_LABEL[1]},
+            "priorityClassName": "system-node-critical",
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values, create_namespace=False)
         self.release_name = release.name
         self.status = release.status.apply(_status)
         self.register_outputs({"release_name": self.release_name, "status": self.status})

@@ -13,8 +13,7 @@ import re
 from dataclasses import dataclass
 
 import pulumi
-import pulumi_kubernetes as k8s
-from inferstack.components._chart import check_chart_args
+from inferstack.components._chart import check_chart_args, helm_release, release_namespace
 
 TYPE = "inferstack:prometheus:Prometheus"
 CHART = "prometheus"
@@ -50,35 +49,25 @@ class Prometheus(pulumi.ComponentResource):
         if not 5 <= args.scrape_interval_s <= 120:
             raise ValueError(f"PrometheusArgs.scrape_interval_s: {args.scrape_interval_s}; expected 5..120")
         super().__init__(TYPE, name, None, opts)
-        release = k8s.helm.v3.Release(
-            f"{name}-release",
-            name=CHART,
-            chart=CHART,
-            version=args.version,
-            namespace=args.namespace,
-            create_namespace=True,
-            repository_opts={"repo": REPOSITORY},
-            values={
-                "alertmanager": {"enabled": False},
-                "prometheus-pushgateway": {"enabled": False},
-                "prometheus-node-exporter": {"enabled": False},
-                "kube-state-metrics": {"enabled": False},
-                "server": {
-                    "retention": args.retention,
-                    "persistentVolume": {"enabled": False},
-                    "global": {
-                        "scrape_interval": f"{args.scrape_interval_s}s",
-                        "evaluation_interval": f"{args.scrape_interval_s}s",
-                    },
-                    "resources": {
-                        "requests": {"cpu": "200m", "memory": "512Mi"},
-                        "limits": {"memory": "2Gi"},
-                    },
+        values = {
+            "alertmanager": {"enabled": False},
+            "prometheus-pushgateway": {"enabled": False},
+            "prometheus-node-exporter": {"enabled": False},
+            "kube-state-metrics": {"enabled": False},
+            "server": {
+                "retention": args.retention,
+                "persistentVolume": {"enabled": False},
+                "global": {
+                    "scrape_interval": f"{args.scrape_interval_s}s",
+                    "evaluation_interval": f"{args.scrape_interval_s}s",
+                },
+                "resources": {
+                    "requests": {"cpu": "200m", "memory": "512Mi"},
+                    "limits": {"memory": "2Gi"},
                 },
             },
-            timeout=600,
-            opts=pulumi.ResourceOptions(parent=self),
-        )
-        self.namespace = release.namespace.apply(lambda ns: ns or args.namespace)
+        }
+        release = helm_release(self, name, CHART, REPOSITORY, args, values)
+        self.namespace = release_namespace(release, args.namespace)
         self.address = self.namespace.apply(lambda ns: f"http://{SERVER_SERVICE}.{ns}.svc.cluster.local:80")
         self.register_outputs({"namespace": self.namespace, "address": self.address})

@@ -444,6 +444,16 @@ class _Prover:
                               for i in range(n)], scalar and args[1][1])
         return None
 
+    def _size_output(
+        self, node: Any, why: str = "the batch size flows into a value the proof cannot follow"
+    ) -> None:
+        """``node`` computes on the batch size, not on rows: its output is that size (``_size_node``);
+        ``self.fail(node, why)`` when the proof cannot follow the arithmetic."""
+        size = self._size_node(node)
+        if size is None:
+            raise self.fail(node, why)
+        self.state[node.output[0]] = _size(size.sym, size.scalar)
+
     def set_rows(self, node: Any, axis: int, outputs: int | None = None,
                  fold: tuple[Sym, Sym] | None = None) -> None:
         inner, outer = fold if fold is not None else (self.inner, self.outer)
@@ -454,10 +464,7 @@ class _Prover:
     # -- operator families -------------------------------------------------------------
     def elementwise(self, node: Any, ins: list[_State | None]) -> None:
         if not any(isinstance(s, _Rows) for s in ins):  # size arithmetic
-            size = self._size_node(node)
-            if size is None:
-                raise self.fail(node, "the batch size flows into a value the proof cannot follow")
-            self.state[node.output[0]] = _size(size.sym, size.scalar)
+            self._size_output(node)
             return
         if any(isinstance(s, _Size) for s in ins):
             raise self.fail(node, "the batch size flows into data")
@@ -643,10 +650,7 @@ class _Prover:
     def op_Unsqueeze(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
         if not isinstance(x, _Rows):
-            size = self._size_node(node)
-            if size is None:
-                raise self.fail(node, "the batch size flows into a value the proof cannot follow")
-            self.state[node.output[0]] = _size(size.sym, size.scalar)
+            self._size_output(node)
             return
         out = self.out_rank(node)
         axes = sorted(a % out for a in (self._axes(node) or []))
@@ -659,10 +663,7 @@ class _Prover:
     def op_Squeeze(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
         if not isinstance(x, _Rows):
-            size = self._size_node(node)
-            if size is None:
-                raise self.fail(node, "the batch size flows into a value the proof cannot follow")
-            self.state[node.output[0]] = _size(size.sym, size.scalar)
+            self._size_output(node)
             return
         axes = self._axes(node)
         if axes is None:
@@ -800,10 +801,7 @@ class _Prover:
     def op_Slice(self, node: Any, ins: list[_State | None]) -> None:
         x = ins[0]
         if not isinstance(x, _Rows):
-            size = self._size_node(node)
-            if size is None:
-                raise self.fail(node, "the batch size flows into a value the proof cannot follow")
-            self.state[node.output[0]] = _size(size.sym, size.scalar)
+            self._size_output(node)
             return
         starts = self._sym(node.input[1])
         ends = self._sym(node.input[2])
@@ -841,17 +839,13 @@ class _Prover:
                 raise self.fail(node, "the rank of its data is unknown")
             self.set_rows(node, axis % r_data + idx.axis)
             return
-        size = self._size_node(node) if not isinstance(data, _Rows) and not isinstance(idx, _Rows) else None
-        if size is None:
+        if isinstance(data, _Rows) or isinstance(idx, _Rows):
             raise self.fail(node, "gathers with batched or batch-sized indices")
-        self.state[node.output[0]] = _size(size.sym, size.scalar)
+        self._size_output(node, "gathers with batched or batch-sized indices")
 
     def op_Concat(self, node: Any, ins: list[_State | None]) -> None:
         if not any(isinstance(s, _Rows) for s in ins):
-            size = self._size_node(node)
-            if size is None:
-                raise self.fail(node, "the batch size flows into a value the proof cannot follow")
-            self.state[node.output[0]] = _size(size.sym, size.scalar)
+            self._size_output(node)
             return
         if not all(isinstance(s, _Rows) for s in ins):
             raise self.fail(node, "concatenates batched with unbatched values")

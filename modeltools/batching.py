@@ -6,12 +6,11 @@ the exported graph: the axis named ``--batch-dim`` (default ``batch``) must be t
 of every input and output, the graph must be proven row-independent
 (:func:`inferstack.batchproof.prove_row_independence`), and k distinct rows (of mixed magnitudes)
 run merged must give what each row gives alone, at every merged size from 2 to
-``min(max_batch_size, 16)`` and ``max_batch_size`` (:func:`inferstack.batchcheck.check_sizes`; with
-an example, the sizes its rows fill) and at two sizes of every other dynamic dimension. The record
-carries the sha256 of the model file it was made on: the runtime trusts it for that file only. The
-rows come from the same source as the parity check's inputs
-(:func:`inferstack.modeltools.spec.make_arrays`: the user's ``--example`` when given, else data
-generated from the ``--input`` specs), so both checks see the same data.
+``min(max_batch_size, 16)`` and ``max_batch_size`` (:func:`inferstack.batchcheck.check_sizes`) and
+at two sizes of every other dynamic dimension. The record carries the sha256 of the model file it
+was made on: the runtime trusts it for that file only. The rows come from the same source as the
+parity check's inputs (:func:`inferstack.modeltools.spec.make_arrays`: the user's ``--example``
+when given, else data generated from the ``--input`` specs), so both checks see the same data.
 """
 
 from __future__ import annotations

@@ -10,36 +10,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from modeltools_helpers import CUSTOM_OP, MODELS, run_cli  # noqa: E402
+from modeltools_helpers import CUSTOM_OP, MODELS, export, write_source  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def models_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("src") / "models.py"
-    path.write_text(MODELS)
+    path = write_source(tmp_path_factory, "src", "models.py", MODELS)
     (path.parent / "custom_op.py").write_text(CUSTOM_OP)
     return path
-
-
-def _export(out: Path, source: str, *inputs: str, extra: tuple[str, ...] = ()) -> Path:
-    args = ["export", source, "--out", str(out)]
-    for i in inputs:
-        args += ["--input", i]
-    r = run_cli(*args, *extra)
-    assert r.exit_code == 0, r.stderr
-    return out
 
 
 @pytest.fixture(scope="session")
 def tiny_pkg(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "pkg"
-    return _export(out, f"{models_file}:tiny", "x:batch,16:FP32", extra=("--output", "logits"))
+    return export(out, f"{models_file}:tiny", "x:batch,16:FP32", extra=("--output", "logits"))
 
 
 @pytest.fixture(scope="session")
 def cnn_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cnn") / "pkg"
-    return _export(
+    return export(
         out, "inferstack.examples.cnn:build", "image:batch,3,32,32:FP32", extra=("--output", "logits")
     )
 
@@ -47,7 +37,7 @@ def cnn_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def encoder_pkg(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Path:
     out = tmp_path_factory.mktemp("enc") / "pkg"
-    return _export(out, f"{models_file}:small_encoder", "x:batch,32,64:FP32", extra=("--output", "hidden"))
+    return export(out, f"{models_file}:small_encoder", "x:batch,32,64:FP32", extra=("--output", "hidden"))
 
 
 @pytest.fixture

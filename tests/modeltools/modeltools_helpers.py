@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from typer.testing import CliRunner
 
 from inferstack.cli import app
@@ -150,6 +151,23 @@ def run_cli(*args: str) -> Result:
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
     return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def write_source(tmp_path_factory: pytest.TempPathFactory, folder: str, file_name: str, text: str) -> Path:
+    """Write ``text`` as ``file_name`` in a fresh temporary folder named after ``folder``."""
+    path = tmp_path_factory.mktemp(folder) / file_name
+    path.write_text(text)
+    return path
+
+
+def export(out: Path, source: str, *inputs: str, extra: tuple[str, ...] = ()) -> Path:
+    """``inferstack export SOURCE --out OUT --input I...`` plus ``extra``, which must succeed."""
+    args = ["export", source, "--out", str(out)]
+    for i in inputs:
+        args += ["--input", i]
+    r = run_cli(*args, *extra)
+    assert r.exit_code == 0, r.stderr
+    return out
 
 
 def assert_one_line_error(r: Result, *needles: str) -> str:

@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 import pytest
-from modeltools_helpers import assert_one_line_error, read_manifest, run_cli
+from modeltools_helpers import assert_one_line_error, export, read_manifest, run_cli, write_source
 
 from inferstack.manifest import load_manifest, validate
 
@@ -111,18 +111,11 @@ BATCH_MODELS = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def batch_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("batchsrc") / "batch_models.py"
-    path.write_text(BATCH_MODELS)
-    return path
+    return write_source(tmp_path_factory, "batchsrc", "batch_models.py", BATCH_MODELS)
 
 
 def _export(out: Path, source: str, *inputs: str, extra: tuple[str, ...] = ()) -> dict:
-    args = ["export", source, "--out", str(out)]
-    for i in inputs:
-        args += ["--input", i]
-    r = run_cli(*args, *extra)
-    assert r.exit_code == 0, r.stderr
-    data = read_manifest(out)
+    data = read_manifest(export(out, source, *inputs, extra=extra))
     validate(data)
     return data
 
@@ -295,37 +288,31 @@ def test_other_dynamic_dimensions_are_checked_at_sizes_the_model_takes(tmp_path:
 
 
 def test_the_check_runs_on_the_example_rows(tmp_path: Path, batch_models: Path) -> None:
-    """With --example the batch check runs on the user's rows, as parity does: a model that mixes
-    rows only on data like the example's is refused merging that generated data would allow. (At
-    export the static proof refuses it first, on any data: its CumSum runs over the batch axis; so
-    the merged-vs-alone check is run here on its own, on the exported graph.)"""
-    from inferstack.modeltools import batching, signature
-    from inferstack.modeltools.spec import parse_inputs
+    """With --example the batch check runs on the user's rows, as parity does: the record says so and
+    names the merged sizes those rows fill (generated data is checked up to max_batch_size)."""
+    generated = _export(tmp_path / "generated", f"{batch_models}:row_mlp", "x:batch,8:FP32")
+    assert generated["batch_check"]["data"] == "generated"
+    assert generated["max_batch_size"] == 64, generated["batch_check"]["reason"]
+    assert max(generated["batch_check"]["sizes"]) == 64, generated["batch_check"]
 
-    from inferstack.batchcheck import check_batch_independence
+    example = tmp_path / "example.npz"
+    np.savez(example, x=(np.random.default_rng(0).standard_normal((5, 8)) * 100).astype(np.float32))
+    data = _export(
+        tmp_path / "example", f"{batch_models}:row_mlp", "x:batch,8:FP32", extra=("--example", str(example))
+    )
+    check = data["batch_check"]
+    assert check["data"] == "example" and check["batchable"] is True, check
+    assert max(check["sizes"]) == 5, check
 
-    generated = _export(tmp_path / "generated", f"{batch_models}:loud", "x:batch,4:FP32")
-    assert generated["max_batch_size"] == 0
-    assert "(CumSum)" in generated["batch_check"]["reason"], generated["batch_check"]["reason"]
 
-    model = tmp_path / "generated" / "model.onnx"
-    inputs, outputs = signature.named_dims(signature.load_graph(model))
-    session = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
-    names = [name for name, _ in outputs]
-
-    def run(feeds: dict) -> list:
-        return list(session.run(names, feeds))
-
-    specs = parse_inputs(["x:batch,4:FP32"])
-    on_generated = check_batch_independence(run, inputs, outputs, batching.rows_from_specs(specs, "batch"))
-    assert on_generated.batchable is True, on_generated.reason
-
-    example = {"x": (np.random.default_rng(0).standard_normal((5, 4)) * 100).astype(np.float32)}
-    check = check_batch_independence(run, inputs, outputs, batching.rows_from_specs(specs, "batch", example),
-                                     data="example")
-    assert check.data == "example"
-    assert check.batchable is False
-    assert "output 'output_0'" in check.reason and "merged vs alone" in check.reason, check.reason
+def test_a_model_that_mixes_rows_only_on_some_values_is_refused_by_the_proof(
+    tmp_path: Path, batch_models: Path
+) -> None:
+    """Rows mixed only when a value exceeds 50: generated data would never show it, the static proof
+    does, naming the node."""
+    data = _export(tmp_path / "loud", f"{batch_models}:loud", "x:batch,4:FP32")
+    assert data["max_batch_size"] == 0
+    assert data["batch_check"]["reason"].startswith("not proven row-independent: node "), data["batch_check"]
 
 
 def test_an_example_of_one_row_cannot_show_batching_is_safe(tmp_path: Path, batch_models: Path) -> None:

@@ -16,7 +16,13 @@ from inferstack.modeltools.spec import (
     parse_input,
     parse_inputs,
 )
-from modeltools_helpers import assert_nothing_written, assert_one_line_error, read_manifest, run_cli
+from modeltools_helpers import (
+    assert_nothing_written,
+    assert_one_line_error,
+    read_manifest,
+    run_cli,
+    write_source,
+)
 
 #: Modules whose exported graph differs from eager PyTorch only on some data: parity passes on the
 #: wrong data and must fail on the right data.
@@ -78,9 +84,7 @@ SOURCE = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("src") / "data_models.py"
-    path.write_text(SOURCE)
-    return path
+    return write_source(tmp_path_factory, "src", "data_models.py", SOURCE)
 
 
 # ---- ranges ---------------------------------------------------------------------------------------

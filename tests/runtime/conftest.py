@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from runtime_harness import DTYPE_CASES, Served, package, start_server  # noqa: E402
+from runtime_harness import DTYPE_CASES, Served, package, save_graph, start_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -72,7 +72,6 @@ def dtypes_package(models_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def fixed_onnx(models_dir: Path) -> Path:
     """A bare .onnx with a fixed first dimension: z = x * 2 + 1 on [2, 3] (served without batching)."""
-    import onnx
     from onnx import TensorProto, helper
 
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
@@ -84,10 +83,7 @@ def fixed_onnx(models_dir: Path) -> Path:
         [helper.make_tensor_value_info("z", TensorProto.FLOAT, [2, 3])],
         initializer=[two, one],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "fixed.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "fixed.onnx")
     return path
 
 
@@ -152,7 +148,6 @@ def batch_models(models_dir: Path) -> dict[str, Path]:
 def grid_package(models_dir: Path) -> Path:
     """y = x * 2 on x: [batch, h, w] FP32 and t = s on s: [batch, n] BYTES: every non-batch
     dimension is dynamic, so a request may be empty (h = 0) or describe huge dimensions."""
-    import onnx
     from onnx import TensorProto, helper
 
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
@@ -165,10 +160,7 @@ def grid_package(models_dir: Path) -> Path:
          helper.make_tensor_value_info("t", TensorProto.STRING, ["batch", "n"])],
         initializer=[two],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "grid.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "grid.onnx")
     return package(models_dir / "grid", [path], "grid", 8)
 
 

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +35,30 @@ DTYPE_CASES = {
     "b": ("BOOL", np.bool_, 9),
     "s": ("BYTES", np.object_, 8),
 }
+
+
+def save_graph(graph: object, path: Path) -> Path:
+    """Save an ``onnx.helper`` graph at ``path`` as a model of opset 18, IR version 9."""
+    import onnx
+    from onnx import helper
+
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.save(model, str(path))
+    return path
+
+
+def read_until_closed(sock: socket.socket, limit_s: float = 5) -> bytes:
+    """Every byte ``sock`` receives until the peer closes (or resets) it, or ``limit_s`` seconds pass
+    without a byte."""
+    sock.settimeout(limit_s)
+    data = b""
+    try:
+        while chunk := sock.recv(65536):
+            data += chunk
+    except (ConnectionResetError, TimeoutError):
+        pass
+    return data
 
 
 def package(directory: Path, onnx_files: list[Path], name: str, max_batch_size: int) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from runtime_harness import Served, package
+from runtime_harness import Served, package, read_until_closed, save_graph
 
 X16 = [0.5] * 16
 BODY = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32", "data": X16}]}).encode()
@@ -40,17 +40,6 @@ def _connect(s: Served, source: str = "127.0.0.1") -> socket.socket:
     sock.settimeout(5)
     sock.connect((s.host, s.port))
     return sock
-
-
-def _read_until_closed(sock: socket.socket, limit_s: float = 5) -> bytes:
-    sock.settimeout(limit_s)
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 def _health_latencies(s: Served, stop: threading.Event, out: list[float]) -> None:
@@ -97,7 +86,7 @@ def test_unauthenticated_body_is_refused_before_it_is_read(serve, mlp_package: P
             sock.sendall(_head(250_000))
         for sock in socks:
             t0 = time.monotonic()
-            data = _read_until_closed(sock, 3)
+            data = read_until_closed(sock, 3)
             assert data.startswith(b"HTTP/1.1 401 "), data[:200]
             assert time.monotonic() - t0 < 1.5  # at the headers, not after a body timeout
         # the budget is untouched: an authenticated request is served
@@ -175,7 +164,7 @@ def test_one_client_cannot_hold_more_than_its_share(serve, mlp_package: Path) ->
         time.sleep(0.2)
         # the same client's second body passes its 1 MB share: 503, while the server has room
         second.sendall(_head(len(big)) + big[:400_000])
-        data = _read_until_closed(second, 3)
+        data = read_until_closed(second, 3)
         assert data.startswith(b"HTTP/1.1 503 "), data[:300]
         assert b"--max-client-buffered-bytes" in data and b"retry-after: 1" in data.lower()
         # another client is served meanwhile
@@ -232,7 +221,6 @@ def gram_package(models_dir: Path) -> Path:
     """m = x @ x.T for x of shape [b, n], then squared four times (m16 = m^16), y = its row sums:
     about b*b*n + 4*b**3 multiply-adds, so its run time is whatever the client's shape asks for.
     No batching (rows interact)."""
-    import onnx
     from onnx import TensorProto, helper
 
     axes = helper.make_tensor("axes", TensorProto.INT64, [1], [1])
@@ -246,10 +234,7 @@ def gram_package(models_dir: Path) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b"])],
         initializer=[axes],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "gram.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "gram.onnx")
     return package(models_dir / "gram", [path], "gram", 0)
 
 

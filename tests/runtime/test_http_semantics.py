@@ -8,19 +8,13 @@ import socket
 from pathlib import Path
 
 import httpx
-from runtime_harness import Served
+from runtime_harness import Served, read_until_closed
 
 
 def _exchange(s: Served, raw: bytes) -> bytes:
     with socket.create_connection((s.host, s.port), timeout=5) as sock:
         sock.sendall(raw)
-        data = b""
-        try:
-            while chunk := sock.recv(65536):
-                data += chunk
-        except (ConnectionResetError, TimeoutError):
-            pass
-    return data
+        return read_until_closed(sock, 5)
 
 
 def _split(data: bytes, head_first: bool) -> list[tuple[int, dict[str, str], bytes]]:
