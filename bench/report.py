@@ -101,6 +101,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 note = f"p99 {_fmt_ms(mine['p99_us'])} ms vs {_fmt_ms(theirs['p99_us'])} ms"
                 note = "; ".join(n for n in [note, _cpu_note(mine, theirs)] if n)
             add(f"MLP c=32: inferstack {body} / {peer}", _ratio(mine, theirs), ">=", goal, note=note)
+    # gRPC (ModelInfer with raw contents): against Triton's gRPC, and against our own binary HTTP
+    grpc = p("mlp", "inferstack-grpc")
+    for other, goal in (("triton-grpc", 2.0), ("inferstack-binary", 0.7)):
+        theirs = p("mlp", other)
+        note = ""
+        if grpc is not None and theirs is not None:
+            note = f"p50 {_fmt_ms(grpc['p50_us'])} / {_fmt_ms(theirs['p50_us'])} ms, p99 " \
+                   f"{_fmt_ms(grpc['p99_us'])} / {_fmt_ms(theirs['p99_us'])} ms"
+            note = "; ".join(n for n in [note, _cpu_note(grpc, theirs)] if n)
+        add(f"MLP c=32: inferstack grpc / {other}", _ratio(grpc, theirs), ">=", goal, note=note)
     return rows
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from inferstack.bench import envs, machine, payloads, wrk
+from inferstack.bench import envs, grpc_load, machine, payloads, wrk
 from inferstack.bench.models import MODELS, ModelSpec, ensure_package
 from inferstack.bench.procs import Server, StartFailed, http_post
 from inferstack.bench.setups import DEFAULT_SETUPS, SETUPS, ServerConfig, launch, split
@@ -249,18 +249,44 @@ def measure_server(
             floor = wrk.run(ready_url, None, 1, min(cfg.duration_s, 5.0), core=cfg.client_core)
             log(f"  {server_name}: GET ready at c=1 (HTTP floor): p50 {_ms(floor['p50_us'])} ms")
         for body_name, setup in zip(bodies_wanted, setups, strict=False):
-            body = bodies[body_name]
-            try:
-                check_answer(url, body, spec, expected)
-            except (ValueError, OSError) as e:
-                log(f"  {setup}: wrong answer, not measured: {e}")
-                results[setup] = {"status": "wrong-answer", "reason": str(e), "cold_start_s": cold}
-                continue
+            drive: Callable[[int, float], dict[str, Any]]
+            if body_name == "grpc":
+                # ModelInfer with raw contents, driven by h2load (see grpc_load)
+                missing = grpc_load.available() or (
+                    None if how.grpc_address else f"{server_name} has no gRPC port")
+                if missing:
+                    log(f"  {setup}: unavailable: {missing}")
+                    results[setup] = {"status": "unavailable", "reason": missing}
+                    continue
+                message = grpc_load.request_message(spec.name, spec.input_name, spec.request_array(),
+                                                    spec.output_name)
+                try:
+                    answer_bytes = grpc_load.check(how.grpc_address, message, spec.output_name, expected)
+                except (ValueError, OSError) as e:
+                    log(f"  {setup}: wrong answer, not measured: {e}")
+                    results[setup] = {"status": "wrong-answer", "reason": str(e), "cold_start_s": cold}
+                    continue
+                address = how.grpc_address
+
+                def drive(c: int, seconds: float, m: bytes = message, n: int = answer_bytes,
+                          a: str = address) -> dict[str, Any]:
+                    return grpc_load.run(a, m, n, c, seconds, core=cfg.client_core)
+            else:
+                body = bodies[body_name]
+                try:
+                    check_answer(url, body, spec, expected)
+                except (ValueError, OSError) as e:
+                    log(f"  {setup}: wrong answer, not measured: {e}")
+                    results[setup] = {"status": "wrong-answer", "reason": str(e), "cold_start_s": cold}
+                    continue
+
+                def drive(c: int, seconds: float, b: payloads.Body = body) -> dict[str, Any]:
+                    return wrk.run(url, b, c, seconds, core=cfg.client_core)
             points: dict[str, Any] = {}
             rss_before = server.rss_bytes()
             for c in cfg.concurrency:
                 if cfg.warmup_s > 0:
-                    wrk.run(url, body, c, cfg.warmup_s, core=cfg.client_core)
+                    drive(c, cfg.warmup_s)
                 before = scrape_batching(how.base_url) if server_name == "inferstack" else None
                 paired = server_name == "inferstack" and spec.name in cfg.paired_ceiling_models
                 cpu_before = server.cpu_seconds()
@@ -268,7 +294,7 @@ def measure_server(
                 repeats, ceilings = [], []
                 for _ in range(cfg.repeats):
                     t0 = time.perf_counter()
-                    repeats.append(wrk.run(url, body, c, cfg.duration_s, core=cfg.client_core))
+                    repeats.append(drive(c, cfg.duration_s))
                     if paired:
                         wait_idle(how.base_url)  # the queue's last requests are part of the run
                     wall += time.perf_counter() - t0
@@ -307,7 +333,7 @@ def measure_server(
                 "http_floor_c1": floor,
                 "points": points,
             }
-    except wrk.WrkFailed as e:
+    except (wrk.WrkFailed, grpc_load.LoadFailed) as e:
         for s in setups:
             results.setdefault(s, {"status": "failed", "reason": str(e)})
     finally:

@@ -19,6 +19,8 @@ DEFAULT_SETUPS: tuple[str, ...] = (
     "plain-json",
     "triton-json",
     "triton-binary",
+    "inferstack-grpc",
+    "triton-grpc",
     "kserve-json",
     "ceiling",
 )
@@ -47,6 +49,8 @@ class Launch:
     base_url: str
     env: dict[str, str] | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    #: host:port of the server's gRPC front end (None: it has none)
+    grpc_address: str | None = None
 
     #: the model's own readiness: Triton's server is ready before its models are loaded
     def ready_path(self, model: str) -> str:
@@ -73,6 +77,8 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
             "127.0.0.1",
             "--port",
             str(port),
+            "--grpc-port",
+            str(grpc_port := free_port()),
             "--max-batch-size",
             str(cfg.max_batch_size),
             "--max-queue-delay-us",
@@ -84,7 +90,7 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
             "--providers",
             "CPUExecutionProvider",
         ]
-        return Launch(pinned(cfg.core, argv), base)
+        return Launch(pinned(cfg.core, argv), base, grpc_address=f"127.0.0.1:{grpc_port}")
     if server == "plain":
         argv = [
             sys.executable,
@@ -107,7 +113,7 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
             "--http-port",
             str(port),
             "--grpc-port",
-            str(free_port()),
+            str(grpc_port := free_port()),
             "--metrics-port",
             str(free_port()),
             "--max-batch-size",
@@ -115,7 +121,7 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
             "--max-queue-delay-us",
             str(cfg.max_queue_delay_us),
         ]
-        return Launch(pinned(cfg.core, argv), base, env.env, env.versions)
+        return Launch(pinned(cfg.core, argv), base, env.env, env.versions, f"127.0.0.1:{grpc_port}")
     if server == "kserve":
         env = envs.ensure("kserve", venvs)
         argv = [

@@ -131,7 +131,11 @@ class InferenceServiceArgs:
     auth_token: pulumi.Input[str] | None = None
     """Bearer token the runtime requires; stored in a Secret, mounted as a file. Default: no auth."""
     port: int = 8000
-    """Container and Service port. Default 8000."""
+    """Container and Service port of the HTTP front end (the probes use it). Default 8000."""
+    grpc_port: int = 8001
+    """Container and Service port of the gRPC front end (``inference.GRPCInferenceService``).
+    Default 8001. At zero replicas (``external_name``) the Service carries the HTTP port only: the
+    KEDA HTTP add-on's interceptor proxies HTTP, so gRPC clients reach the model while it runs."""
     startup_timeout_s: int = STARTUP_TIMEOUT_S
     """How long the startup probe waits for the model to load (from the container's start: node
     launch and image pull excluded). Default 900."""
@@ -184,6 +188,7 @@ class InferenceService(pulumi.ComponentResource):
         env: list[dict[str, Any]] = [
             {"name": "INFERSTACK_MODEL", "value": args.model_uri},
             {"name": "INFERSTACK_PORT", "value": str(args.port)},
+            {"name": "INFERSTACK_GRPC_PORT", "value": str(args.grpc_port)},
             {"name": "INFERSTACK_HOST", "value": "0.0.0.0"},
             {"name": "INFERSTACK_CACHE_DIR", "value": CACHE_DIR},
             {"name": "INFERSTACK_REQUIRE_GPU", "value": "true" if args.gpus else "false"},
@@ -302,7 +307,8 @@ class InferenceService(pulumi.ComponentResource):
                     # The image's entrypoint is the runtime (`python -m inferstack.runtime`, the same
                     # code as `inferstack serve`); its one argument is the model URI.
                     "args": [args.model_uri],
-                    "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"}],
+                    "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"},
+                              {"name": "grpc", "container_port": args.grpc_port, "protocol": "TCP"}],
                     "env": env,
                     "resources": resources,
                     "volume_mounts": mounts,
@@ -371,7 +377,12 @@ class InferenceService(pulumi.ComponentResource):
         )
 
         svc_type, svc_annotations = _exposure(args.exposure, args.load_balancer_scheme)
-        ports: Any = [{"name": "http", "port": args.port, "target_port": "http", "protocol": "TCP"}]
+        ports: Any = [
+            {"name": "http", "port": args.port, "target_port": "http", "protocol": "TCP"},
+            # cleartext HTTP/2: lets meshes and Gateway API route the calls as gRPC
+            {"name": "grpc", "port": args.grpc_port, "target_port": "grpc", "protocol": "TCP",
+             "app_protocol": "kubernetes.io/h2c"},
+        ]
         spec: Any = {"type": svc_type, "selector": labels, "ports": ports}
         if args.external_name is not None:
             spec = {
@@ -450,7 +461,7 @@ class InferenceService(pulumi.ComponentResource):
         k8s.networking.v1.NetworkPolicy(
             f"{name}-network-policy",
             metadata=meta,
-            spec=_network_policy(labels, args.port, args.s3_endpoint),
+            spec=_network_policy(labels, (args.port, args.grpc_port), args.s3_endpoint),
             opts=in_ns,
         )
 
@@ -629,6 +640,11 @@ def _validate(args: InferenceServiceArgs) -> None:
         raise ValueError(
             f"InferenceServiceArgs.port: {args.port}; expected 1024..65535 (the pod runs as non-root)"
         )
+    if not 1024 <= args.grpc_port <= 65535 or args.grpc_port == args.port:
+        raise ValueError(
+            f"InferenceServiceArgs.grpc_port: {args.grpc_port}; expected 1024..65535 (the pod runs as "
+            f"non-root), other than port ({args.port})"
+        )
     if args.image_pull_policy is not None and args.image_pull_policy not in PULL_POLICIES:
         raise ValueError(
             f"InferenceServiceArgs.image_pull_policy: {args.image_pull_policy!r}; "
@@ -711,7 +727,7 @@ def _exposure(exposure: str, scheme: str | None) -> tuple[str, dict[str, str]]:
     return "LoadBalancer", annotations
 
 
-def _network_policy(labels: dict[str, str], port: int, s3_endpoint: str | None) -> Any:
+def _network_policy(labels: dict[str, str], ports: tuple[int, ...], s3_endpoint: str | None) -> Any:
     egress_ports = [{"protocol": "TCP", "port": 443}, {"protocol": "TCP", "port": 80}]
     if s3_endpoint:
         parsed = urlparse(s3_endpoint)
@@ -721,8 +737,8 @@ def _network_policy(labels: dict[str, str], port: int, s3_endpoint: str | None) 
     return {
         "pod_selector": {"match_labels": labels},
         "policy_types": ["Ingress", "Egress"],
-        # Clients and Prometheus reach the one HTTP port; nothing else is open.
-        "ingress": [{"ports": [{"protocol": "TCP", "port": port}]}],
+        # Clients and Prometheus reach the HTTP and gRPC ports; nothing else is open.
+        "ingress": [{"ports": [{"protocol": "TCP", "port": port} for port in ports]}],
         "egress": [
             {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]},
             # The model store (S3 or the S3-compatible endpoint) and the Pod Identity agent.

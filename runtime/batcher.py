@@ -21,17 +21,19 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed
-from inferstack.runtime.metrics import Metrics
+from inferstack.runtime.metrics import Metrics, ModelStats
 from inferstack.runtime.model import Model
 
 log = logging.getLogger("inferstack.runtime")
 
+#: a request's outputs by name
+Outputs = dict[str, np.ndarray]
 #: done(outputs, error): exactly one of them is None
-Done = Callable[[dict[str, np.ndarray] | None, HTTPError | None], None]
+Done = Callable[[Outputs | None, HTTPError | None], None]
 
 
 class Job:
@@ -54,11 +56,16 @@ _STOP = None
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
 
 
+class _RowsChanged(Exception):
+    """A merged run's output has another row count than its inputs (message: which, one line)."""
+
+
 class Batcher:
     def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0,
-                 follow_wait: float = 0.25) -> None:
+                 follow_wait: float = 0.25, stats: ModelStats | None = None) -> None:
         self.model = model
         self.metrics = metrics
+        self.stats = stats or ModelStats(model.name, model.version)
         self.max_rows = model.max_batch_size
         self.delay = max_queue_delay_s if model.batching else 0.0
         self.follow_wait = follow_wait if model.batching else 0.0
@@ -72,14 +79,14 @@ class Batcher:
         self._staged: list[Job] = []
         self._staged_rows = 0
         self._staged_at = 0.0
-        # finished runs waiting for the event loop: (jobs, outputs, error); appended by the worker
-        self._finished: deque[tuple[list[Job], list[np.ndarray] | None, HTTPError | None]] = deque()
+        # finished runs waiting for the event loop: (jobs, each job's outputs, error); appended by
+        # the worker
+        self._finished: deque[tuple[list[Job], list[Outputs] | None, HTTPError | None]] = deque()
         self._wake_pending = False  # a deliver_finished call is scheduled on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         #: admitted and not yet answered (waiting or running); read and written on the event loop only
         self.pending = 0
-        metrics.watch(self.queue_depth, lambda: self.pending)
 
     def queue_depth(self) -> int:
         """Admitted requests not (yet) in an onnxruntime run (read at scrape time)."""
@@ -133,24 +140,16 @@ class Batcher:
         while finished:
             self._deliver(*finished.popleft())
 
-    def _deliver(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
+    def _deliver(self, jobs: list[Job], results: list[Outputs] | None, error: HTTPError | None) -> None:
         self.pending -= len(jobs)
-        names = self.model.output_names
-        single = len(jobs) == 1
-        start = 0
-        for job in jobs:
-            rows = job.rows
+        for i, job in enumerate(jobs):
             if job.cancelled:
-                start += rows
                 continue
             job.answered = True
-            if error is not None or outputs is None:
+            if error is not None or results is None:
                 job.done(None, error or InternalError("no outputs"))
-            elif single:  # (a merged run is always sliced, even after merging stops)
-                job.done(dict(zip(names, outputs, strict=True)), None)
             else:
-                job.done({n: o[start:start + rows] for n, o in zip(names, outputs, strict=True)}, None)
-            start += rows
+                job.done(results[i], None)
 
     # -- worker thread -----------------------------------------------------------------------
     def _next(self, block: bool, timeout: float | None = None) -> Job | None:
@@ -199,7 +198,7 @@ class Batcher:
             rows += job.rows
         return batch
 
-    def _post(self, jobs: list[Job], outputs: list[np.ndarray] | None, error: HTTPError | None) -> None:
+    def _post(self, jobs: list[Job], outputs: list[Outputs] | None, error: HTTPError | None) -> None:
         assert self._loop is not None
         self._running = 0
         self._finished.append((jobs, outputs, error))
@@ -228,7 +227,7 @@ class Batcher:
         self._execute(jobs, self._post)
         return True
 
-    def _execute(self, jobs: list[Job], answer: Callable[[list[Job], list[np.ndarray] | None,
+    def _execute(self, jobs: list[Job], answer: Callable[[list[Job], list[Outputs] | None,
                                                           HTTPError | None], None]) -> None:
         """One onnxruntime run of ``jobs`` (answered through ``answer``) and its bookkeeping."""
         metrics = self.metrics
@@ -237,41 +236,42 @@ class Batcher:
         metrics.batch_size.observe(len(jobs))
         metrics.batch_rows.observe(rows)
         try:
-            outputs = self._run(jobs)
+            results, times = self._run(jobs)
+        except _RowsChanged as e:
+            # never slice an output that lost or gained rows (a model that filters rows): answer
+            # each request from its own run, and merge no more for this model
+            self._stop_merging(str(e))
+            for job in jobs:
+                try:
+                    one, one_times = self._run([job])
+                except HTTPError as e1:
+                    answer([job], None, e1)
+                    continue
+                answer([job], one, None)
+                self._record([job], job.rows, taken, one_times)
+            return
         except HTTPError as e:
             if len(jobs) > 1:
                 # one request's values may have upset the model: run each alone, so only it fails
                 for job in jobs:
                     try:
-                        answer([job], self._run([job]), None)
+                        one, one_times = self._run([job])
                     except HTTPError as e1:
                         answer([job], None, e1)
+                        continue
+                    answer([job], one, None)
+                    self._record([job], job.rows, taken, one_times)
             else:
                 answer(jobs, None, e)
             return
         except BaseException as e:
             answer(jobs, None, InternalError(f"internal error: {type(e).__name__}: {e}"))
             raise
-        if len(jobs) > 1:
-            bad = self._row_mismatch(outputs, rows)
-            if bad is not None:
-                # never slice an output that lost or gained rows (a model that filters rows):
-                # answer each request from its own run, and merge no more for this model
-                self._stop_merging(bad)
-                for job in jobs:
-                    try:
-                        answer([job], self._run([job]), None)
-                    except HTTPError as e1:
-                        answer([job], None, e1)
-                return
-        computed = time.perf_counter()
-        answer(jobs, outputs, None)  # answer first, then bookkeeping
+        answer(jobs, results, None)  # answer first, then bookkeeping
         self._last_rows = rows
-        self._last_compute = computed - taken
-        metrics.compute_seconds.observe(computed - taken)
-        observe_queue = metrics.queue_seconds.observe
-        for job in jobs:
-            observe_queue(taken - job.enqueued)
+        self._last_compute = times[2] - taken
+        metrics.compute_seconds.observe(times[2] - taken)
+        self._record(jobs, rows, taken, times)
 
     def _row_mismatch(self, outputs: list[np.ndarray], rows: int) -> str | None:
         """None when every output has ``rows`` rows on axis 0; else what is wrong, one line."""
@@ -286,17 +286,47 @@ class Batcher:
         self.delay = self.follow_wait = 0.0
         log.warning("serving without batching from now on: %s (seen in a merged run)", why)
 
-    def _run(self, jobs: list[Job]) -> list[np.ndarray]:
+    def _record(self, jobs: list[Job], rows: int, taken: float,
+                times: tuple[float, float, float, float]) -> None:
+        observe_queue = self.metrics.queue_seconds.observe
+        queue = self.stats.queue
+        for job in jobs:
+            waited = taken - job.enqueued
+            observe_queue(waited)
+            queue.add(waited)
+        start, merged, computed, split = times
+        self.stats.executed(len(jobs), rows, merged - start, computed - merged, split - computed, time.time())
+
+    def _run(self, jobs: list[Job]) -> tuple[list[Outputs], tuple[float, float, float, float]]:
+        """Merge, run, split: each job's outputs, and the times (perf_counter) at the start and
+        after each step."""
+        start = time.perf_counter()
         if len(jobs) == 1:
             feeds = jobs[0].inputs
         else:
             feeds = {name: np.concatenate([j.inputs[name] for j in jobs]) for name in jobs[0].inputs}
+        merged = time.perf_counter()
         try:
-            return self.model.run(feeds)
+            outputs = self.model.run(feeds)
         except Exception as e:
-            return self._failed(e)
+            self._failed(e)
+        computed = time.perf_counter()
+        names = self.model.output_names
+        if len(jobs) == 1:  # (a merged run is always sliced, even after merging stops)
+            results = [dict(zip(names, outputs, strict=True))]
+        else:
+            bad = self._row_mismatch(outputs, sum(j.rows for j in jobs))
+            if bad is not None:
+                raise _RowsChanged(bad)
+            results = []
+            at = 0
+            for job in jobs:
+                end = at + job.rows
+                results.append({n: o[at:end] for n, o in zip(names, outputs, strict=True)})
+                at = end
+        return results, (start, merged, computed, time.perf_counter())
 
-    def _failed(self, e: Exception) -> list[np.ndarray]:
+    def _failed(self, e: Exception) -> NoReturn:
         kind = type(e).__name__
         if kind in ("InvalidArgument", "Fail", "InvalidGraph", "NotImplemented"):
             raise ModelFailed(f"model {self.model.name!r} could not run on this input: {e}") from None

@@ -20,11 +20,21 @@ def _env(flag: str) -> str:
 
 @cli_errors
 def serve(
-    model: Annotated[str, typer.Argument(
-        envvar="INFERSTACK_MODEL", show_default=False, metavar="PATH",
+    model: Annotated[list[str] | None, typer.Argument(
+        envvar="INFERSTACK_MODEL", show_default=False, metavar="PATH...",
         help="Model package directory (with manifest.json), a .onnx file, or a file://, s3:// or https:// "
-        "URI.",
-    )],
+        "URI; several PATHs serve several models (each with its own session and batcher; names must "
+        "be unique).",
+    )] = None,
+    model_repository: Annotated[Path | None, typer.Option(
+        envvar=_env("model-repository"), show_default=False,
+        help="Directory with one model package per subfolder (Triton's repository layout), each served "
+        "under its folder's name.",
+    )] = None,
+    model_control: Annotated[str, typer.Option(
+        envvar=_env("model-control"),
+        help="none, or explicit: the repository API may load, reload and unload models.",
+    )] = "none",
     name: Annotated[str | None, typer.Option(
         envvar=_env("name"), help="Model name on the API. [default: the manifest's name or the file stem]",
     )] = None,
@@ -32,6 +42,9 @@ def serve(
     port: Annotated[int, typer.Option(
         envvar=_env("port"), help="Port to listen on (0: any free port).",
     )] = 8000,
+    grpc_port: Annotated[int, typer.Option(
+        envvar=_env("grpc-port"), help="Port of the gRPC front end (0: any free port).",
+    )] = 8001,
     max_batch_size: Annotated[int | None, typer.Option(
         envvar=_env("max-batch-size"), show_default=False,
         help="Largest merged batch; 0 turns batching off. [default: the manifest's max_batch_size]",
@@ -123,18 +136,32 @@ def serve(
     log_level: Annotated[str, typer.Option(
         envvar=_env("log-level"), help="critical, error, warning, info or debug.",
     )] = "info",
+    log_format: Annotated[str, typer.Option(
+        envvar=_env("log-format"), help="text, or json (one object per line).",
+    )] = "text",
+    access_log: Annotated[bool, typer.Option(
+        "--access-log/--no-access-log", envvar=_env("access-log"),
+        help="Log one line per request: method, path, model, status, bytes, duration (and a 4xx's reason).",
+    )] = False,
 ) -> None:
-    """Serve a model over the Open Inference Protocol (KServe v2) with onnxruntime."""
-    import logging
+    """Serve one or more models over the Open Inference Protocol (KServe v2) with onnxruntime."""
 
     from inferstack.runtime.config import ServerConfig, default_cache_dir, parse_providers, read_token
+    from inferstack.runtime.logs import setup_logging
     from inferstack.runtime.server import run
 
+    paths = list(model or [])
     config = ServerConfig(
-        model=model,
+        model=paths[0] if paths else "",
+        extra_models=tuple(paths[1:]),
+        model_repository=model_repository,
+        model_control=model_control.lower(),
+        access_log=access_log,
+        log_format=log_format.lower(),
         name=name,
         host=host,
         port=port,
+        grpc_port=grpc_port,
         max_batch_size=max_batch_size,
         batch_dim=batch_dim,
         unsafe_force_batching=unsafe_force_batching,
@@ -159,10 +186,7 @@ def serve(
         cache_dir=cache_dir or default_cache_dir(),
         log_level=log_level,
     )
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(config)
     run(config)
 
 

@@ -21,6 +21,8 @@ GPU_PROVIDERS = frozenset(
      "MIGraphXExecutionProvider"}
 )
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+LOG_FORMATS = ("text", "json")
+MODEL_CONTROL_MODES = ("none", "explicit")
 
 
 def setting(flag: str) -> str:
@@ -37,12 +39,27 @@ def default_cache_dir() -> Path:
 class ServerConfig:
     """What ``inferstack serve`` runs with. Defaults are the CLI's defaults."""
 
-    model: str
-    """PATH: a package directory with manifest.json, a .onnx file, or a file://, s3://, https:// URI."""
+    model: str = ""
+    """PATH: a package directory with manifest.json, a .onnx file, or a file://, s3://, https:// URI
+    ("" when only ``model_repository`` is given)."""
     name: str | None = None
-    """Model name on the API; default: the manifest's name, or the .onnx file's stem."""
+    """Model name on the API (one model only); default: the manifest's name, or the .onnx file's stem."""
+    extra_models: tuple[str, ...] = ()
+    """More PATHs served by the same process, each with its own session and batcher."""
+    model_repository: Path | None = None
+    """A directory with one model package per subfolder (Triton's repository layout); each is
+    served under its folder's name."""
+    model_control: str = "none"
+    """``none``: the models given at the start are served until the end; ``explicit``: the
+    repository extension's load and unload are on as well."""
+    access_log: bool = False
+    """One log line per request (method, path, model, status, bytes, duration)."""
+    log_format: str = "text"
+    """``text`` or ``json`` (one JSON object per line) for every log line."""
     host: str = "127.0.0.1"
     port: int = 8000
+    grpc_port: int = 8001
+    """Port of the gRPC front end (0: any free port)."""
     max_batch_size: int | None = None
     """Largest merged batch; default: the manifest's max_batch_size (0 = no batching)."""
     batch_dim: str = "batch"
@@ -96,10 +113,23 @@ class ServerConfig:
         self.validate()
 
     def validate(self) -> None:
-        if not self.model:
-            raise ConfigError("PATH / INFERSTACK_MODEL: no model given")
+        if not self.model and not self.extra_models and self.model_repository is None:
+            raise ConfigError("PATH / INFERSTACK_MODEL: no model given (give PATH ... or --model-repository)")
+        if self.name is not None and len(self.model_uris) > 1:
+            raise ConfigError(f"{setting('name')}: applies to one model; this server is given "
+                              f"{len(self.model_uris)} PATHs (each is served under its manifest's name)")
+        if self.model_control not in MODEL_CONTROL_MODES:
+            raise ConfigError(f"{setting('model-control')}: must be one of {', '.join(MODEL_CONTROL_MODES)}, "
+                              f"got {self.model_control!r}")
+        if self.log_format not in LOG_FORMATS:
+            raise ConfigError(f"{setting('log-format')}: must be one of {', '.join(LOG_FORMATS)}, "
+                              f"got {self.log_format!r}")
+        if self.model_repository is not None and not Path(self.model_repository).is_dir():
+            raise ConfigError(f"{setting('model-repository')}: {self.model_repository} is not a directory")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"{setting('port')}: must be 0..65535, got {self.port}")
+        if not 0 <= self.grpc_port <= 65535:
+            raise ConfigError(f"{setting('grpc-port')}: must be 0..65535, got {self.grpc_port}")
         if self.max_batch_size is not None and self.max_batch_size < 0:
             raise ConfigError(f"{setting('max-batch-size')}: must be >= 0, got {self.max_batch_size}")
         if not self.batch_dim.strip():
@@ -158,6 +188,11 @@ class ServerConfig:
         if self.max_client_buffered_bytes is not None:
             return self.max_client_buffered_bytes
         return max(self.max_body_bytes, self.max_buffered_bytes // 4)
+
+    @property
+    def model_uris(self) -> tuple[str, ...]:
+        """The PATHs given (not the repository's packages)."""
+        return tuple(u for u in (self.model, *self.extra_models) if u)
 
     @property
     def max_queue_delay_s(self) -> float:

@@ -1,5 +1,11 @@
-"""The runtime's errors. Each knows its HTTP status; the server turns any of them into
-``{"error": "<message>"}`` with that status, so a handler only ever raises."""
+"""The runtime's errors. Each knows its HTTP status and its gRPC status code; the HTTP front end
+turns any of them into ``{"error": "<message>"}`` with that status, the gRPC front end into that
+code with the message as details, so a handler only ever raises.
+
+The gRPC codes (names of ``grpc.StatusCode``, kept as strings so this module needs no grpcio)
+follow the usual HTTP mapping: 400 INVALID_ARGUMENT, 401 UNAUTHENTICATED, 404 NOT_FOUND,
+405 UNIMPLEMENTED, 408/504 DEADLINE_EXCEEDED, 413 RESOURCE_EXHAUSTED, 503 UNAVAILABLE (loading,
+draining) or RESOURCE_EXHAUSTED (shedding: queue or buffer full), 500 INTERNAL."""
 
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ class HTTPError(InferstackError):
     """An error answered over HTTP with :attr:`status_code` and ``{"error": message}``."""
 
     status_code = 500
+    #: the gRPC status code's name (``grpc.StatusCode[grpc_code]``)
+    grpc_code = "INTERNAL"
     #: failure reason label for the metrics (``inferstack_request_failures_total{reason=...}``)
     reason = "internal"
     #: extra response headers
@@ -19,22 +27,26 @@ class HTTPError(InferstackError):
 
 
 class BadRequest(HTTPError):
+    grpc_code = "INVALID_ARGUMENT"
     status_code = 400
     reason = "bad_request"
 
 
 class Unauthorized(HTTPError):
+    grpc_code = "UNAUTHENTICATED"
     status_code = 401
     reason = "unauthorized"
     headers = (("www-authenticate", 'Bearer realm="inferstack"'),)
 
 
 class NotFound(HTTPError):
+    grpc_code = "NOT_FOUND"
     status_code = 404
     reason = "not_found"
 
 
 class MethodNotAllowed(HTTPError):
+    grpc_code = "UNIMPLEMENTED"
     status_code = 405
     reason = "method_not_allowed"
 
@@ -44,6 +56,7 @@ class MethodNotAllowed(HTTPError):
 
 
 class PayloadTooLarge(HTTPError):
+    grpc_code = "RESOURCE_EXHAUSTED"
     status_code = 413
     reason = "too_large"
 
@@ -52,6 +65,7 @@ class ModelFailed(HTTPError):
     """onnxruntime rejected an input that passed the signature checks (e.g. an index out of range).
     The message keeps onnxruntime's meaningful text, without its internal source locations."""
 
+    grpc_code = "INVALID_ARGUMENT"
     status_code = 400
     reason = "model_rejected_input"
 
@@ -76,6 +90,7 @@ def ort_message(text: str) -> str:
 
 
 class ServiceUnavailable(HTTPError):
+    grpc_code = "UNAVAILABLE"
     status_code = 503
     reason = "unavailable"
 
@@ -85,12 +100,14 @@ class ServiceUnavailable(HTTPError):
 
 
 class QueueFull(ServiceUnavailable):
+    grpc_code = "RESOURCE_EXHAUSTED"
     reason = "queue_full"
 
 
 class ClientTimeout(HTTPError):
     """The client stopped sending a request (headers or body) for too long."""
 
+    grpc_code = "DEADLINE_EXCEEDED"
     status_code = 408
     reason = "client_timeout"
 
@@ -98,10 +115,12 @@ class ClientTimeout(HTTPError):
 class Overloaded(ServiceUnavailable):
     """The server holds as many request bytes as it may (--max-buffered-bytes)."""
 
+    grpc_code = "RESOURCE_EXHAUSTED"
     reason = "buffer_full"
 
 
 class RequestTimeout(HTTPError):
+    grpc_code = "DEADLINE_EXCEEDED"
     status_code = 504
     reason = "timeout"
 

@@ -18,8 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
 from typing import Protocol
 
@@ -64,6 +65,9 @@ class Handler(Protocol):
     """a coarse clock (the event loop's time, refreshed by the periodic sweep)"""
     shutting_down: bool
     """SIGTERM seen: every answer closes its connection"""
+    log_access: Callable[[Request | None, int, int, bytes | None], None] | None
+    """None, or called after each answer: (the request or None for a malformed one, status,
+    body bytes, the body of an error answer)"""
 
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
         """Called at the end of a request's headers, before any of its body is read or counted:
@@ -78,7 +82,7 @@ class Handler(Protocol):
 
 
 class Request:
-    __slots__ = ("method", "url", "headers", "body", "keep_alive", "error", "started", "size")
+    __slots__ = ("method", "url", "headers", "body", "keep_alive", "error", "started", "size", "arrived")
 
     def __init__(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes,
                  keep_alive: bool, error: HTTPError | None, size: int = 0) -> None:
@@ -90,6 +94,7 @@ class Request:
         self.error = error  # set when the request was refused while reading (e.g. body too large)
         self.started = 0.0
         self.size = size  # body bytes counted in the server's buffer budget
+        self.arrived = 0.0  # (perf_counter) when it was handed to the application; access log only
 
 
 class Connection(asyncio.Protocol):
@@ -107,6 +112,7 @@ class Connection(asyncio.Protocol):
         self._in_queue = False  # _run_queue is on the stack
         self._head_answer = False  # the request being answered is a HEAD: no body in its answer
         self._client = ""  # the peer's address: its share of the body budget
+        self._request: Request | None = None  # the request being answered (for the access log)
         self._in_head = False  # between on_message_begin and on_headers_complete
         self._in_body = False  # between on_headers_complete and on_message_complete
         self._fresh = True  # no request started yet on this connection
@@ -435,6 +441,9 @@ class Connection(asyncio.Protocol):
     # -- answering ---------------------------------------------------------------------------
     def _dispatch(self, request: Request) -> None:
         self.busy = True
+        if self.app.log_access is not None:
+            self._request = request
+            request.arrived = time.perf_counter()
         self._current = request.size
         self._head_answer = request.method == b"HEAD"
         self.app.handle(self, request)
@@ -487,8 +496,9 @@ class Connection(asyncio.Protocol):
             transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
                 status_line, content_type, length, extra))
         elif isinstance(body, bytes):
+            length = len(body)
             transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status_line, content_type, len(body), extra, body))
+                status_line, content_type, length, extra, body))
         else:
             chunks: list[bytes | memoryview] = list(body)
             length = sum(len(c) for c in chunks)
@@ -500,6 +510,11 @@ class Connection(asyncio.Protocol):
                 transport.writelines([head, *chunks])
         self.busy = False
         self._mark = self.app.now
+        log_access = self.app.log_access
+        if log_access is not None:
+            error_body = body if status >= 400 and isinstance(body, bytes) else None
+            log_access(self._request, status, length, error_body)
+            self._request = None
         if not keep_alive:
             self._queue.clear()  # (only after an Upgrade: nothing after it was parsed)
             self._linger_close()

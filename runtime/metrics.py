@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -135,3 +136,87 @@ class _Collector:
 
     def collect(self) -> Iterator[Metric]:
         return self._metrics.families()
+
+
+class Duration:
+    """A count and a total time in nanoseconds (Triton's ``StatisticDuration``)."""
+
+    __slots__ = ("count", "ns")
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.ns = 0
+
+    def add(self, seconds: float, n: int = 1) -> None:
+        self.count += n
+        self.ns += int(seconds * 1e9) * n
+
+    def as_dict(self) -> dict[str, int]:
+        return {"count": self.count, "ns": self.ns}
+
+
+class ModelStats:
+    """One model's statistics in the shape of Triton's statistics extension
+    (``ModelStatistics``): ``inference_count`` counts rows along the batch axis of successful
+    requests, ``execution_count`` onnxruntime runs (several requests merged into one run count once),
+    ``inference_stats`` per request (success and fail: end to end; queue: admitted to picked by
+    the batcher; compute_input: merging the inputs; compute_infer: the onnxruntime run;
+    compute_output: splitting the outputs; a merged run's times count once for each of its
+    requests), ``batch_stats`` per run size in rows. ``last_inference`` is milliseconds since the
+    epoch (0: none yet).
+
+    Writers: success and fail on the event loop; everything else in the batcher's worker thread
+    (one writer each, plain numbers, read at request time like :class:`Metrics`)."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.name = name
+        self.version = version
+        self.success = Duration()
+        self.fail = Duration()
+        self.queue = Duration()
+        self.compute_input = Duration()
+        self.compute_infer = Duration()
+        self.compute_output = Duration()
+        self.inference_count = 0
+        self.execution_count = 0
+        self.last_inference = 0
+        #: rows of a run -> (compute_input, compute_infer, compute_output) per run of that size
+        self.batches: dict[int, tuple[Duration, Duration, Duration]] = {}
+
+    def executed(self, requests: int, rows: int, input_s: float, infer_s: float, output_s: float,
+                 now_s: float) -> None:
+        """One successful onnxruntime run of ``requests`` requests with ``rows`` rows in all."""
+        self.execution_count += 1
+        self.inference_count += rows
+        self.last_inference = int(now_s * 1000)
+        self.compute_input.add(input_s, requests)
+        self.compute_infer.add(infer_s, requests)
+        self.compute_output.add(output_s, requests)
+        batch = self.batches.get(rows)
+        if batch is None:
+            batch = self.batches[rows] = (Duration(), Duration(), Duration())
+        batch[0].add(input_s)
+        batch[1].add(infer_s)
+        batch[2].add(output_s)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "last_inference": self.last_inference,
+            "inference_count": self.inference_count,
+            "execution_count": self.execution_count,
+            "inference_stats": {
+                "success": self.success.as_dict(),
+                "fail": self.fail.as_dict(),
+                "queue": self.queue.as_dict(),
+                "compute_input": self.compute_input.as_dict(),
+                "compute_infer": self.compute_infer.as_dict(),
+                "compute_output": self.compute_output.as_dict(),
+            },
+            "batch_stats": [
+                {"batch_size": rows, "compute_input": b[0].as_dict(), "compute_infer": b[1].as_dict(),
+                 "compute_output": b[2].as_dict()}
+                for rows, b in sorted(dict(self.batches).items())
+            ],
+        }

@@ -243,7 +243,11 @@ def _count(shape: list[int]) -> int:
     return math.prod(shape)
 
 
-def _from_binary(body: bytes, offset: int, nbytes: int, shape: list[int], spec: TensorInfo) -> np.ndarray:
+def _from_binary(body: bytes, offset: int, nbytes: int, shape: list[int], spec: TensorInfo,
+                 size_name: str = "binary_data_size") -> np.ndarray:
+    """Elements of ``shape`` read in place from ``body[offset:offset + nbytes]`` (little-endian,
+    row-major; BYTES: each element a 4-byte length and its bytes). ``size_name`` names the size in
+    errors (the HTTP parameter, or the gRPC field)."""
     dtype: DType = spec.dtype
     count = _count(shape)
     if dtype.v2 == "BYTES":
@@ -251,7 +255,7 @@ def _from_binary(body: bytes, offset: int, nbytes: int, shape: list[int], spec: 
     expected = count * dtype.itemsize
     if nbytes != expected:
         raise BadRequest(
-            f"input {spec.name!r}: binary_data_size is {nbytes} bytes, but shape {_describe(shape)} of "
+            f"input {spec.name!r}: {size_name} is {nbytes} bytes, but shape {_describe(shape)} of "
             f"{dtype.v2} needs {expected}"
         )
     return np.frombuffer(body, dtype=dtype.numpy, count=count, offset=offset).reshape(shape)

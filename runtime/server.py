@@ -1,7 +1,8 @@
-"""The inference server: routes of the Open Inference Protocol, auth, load shedding, timeouts,
-and the lifecycle (listen, load and warm up, ready, drain on SIGTERM, exit 0).
+"""The HTTP front end of the inference server: routes of the Open Inference Protocol over the
+:class:`~inferstack.runtime.dataplane.DataPlane` (models, auth, shedding, timeouts, metrics,
+statistics), and the lifecycle (listen, load and warm up, ready, drain on SIGTERM, exit 0).
 
-Routes::
+Routes (every model route works for each model served)::
 
     GET  /v2                                   server metadata
     GET  /v2/health/live | /v2/health/ready    open even with auth
@@ -10,6 +11,11 @@ Routes::
     GET  /v2/models/{name}[/versions/{v}]/ready
     GET  /v2/models/{name}[/versions/{v}]/config   the Triton model configuration extension
     POST /v2/models/{name}[/versions/{v}]/infer
+    GET  /v2/models/stats                      Triton's statistics extension, every model
+    GET  /v2/models/{name}[/versions/{v}]/stats
+    POST /v2/repository/index                  Triton's model repository extension
+    POST /v2/repository/models/{name}/load     (load and unload: --model-control explicit only)
+    POST /v2/repository/models/{name}/unload
 """
 
 from __future__ import annotations
@@ -17,20 +23,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hmac
 import logging
 import os
 import signal
 import threading
 import time
 import zlib
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 from urllib.parse import unquote
 
-from inferstack.runtime.batcher import Batcher, Job
+import orjson
+from inferstack.runtime.batcher import Batcher
 from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.dataplane import DataPlane, ModelEntry
 from inferstack.runtime.errors import (
     BadRequest,
     ConfigError,
@@ -40,55 +47,35 @@ from inferstack.runtime.errors import (
     NotFound,
     Overloaded,
     PayloadTooLarge,
-    QueueFull,
-    RequestTimeout,
     ServiceUnavailable,
-    Unauthorized,
 )
+from inferstack.runtime.grpc_server import start_grpc
 from inferstack.runtime.http import Connection, Request
+from inferstack.runtime.logs import log_access
 from inferstack.runtime.metrics import CONTENT_TYPE, Metrics
-from inferstack.runtime.model import Model, load_model
+from inferstack.runtime.model import Model
 from inferstack.runtime.protocol import BINARY_CONTENT_TYPE, InferRequest, decode, dumps, encode
-from inferstack.runtime.source import resolve
-
-from inferstack import __version__
 
 log = logging.getLogger("inferstack.runtime")
 
 _OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 _OPEN_RAW = frozenset(p.encode() for p in _OPEN_PATHS)
-_EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics_none"]
-_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 #: memory a JSON body's decoding may take per byte of JSON (orjson's Python objects, then the numpy
 #: arrays: a 64 MiB body of FP32 "0," values peaks at 16x), counted in --max-buffered-bytes
 JSON_DECODED_PER_BYTE = 16
 #: ... per BYTES element (a Python string, its slot in an object array and onnxruntime's copy, in
 #: and out: 1,048,576 two-byte elements peak at about 210 bytes each)
 BYTES_DECODED_PER_ELEMENT = 256
-#: bodies larger than this (and every compressed body, and every body of a model with a BYTES
-#: input) are decoded off the event loop; answers larger than this (and every answer with a BYTES
-#: output) are encoded off it: per-element work must not stall health checks
-_INLINE_DECODE_BYTES = 1 << 20
-
-
-def _status_outcome(status: int) -> str:
-    if status < 400:
-        return "success"
-    if status == 503:
-        return "rejected"
-    if status == 504:
-        return "timeout"
-    if status < 500:
-        return "client_error"
-    return "error"
 
 
 class App:
-    """Answers parsed requests for one model. ``model`` is None until loaded."""
+    """The HTTP front end: answers parsed requests from the :class:`DataPlane`'s models."""
 
-    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None,
+                 plane: DataPlane | None = None) -> None:
         self.config = config
-        self.metrics = metrics or Metrics()
+        self.plane = plane or DataPlane(config, metrics)
+        self.metrics = self.plane.metrics
         self.max_body_bytes = config.max_body_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
         self.max_client_buffered_bytes = config.client_buffered_bytes
@@ -97,24 +84,40 @@ class App:
         self.shutting_down = False  # SIGTERM seen: every answer carries Connection: close
         self.drain_deadline = 0.0  # (monotonic) idle connections are closed from then on
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
-        self.model: Model | None = None
-        self.batcher: Batcher | None = None
-        self.ready = False
-        self.stopping = False  # SIGTERM seen: not ready, still serving (--drain-delay-s)
         self.draining = False
         self.connections: set[Connection] = set()
-        self._token = config.auth_token.encode() if config.auth_token else None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._infer_paths: dict[str, str] = {}
-        self._watch: deque[tuple[Job, Connection, Request]] = deque()
-        self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
-        self._outcomes = self.metrics.outcome
-        self._observe_request = self.metrics.request_seconds.observe
-        self._decoder: ThreadPoolExecutor | None = None
-        self._bytes_in = self._bytes_out = False  # the model has a BYTES input / output
+        self._infer_paths: dict[str, ModelEntry] = {}
+        self.plane.on_change.append(self._routes)
         self._clock_loop: asyncio.AbstractEventLoop | None = None
         timeouts = (config.header_timeout_s, config.body_timeout_s, config.idle_timeout_s)
         self._tick_every = max(0.05, min(1.0, min(timeouts) / 4))
+        self.log_access: Callable[[Request | None, int, int, bytes | None], None] | None = (
+            self._log_access if config.access_log else None)
+
+    def _log_access(self, request: Request | None, status: int, size: int, error_body: bytes | None) -> None:
+        """One access line (see :mod:`inferstack.runtime.logs`)."""
+        reason = None
+        if error_body is not None:
+            try:
+                reason = str(orjson.loads(error_body).get("error"))
+            except (orjson.JSONDecodeError, AttributeError):
+                reason = "-"
+        if request is None:  # a malformed request: nothing of it is known
+            log_access("-", "-", "-", status, size, 0.0, reason)
+            return
+        raw = request.url
+        q = raw.find(b"?")
+        path = (raw if q < 0 else raw[:q]).decode("latin-1")
+        parts = path.split("/")
+        model = "-"
+        if len(parts) > 3 and parts[1] == "v2" and parts[2] in ("models", "repository") and parts[3]:
+            if parts[2] == "models" and parts[3] != "stats":
+                model = unquote(parts[3])
+            elif parts[2] == "repository" and len(parts) > 4 and parts[3] == "models":
+                model = unquote(parts[4])
+        took = time.perf_counter() - request.arrived if request.arrived else 0.0
+        log_access(request.method.decode("latin-1"), path, model, status, size, took, reason)
 
     def start_clock(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the periodic sweep over connections (header, body and idle timeouts): one timer
@@ -134,23 +137,27 @@ class App:
         if loop is not None and not loop.is_closed():
             loop.call_later(self._tick_every, self._tick)
 
-    @property
-    def serving_ready(self) -> bool:
-        return self.ready and not self.stopping and not self.draining
+    def _routes(self) -> None:
+        self._infer_paths = {p: e for e in self.plane.models.values() for p in e.infer_paths}
 
     # -- lifecycle hooks ---------------------------------------------------------------------
-    def attach(self, model: Model, loop: asyncio.AbstractEventLoop) -> None:
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind to the event loop every call comes from (before models are added)."""
         self._loop = loop
-        self.model = model
-        self.batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait)
-        self.batcher.start(loop)
-        loop.call_later(self._sweep_every, self._sweep)
-        base = f"/v2/models/{model.name}"
-        versioned = f"{base}/versions/{model.version}"
-        self._infer_paths = {f"{base}/infer": model.name, f"{versioned}/infer": model.name}
-        self._bytes_in = any(t.dtype.v2 == "BYTES" for t in model.inputs)
-        self._bytes_out = any(t.dtype.v2 == "BYTES" for t in model.outputs)
-        self.ready = True
+        self.plane.start(loop)
+
+    def attach(self, model: Model, loop: asyncio.AbstractEventLoop, source: str = "") -> None:
+        """Serve ``model`` and turn ready (one model loaded outside :class:`Server`)."""
+        if self._loop is None:
+            self.start(loop)
+        self.plane.add(model, source)
+        self.plane.loaded = True
+
+    @property
+    def batcher(self) -> Batcher | None:
+        """The batcher of the only model (None when none or several are served)."""
+        models = list(self.plane.models.values())
+        return models[0].batcher if len(models) == 1 else None
 
     def connection_opened(self, conn: Connection) -> None:
         self.connections.add(conn)
@@ -163,22 +170,17 @@ class App:
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
         """At the end of a request's headers, before its body is read: auth (all but the open
         paths). An error refuses the request without reading its body."""
-        if self._token is None:
+        plane = self.plane
+        if not plane.auth:
             return None
         q = url.find(b"?")
         if (url if q < 0 else url[:q]) in _OPEN_RAW:
             return None
-        header = headers.get(b"authorization", b"")
-        scheme, _, token = header.partition(b" ")
-        if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), self._token):
-            return Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
-        return None
+        return plane.check_auth(headers.get(b"authorization"))
 
     # -- dispatch ----------------------------------------------------------------------------
     def handle(self, conn: Connection, request: Request) -> None:
-        batcher = self.batcher
-        if batcher is not None and batcher.has_finished:  # answers first: they free queue places
-            batcher.deliver_finished()
+        self.plane.deliver_finished()  # answers first: they free queue places
         try:
             raw = request.url
             q = raw.find(b"?")
@@ -190,10 +192,11 @@ class App:
                 # the request, in a reference cycle)
                 self._refuse(conn, request.error, request)
                 return
-            if path in self._infer_paths:  # the hot path first (auth: admit, at the headers)
+            entry = self._infer_paths.get(path)
+            if entry is not None:  # the hot path first (auth: admit, at the headers)
                 if request.method != b"POST":
                     raise MethodNotAllowed(f"{request.method.decode('latin-1')} {path}: use POST", "POST")
-                self._infer(conn, request)
+                self._infer(conn, request, entry)
                 return
             self._route(conn, request, path)
         except HTTPError as e:
@@ -202,15 +205,15 @@ class App:
             log.exception("error while answering %r", request.url)
             self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
 
-    def _refuse(self, conn: Connection, error: HTTPError, request: Request) -> None:
+    def _refuse(self, conn: Connection, error: HTTPError, request: Request,
+                entry: ModelEntry | None = None) -> None:
         written = conn.respond_error(error, keep_alive=request.keep_alive)
         if request.started:  # an infer request: count it
-            self._outcomes[_status_outcome(error.status_code) if written else "disconnected"].inc()
-            self.metrics.failure(error.reason)
-            self._observe_request(time.perf_counter() - request.started)
+            self.plane.finish(entry, request.started, error, written)
 
     def _route(self, conn: Connection, request: Request, path: str) -> None:
         method = request.method
+        plane = self.plane
         if path in _OPEN_PATHS:
             self._require_get(method, path)
             if path == "/metrics":
@@ -221,14 +224,20 @@ class App:
             if path == "/v2/health/live":
                 conn.respond(200, b'{"live":true}', keep_alive=request.keep_alive)
                 return
-            ok = self.serving_ready
+            ok = plane.server_ready
             conn.respond(200 if ok else 503, b'{"ready":true}' if ok else self._not_ready(),
                          keep_alive=request.keep_alive)
             return
         if path in ("/v2", "/v2/"):
             self._require_get(method, path)
-            body = {"name": "inferstack", "version": __version__, "extensions": _EXTENSIONS}
-            conn.respond(200, dumps(body), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.server_metadata()), keep_alive=request.keep_alive)
+            return
+        if path == "/v2/models/stats":
+            self._require_get(method, path)
+            conn.respond(200, dumps(plane.statistics()), keep_alive=request.keep_alive)
+            return
+        if path.startswith("/v2/repository/"):
+            self._repository(conn, request, path)
             return
         parts = path.split("/")
         # ["", "v2", "models", name, ("versions", v,)? (action)?]
@@ -241,129 +250,107 @@ class App:
             version = unquote(rest[1])
             rest = rest[2:]
         action = rest[0] if rest else ""
-        if len(rest) > 1 or action not in ("", "ready", "config", "infer"):
+        if len(rest) > 1 or action not in ("", "ready", "config", "infer", "stats"):
             raise NotFound(f"no route for {method.decode('latin-1')} {path}")
-        model = self._model(name, version)
+        entry = plane.entry(name, version)
         if action == "infer":
             if method != b"POST":
                 raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use POST", "POST")
-            self._infer(conn, request)
+            self._infer(conn, request, entry)
             return
         self._require_get(method, path)
         if action == "ready":
-            ok = self.serving_ready
-            conn.respond(200 if ok else 503, dumps({"name": model.name, "ready": True}) if ok
+            ok = plane.model_ready(name, version)
+            conn.respond(200 if ok else 503, dumps({"name": entry.name, "ready": True}) if ok
                          else self._not_ready(), keep_alive=request.keep_alive)
         elif action == "config":
-            conn.respond(200, dumps(self._config(model)), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.model_config(entry)), keep_alive=request.keep_alive)
+        elif action == "stats":
+            conn.respond(200, dumps(plane.statistics(name, version)), keep_alive=request.keep_alive)
         else:
-            conn.respond(200, dumps(self._metadata(model)), keep_alive=request.keep_alive)
+            conn.respond(200, dumps(plane.model_metadata(entry)), keep_alive=request.keep_alive)
+
+    def _repository(self, conn: Connection, request: Request, path: str) -> None:
+        """POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload."""
+        method = request.method
+        parts = path.split("/")  # ["", "v2", "repository", ...]
+        if method != b"POST":
+            raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use POST", "POST")
+        options = _json_object(request.body, path)
+        plane = self.plane
+        if parts[3:] == ["index"]:
+            ready = options.get("ready", False)
+            if not isinstance(ready, bool):
+                raise BadRequest(f"{path}: 'ready' must be true or false")
+            conn.respond(200, dumps(plane.repository_index(ready)), keep_alive=request.keep_alive)
+            return
+        if len(parts) != 6 or parts[3] != "models" or not parts[4] or parts[5] not in ("load", "unload"):
+            raise NotFound(f"no route for POST {path}")
+        plane.require_model_control()
+        name = unquote(parts[4])
+        params = options.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise BadRequest(f"{path}: 'parameters' must be a JSON object")
+        work = plane.load(name, params) if parts[5] == "load" else plane.unload(name)
+        keep_alive = request.keep_alive
+        task = asyncio.get_running_loop().create_task(work)
+
+        def answered(t: asyncio.Task[None]) -> None:
+            if t.cancelled():
+                conn.respond_error(ServiceUnavailable("the server is stopping"), keep_alive=keep_alive)
+                return
+            error = t.exception()
+            if error is None:
+                conn.respond(200, b"{}", keep_alive=keep_alive)
+            elif isinstance(error, HTTPError):
+                conn.respond_error(error, keep_alive=keep_alive)
+            else:
+                log.error("error in %s", path, exc_info=error)
+                conn.respond_error(InternalError(f"internal error: {type(error).__name__}: {error}"),
+                                   keep_alive=keep_alive)
+
+        task.add_done_callback(answered)
 
     def _not_ready(self) -> bytes:
-        why = "draining" if self.stopping or self.draining else "the model is still loading"
-        return dumps({"error": f"not ready: {why}"})
+        return dumps({"error": f"not ready: {self.plane.not_ready_reason()}"})
 
     @staticmethod
     def _require_get(method: bytes, path: str) -> None:
         if method != b"GET" and method != b"HEAD":  # HEAD: the GET answer's headers (http.Connection)
             raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET, HEAD")
 
-    def _model(self, name: str, version: str | None) -> Model:
-        model = self.model
-        if model is None:
-            raise ServiceUnavailable("the model is still loading")
-        if name != model.name:
-            raise NotFound(f"unknown model {name!r}; this server serves {model.name!r}")
-        if version is not None and version != model.version:
-            raise NotFound(f"model {name!r} has no version {version!r}; available: {model.version!r}")
-        return model
-
-    # -- metadata ----------------------------------------------------------------------------
-    @staticmethod
-    def _metadata(model: Model) -> dict[str, Any]:
-        return {
-            "name": model.name,
-            "versions": [model.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [t.as_metadata() for t in model.inputs],
-            "outputs": [t.as_metadata() for t in model.outputs],
-        }
-
-    def _config(self, model: Model) -> dict[str, Any]:
-        """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
-        with batching, ``dims`` leave out the batch axis."""
-
-        def tensors(infos: list[Any]) -> list[dict[str, Any]]:
-            return [
-                {
-                    "name": t.name,
-                    "data_type": _TRITON_TYPES.get(t.dtype.v2, f"TYPE_{t.dtype.v2}"),
-                    "dims": list(t.shape[1:] if model.batching else t.shape),
-                }
-                for t in infos
-            ]
-
-        config: dict[str, Any] = {
-            "name": model.name,
-            "platform": "onnxruntime_onnx",
-            "backend": "onnxruntime",
-            "version_policy": {"latest": {"num_versions": 1}},
-            "max_batch_size": model.max_batch_size,
-            "input": tensors(model.inputs),
-            "output": tensors(model.outputs),
-            "instance_group": [
-                {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
-            ],
-            "parameters": {
-                "execution_providers": {"string_value": ",".join(model.providers)},
-                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
-                "batch_check": {"string_value": model.batch_decision},
-                "batch_dim": {"string_value": self.config.batch_dim},
-            },
-        }
-        if model.batching:
-            config["dynamic_batching"] = {
-                "max_queue_delay_microseconds": self.config.max_queue_delay_us,
-                "preferred_batch_size": [],
-            }
-        return config
-
     # -- inference ---------------------------------------------------------------------------
-    def _infer(self, conn: Connection, request: Request) -> None:
-        model = self.model
-        batcher = self.batcher
-        if model is None or batcher is None or not self.ready:
-            raise ServiceUnavailable("the model is still loading")
-        if batcher.pending >= self.config.max_queue_size:
-            raise QueueFull(
-                f"the queue is full ({batcher.pending} requests; --max-queue-size / "
-                f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
-            )
-        header_length = _header_length(request.headers)
-        encoding = request.headers.get(b"content-encoding")
-        if len(request.body) <= _INLINE_DECODE_BYTES and (encoding is None or encoding == b"identity") \
-                and not self._bytes_in:
-            self._submit(conn, request, model, batcher,
-                         decode(request.body, header_length, model, self.config.max_bytes_elements))
+    def _infer(self, conn: Connection, request: Request, entry: ModelEntry) -> None:
+        try:
+            self.plane.admit(entry)
+            header_length = _header_length(request.headers)
+            encoding = request.headers.get(b"content-encoding")
+            if (encoding is None or encoding == b"identity") and not entry.decode_off_loop(len(request.body)):
+                infer = decode(request.body, header_length, entry.model, self.config.max_bytes_elements)
+                self._submit(conn, request, entry, infer)
+                return
+            self._hold_decoded(conn, request, header_length, entry)
+        except HTTPError as e:
+            self._refuse(conn, e, request, entry)
             return
-        self._hold_decoded(conn, request, header_length)
         # a large or compressed body, or BYTES elements: parse it in a thread, so the event loop
         # keeps answering (health checks, small requests) meanwhile
-        future = self._worker().submit(self._decode_body, request, header_length, model)
+        future = self.plane.worker().submit(self._decode_body, request, header_length, entry.model)
         loop = self._loop
         assert loop is not None
         future.add_done_callback(
-            lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, model, batcher)
+            lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, entry)
         )
 
-    def _hold_decoded(self, conn: Connection, request: Request, header_length: int | None) -> None:
+    def _hold_decoded(self, conn: Connection, request: Request, header_length: int | None,
+                      entry: ModelEntry) -> None:
         """Count what the body will decode into in --max-buffered-bytes, beyond the body itself:
         JSON_DECODED_PER_BYTE per byte of JSON, BYTES_DECODED_PER_ELEMENT per BYTES element the
         binary part can hold (one per 4 bytes, at most --max-bytes-elements). A compressed body is
         counted at its compressed size (its decompressed size is bounded by --max-body-bytes)."""
         size = len(request.body)
         json_bytes = size if header_length is None else min(header_length, size)
-        elements = min((size - json_bytes) // 4, self.config.max_bytes_elements) if self._bytes_in else 0
+        elements = min((size - json_bytes) // 4, self.config.max_bytes_elements) if entry.bytes_in else 0
         need = json_bytes * JSON_DECODED_PER_BYTE + elements * BYTES_DECODED_PER_ELEMENT
         budget = self.max_buffered_bytes
         if need > budget - size:
@@ -378,44 +365,40 @@ class App:
                 f"(--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES is {budget}); retry later"
             )
 
-    def _worker(self) -> ThreadPoolExecutor:
-        if self._decoder is None:
-            self._decoder = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
-        return self._decoder
-
     def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
         return decode(self._body(request), header_length, model, self.config.max_bytes_elements)
 
-    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request, model: Model,
-                 batcher: Batcher) -> None:
+    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request,
+                 entry: ModelEntry) -> None:
         # The error is taken, not raised again: raising it here would add this frame (which holds
         # the future, which holds the error) to its traceback, a reference cycle that keeps the
         # request and the decoder's frames (a decompressed body) alive until the collector runs.
         error = future.exception()
         if error is None:
-            self._submit(conn, request, model, batcher, future.result())
+            self._submit(conn, request, entry, future.result())
             return
         if isinstance(error, HTTPError):
             error.__traceback__ = None  # the decoder's frames go now
-            self._refuse(conn, error, request)
+            self._refuse(conn, error, request, entry)
             return
         log.error("error while decoding %r", request.url, exc_info=error)
         error.__traceback__ = None
-        self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request)
+        self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request, entry)
 
-    def _submit(self, conn: Connection, request: Request, model: Model, batcher: Batcher,
-                infer: InferRequest) -> None:
+    def _submit(self, conn: Connection, request: Request, entry: ModelEntry, infer: InferRequest) -> None:
         keep_alive = request.keep_alive
+        plane = self.plane
 
         def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
             if error is not None or outputs is None:
-                self._refuse(conn, error or InternalError("no outputs"), request)
+                self._refuse(conn, error or InternalError("no outputs"), request, entry)
                 return
-            if self._bytes_out or sum(o.nbytes for o in outputs.values()) > _INLINE_DECODE_BYTES:
+            model = entry.model
+            if entry.encode_off_loop(outputs):
                 # per-element work (strings, a large JSON answer) in a thread; written on the loop
                 loop = self._loop
                 assert loop is not None
-                future = self._worker().submit(encode, model, infer, outputs)
+                future = plane.worker().submit(encode, model, infer, outputs)
                 future.add_done_callback(lambda f: loop.call_soon_threadsafe(encoded, f))
                 return
             try:
@@ -427,7 +410,7 @@ class App:
 
         def encoded(future: Future[tuple[bytes, list[bytes | memoryview], int | None]]) -> None:
             if future.cancelled():  # the process is stopping
-                self._refuse(conn, ServiceUnavailable("the server is shutting down"), request)
+                self._refuse(conn, ServiceUnavailable("the server is shutting down"), request, entry)
                 return
             error = future.exception()  # taken, not raised: no cycle through this frame
             if error is not None:
@@ -438,44 +421,16 @@ class App:
 
         def failed(e: BaseException) -> None:
             if isinstance(e, HTTPError):  # an answer the protocol cannot carry (inf in JSON)
-                self._refuse(conn, e, request)
+                self._refuse(conn, e, request, entry)
                 return
             log.error("error while encoding a response: %s: %s", type(e).__name__, e)
-            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
+            self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request, entry)
 
         def write(answer: tuple[bytes, list[bytes | memoryview], int | None]) -> None:
-            if self._write(conn, *answer, keep_alive):
-                self._outcomes["success"].inc()
-            else:  # the client left before its answer
-                self._outcomes["disconnected"].inc()
-                self.metrics.failure("disconnected")
-            self._observe_request(time.perf_counter() - request.started)
+            written = self._write(conn, *answer, keep_alive)  # False: the client left before its answer
+            plane.finish(entry, request.started, None, written)
 
-        job = Job(infer.inputs, infer.rows, infer.key, done)
-        job.deadline = request.started + self.config.request_timeout_s
-        self._watch.append((job, conn, request))
-        batcher.submit(job)
-
-    def _sweep(self) -> None:
-        """Answer 504 for requests past their deadline. All requests share one timeout, so the
-        deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
-        than one timer per request)."""
-        watch = self._watch
-        now = time.perf_counter()
-        while watch:
-            job, conn, request = watch[0]
-            if job.answered:
-                watch.popleft()
-                continue
-            if job.deadline > now:
-                break
-            watch.popleft()
-            job.cancelled = True
-            self._refuse(conn, RequestTimeout(
-                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
-                "INFERSTACK_REQUEST_TIMEOUT_S)"), request)
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_later(self._sweep_every, self._sweep)
+        plane.submit(entry, infer, request.started, done)
 
     def _body(self, request: Request) -> bytes:
         body = request.body
@@ -519,17 +474,29 @@ class App:
         --drain-timeout-s (closed by _tick)."""
         self.shutting_down = True
         self.draining = True
+        self.plane.begin_drain()
         self.drain_deadline = time.monotonic() + self.config.drain_timeout_s
         for conn in list(self.connections):
             conn.shutdown()
 
     def stop_decoding(self) -> None:
-        if self._decoder is not None:
-            self._decoder.shutdown(wait=False, cancel_futures=True)
+        self.plane.stop_worker()
 
     def idle(self) -> bool:
-        pending = self.batcher.pending if self.batcher else 0
-        return pending == 0 and not self.connections
+        return self.plane.idle() and not self.connections
+
+
+def _json_object(body: bytes, where: str) -> dict[str, Any]:
+    """An optional JSON object body (empty: ``{}``)."""
+    if not body.strip():
+        return {}
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise BadRequest(f"{where}: request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise BadRequest(f"{where}: request body must be a JSON object")
+    return doc
 
 
 def _header_length(headers: dict[bytes, bytes]) -> int | None:
@@ -550,6 +517,7 @@ class Server:
         self.config = config
         self.app = App(config, metrics)
         self.port: int | None = None
+        self.grpc_port: int | None = None
         self._stop: asyncio.Event | None = None
 
     def request_stop(self) -> None:
@@ -561,8 +529,9 @@ class Server:
         app = self.app
         app.shutting_down = True  # from now on every answer carries Connection: close
         delay = self.config.drain_delay_s
-        if delay > 0 and app.ready and not app.stopping:
-            app.stopping = True
+        plane = app.plane
+        if delay > 0 and plane.loaded and not plane.stopping:
+            plane.stopping = True
             log.info("stopping: not ready; still serving for %gs (--drain-delay-s), then draining", delay)
             asyncio.get_running_loop().call_later(delay, self._stop_now)
             return
@@ -586,25 +555,42 @@ class Server:
                 f"--host / --port: cannot listen on {config.host}:{config.port}: {e.strerror or e}"
             ) from None
         self.port = listener.sockets[0].getsockname()[1]
+        try:
+            grpc_server, self.grpc_port = await start_grpc(self.app.plane, config.host, config.grpc_port)
+        except ConfigError:
+            listener.close()
+            raise
         self.app.start_clock(loop)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread
                 loop.add_signal_handler(sig, self.request_stop)
-        log.info("listening on http://%s:%d; loading %s", config.host, self.port, config.model)
+        plane = self.app.plane
         try:
-            model = await self._load(loop)
-            if model is None:  # stopped while loading
+            sources = plane.startup_sources()
+            log.info("listening on http://%s:%d and grpc %s:%d; loading %s", config.host, self.port,
+                     config.host, self.grpc_port,
+                     ", ".join(uri for uri, _ in sources) or "no model (--model-control explicit)")
+            self.app.start(loop)
+            loaded = await self._load(loop, sources)
+            if loaded is None:  # stopped while loading
                 return
-            self.app.attach(model, loop)
+            for model, uri in loaded:
+                plane.known[model.name] = uri
+                plane.add(model, uri)
+            plane.loaded = True
             # Everything loaded so far lives as long as the process: keep it out of the cyclic
             # garbage collector's scans, and collect young objects less often (requests make few cycles).
             gc.collect()
             gc.freeze()
             gc.set_threshold(10_000, 10, 10)
-            where = ", ".join(model.providers)
-            batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
-            log.info("ready: model %s on http://%s:%d (%s; %s)", model.name, config.host, self.port,
-                     batching, where)
+            for model, _ in loaded:
+                where = ", ".join(model.providers)
+                batching = f"max batch {model.max_batch_size}" if model.batching else "no batching"
+                log.info("ready: model %s on http://%s:%d and grpc %s:%d (%s; %s)", model.name, config.host,
+                         self.port, config.host, self.grpc_port, batching, where)
+            if not loaded:
+                log.info("ready: no model loaded yet on http://%s:%d and grpc %s:%d (load one through the "
+                         "repository API)", config.host, self.port, config.host, self.grpc_port)
             await self._stop.wait()
             # Closing a listening socket resets the connections the kernel has completed but the
             # server not yet accepted, whose clients may have written a request already. So first
@@ -613,25 +599,28 @@ class Server:
             if _drop_new_connections(listener.sockets[0]):
                 await asyncio.sleep(0.05)
             listener.close()
+            # gRPC: no new calls; those in flight finish (within the request timeout)
+            grpc_stopped = asyncio.ensure_future(grpc_server.stop(self._grace()))
             await self._drain()
+            await grpc_stopped
         finally:
             listener.close()
-            if self.app.batcher is not None:
-                self.app.batcher.stop()
+            await grpc_server.stop(0)
+            plane.stop()
             self.app.stop_decoding()
             for conn in list(self.app.connections):
                 conn.close()
         log.info("stopped")
 
-    async def _load(self, loop: asyncio.AbstractEventLoop) -> Model | None:
+    async def _load(self, loop: asyncio.AbstractEventLoop,
+                    sources: list[tuple[str, str | None]]) -> list[tuple[Model, str]] | None:
         """Resolve, verify, load and warm up in a daemon thread, so that /v2/health/live answers
         meanwhile and a SIGTERM during a long download still exits at once."""
-        done: asyncio.Future[Model] = loop.create_future()
+        done: asyncio.Future[list[tuple[Model, str]]] = loop.create_future()
 
         def work() -> None:
             try:
-                source = resolve(self.config.model, self.config.cache_dir)
-                result = load_model(source, self.config)
+                result = self.app.plane.load_all_blocking(sources)
             except BaseException as e:  # handed to the event loop, raised there
                 loop.call_soon_threadsafe(_settle, done, None, e)
                 return
@@ -640,11 +629,15 @@ class Server:
         threading.Thread(target=work, name="inferstack-load", daemon=True).start()
         assert self._stop is not None
         stop = asyncio.ensure_future(self._stop.wait())
-        await asyncio.wait([done, stop], return_when=asyncio.FIRST_COMPLETED)
+        waiters: list[asyncio.Future[Any]] = [done, stop]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         if not done.done():
             return None
         stop.cancel()
         return done.result()
+
+    def _grace(self) -> float:
+        return max(self.config.drain_timeout_s, self.config.request_timeout_s) + 5
 
     async def _drain(self) -> None:
         app = self.app
@@ -692,7 +685,7 @@ def _drop_new_connections(sock: Any) -> bool:
     return True
 
 
-def _settle(future: asyncio.Future[Model], result: Model | None, error: BaseException | None) -> None:
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
     if future.done():
         return
     if error is not None:

@@ -180,3 +180,40 @@ def test_cli_rejects_an_unknown_model() -> None:
     )
     assert proc.returncode == 1
     assert "--models: unknown resnet9000" in proc.stdout + proc.stderr
+
+
+def test_inferstack_grpc_is_measured_with_h2load_and_refusals_count_as_errors(
+    package: Path, tmp_path: Path
+) -> None:
+    from inferstack.bench import grpc_load
+
+    if grpc_load.available():
+        pytest.skip(str(grpc_load.available()))
+    cfg = _config(tmp_path)
+    cfg.concurrency = [4]
+    x = SPEC.request_array()
+    bodies = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")
+
+    setups = measure_server("inferstack", ["binary", "grpc"], package, SPEC, bodies, x @ W, cfg, print)
+
+    result = setups["inferstack-grpc"]
+    assert result["status"] == "ok", result
+    point = result["points"]["4"]
+    (run,) = point["repeats"]
+    assert run["errors"] == 0 and run["ok"] == run["requests"] > 50, run
+    assert point["throughput"] > 50 and 0 < point["p50_us"] <= point["p99_us"]
+    # every call went through the batcher: the server's counters moved by as many calls
+    assert point["batching"]["batches"] >= 1
+
+    # a call the server refuses (unknown model) brings no answer: an error, not a success
+    how = launch("inferstack", package, "tiny", cfg.server, cfg.venvs_dir)
+    assert how.grpc_address is not None
+    with Server(how.argv, how.base_url, tmp_path / "grpc.log", ready_path=how.ready_path("tiny")) as server:
+        server.start(timeout_s=60)
+        good = grpc_load.request_message("tiny", "x", x, "logits")
+        size = grpc_load.check(how.grpc_address, good, "logits", x @ W)
+        with pytest.raises(ValueError, match="wrong result"):
+            grpc_load.check(how.grpc_address, good, "logits", x @ W + 1)
+        bad = grpc_load.request_message("nope", "x", x, "logits")
+        refused = grpc_load.run(how.grpc_address, bad, size, 2, 1, core=cfg.client_core)
+    assert refused["requests"] > 0 and refused["errors"] == refused["requests"] and refused["throughput"] == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,5 +22,11 @@ def tiny_package() -> Path:
 
 @pytest.fixture(autouse=True)
 def _fresh_pulumi() -> Iterator[None]:
+    # Pulumi's mocks run on the main thread's current event loop; an asyncio.run() in an earlier
+    # module (the runtime's tests, when run in the same process) leaves none set
+    try:
+        asyncio.get_event_loop_policy().get_event_loop()
+    except RuntimeError:
+        asyncio.set_event_loop(asyncio.new_event_loop())
     yield
     pulumi.runtime.set_all_config({})

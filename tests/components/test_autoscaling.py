@@ -127,6 +127,12 @@ def test_min_zero_in_cluster_routes_the_models_service_name_to_the_interceptor()
     # clients in the model's namespace call http://tiny:8000: the interceptor must route that Host too
     assert {"tiny", "tiny.tiny", "tiny.tiny.svc", "tiny.tiny.svc.cluster.local"} <= set(hosts), hosts
     assert p.outputs["endpointUrl"] == "http://tiny.tiny.svc.cluster.local:8000"
+    # the interceptor proxies HTTP only: no grpc port at zero; the backend Service carries both
+    assert [port["name"] for port in svc.inputs["spec"]["ports"]] == ["http"], svc.urn
+    target = p.one(HTTP_SCALED_OBJECT).inputs["spec"]["scaleTargetRef"]["service"]
+    backend = next(s for s in p.of_type(SERVICE) if s.inputs["metadata"]["name"] == target)
+    assert [(port["name"], port.get("appProtocol")) for port in backend.inputs["spec"]["ports"]] == [
+        ("http", None), ("grpc", "kubernetes.io/h2c")], backend.urn
 
 
 def _owners(p: Program) -> dict[tuple[str, str, str], str]:

@@ -135,7 +135,24 @@ def test_pdb_and_network_policy() -> None:
     np = p.one("kubernetes:networking.k8s.io/v1:NetworkPolicy")
     assert np.inputs["spec"]["podSelector"]["matchLabels"] == labels, np.urn
     assert np.inputs["spec"]["policyTypes"] == ["Ingress", "Egress"], np.urn
-    assert np.inputs["spec"]["ingress"] == [{"ports": [{"protocol": "TCP", "port": 8000}]}], np.urn
+    assert np.inputs["spec"]["ingress"] == [
+        {"ports": [{"protocol": "TCP", "port": 8000}, {"protocol": "TCP", "port": 8001}]}], np.urn
+
+
+def test_both_protocols_have_a_container_and_service_port_and_probes_stay_on_http() -> None:
+    p = run_program(lambda: _svc(grpc_port=9001))
+    c = container(p)
+    assert c["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"},
+                          {"name": "grpc", "containerPort": 9001, "protocol": "TCP"}], c
+    assert {"name": "INFERSTACK_GRPC_PORT", "value": "9001"} in c["env"]
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert c[probe]["httpGet"]["port"] == "http", probe
+    svc = p.one("kubernetes:core/v1:Service")
+    assert svc.inputs["spec"]["ports"] == [
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP"},
+        {"name": "grpc", "port": 9001, "targetPort": "grpc", "protocol": "TCP",
+         "appProtocol": "kubernetes.io/h2c"},
+    ], svc.urn
 
 
 @pytest.mark.parametrize(
@@ -311,6 +328,8 @@ def test_every_child_is_parented_and_named_after_the_component() -> None:
         ({"backend_service": "Backend_1", "external_name": "x"}, "backend_service"),
         ({"backend_service": "tiny-backend"}, "backend_service/external_name"),
         ({"port": 80}, "port"),
+        ({"grpc_port": 8000}, "grpc_port"),
+        ({"grpc_port": 443}, "grpc_port"),
         ({"s3_credentials": S3Credentials("a", "b")}, "s3_credentials"),
         ({"image_pull_policy": "Sometimes"}, "image_pull_policy"),
     ],

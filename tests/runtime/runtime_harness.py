@@ -21,6 +21,7 @@ import numpy as np
 from inferstack.manifest import Manifest, TensorSpec, file_entries, write_manifest
 
 READY = re.compile(r"ready: model (\S+) on http://([^:\s]+):(\d+)")
+GRPC_READY = re.compile(r" and grpc ([^:\s]+):(\d+)")
 DTYPE_CASES = {
     # input name -> (v2 datatype, numpy dtype, ONNX elem type)
     "f16": ("FP16", np.float16, 10),
@@ -95,6 +96,11 @@ class Served:
     name: str = ""
     host: str = ""
     port: int = 0
+    grpc_port: int = 0
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
 
     @property
     def url(self) -> str:
@@ -144,6 +150,8 @@ def start_server(
         "127.0.0.1",
         "--port",
         "0",
+        "--grpc-port",
+        "0",
         "--intra-op-threads",
         "1",
         "--providers",
@@ -163,6 +171,8 @@ def start_server(
             m = READY.search(line)
             if m:
                 served.name, served.host, served.port = m.group(1), m.group(2), int(m.group(3))
+                g = GRPC_READY.search(line)
+                served.grpc_port = int(g.group(2)) if g else 0
                 ready.set()
         ready.set()
 

@@ -22,6 +22,7 @@ FLAGS = [
     "--name",
     "--host",
     "--port",
+    "--grpc-port",
     "--max-batch-size",
     "--max-queue-delay-us",
     "--follow-wait",
@@ -34,6 +35,10 @@ FLAGS = [
     "--auth-token-file",
     "--cache-dir",
     "--log-level",
+    "--log-format",
+    "--access-log",
+    "--model-repository",
+    "--model-control",
 ]
 
 
@@ -55,6 +60,7 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
     "args,env,message",
     [
         (["--port", "70000"], {}, "--port / INFERSTACK_PORT: must be 0..65535, got 70000"),
+        ([], {"INFERSTACK_GRPC_PORT": "-1"}, "--grpc-port / INFERSTACK_GRPC_PORT: must be 0..65535, got -1"),
         (
             [],
             {"INFERSTACK_MAX_QUEUE_SIZE": "0"},
@@ -90,6 +96,17 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
             {},
             "--auth-token-file / INFERSTACK_AUTH_TOKEN_FILE: cannot read",
         ),
+        (
+            ["--model-control", "poll"],
+            {},
+            "--model-control / INFERSTACK_MODEL_CONTROL: must be one of none, explicit",
+        ),
+        (["--log-format", "xml"], {}, "--log-format / INFERSTACK_LOG_FORMAT: must be one of text, json"),
+        (
+            ["--model-repository", "/nonexistent/repo"],
+            {},
+            "--model-repository / INFERSTACK_MODEL_REPOSITORY: /nonexistent/repo is not a directory",
+        ),
     ],
 )
 def test_bad_settings_fail_with_one_line_naming_the_setting(
@@ -101,11 +118,23 @@ def test_bad_settings_fail_with_one_line_naming_the_setting(
     assert "Traceback" not in result.output
 
 
+def test_no_model_and_an_empty_repository_fail_with_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve"], env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert "PATH / INFERSTACK_MODEL: no model given (give PATH ... or --model-repository)" in result.output
+    result = CliRunner().invoke(app, ["serve", "--model-repository", str(tmp_path), "--port", "0"],
+                                env={"COLUMNS": "300"})
+    assert result.exit_code == 1
+    assert f"--model-repository {tmp_path}: no model package in any subfolder" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_unknown_provider_and_required_gpu_from_the_environment(mlp_package: Path) -> None:
     runner = CliRunner()
     result = runner.invoke(
         app,
-        ["serve", str(mlp_package), "--port", "0", "--providers", "CUDAExecutionProviderX"],
+        ["serve", str(mlp_package), "--port", "0", "--grpc-port", "0", "--providers",
+         "CUDAExecutionProviderX"],
         env={"COLUMNS": "300"},
     )
     assert result.exit_code == 1
@@ -115,7 +144,7 @@ def test_unknown_provider_and_required_gpu_from_the_environment(mlp_package: Pat
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         result = runner.invoke(
             app,
-            ["serve", "--port", "0"],
+            ["serve", "--port", "0", "--grpc-port", "0"],
             env={"COLUMNS": "300", "INFERSTACK_MODEL": str(mlp_package), "INFERSTACK_REQUIRE_GPU": "true"},
         )
         assert result.exit_code == 1
@@ -156,6 +185,12 @@ def test_dockerfile_runs_the_tested_entrypoint_as_non_root(name: str, extra: str
     assert user and user[-1] not in ("0", "root")
     assert not any(tool in line for line in final for tool in ("build-essential", "gcc", "python3-dev"))
     assert any(line.startswith("HEALTHCHECK ") and "/v2/health/ready" in line for line in final)
+    # both front ends' ports, and the settings that put the server on them
+    assert [line.split()[1:] for line in final if line.startswith("EXPOSE ")] == [["8000", "8001"]]
+    assert any("INFERSTACK_PORT=8000" in line and "INFERSTACK_GRPC_PORT=8001" in line
+               for line in final if line.startswith("ENV "))
+    # the access log is on in the image (off by default elsewhere)
+    assert any(line.startswith("ENV ") and "INFERSTACK_ACCESS_LOG=true" in line for line in final)
     if extra == "runtime,gpu":
         assert lines[0].startswith("ARG CUDA_IMAGE=nvidia/cuda:") and "runtime" in lines[0]
 

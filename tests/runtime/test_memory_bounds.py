@@ -134,3 +134,28 @@ def test_the_bytes_cap_is_a_setting(tmp_path: Path) -> None:
     assert ServerConfig(model="m.onnx").max_bytes_elements == 524288
     with pytest.raises(ConfigError, match="--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS: must be"):
         ServerConfig(model="m.onnx", max_bytes_elements=0)
+
+
+def test_grpc_enforces_max_bytes_elements_and_round_trips_strings(serve, strings_onnx: Path) -> None:
+    """--max-bytes-elements holds over gRPC too (checked from the shape, INVALID_ARGUMENT), and
+    BYTES calls under it are decoded and encoded (in the worker threads) to the same strings."""
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    s = serve(strings_onnx, "--max-bytes-elements", "1000")
+    c = tg.InferenceServerClient(s.grpc_address)
+    try:
+        def call(n: int) -> np.ndarray:
+            x = np.array([[f"s{i}".encode() for i in range(n)]], dtype=object)
+            inp = tg.InferInput("x", [1, n], "BYTES")
+            inp.set_data_from_numpy(x)
+            return c.infer(s.name, [inp]).as_numpy("y")
+
+        y = call(1000)
+        assert y.shape == (1, 1000) and y[0, 0] == b"s0" and y[0, 999] == b"s999"
+        with pytest.raises(InferenceServerException) as e:
+            call(1001)
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "BYTES inputs hold more than 1000 elements (--max-bytes-elements" in e.value.message()
+    finally:
+        c.close()

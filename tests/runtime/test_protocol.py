@@ -518,20 +518,38 @@ def test_shapes_no_tensor_can_have_get_a_precise_400(grid_server: Served, binary
 
 
 def _kserve_health(url: str, model: str) -> tuple[object, object, object]:
-    """(live, ready, model ready) as kserve's own v2 REST client reports them."""
-    import asyncio
+    """(live, ready, model ready) as kserve's own v2 REST client reports them. Runs in a child
+    process: importing kserve registers its gRPC messages (package ``inference``) in protobuf's
+    default pool, which tritonclient.grpc (the gRPC tests) registers too; one process cannot hold
+    both. A client error is raised as ``RuntimeError("<its type>: <its message>")``."""
+    import json
+    import subprocess
+    import sys
 
-    from kserve import InferenceRESTClient, RESTConfig
+    script = """
+import asyncio, json, sys
+from kserve import InferenceRESTClient, RESTConfig
 
-    async def ask() -> tuple[object, object, object]:
-        client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=10))
-        try:
-            return (await client.is_server_live(url), await client.is_server_ready(url),
-                    await client.is_model_ready(url, model))
-        finally:
-            await client.close()
+async def ask():
+    client = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=10))
+    try:
+        return [await client.is_server_live(sys.argv[1]), await client.is_server_ready(sys.argv[1]),
+                await client.is_model_ready(sys.argv[1], sys.argv[2])]
+    finally:
+        await client.close()
 
-    return asyncio.run(ask())
+try:
+    print(json.dumps({"ok": asyncio.run(ask())}))
+except Exception as e:
+    print(json.dumps({"error": f"{type(e).__name__}: {e}"}))
+"""
+    out = subprocess.run([sys.executable, "-c", script, url, model], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    result = json.loads(out.strip().splitlines()[-1])
+    if "error" in result:
+        raise RuntimeError(result["error"])
+    live, ready, model_ready = result["ok"]
+    return live, ready, model_ready
 
 
 def test_health_bodies_as_kserve_and_tritonclient_read_them(serve, mlp_package: Path) -> None:
@@ -552,5 +570,5 @@ def test_health_bodies_as_kserve_and_tritonclient_read_them(serve, mlp_package: 
     assert r.status_code == 503 and r.json() == {"error": "not ready: draining"}
     assert httpx.get(f"{s.url}/v2/models/mlp/ready").json() == {"error": "not ready: draining"}
     assert triton.is_server_live() and not triton.is_server_ready() and not triton.is_model_ready("mlp")
-    with pytest.raises(httpx.HTTPStatusError, match="not ready: draining"):
+    with pytest.raises(RuntimeError, match="HTTPStatusError: .*not ready: draining"):
         _kserve_health(s.url, "mlp")

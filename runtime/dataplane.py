@@ -1,0 +1,570 @@
+"""The data plane: everything a request needs that does not depend on how it arrived, so that the
+HTTP front end (:mod:`inferstack.runtime.server`) and the gRPC front end share one set of rules (a
+limit, an error, a metric, a statistic is written once), the way kserve's model server separates
+its ``DataPlane`` from its REST and gRPC servers.
+
+It holds the models by name, each with its own onnxruntime session, :class:`Batcher` and
+statistics; readiness; auth; shedding; the request timeout; metrics and statistics. Everything is
+called on the event loop thread (the batchers' workers hand their answers back there).
+
+The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exceptions: each has
+``status_code`` for HTTP and ``grpc_code`` for gRPC, and ``message``)::
+
+    plane = DataPlane(config, metrics)            # one per server process
+    plane.server_live -> bool                     # always True while the process answers
+    plane.server_ready -> bool                    # every model ready, not stopping or draining
+    plane.not_ready_reason() -> str               # why not, one line
+    plane.model_ready(name, version=None) -> bool
+    plane.check_auth(header_value) -> Unauthorized | None
+        # header_value: the ``authorization`` header / gRPC metadata value (str or bytes, None when
+        # absent); None when auth is off or the bearer token matches
+    plane.entry(name, version=None) -> ModelEntry # raises NotFound / ServiceUnavailable
+    plane.server_metadata() -> dict               # {"name", "version", "extensions"}
+    plane.model_metadata(entry) -> dict           # {"name", "versions", "platform", "inputs", "outputs"}
+    plane.model_config(entry) -> dict             # Triton's model configuration (JSON shape)
+    plane.statistics(name=None, version=None) -> dict   # {"model_stats": [...]}, Triton's shape
+    plane.admit(entry)                            # shedding: raises QueueFull / ServiceUnavailable
+    plane.submit(entry, infer, started, done)     # infer: an InferRequest decoded against
+        # entry.model (protocol.decode for HTTP/JSON); started: time.perf_counter() when the
+        # request arrived (its deadline is started + --request-timeout-s); done(outputs, error)
+        # is called exactly once on the event loop, outputs a dict name -> numpy array or error an
+        # HTTPError (RequestTimeout past the deadline, ModelFailed, InternalError)
+    plane.finish(entry, started, error, written=True)  # once per infer request, whatever the
+        # outcome (error None: success; entry None: the model was never found); written=False
+        # when the client left before its answer. Counts metrics and statistics.
+    plane.deliver_finished()                      # call before reading each new request: answers
+        # of finished runs first (they free queue places)
+    plane.worker() -> ThreadPoolExecutor          # decoding and encoding off the event loop:
+        # entry.decode_off_loop(size) / entry.encode_off_loop(outputs) say when (BYTES tensors,
+        # bodies or answers over INLINE_BYTES)
+    plane.begin_drain(); plane.idle() -> bool; plane.stop()
+
+    # the repository extension (Triton's model repository API); control errors are BadRequest
+    plane.repository_index(ready_only=False) -> list[dict]  # [{"name", "version", "state", "reason"}]
+    await plane.load(name, parameters=())  # (re)load from its package, verified before anything
+        # is replaced; parameter names 'config' or 'file:...' (a configuration or files sent in
+        # the request) are refused, over either protocol
+    await plane.unload(name)    # 404 for new requests at once; returns once in-flight ones are answered
+    plane.require_model_control()  # BadRequest unless --model-control explicit
+    plane.models: dict[str, ModelEntry]           # entry.model (Model), entry.batcher, entry.stats
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from inferstack.runtime.batcher import Batcher, Done, Job
+from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.errors import (
+    BadRequest,
+    HTTPError,
+    ModelLoadError,
+    NotFound,
+    QueueFull,
+    RequestTimeout,
+    ServiceUnavailable,
+    Unauthorized,
+)
+from inferstack.runtime.metrics import Metrics, ModelStats
+from inferstack.runtime.model import Model, load_model
+from inferstack.runtime.protocol import InferRequest
+from inferstack.runtime.source import resolve
+
+from inferstack import __version__
+from inferstack.errors import InferstackError
+
+log = logging.getLogger("inferstack.runtime")
+
+EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+_TRITON_TYPES = {"BYTES": "TYPE_STRING"}
+#: bodies or messages larger than this (and every one for a model with a BYTES input) are decoded
+#: off the event loop; answers larger than this (and every answer with a BYTES output) are encoded
+#: off it: per-element work must not stall health checks and other requests
+INLINE_BYTES = 1 << 20
+
+
+def status_outcome(status: int) -> str:
+    """The ``inferstack_requests_total{outcome}`` label of an answer's HTTP status."""
+    if status < 400:
+        return "success"
+    if status == 503:
+        return "rejected"
+    if status == 504:
+        return "timeout"
+    if status < 500:
+        return "client_error"
+    return "error"
+
+
+@dataclass(eq=False)
+class ModelEntry:
+    """One served model: its session, batcher and statistics. ``source`` is the URI it was loaded
+    from (what a repository load reads again)."""
+
+    model: Model
+    batcher: Batcher
+    stats: ModelStats
+    source: str
+    ready: bool = True
+    infer_paths: tuple[str, ...] = field(default=())
+    bytes_in: bool = False  # the model has a BYTES input
+    bytes_out: bool = False  # ... a BYTES output
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    def decode_off_loop(self, size: int) -> bool:
+        """Whether a request of ``size`` bytes (its body or message) is decoded in
+        :meth:`DataPlane.worker` rather than on the event loop."""
+        return self.bytes_in or size > INLINE_BYTES
+
+    def encode_off_loop(self, outputs: dict[str, Any]) -> bool:
+        """Whether the answer of ``outputs`` (name -> numpy array) is encoded in
+        :meth:`DataPlane.worker`."""
+        return self.bytes_out or sum(o.nbytes for o in outputs.values()) > INLINE_BYTES
+
+
+class DataPlane:
+    """The models and the rules every front end shares (see the module docstring)."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.models: dict[str, ModelEntry] = {}
+        self.loaded = False  # the models given at the start are loaded
+        self.stopping = False  # SIGTERM seen: not ready, still serving (--drain-delay-s)
+        self.draining = False
+        self._loading = "the model is still loading"
+        self._token = config.auth_token.encode() if config.auth_token else None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: deque[Job] = deque()
+        self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
+        self._outcomes = self.metrics.outcome
+        self._observe_request = self.metrics.request_seconds.observe
+        #: name -> the URI it was loaded from (what a repository load reads again, outside
+        #: repository mode), and the last load error of a name (the repository index's reason)
+        self.known: dict[str, str] = {}
+        self.load_errors: dict[str, str] = {}
+        self._loading_names: set[str] = set()
+        self._retiring: set[ModelEntry] = set()  # replaced or unloaded, requests still in flight
+        self._tasks: set[asyncio.Task[None]] = set()  # (a task only weakly held is collected)
+        #: called after the set of models changed (front ends rebuild their routes)
+        self.on_change: list[Callable[[], None]] = []
+        self.metrics.watch(self._queue_depth, self._inflight)
+        self._worker: ThreadPoolExecutor | None = None
+
+    def worker(self) -> ThreadPoolExecutor:
+        """The threads that decode and encode tensors off the event loop (two, made on first use)."""
+        if self._worker is None:
+            self._worker = ThreadPoolExecutor(2, thread_name_prefix="inferstack-decode")
+        return self._worker
+
+    def stop_worker(self) -> None:
+        """Cancel the decoding and encoding not started yet (the process is stopping)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the request-timeout sweep on ``loop`` (the loop every call comes from)."""
+        self._loop = loop
+        loop.call_later(self._sweep_every, self._sweep)
+
+    # -- models ------------------------------------------------------------------------------
+    def add(self, model: Model, source: str) -> ModelEntry:
+        """Serve ``model`` (replacing a model of the same name, whose batcher then drains and
+        stops): start its batcher on the event loop."""
+        assert self._loop is not None, "start() first"
+        stats = ModelStats(model.name, model.version)
+        batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
+        batcher.start(self._loop)
+        base = f"/v2/models/{model.name}"
+        entry = ModelEntry(model, batcher, stats, source,
+                           infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"),
+                           bytes_in=any(t.dtype.v2 == "BYTES" for t in model.inputs),
+                           bytes_out=any(t.dtype.v2 == "BYTES" for t in model.outputs))
+        old = self.models.get(model.name)
+        self.models[model.name] = entry
+        if old is not None:
+            old.ready = False
+            task = self._loop.create_task(self.retire(old))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._changed()
+        return entry
+
+    def remove(self, name: str) -> ModelEntry | None:
+        """Stop routing requests to model ``name`` (404 from now on); its requests in flight are
+        still answered (await :meth:`retire` on the entry to wait for them)."""
+        entry = self.models.pop(name, None)
+        if entry is not None:
+            entry.ready = False
+            self._changed()
+        return entry
+
+    async def retire(self, entry: ModelEntry, timeout_s: float | None = None) -> None:
+        """Wait until ``entry``'s requests in flight are answered (at most ``timeout_s``, default
+        the request timeout plus a margin), then stop its batcher."""
+        limit = timeout_s if timeout_s is not None else self.config.request_timeout_s + 1
+        deadline = time.monotonic() + limit
+        self._retiring.add(entry)
+        try:
+            while entry.batcher.pending and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        finally:
+            self._retiring.discard(entry)
+            entry.batcher.stop(timeout=0)
+
+    def _changed(self) -> None:
+        for callback in self.on_change:
+            callback()
+
+    def entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """The model ``name`` (and ``version``, when given); NotFound names what is served."""
+        entry = self.models.get(name)
+        if entry is None:
+            if not self.loaded:
+                raise ServiceUnavailable(self._loading)
+            served = ", ".join(repr(n) for n in sorted(self.models)) or "none"
+            raise NotFound(f"unknown model {name!r}; this server serves {served}")
+        if version is not None and version != entry.model.version:
+            raise NotFound(
+                f"model {name!r} has no version {version!r}; available: {entry.model.version!r}")
+        return entry
+
+    # -- loading -----------------------------------------------------------------------------
+    def repository_packages(self) -> dict[str, str]:
+        """Name -> URI of every model the server may load: the repository's subfolders (each under
+        its folder's name; hidden ones skipped) and the PATHs given at the start."""
+        found = dict(self.known)
+        root = self.config.model_repository
+        if root is not None:
+            try:
+                children = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError as e:
+                raise ModelLoadError(f"--model-repository {root}: cannot list: {e.strerror or e}") from None
+            for child in children:
+                found.setdefault(child.name, str(child))
+        return found
+
+    def startup_sources(self) -> list[tuple[str, str | None]]:
+        """(URI, name or None for the package's own) of every model to load at the start."""
+        sources: list[tuple[str, str | None]] = [(u, self.config.name) for u in self.config.model_uris]
+        root = self.config.model_repository
+        if root is not None:
+            packages = self.repository_packages()
+            if not packages and self.config.model_control != "explicit":
+                raise ModelLoadError(f"--model-repository {root}: no model package in any subfolder")
+            sources += [(uri, name) for name, uri in packages.items()]
+        if len(sources) > 1:
+            self._loading = "the models are still loading"
+        return sources
+
+    def load_blocking(self, uri: str, name: str | None) -> Model:
+        """Fetch, verify (sha256 of every file in the manifest), load and warm up one model (in a
+        worker thread: this takes seconds). Raises ModelLoadError / ChecksumMismatch."""
+        source = resolve(uri, self.config.cache_dir)
+        config = dataclasses.replace(self.config, model=uri, extra_models=(), model_repository=None,
+                                     name=name)
+        return load_model(source, config)
+
+    def load_all_blocking(self, sources: list[tuple[str, str | None]]) -> list[tuple[Model, str]]:
+        """Load every start-up model; two with the same name are refused, naming both paths."""
+        models: list[tuple[Model, str]] = []
+        seen: dict[str, str] = {}
+        for uri, name in sources:
+            model = self.load_blocking(uri, name)
+            if model.name in seen:
+                raise ModelLoadError(
+                    f"two models are named {model.name!r}: {seen[model.name]} and {uri}; model names must "
+                    "be unique (rename one in its manifest, or its repository folder)")
+            seen[model.name] = uri
+            models.append((model, uri))
+        return models
+
+    def require_model_control(self) -> None:
+        if self.config.model_control != "explicit":
+            raise BadRequest("the model repository's load and unload are off: start the server with "
+                             "--model-control explicit (INFERSTACK_MODEL_CONTROL=explicit)")
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """Triton's repository index: every model the server serves or may load."""
+        try:
+            packages = self.repository_packages()
+        except ModelLoadError as e:
+            raise BadRequest(str(e)) from None
+        rows = []
+        for name in sorted(set(packages) | set(self.models)):
+            entry = self.models.get(name)
+            if entry is not None and entry.ready:
+                rows.append({"name": name, "version": entry.model.version, "state": "READY", "reason": ""})
+            elif not ready_only:
+                state = "LOADING" if name in self._loading_names else "UNAVAILABLE"
+                rows.append({"name": name, "version": "", "state": state,
+                             "reason": self.load_errors.get(name, "unloaded")})
+        return rows
+
+    async def load(self, name: str, parameters: Iterable[str] = ()) -> None:
+        """(Re)load model ``name`` from its package. Nothing is replaced until the new model is
+        verified, loaded and warmed up; a failed load (BadRequest naming why) leaves the old one
+        serving. Loads of one name do not overlap (ServiceUnavailable meanwhile). ``parameters``:
+        the names of the request's parameters; Triton's ``config`` (a configuration) and
+        ``file:<path>`` (files) are refused (BadRequest): a model loads from its package only."""
+        self.require_model_control()
+        if any(k == "config" or k.startswith("file:") for k in parameters):
+            raise BadRequest("loading with a configuration or files in the request is not supported; "
+                             "the model is loaded from its package in the repository")
+        if self.stopping or self.draining:
+            raise ServiceUnavailable("the server is stopping; nothing is loaded")
+        uri = self.repository_packages().get(name)
+        if uri is None:
+            raise NotFound(f"no model {name!r} in the model repository")
+        if name in self._loading_names:
+            raise ServiceUnavailable(f"model {name!r} is being loaded; retry later")
+        self._loading_names.add(name)
+        try:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[Model] = loop.create_future()
+
+            def work() -> None:
+                try:
+                    model: Model | BaseException = self.load_blocking(uri, name)
+                except BaseException as e:  # handed to the event loop
+                    model = e
+                loop.call_soon_threadsafe(_settle, done, model)
+
+            threading.Thread(target=work, name=f"inferstack-load-{name}", daemon=True).start()
+            try:
+                model = await done
+            except InferstackError as e:
+                self.load_errors[name] = str(e)
+                log.warning("load of model %r failed; still serving the previous one if any: %s", name, e)
+                raise BadRequest(f"failed to load model {name!r}: {e}") from None
+            self.load_errors.pop(name, None)
+            self.known.setdefault(name, uri)
+            self.add(model, uri)
+            log.info("loaded model %r from %s", name, uri)
+        finally:
+            self._loading_names.discard(name)
+
+    async def unload(self, name: str) -> None:
+        """Stop serving ``name``: new requests get 404 at once; returns after its requests in
+        flight are answered and its batcher stopped."""
+        self.require_model_control()
+        entry = self.remove(name)
+        if entry is None:
+            raise NotFound(f"model {name!r} is not loaded")
+        self.load_errors[name] = "unloaded"
+        await self.retire(entry)
+        log.info("unloaded model %r", name)
+
+    # -- health ------------------------------------------------------------------------------
+    server_live = True
+
+    @property
+    def server_ready(self) -> bool:
+        return (self.loaded and not self.stopping and not self.draining
+                and all(e.ready for e in self.models.values()))
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        entry = self.models.get(name)
+        return (entry is not None and entry.ready and not self.stopping and not self.draining
+                and (version is None or version == entry.model.version))
+
+    def not_ready_reason(self) -> str:
+        if self.stopping or self.draining:
+            return "draining"
+        if not self.loaded:
+            return self._loading
+        return "not every model is loaded"
+
+    # -- auth --------------------------------------------------------------------------------
+    @property
+    def auth(self) -> bool:
+        return self._token is not None
+
+    def check_auth(self, header: bytes | str | None) -> Unauthorized | None:
+        """``header``: the ``authorization`` value (``Bearer <token>``). None when it passes."""
+        token = self._token
+        if token is None:
+            return None
+        if isinstance(header, str):
+            header = header.encode("latin-1", "replace")
+        scheme, _, given = (header or b"").partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
+            return Unauthorized("missing or wrong bearer token (send 'Authorization: Bearer <token>')")
+        return None
+
+    # -- metadata ----------------------------------------------------------------------------
+    @staticmethod
+    def server_metadata() -> dict[str, Any]:
+        return {"name": "inferstack", "version": __version__, "extensions": EXTENSIONS}
+
+    @staticmethod
+    def model_metadata(entry: ModelEntry) -> dict[str, Any]:
+        model = entry.model
+        return {
+            "name": model.name,
+            "versions": [model.version],
+            "platform": "onnxruntime_onnx",
+            "inputs": [t.as_metadata() for t in model.inputs],
+            "outputs": [t.as_metadata() for t in model.outputs],
+        }
+
+    def model_config(self, entry: ModelEntry) -> dict[str, Any]:
+        """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
+        with batching, ``dims`` leave out the batch axis."""
+        model = entry.model
+
+        def tensors(infos: list[Any]) -> list[dict[str, Any]]:
+            return [
+                {
+                    "name": t.name,
+                    "data_type": _TRITON_TYPES.get(t.dtype.v2, f"TYPE_{t.dtype.v2}"),
+                    "dims": list(t.shape[1:] if model.batching else t.shape),
+                }
+                for t in infos
+            ]
+
+        config: dict[str, Any] = {
+            "name": model.name,
+            "platform": "onnxruntime_onnx",
+            "backend": "onnxruntime",
+            "version_policy": {"latest": {"num_versions": 1}},
+            "max_batch_size": model.max_batch_size,
+            "input": tensors(model.inputs),
+            "output": tensors(model.outputs),
+            "instance_group": [
+                {"name": model.name, "count": 1, "kind": "KIND_GPU" if model.on_gpu else "KIND_CPU"}
+            ],
+            "parameters": {
+                "execution_providers": {"string_value": ",".join(model.providers)},
+                # why requests are merged or not: "passed (...)", "off: ...", "forced: ..."
+                "batch_check": {"string_value": model.batch_decision},
+                "batch_dim": {"string_value": self.config.batch_dim},
+            },
+        }
+        if model.batching:
+            config["dynamic_batching"] = {
+                "max_queue_delay_microseconds": self.config.max_queue_delay_us,
+                "preferred_batch_size": [],
+            }
+        return config
+
+    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+        """Triton's statistics extension: ``{"model_stats": [...]}`` for every model (``name``
+        None) or one (NotFound when it is not served)."""
+        if name is None:
+            entries = [self.models[n] for n in sorted(self.models)]
+        else:
+            entries = [self.entry(name, version)]
+        return {"model_stats": [e.stats.as_dict() for e in entries]}
+
+    # -- inference ---------------------------------------------------------------------------
+    def admit(self, entry: ModelEntry) -> None:
+        """Shedding, before a request is decoded: the model must be ready and its queue not full
+        (--max-queue-size counts each model's requests admitted and not yet answered)."""
+        if not entry.ready:
+            raise ServiceUnavailable(f"model {entry.name!r} is not ready")
+        pending = entry.batcher.pending
+        if pending >= self.config.max_queue_size:
+            raise QueueFull(
+                f"the queue is full (model {entry.name!r}: {pending} requests; --max-queue-size / "
+                f"INFERSTACK_MAX_QUEUE_SIZE is {self.config.max_queue_size}); retry later"
+            )
+
+    def submit(self, entry: ModelEntry, infer: InferRequest, started: float, done: Done) -> None:
+        """Queue ``infer`` on ``entry``'s batcher; ``done`` answers it (see the module docstring)."""
+        job = Job(infer.inputs, infer.rows, infer.key, done)
+        job.deadline = started + self.config.request_timeout_s
+        self._watch.append(job)
+        entry.batcher.submit(job)
+
+    def finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
+               written: bool = True) -> None:
+        """Count one answered infer request (metrics and the model's statistics)."""
+        took = time.perf_counter() - started
+        if error is None and written:
+            self._outcomes["success"].inc()
+            if entry is not None:
+                entry.stats.success.add(took)
+        else:
+            if not written:
+                self._outcomes["disconnected"].inc()
+                self.metrics.failure("disconnected")
+            else:
+                assert error is not None
+                self._outcomes[status_outcome(error.status_code)].inc()
+                self.metrics.failure(error.reason)
+            if entry is not None:
+                entry.stats.fail.add(took)
+        self._observe_request(took)
+
+    def deliver_finished(self) -> None:
+        for entry in self.models.values():  # (retiring batchers deliver on their own wake-ups)
+            batcher = entry.batcher
+            if batcher.has_finished:
+                batcher.deliver_finished()
+
+    def _sweep(self) -> None:
+        """Answer 504 for requests past their deadline. All requests share one timeout, so the
+        deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
+        than one timer per request)."""
+        watch = self._watch
+        now = time.perf_counter()
+        while watch:
+            job = watch[0]
+            if job.answered:
+                watch.popleft()
+                continue
+            if job.deadline > now:
+                break
+            watch.popleft()
+            job.cancelled = True
+            job.answered = True
+            job.done(None, RequestTimeout(
+                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
+                "INFERSTACK_REQUEST_TIMEOUT_S)"))
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_later(self._sweep_every, self._sweep)
+
+    # -- gauges --------------------------------------------------------------------------------
+    def _entries(self) -> list[ModelEntry]:
+        """Every entry with a batcher: served, and retiring (requests still in flight)."""
+        return [*self.models.values(), *self._retiring]
+
+    def _queue_depth(self) -> int:
+        return sum(e.batcher.queue_depth() for e in self._entries())
+
+    def _inflight(self) -> int:
+        return sum(e.batcher.pending for e in self._entries())
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        self.draining = True
+
+    def idle(self) -> bool:
+        return all(e.batcher.pending == 0 for e in self._entries())
+
+    def stop(self) -> None:
+        for entry in self._entries():
+            entry.batcher.stop()
+
+
+def _settle(future: asyncio.Future[Model], result: Model | BaseException) -> None:
+    if future.done():
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

@@ -1,0 +1,169 @@
+"""Tensors of the Open Inference Protocol's gRPC messages <-> numpy, checked against the model's
+signature with the same rules and messages as the HTTP bodies (:mod:`protocol`).
+
+Inputs come either all in ``raw_input_contents`` (one entry per input, in the order of
+``inputs``: little-endian, row-major; BYTES elements each a 4-byte little-endian length and the
+bytes) or all as typed ``InferTensorContents``, the field of each datatype:
+
+=========================  =================  =========================  =================
+BOOL                       bool_contents      UINT8, UINT16, UINT32      uint_contents
+INT8, INT16, INT32         int_contents       UINT64                     uint64_contents
+INT64                      int64_contents     FP32 / FP64                fp32 / fp64_contents
+BYTES                      bytes_contents     FP16, BF16                 raw only (as Triton)
+=========================  =================  =========================  =================
+
+Outputs always travel in ``raw_output_contents`` (what Triton answers, and what tritonclient's
+``InferResult.as_numpy`` reads).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from inferstack.runtime.errors import BadRequest
+from inferstack.runtime.model import Model, TensorInfo
+from inferstack.runtime.proto import grpc_service_pb2 as pb
+from inferstack.runtime.protocol import (
+    DEFAULT_MAX_BYTES_ELEMENTS,
+    InferRequest,
+    _check_shape,
+    _count,
+    _describe,
+    _from_binary,
+    _requested_outputs,
+    _text,
+    _to_binary,
+)
+
+#: v2 datatype -> the InferTensorContents field that carries it
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents", "INT16": "int_contents", "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents", "UINT16": "uint_contents", "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+_ALL_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELD.values()))
+
+
+def _parameter(value: Any) -> Any:
+    """An ``InferParameter`` as the JSON value the HTTP body would carry."""
+    which = value.WhichOneof("parameter_choice")
+    return None if which is None else getattr(value, which)
+
+
+def decode_request(request: Any, model: Model,
+                   max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
+    """Check a ``ModelInferRequest`` against ``model`` and read its inputs (raw ones in place).
+    BYTES inputs may hold ``max_bytes_elements`` elements together (checked from their shapes,
+    before any is read), as over HTTP. Raises :class:`BadRequest` naming the input and what is
+    wrong."""
+    raw = request.raw_input_contents
+    tensors = request.inputs
+    if not tensors:
+        raise BadRequest("'inputs' must be a non-empty array of tensors")
+    if raw and len(raw) != len(tensors):
+        raise BadRequest(
+            f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; send one per input "
+            "(in the order of 'inputs') or none"
+        )
+    inputs: dict[str, np.ndarray] = {}
+    rows = -1
+    key: list[Any] = []
+    batching = model.batching
+    strings = 0  # BYTES elements so far
+    for index, tensor in enumerate(tensors):
+        name = tensor.name
+        spec = model.input_by_name.get(name)
+        if spec is None:
+            raise BadRequest(
+                f"inputs[{index}]: unknown input {name!r}; model {model.name!r} has inputs "
+                f"{', '.join(repr(t.name) for t in model.inputs)}"
+            )
+        if name in inputs:
+            raise BadRequest(f"input {name!r} appears twice")
+        shape = _check_shape({"datatype": tensor.datatype, "shape": list(tensor.shape)}, spec, model)
+        if spec.dtype.v2 == "BYTES":
+            strings += _count(shape)
+            if strings > max_bytes_elements:
+                raise BadRequest(
+                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
+                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
+                )
+        if raw:
+            if tensor.HasField("contents"):
+                raise BadRequest(f"input {name!r} has both 'contents' and raw_input_contents; send one")
+            blob = raw[index]
+            array = _from_binary(blob, 0, len(blob), shape, spec, f"raw_input_contents[{index}]")
+        else:
+            array = _from_contents(tensor, shape, spec)
+        if batching:
+            if rows == -1:
+                rows = shape[0]
+            elif shape[0] != rows:
+                raise BadRequest(
+                    f"input {name!r}: batch size {shape[0]} differs from the other inputs' {rows}"
+                )
+            key.append(shape[1:])
+        inputs[name] = array
+    missing = [t.name for t in model.inputs if t.name not in inputs]
+    if missing:
+        raise BadRequest(f"missing input {', '.join(repr(m) for m in missing)} for model {model.name!r}")
+    wanted = None
+    if request.outputs:
+        wanted = [{"name": o.name, "parameters": {k: _parameter(v) for k, v in o.parameters.items()}}
+                  for o in request.outputs]
+    outputs = _requested_outputs(wanted, model, True)
+    return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs)
+
+
+def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
+    name, v2 = spec.name, spec.dtype.v2
+    field = CONTENTS_FIELD.get(v2)
+    if field is None:
+        raise BadRequest(f"input {name!r}: {v2} has no typed contents; send it in raw_input_contents")
+    contents = tensor.contents
+    for other in _ALL_FIELDS:
+        if other != field and len(getattr(contents, other)):
+            raise BadRequest(
+                f"input {name!r}: {v2} data goes in contents.{field}, found contents.{other}"
+            )
+    values = getattr(contents, field)
+    count = _count(shape)
+    if len(values) != count:
+        raise BadRequest(
+            f"input {name!r}: shape {_describe(shape)} needs {count} elements, got {len(values)}"
+        )
+    if v2 == "BYTES":
+        array = np.empty(count, dtype=object)
+        array[:] = [_text(v, name, i) for i, v in enumerate(values)]
+        return array.reshape(shape)
+    target = spec.dtype.numpy
+    # narrow integers arrive as 32 bits: read them wide, then check the range
+    narrow = target.kind in "iu" and target.itemsize < 8
+    wide = np.array(values, dtype=np.result_type(target, np.int64) if narrow else target)
+    if wide.dtype != target and count:
+        info = np.iinfo(target)
+        if wide.min() < info.min or wide.max() > info.max:
+            raise BadRequest(f"input {name!r}: a value is out of range for {v2} ({info.min}..{info.max})")
+    return wide.astype(target, copy=False).reshape(shape)
+
+
+def encode_response(model: Model, request: InferRequest, results: dict[str, np.ndarray]) -> Any:
+    """The ``ModelInferResponse``: each requested output's name, datatype and shape, its bytes in
+    ``raw_output_contents``."""
+    response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
+    if request.id is not None:
+        response.id = request.id
+    outputs = response.outputs
+    raw = response.raw_output_contents
+    for name, _binary in request.outputs:
+        array = results[name]
+        info = model.output_by_name[name]
+        outputs.add(name=name, datatype=info.dtype.v2, shape=array.shape)
+        raw.append(bytes(_to_binary(array, info)))
+    return response
