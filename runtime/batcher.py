@@ -227,6 +227,20 @@ class Batcher:
         self._execute(jobs, self._post)
         return True
 
+    def _run_each_alone(self, jobs: list[Job], answer: Callable[[list[Job], list[Outputs] | None,
+                                                                 HTTPError | None], None],
+                        taken: float) -> None:
+        """Run and answer every job of a failed merged run on its own, so that only a request that
+        fails alone gets an error."""
+        for job in jobs:
+            try:
+                one, one_times = self._run([job])
+            except HTTPError as e:
+                answer([job], None, e)
+                continue
+            answer([job], one, None)
+            self._record([job], job.rows, taken, one_times)
+
     def _execute(self, jobs: list[Job], answer: Callable[[list[Job], list[Outputs] | None,
                                                           HTTPError | None], None]) -> None:
         """One onnxruntime run of ``jobs`` (answered through ``answer``) and its bookkeeping."""
@@ -241,26 +255,12 @@ class Batcher:
             # never slice an output that lost or gained rows (a model that filters rows): answer
             # each request from its own run, and merge no more for this model
             self._stop_merging(str(e))
-            for job in jobs:
-                try:
-                    one, one_times = self._run([job])
-                except HTTPError as e1:
-                    answer([job], None, e1)
-                    continue
-                answer([job], one, None)
-                self._record([job], job.rows, taken, one_times)
+            self._run_each_alone(jobs, answer, taken)
             return
         except HTTPError as e:
             if len(jobs) > 1:
                 # one request's values may have upset the model: run each alone, so only it fails
-                for job in jobs:
-                    try:
-                        one, one_times = self._run([job])
-                    except HTTPError as e1:
-                        answer([job], None, e1)
-                        continue
-                    answer([job], one, None)
-                    self._record([job], job.rows, taken, one_times)
+                self._run_each_alone(jobs, answer, taken)
             else:
                 answer(jobs, None, e)
             return

@@ -34,6 +34,8 @@ from inferstack.runtime.protocol import (
     _requested_outputs,
     _text,
     _to_binary,
+    check_all_given,
+    same_batch,
 )
 
 #: v2 datatype -> the InferTensorContents field that carries it
@@ -102,17 +104,10 @@ def decode_request(request: Any, model: Model,
         else:
             array = _from_contents(tensor, shape, spec)
         if batching:
-            if rows == -1:
-                rows = shape[0]
-            elif shape[0] != rows:
-                raise BadRequest(
-                    f"input {name!r}: batch size {shape[0]} differs from the other inputs' {rows}"
-                )
+            rows = same_batch(name, shape, rows)
             key.append(shape[1:])
         inputs[name] = array
-    missing = [t.name for t in model.inputs if t.name not in inputs]
-    if missing:
-        raise BadRequest(f"missing input {', '.join(repr(m) for m in missing)} for model {model.name!r}")
+    check_all_given(inputs, model)
     wanted = None
     if request.outputs:
         wanted = [{"name": o.name, "parameters": {k: _parameter(v) for k, v in o.parameters.items()}}

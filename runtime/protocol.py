@@ -82,6 +82,21 @@ def _flag(params: dict[str, Any], key: str, where: str) -> bool | None:
     return value
 
 
+
+def same_batch(name: str, shape: list[int], rows: int) -> int:
+    """The batch size every input of one request shares (``rows`` is -1 before the first input);
+    an input with another batch size is a 400 naming it. Used by the HTTP and gRPC codecs."""
+    if rows != -1 and shape[0] != rows:
+        raise BadRequest(f"input {name!r}: batch size {shape[0]} differs from the other inputs' {rows}")
+    return shape[0]
+
+
+def check_all_given(inputs: dict[str, Any], model: Model) -> None:
+    """Every input of ``model`` is in ``inputs``, else a 400 naming the missing ones."""
+    missing = [t.name for t in model.inputs if t.name not in inputs]
+    if missing:
+        raise BadRequest(f"missing input {', '.join(repr(m) for m in missing)} for model {model.name!r}")
+
 def decode(body: bytes, header_length: int | None, model: Model,
            max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
     """Parse and check an infer request body; ``header_length`` is the value of
@@ -172,12 +187,7 @@ def decode(body: bytes, header_length: int | None, model: Model,
         else:
             raise BadRequest(f"input {name!r} has neither 'data' nor a binary_data_size parameter")
         if batching:
-            if rows == -1:
-                rows = shape[0]
-            elif shape[0] != rows:
-                raise BadRequest(
-                    f"input {name!r}: batch size {shape[0]} differs from the other inputs' {rows}"
-                )
+            rows = same_batch(name, shape, rows)
             key.append(shape[1:])
         inputs[name] = array
     if offset != size:
@@ -185,9 +195,7 @@ def decode(body: bytes, header_length: int | None, model: Model,
             f"the body has {size - offset} bytes after the last binary input; binary_data_size values "
             f"and Inference-Header-Content-Length must add up to the body length ({size})"
         )
-    missing = [t.name for t in model.inputs if t.name not in inputs]
-    if missing:
-        raise BadRequest(f"missing input {', '.join(repr(m) for m in missing)} for model {model.name!r}")
+    check_all_given(inputs, model)
 
     outputs = _requested_outputs(doc.get("outputs"), model, binary_output)
     return InferRequest(request_id, inputs, rows if batching else 1, tuple(key), outputs)
