@@ -35,6 +35,8 @@ from inferstack.runtime.protocol import (
     _text,
     _to_binary,
     check_all_given,
+    count_strings,
+    input_spec,
     same_batch,
 )
 
@@ -80,22 +82,9 @@ def decode_request(request: Any, model: Model,
     strings = 0  # BYTES elements so far
     for index, tensor in enumerate(tensors):
         name = tensor.name
-        spec = model.input_by_name.get(name)
-        if spec is None:
-            raise BadRequest(
-                f"inputs[{index}]: unknown input {name!r}; model {model.name!r} has inputs "
-                f"{', '.join(repr(t.name) for t in model.inputs)}"
-            )
-        if name in inputs:
-            raise BadRequest(f"input {name!r} appears twice")
+        spec = input_spec(model, index, name, inputs)
         shape = _check_shape({"datatype": tensor.datatype, "shape": list(tensor.shape)}, spec, model)
-        if spec.dtype.v2 == "BYTES":
-            strings += _count(shape)
-            if strings > max_bytes_elements:
-                raise BadRequest(
-                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
-                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
-                )
+        strings = count_strings(name, spec, shape, strings, max_bytes_elements)
         if raw:
             if tensor.HasField("contents"):
                 raise BadRequest(f"input {name!r} has both 'contents' and raw_input_contents; send one")

@@ -91,6 +91,34 @@ def same_batch(name: str, shape: list[int], rows: int) -> int:
     return shape[0]
 
 
+def input_spec(model: Model, index: int, name: str, seen: dict[str, Any]) -> TensorInfo:
+    """The model's input ``name`` (the request's ``index``-th), a 400 when the model has no such
+    input or the request already gave it. Used by the HTTP and gRPC codecs."""
+    spec = model.input_by_name.get(name)
+    if spec is None:
+        raise BadRequest(
+            f"inputs[{index}]: unknown input {name!r}; model {model.name!r} has inputs "
+            f"{', '.join(repr(t.name) for t in model.inputs)}"
+        )
+    if name in seen:
+        raise BadRequest(f"input {name!r} appears twice")
+    return spec
+
+
+def count_strings(name: str, spec: TensorInfo, shape: list[int], strings: int, limit: int) -> int:
+    """The request's BYTES elements so far, with input ``name`` of ``shape`` added; over ``limit``
+    (``--max-bytes-elements``) is a 400, decided from the shapes before any element is read."""
+    if spec.dtype.v2 != "BYTES":
+        return strings
+    strings += _count(shape)
+    if strings > limit:
+        raise BadRequest(
+            f"input {name!r}: the request's BYTES inputs hold more than {limit} "
+            "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
+        )
+    return strings
+
+
 def check_all_given(inputs: dict[str, Any], model: Model) -> None:
     """Every input of ``model`` is in ``inputs``, else a 400 naming the missing ones."""
     missing = [t.name for t in model.inputs if t.name not in inputs]
@@ -145,22 +173,9 @@ def decode(body: bytes, header_length: int | None, model: Model,
         name = tensor.get("name")
         if not isinstance(name, str):
             raise BadRequest(f"inputs[{index}]: 'name' must be a string, got {_json_type(name)}")
-        spec = model.input_by_name.get(name)
-        if spec is None:
-            raise BadRequest(
-                f"inputs[{index}]: unknown input {name!r}; model {model.name!r} has inputs "
-                f"{', '.join(repr(t.name) for t in model.inputs)}"
-            )
-        if name in inputs:
-            raise BadRequest(f"input {name!r} appears twice")
+        spec = input_spec(model, index, name, inputs)
         shape = _check_shape(tensor, spec, model)
-        if spec.dtype.v2 == "BYTES":
-            strings += _count(shape)
-            if strings > max_bytes_elements:
-                raise BadRequest(
-                    f"input {name!r}: the request's BYTES inputs hold more than {max_bytes_elements} "
-                    "elements (--max-bytes-elements / INFERSTACK_MAX_BYTES_ELEMENTS); send fewer per request"
-                )
+        strings = count_strings(name, spec, shape, strings, max_bytes_elements)
         tparams = _params(tensor.get("parameters"), f"input {name!r}: 'parameters'")
         binary_size = tparams.get("binary_data_size")
         has_data = "data" in tensor
