@@ -33,7 +33,7 @@ import pulumi
 import pulumi_kubernetes as k8s
 
 # the Service helpers the model's own Service uses (private there; one copy of each)
-from inferstack.components.inference_service import EXPOSURES, LB_SCHEMES
+from inferstack.components.inference_service import EXPOSURES, LB_SCHEMES, ingress_spec
 from inferstack.components.inference_service import _endpoint as service_endpoint
 from inferstack.components.inference_service import _exposure as exposure_service
 from inferstack.components.keda_http_addon import INTERCEPTOR_LABELS, INTERCEPTOR_SERVICE
@@ -219,28 +219,9 @@ class Autoscaling(pulumi.ComponentResource):
                 # the controller may never publish an address (e.g. a NodePort ingress controller)
                 "annotations": {"pulumi.com/skipAwait": "true"},
             },
-            spec={
-                "ingress_class_name": args.ingress_class,
-                "rules": [
-                    {
-                        "host": args.ingress_host,
-                        "http": {
-                            "paths": [
-                                {
-                                    "path": "/",
-                                    "path_type": "Prefix",
-                                    "backend": {
-                                        "service": {
-                                            "name": INTERCEPTOR_SERVICE,
-                                            "port": {"number": args.interceptor_port},
-                                        }
-                                    },
-                                }
-                            ]
-                        },
-                    }
-                ],
-            },
+            spec=ingress_spec(
+                args.ingress_class, args.ingress_host, INTERCEPTOR_SERVICE, {"number": args.interceptor_port}
+            ),
             opts=pulumi.ResourceOptions(parent=self),
         )
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import pulumi
@@ -427,28 +427,9 @@ class InferenceService(pulumi.ComponentResource):
                     # the controller may never publish an address (e.g. a NodePort ingress controller)
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
-                spec={
-                    "ingress_class_name": args.ingress_class,
-                    "rules": [
-                        {
-                            "host": args.ingress_host,
-                            "http": {
-                                "paths": [
-                                    {
-                                        "path": "/",
-                                        "path_type": "Prefix",
-                                        "backend": {
-                                            "service": {
-                                                "name": service.metadata["name"],
-                                                "port": {"name": "http"},
-                                            }
-                                        },
-                                    }
-                                ]
-                            },
-                        }
-                    ],
-                },
+                spec=ingress_spec(
+                    args.ingress_class, args.ingress_host, service.metadata["name"], {"name": "http"}
+                ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
             )
         k8s.policy.v1.PodDisruptionBudget(
@@ -705,6 +686,31 @@ def ephemeral_storage(cache_size: str) -> str:
         raise ValueError(f"{cache_size!r}: below 64Mi")
     total = cache + quantity_bytes(TMP_SIZE) + LOG_ALLOWANCE_BYTES
     return f"{-(-total // 2**20)}Mi"
+
+
+
+def ingress_spec(ingress_class: str | None, host: str | None, service: Any,
+                 port: dict[str, Any]) -> k8s.networking.v1.IngressSpecArgsDict:
+    """An Ingress spec that sends every path of ``host`` to ``service`` at ``port`` (``{"name": ...}``
+    or ``{"number": ...}``), through the controller of ``ingress_class``."""
+    spec: dict[str, Any] = {
+        "ingress_class_name": ingress_class,
+        "rules": [
+            {
+                "host": host,
+                "http": {
+                    "paths": [
+                        {
+                            "path": "/",
+                            "path_type": "Prefix",
+                            "backend": {"service": {"name": service, "port": port}},
+                        }
+                    ]
+                },
+            }
+        ],
+    }
+    return cast(k8s.networking.v1.IngressSpecArgsDict, spec)
 
 
 def _exposure(exposure: str, scheme: str | None) -> tuple[str, dict[str, str]]:
