@@ -1,10 +1,14 @@
-"""Autoscaling: KEDA scales one model's Deployment on the runtime's own load, down to zero.
+"""Autoscaling: KEDA scales one model server's Deployment (one model, or several sharing its pods) on
+the runtime's own load, down to zero.
 
 * A ``ScaledObject`` with two Prometheus triggers on what the runtime exports (``runtime/metrics.py``):
   ``inferstack_queue_depth`` (requests waiting for the batcher: the leading indicator of saturation,
   as the EKS guide for AI/ML advises, where CPU is the wrong signal for GPU inference) and
   ``inferstack_inflight_requests`` (admitted and not yet answered: covers models without batching).
-  Each is summed over the model's pods and divided by its per-replica target; KEDA takes the larger.
+  Each is summed over the server's pods (its namespace holds nothing else) and over every series
+  they export, so a server with several models scales on their total, with today's unlabeled
+  metrics and with a per-model ``model`` label alike; divided by the per-replica target; KEDA
+  takes the larger.
 * Stabilization fits a GPU cold start (node scale-up + multi-GB image pull + model load, minutes):
   scale up at once (window 0 s; up to 2 pods or +100 % per minute), since a replica asked for late
   arrives minutes late; scale down slowly (window 600 s, then one pod per 300 s), since a replica
@@ -81,6 +85,9 @@ class AutoscalingArgs:
     """min 0 with ``ingress``: the Ingress's class. Required there."""
     ingress_host: str | None = None
     """min 0 with ``ingress``: the host the Ingress and the interceptor route. Required there."""
+    ingress_paths: list[str] | None = None
+    """min 0 with ``ingress``: the paths of the host the Ingress sends to the interceptor, as
+    ``InferenceServiceArgs.ingress_paths``. Default none: every path."""
     interceptor_host: pulumi.Input[str] | None = None
     """min 0: DNS name of the HTTP add-on's interceptor proxy Service. Required then."""
     interceptor_namespace: pulumi.Input[str] | None = None
@@ -220,7 +227,8 @@ class Autoscaling(pulumi.ComponentResource):
                 "annotations": {"pulumi.com/skipAwait": "true"},
             },
             spec=ingress_spec(
-                args.ingress_class, args.ingress_host, INTERCEPTOR_SERVICE, {"number": args.interceptor_port}
+                args.ingress_class, args.ingress_host, INTERCEPTOR_SERVICE, {"number": args.interceptor_port},
+                args.ingress_paths,
             ),
             opts=pulumi.ResourceOptions(parent=self),
         )
@@ -246,8 +254,10 @@ def scaling_behavior() -> dict[str, Any]:
 
 
 def load_query(metric: str, namespace: str) -> str:
-    """PromQL: ``metric`` summed over the model's pods (one model per namespace); 0 when no pod
-    reports (at zero replicas), so the trigger reads idle instead of failing."""
+    """PromQL: ``metric`` summed over the server's pods (one server per namespace) and over its
+    models' series (without ``by (model)``: a ``model`` label, where the runtime sets one, is summed
+    away, so a multi-model server scales on its models' total); 0 when no pod reports (at zero
+    replicas), so the trigger reads idle instead of failing."""
     return f'sum({metric}{{namespace="{namespace}"}}) or vector(0)'
 
 

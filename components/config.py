@@ -24,7 +24,7 @@ import pulumi
 from inferstack.components.runtime_image import DOCKERFILES, PINNED_IMAGE, PLATFORMS, REPOSITORY
 
 from inferstack.errors import InferstackError
-from inferstack.manifest import Manifest, load_manifest, verify_files
+from inferstack.manifest import MANIFEST_NAME, Manifest, load_manifest, sha256_file, verify_files
 
 NAMESPACE = "inferstack"
 #: Every top-level key of the namespace (``inferstack:<key>``); any other key is refused as a typo,
@@ -46,6 +46,7 @@ KNOWN_KEYS = (
     "objectStore",
     "region",
     "runtimeImage",
+    "servers",
     "systemPool",
     "tags",
     "target",
@@ -196,11 +197,74 @@ class ModelConfig:
     """``ingress.className`` with ``exposure: ingress``."""
     ingress_host: str | None = None
     """``ingress.host`` with ``exposure: ingress``."""
+    server: str | None = None
+    """The ``servers[].name`` whose Deployment serves this model (the serving keys above are then
+    that server's, and unused here); None: the model has a Deployment of its own."""
 
     @property
     def variant(self) -> str:
         """The runtime image variant this model runs: ``gpu`` with GPUs, else ``cpu``."""
         return "gpu" if self.gpus else "cpu"
+
+
+#: The keys that describe a Deployment (a model server) rather than a model: on a model without
+#: a server, or once on a ``servers[]`` entry for all of its models.
+SERVING_KEYS = (
+    "image",
+    "imagePullPolicy",
+    "replicas",
+    "gpus",
+    "cpu",
+    "memory",
+    "autoscaling",
+    "exposure",
+    "auth",
+    "cacheSize",
+    "ingress",
+)
+
+
+@dataclass(frozen=True)
+class ModelServerConfig:
+    """One Deployment running ``inferstack serve`` with one or more models (a model server, in
+    Triton's and KServe's terms): a ``servers[]`` entry, or a model of ``models`` that no server
+    lists (a server of its own, named after it). Its pods, GPUs, scaling and exposure are declared
+    once; each model keeps its own package, upload and sha256 check."""
+
+    name: str
+    """DNS label; names the namespace, Deployment and Service."""
+    models: list[ModelConfig]
+    """The models the server's pods load, in the order given (each served as
+    ``/v2/models/<name>``)."""
+    image: str | None
+    replicas: int = 1
+    gpus: int = 1
+    """``nvidia.com/gpu`` per replica, shared by every model of the server."""
+    cpu: str = "2"
+    memory: str = "8Gi"
+    autoscaling: AutoscalingConfig | None = None
+    exposure: str = "internal"
+    auth: bool = False
+    image_pull_policy: str | None = None
+    cache_size: str = "10Gi"
+    """The model cache emptyDir's size limit: every model of the server is downloaded into it."""
+    ingress_class: str | None = None
+    ingress_host: str | None = None
+    declared: bool = False
+    """True for a ``servers[]`` entry; False for a model's own Deployment."""
+
+    @property
+    def variant(self) -> str:
+        """The runtime image variant: ``gpu`` with GPUs, else ``cpu``."""
+        return "gpu" if self.gpus else "cpu"
+
+    @classmethod
+    def of_model(cls, m: ModelConfig) -> ModelServerConfig:
+        """The Deployment of a model that no server lists: named after it, with its own keys."""
+        return cls(
+            m.name, [m], m.image, m.replicas, m.gpus, m.cpu, m.memory, m.autoscaling, m.exposure,
+            m.auth, m.image_pull_policy, m.cache_size, m.ingress_class, m.ingress_host,
+        )
 
 
 @dataclass(frozen=True)
@@ -267,6 +331,13 @@ class StackConfig:
     public endpoint; empty: the public endpoint is off (private endpoint only)."""
     kubeconfig_contents: pulumi.Output[str] | None = None
     """``kubeconfigContents``: a kubeconfig's contents, a secret (it holds tokens and keys)."""
+    servers: list[ModelServerConfig] = field(default_factory=list)
+    """Every Deployment of models: each ``servers[]`` entry and each model no server lists, in the
+    order of ``models`` (a server where its first model stands). Empty: one per model."""
+
+    def model_servers(self) -> list[ModelServerConfig]:
+        """``servers``, or one server per model when none was built (a hand-made config)."""
+        return self.servers or [ModelServerConfig.of_model(m) for m in self.models]
 
 
 # -- reading -------------------------------------------------------------------------------
@@ -321,25 +392,45 @@ def load(project_dir: Path | None = None) -> StackConfig:
     raw_models = _list(cfg, "models")
     if not raw_models:
         raise ConfigError("models", None, "a list with at least one model")
-    models = [_model(m, f"models[{i}]", root, target) for i, m in enumerate(raw_models)]
+    raw_servers = _list(cfg, "servers")
+    membership = _server_membership(raw_servers, raw_models)
+    models = [
+        _model(m, f"models[{i}]", root, target, membership.get(i)) for i, m in enumerate(raw_models)
+    ]
     seen: list[str] = []
+    packages: dict[tuple[str, str], int] = {}
     for i, m in enumerate(models):
         if m.name in seen:
             raise ConfigError(f"models[{i}].name", m.name, "a name used by one model only")
         seen.append(m.name)
-        if m.gpus > 0 and target == "aws" and not gpu_pools:
-            raise ConfigError(f"models[{i}].gpus", m.gpus, "0, or at least one entry in gpuPools")
-        if m.gpus > 0 and target == "aws":
-            _check_gpu_capacity(m, i, gpu_pools)
-        if m.image is None and not runtime_image.build and m.variant not in runtime_image.prebuilt:
+        package = (m.manifest.name, sha256_file(m.path / MANIFEST_NAME))
+        if package in packages:
+            j = packages[package]
             raise ConfigError(
-                f"runtimeImage.{m.variant}",
-                None,
-                f"the {m.variant} runtime image for models[{i}] ({m.name}): runtimeImage.build: true, "
-                f"or runtimeImage.{m.variant}: " + PIN_HINT,
+                f"models[{i}].path",
+                str(raw_models[i].get("path")),
+                f"a package no other model uses: models[{j}] ({models[j].name}) uploads the same one to "
+                f"the same prefix (models/{m.manifest.name}/<its manifest's sha256>/), and destroying "
+                "either would delete the other's objects",
             )
+        packages[package] = i
+    servers = _servers(raw_servers, models, membership, target)
+    for key, s in servers:
+        if s.gpus > 0 and target == "aws" and not gpu_pools:
+            raise ConfigError(f"{key}.gpus", s.gpus, "0, or at least one entry in gpuPools")
+        if s.gpus > 0 and target == "aws":
+            _check_gpu_fit(s, key, gpu_pools)
+            _check_gpu_capacity(s, key, gpu_pools)
+        if s.image is None and not runtime_image.build and s.variant not in runtime_image.prebuilt:
+            raise ConfigError(
+                f"runtimeImage.{s.variant}",
+                None,
+                f"the {s.variant} runtime image for {key} ({s.name}): runtimeImage.build: true, "
+                f"or runtimeImage.{s.variant}: " + PIN_HINT,
+            )
+    _check_ingress_hosts(servers)
     addons = _addons(_obj(cfg, "addons") or {})
-    scaled = [m.name for m in models if m.autoscaling]
+    scaled = [s.name for _, s in servers if s.autoscaling]
     if scaled and not addons.prometheus and not addons.prometheus_address:
         raise ConfigError(
             "addons.prometheusAddress",
@@ -348,7 +439,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
             "or addons.prometheus: true",
         )
 
-    at_zero = [m.name for m in models if m.autoscaling and m.autoscaling.min_replicas == 0]
+    at_zero = [s.name for _, s in servers if s.autoscaling and s.autoscaling.min_replicas == 0]
     if at_zero and not addons.keda and addons.http_addon_proxy_port is None:
         raise ConfigError(
             "addons.httpAddon",
@@ -359,7 +450,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         )
 
     auth_token = None
-    if any(m.auth for m in models):
+    if any(s.auth for _, s in servers):
         auth_token = cfg.get_secret("authToken")
         if auth_token is None:
             raise ConfigError(
@@ -409,6 +500,7 @@ def load(project_dir: Path | None = None) -> StackConfig:
         addons=addons,
         kubeconfig_contents=kubeconfig_contents,
         public_access_cidrs=public_access_cidrs,
+        servers=[s for _, s in servers],
     )
 
 
@@ -537,26 +629,148 @@ def _check_keys_and_secrets() -> None:
         )
 
 
-def _check_gpu_capacity(m: ModelConfig, i: int, pools: list[GpuPoolConfig]) -> None:
+def _check_gpu_capacity(s: ModelServerConfig, key: str, pools: list[GpuPoolConfig]) -> None:
     """The rollout surges one replica before an old one goes (maxUnavailable 0): at the largest
-    replica count the pools must still fit one more, or a rollout at peak waits forever."""
+    replica count the pools must still fit one more, or a rollout at peak waits forever. ``key``
+    is the server's (``servers[i]``, or ``models[i]`` for a model's own Deployment)."""
     from inferstack.components.gpu_node_pool import gpus_per_node
 
     capacity = sum(p.max_size * min(gpus_per_node(t) for t in p.instance_types) for p in pools)
-    peak = m.autoscaling.max_replicas if m.autoscaling else m.replicas
-    needed = m.gpus * (peak + 1)
+    peak = s.autoscaling.max_replicas if s.autoscaling else s.replicas
+    needed = s.gpus * (peak + 1)
     if capacity < needed:
-        key = f"models[{i}].autoscaling.maxReplicas" if m.autoscaling else f"models[{i}].replicas"
+        where = f"{key}.autoscaling.maxReplicas" if s.autoscaling else f"{key}.replicas"
         raise ConfigError(
-            key,
+            where,
             peak,
-            f"at most {capacity // m.gpus - 1}: the GPU pools hold {capacity} GPUs at maxSize, and "
-            f"{peak} replicas of {m.gpus} GPU(s) plus one surging during a rollout need {needed} "
+            f"at most {capacity // s.gpus - 1}: the GPU pools hold {capacity} GPUs at maxSize, and "
+            f"{peak} replicas of {s.gpus} GPU(s) plus one surging during a rollout need {needed} "
             "(raise gpuPools[].maxSize or lower the replicas)",
         )
 
 
-# -- sections ------------------------------------------------------------------------------
+def _check_gpu_fit(s: ModelServerConfig, key: str, pools: list[GpuPoolConfig]) -> None:
+    """A pod's GPUs come from one node: some pool's every instance type (the cluster autoscaler
+    may launch any of them) must carry at least ``gpus``, or the pod stays Pending."""
+    from inferstack.components.gpu_node_pool import gpus_per_node
+
+    per_pool = {p.name: min(gpus_per_node(t) for t in p.instance_types) for p in pools}
+    if s.gpus > max(per_pool.values()):
+        sizes = ", ".join(f"{name}: {n}" for name, n in per_pool.items())
+        raise ConfigError(
+            f"{key}.gpus",
+            s.gpus,
+            f"at most {max(per_pool.values())}: a replica's GPUs must be on one node, and the GPU pools' "
+            f"instance types carry at most that many each ({sizes}); add a pool of larger GPU instances",
+        )
+
+
+def _check_ingress_hosts(servers: list[tuple[str, ModelServerConfig]]) -> None:
+    """Several servers may share an Ingress host (each model's ``/v2/models/<name>`` path leads to
+    its server), but not at zero replicas: KEDA's interceptor, which holds requests then, is given
+    hosts to route, so a host it routes must belong to one server."""
+    by_host: dict[str, list[str]] = {}
+    paths: dict[tuple[str, str], str] = {}
+    for key, s in servers:
+        if s.exposure == "ingress" and s.ingress_host:
+            by_host.setdefault(s.ingress_host, []).append(s.name)
+            for m in s.models:  # the Ingress path is the name the runtime serves: the manifest's
+                other = paths.setdefault((s.ingress_host, m.manifest.name), m.name)
+                if other != m.name:
+                    raise ConfigError(
+                        f"{key}.ingress.host",
+                        s.ingress_host,
+                        f"a host where /v2/models/{m.manifest.name} leads to one model: {other} and "
+                        f"{m.name} are both served under that name (their manifests')",
+                    )
+    for key, s in servers:
+        others = [n for n in by_host.get(s.ingress_host or "", []) if n != s.name]
+        if others and s.exposure == "ingress" and s.autoscaling and s.autoscaling.min_replicas == 0:
+            raise ConfigError(
+                f"{key}.autoscaling.minReplicas",
+                0,
+                f"1 or more: ingress host {s.ingress_host} is shared with {', '.join(others)}, and at zero "
+                "KEDA's interceptor answers for the whole host (it routes by Host); give this server an "
+                "ingress.host of its own to scale it to zero",
+            )
+
+
+def _server_membership(raw_servers: list[Any], raw_models: list[Any]) -> dict[int, tuple[int, str]]:
+    """``servers[].models`` checked against ``models``: model index -> (server index, server name)
+    for every model a server lists. A model in two servers, a name listed twice, an unknown model,
+    a server with no model or a server name used twice is refused."""
+    names = [m.get("name") if isinstance(m, Mapping) else None for m in raw_models]
+    known = {n for n in names if isinstance(n, str)}
+    owner: dict[int, tuple[int, str]] = {}
+    server_names: list[str] = []
+    for i, raw in enumerate(raw_servers):
+        key = f"servers[{i}]"
+        if not isinstance(raw, Mapping):
+            raise ConfigError(key, raw, "a mapping with name, models and the Deployment's keys (gpus, cpu, ...)")
+        _keys(raw, key, {"name", "models", *SERVING_KEYS})
+        name = _name(raw.get("name"), f"{key}.name")
+        if name in server_names:
+            raise ConfigError(f"{key}.name", name, "a name used by one server only")
+        server_names.append(name)
+        listed = raw.get("models")
+        if not isinstance(listed, list) or not listed:
+            raise ConfigError(
+                f"{key}.models", listed, "a non-empty list of model names (models[].name) this server serves"
+            )
+        for j, model in enumerate(listed):
+            mkey = f"{key}.models[{j}]"
+            if not isinstance(model, str) or model not in known:
+                hint = _nearest(str(model), known) if isinstance(model, str) else ""
+                raise ConfigError(mkey, model, f"the name of a model in models; {hint}(models: "
+                                  f"{', '.join(sorted(known))})")
+            index = names.index(model)
+            if index in owner:
+                other_i, other = owner[index]
+                where = f"listed twice in {key}" if other_i == i else f"already in servers[{other_i}] ({other})"
+                raise ConfigError(mkey, model, f"a model of one server only ({model} is {where})")
+            owner[index] = (i, name)
+    for i, name in enumerate(server_names):
+        if name in known and names.index(name) not in owner:
+            raise ConfigError(
+                f"servers[{i}].name",
+                name,
+                f"a name no model with a Deployment of its own uses (models[{names.index(name)}] {name} "
+                "names its own namespace, Deployment and Service)",
+            )
+    return owner
+
+
+def _servers(
+    raw_servers: list[Any],
+    models: list[ModelConfig],
+    membership: dict[int, tuple[int, str]],
+    target: str,
+) -> list[tuple[str, ModelServerConfig]]:
+    """Every Deployment with the key its errors name: a ``servers[i]`` entry where its first model
+    stands in ``models``, each model no server lists as ``models[i]``."""
+    out: list[tuple[str, ModelServerConfig]] = []
+    placed: set[int] = set()
+    for i, m in enumerate(models):
+        if i not in membership:
+            out.append((f"models[{i}]", ModelServerConfig.of_model(m)))
+            continue
+        si, _ = membership[i]
+        if si in placed:
+            continue
+        placed.add(si)
+        raw, key = raw_servers[si], f"servers[{si}]"
+        members = [models[names_i] for names_i in _listed(raw, models)]
+        serving = _serving(raw, key, target)
+        out.append((key, ModelServerConfig(raw["name"], members, declared=True, **serving)))
+    return out
+
+
+def _listed(raw: Mapping[str, Any], models: list[ModelConfig]) -> list[int]:
+    by_name = {m.name: i for i, m in enumerate(models)}
+    return [by_name[n] for n in raw["models"]]
+
+
+# -- sections# -- sections ------------------------------------------------------------------------------
 
 
 def _network(raw: Mapping[str, Any]) -> NetworkConfig:
@@ -789,28 +1003,25 @@ def _autoscaling(a: Any, key: str, replicas: int) -> AutoscalingConfig:
     return AutoscalingConfig(lo, hi, queue, inflight, idle)
 
 
-def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
+def _model(
+    raw: Any, key: str, root: Path, target: str, server: tuple[int, str] | None = None
+) -> ModelConfig:
+    """``models[i]``: its name and package, and, without a ``server`` (index, name) listing it, the
+    keys of its own Deployment (``SERVING_KEYS``); a model a server lists may set none of those."""
     if not isinstance(raw, Mapping):
         raise ConfigError(key, raw, "a mapping with name, path, image, ...")
-    _keys(
-        raw,
-        key,
-        {
-            "name",
-            "path",
-            "image",
-            "imagePullPolicy",
-            "replicas",
-            "gpus",
-            "cpu",
-            "memory",
-            "autoscaling",
-            "exposure",
-            "auth",
-            "cacheSize",
-            "ingress",
-        },
-    )
+    if server is not None:
+        for k in SERVING_KEYS:
+            if k in raw:
+                si, sname = server
+                raise ConfigKeyError(
+                    f"{key}.{k}",
+                    f"not on a model that servers[{si}] ({sname}) serves: its Deployment's {k} is "
+                    f"set once, as servers[{si}].{k}",
+                )
+        _keys(raw, key, {"name", "path"})
+    else:
+        _keys(raw, key, {"name", "path", *SERVING_KEYS})
     name = _name(raw.get("name"), f"{key}.name")
     rel = raw.get("path")
     if not isinstance(rel, str) or not rel:
@@ -832,6 +1043,21 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
         verify_files(path, manifest)
     except InferstackError as e:
         raise ConfigError(f"{key}.path", rel, f"a valid, intact model package ({e})") from None
+    if server is not None:
+        if manifest.name != name:
+            raise ConfigError(
+                f"{key}.name",
+                name,
+                f"{manifest.name!r}, the name its package's manifest gives: a server with several models "
+                "serves each under its manifest's name (/v2/models/<name>), so the stack names it so too",
+            )
+        return ModelConfig(name, path, manifest, None, server=server[1])
+    return ModelConfig(name, path, manifest, **_serving(raw, key, target))
+
+
+def _serving(raw: Mapping[str, Any], key: str, target: str) -> dict[str, Any]:
+    """The keys of a Deployment (``SERVING_KEYS``) of ``models[i]`` or ``servers[i]`` (``key``), as
+    keyword arguments of ``ModelConfig`` / ``ModelServerConfig``."""
     gpus = _int(raw.get("gpus", 1 if target == "aws" else 0), f"{key}.gpus", 0, 8)
     image = raw.get("image")
     if image is not None:  # otherwise the stack's runtime image (runtimeImage)
@@ -886,23 +1112,20 @@ def _model(raw: Any, key: str, root: Path, target: str) -> ModelConfig:
     pull = raw.get("imagePullPolicy")
     if pull is not None:
         pull = _choice(pull, f"{key}.imagePullPolicy", PULL_POLICIES)
-    return ModelConfig(
-        name,
-        path,
-        manifest,
-        image,
-        replicas,
-        gpus,
-        cpu,
-        memory,
-        scaling,
-        exposure,
-        auth,
-        pull,
-        cache_size=cache_size,
-        ingress_class=ingress_class,
-        ingress_host=ingress_host,
-    )
+    return {
+        "image": image,
+        "replicas": replicas,
+        "gpus": gpus,
+        "cpu": cpu,
+        "memory": memory,
+        "autoscaling": scaling,
+        "exposure": exposure,
+        "auth": auth,
+        "image_pull_policy": pull,
+        "cache_size": cache_size,
+        "ingress_class": ingress_class,
+        "ingress_host": ingress_host,
+    }
 
 
 # -- primitives ----------------------------------------------------------------------------

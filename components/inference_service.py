@@ -1,6 +1,6 @@
-"""InferenceService: one model served by the inferstack runtime on Kubernetes.
+"""InferenceService: one model server (one or more models) run by the inferstack runtime on Kubernetes.
 
-Declares the namespace, a ServiceAccount whose cloud identity may only read the model's prefix, the
+Declares the namespace, a ServiceAccount whose cloud identity may only read the models' prefixes, the
 Deployment (GPU request, toleration and node selector, v2 health probes, hardened securityContext,
 a rollout that never drops below capacity), the Service, PodDisruptionBudget and NetworkPolicy. Scaling
 is not here: with ``autoscaled`` the replica count belongs to KEDA (``autoscaling.py``).
@@ -60,6 +60,16 @@ class S3Credentials:
 
 
 @dataclass
+class ServedModel:
+    """One more model of a multi-model server (``InferenceServiceArgs.extra_models``)."""
+
+    uri: pulumi.Input[str]
+    """``s3://bucket/prefix/`` of its uploaded package: one more argument of ``inferstack serve``."""
+    prefix: str
+    """Its key prefix in the bucket, ending in ``/``: the pods' identity may read it too."""
+
+
+@dataclass
 class InferenceServiceArgs:
     model_name: str
     """DNS label; names the namespace (unless ``namespace``), Deployment and Service. Required."""
@@ -71,6 +81,10 @@ class InferenceServiceArgs:
     """Bucket holding the model (for the read-only policy). Required."""
     model_prefix: str
     """Key prefix of the model inside the bucket, ending in ``/``. Required."""
+    extra_models: list[ServedModel] = field(default_factory=list)
+    """More models the same pods serve (a multi-model server: one ``inferstack serve`` process, one
+    GPU allocation): their URIs follow ``model_uri`` in the container's arguments, in this order.
+    ``model_name`` then names the server, not a model. Default none."""
     image_pull_policy: str | None = None
     """``Always``, ``IfNotPresent`` or ``Never``. Default: ``IfNotPresent`` for an image pinned by digest
     (it cannot change), ``Always`` for a tag (a re-pushed tag is picked up). ``IfNotPresent``/``Never``
@@ -128,6 +142,10 @@ class InferenceServiceArgs:
     ingress_host: str | None = None
     """Host name the Ingress routes to the model; the endpoint URL is ``http://<host>``. Required with
     ``ingress``."""
+    ingress_paths: list[str] | None = None
+    """Paths (``Prefix`` matches) of ``ingress_host`` the Ingress sends to the Service, e.g.
+    ``/v2/models/<name>`` per model when several servers share the host. Default none: every path
+    (``/``)."""
     auth_token: pulumi.Input[str] | None = None
     """Bearer token the runtime requires; stored in a Secret, mounted as a file. Default: no auth."""
     port: int = 8000
@@ -185,8 +203,15 @@ class InferenceService(pulumi.ComponentResource):
         )
 
         image = pulumi.Output.from_input(args.image)
+        uris: list[pulumi.Input[str]] = [args.model_uri, *(m.uri for m in args.extra_models)]
+        prefixes = [args.model_prefix, *(m.prefix for m in args.extra_models)]
+        # `inferstack serve` reads several PATHs from INFERSTACK_MODEL split at whitespace (click's
+        # rule for a variadic argument); the arguments below take precedence and say the same.
+        model_env: pulumi.Input[str] = (
+            args.model_uri if not args.extra_models else pulumi.Output.all(*uris).apply(" ".join)
+        )
         env: list[dict[str, Any]] = [
-            {"name": "INFERSTACK_MODEL", "value": args.model_uri},
+            {"name": "INFERSTACK_MODEL", "value": model_env},
             {"name": "INFERSTACK_PORT", "value": str(args.port)},
             {"name": "INFERSTACK_GRPC_PORT", "value": str(args.grpc_port)},
             {"name": "INFERSTACK_HOST", "value": "0.0.0.0"},
@@ -203,7 +228,7 @@ class InferenceService(pulumi.ComponentResource):
         if args.cluster_name is not None:
             role = aws.iam.Role(
                 f"{name}-role",
-                description=f"{args.model_name}: read the model prefix only",
+                description=f"{args.model_name}: read the model prefix{'es' if args.extra_models else ''} only",
                 assume_role_policy=json.dumps(_POD_IDENTITY_TRUST),
                 tags=args.tags,
                 opts=child,
@@ -212,7 +237,9 @@ class InferenceService(pulumi.ComponentResource):
                 f"{name}-read-model",
                 role=role.id,
                 policy=pulumi.Output.all(args.bucket, args.kms_key_arn, args.region).apply(
-                    lambda v: json.dumps(read_model_policy(v[0], args.model_prefix, v[1], v[2]))
+                    lambda v: json.dumps(
+                        read_model_policy(v[0], prefixes if args.extra_models else args.model_prefix, v[1], v[2])
+                    )
                 ),
                 opts=child,
             )
@@ -305,8 +332,8 @@ class InferenceService(pulumi.ComponentResource):
                     "image": image,
                     "image_pull_policy": image.apply(lambda i: pull_policy(i, args.image_pull_policy)),
                     # The image's entrypoint is the runtime (`python -m inferstack.runtime`, the same
-                    # code as `inferstack serve`); its one argument is the model URI.
-                    "args": [args.model_uri],
+                    # code as `inferstack serve`); its arguments are the model URIs, one per model.
+                    "args": uris,
                     "ports": [{"name": "http", "container_port": args.port, "protocol": "TCP"},
                               {"name": "grpc", "container_port": args.grpc_port, "protocol": "TCP"}],
                     "env": env,
@@ -428,7 +455,8 @@ class InferenceService(pulumi.ComponentResource):
                     "annotations": {"pulumi.com/skipAwait": "true"},
                 },
                 spec=ingress_spec(
-                    args.ingress_class, args.ingress_host, service.metadata["name"], {"name": "http"}
+                    args.ingress_class, args.ingress_host, service.metadata["name"], {"name": "http"},
+                    args.ingress_paths,
                 ),
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[service]),
             )
@@ -476,22 +504,26 @@ _POD_IDENTITY_TRUST = {
 }
 
 
-def read_model_policy(bucket: str, prefix: str, kms_key_arn: str | None, region: str) -> dict[str, Any]:
-    """Read-only access to ``s3://bucket/prefix``: GetObject under the prefix, ListBucket limited to
-    it by the ``s3:prefix`` condition, and decrypt with the bucket's key through S3 only."""
+def read_model_policy(
+    bucket: str, prefix: str | list[str], kms_key_arn: str | None, region: str
+) -> dict[str, Any]:
+    """Read-only access to ``s3://bucket/prefix`` (each prefix of a multi-model server): GetObject
+    under it, ListBucket limited to it by the ``s3:prefix`` condition, and decrypt with the bucket's
+    key through S3 only."""
+    prefixes = [prefix] if isinstance(prefix, str) else list(prefix)
     statements: list[dict[str, Any]] = [
         {
             "Sid": "ReadModelObjects",
             "Effect": "Allow",
             "Action": ["s3:GetObject"],
-            "Resource": [f"arn:aws:s3:::{bucket}/{prefix}*"],
+            "Resource": [f"arn:aws:s3:::{bucket}/{p}*" for p in prefixes],
         },
         {
             "Sid": "ListModelPrefix",
             "Effect": "Allow",
             "Action": ["s3:ListBucket"],
             "Resource": [f"arn:aws:s3:::{bucket}"],
-            "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}*"]}},
+            "Condition": {"StringLike": {"s3:prefix": [v for p in prefixes for v in (p, f"{p}*")]}},
         },
     ]
     if kms_key_arn:
@@ -594,11 +626,21 @@ def _validate(args: InferenceServiceArgs) -> None:
             f"InferenceServiceArgs.cache_size: {args.cache_size!r}; expected a quantity of at least "
             "64Mi such as 10Gi"
         ) from None
-    if not args.model_prefix.endswith("/") or args.model_prefix.startswith("/") or "*" in args.model_prefix:
+    named = [("model_prefix", args.model_prefix)]
+    named += [(f"extra_models[{i}].prefix", m.prefix) for i, m in enumerate(args.extra_models)]
+    for what, prefix in named:
+        if not prefix.endswith("/") or prefix.startswith("/") or "*" in prefix:
+            raise ValueError(
+                f"InferenceServiceArgs.{what}: {prefix!r}; expected a key prefix "
+                "ending in '/', without a leading '/' or wildcards"
+            )
+    if len({p for _, p in named}) < len(named):
         raise ValueError(
-            f"InferenceServiceArgs.model_prefix: {args.model_prefix!r}; expected a key prefix "
-            "ending in '/', without a leading '/' or wildcards"
+            "InferenceServiceArgs.extra_models: a prefix given twice; expected one package per model"
         )
+    for path in args.ingress_paths or []:
+        if not re.match(r"^/[-a-zA-Z0-9_./]*$", path):
+            raise ValueError(f"InferenceServiceArgs.ingress_paths: {path!r}; expected a URL path such as /v2/models/tiny")
     if not 0 <= args.gpus <= 8:
         raise ValueError(f"InferenceServiceArgs.gpus: {args.gpus}; expected 0..8")
     if not (0 if args.autoscaled else 1) <= args.replicas <= 100:
@@ -690,9 +732,11 @@ def ephemeral_storage(cache_size: str) -> str:
 
 
 def ingress_spec(ingress_class: str | None, host: str | None, service: Any,
-                 port: dict[str, Any]) -> k8s.networking.v1.IngressSpecArgsDict:
-    """An Ingress spec that sends every path of ``host`` to ``service`` at ``port`` (``{"name": ...}``
-    or ``{"number": ...}``), through the controller of ``ingress_class``."""
+                 port: dict[str, Any], paths: list[str] | None = None) -> k8s.networking.v1.IngressSpecArgsDict:
+    """An Ingress spec that sends ``paths`` (``Prefix`` matches; default every path, ``/``) of
+    ``host`` to ``service`` at ``port`` (``{"name": ...}`` or ``{"number": ...}``), through the
+    controller of ``ingress_class``. Controllers merge the rules of several Ingresses for one host,
+    so servers sharing a host each declare their models' paths."""
     spec: dict[str, Any] = {
         "ingress_class_name": ingress_class,
         "rules": [
@@ -701,10 +745,11 @@ def ingress_spec(ingress_class: str | None, host: str | None, service: Any,
                 "http": {
                     "paths": [
                         {
-                            "path": "/",
+                            "path": path,
                             "path_type": "Prefix",
                             "backend": {"service": {"name": service, "port": port}},
                         }
+                        for path in (paths or ["/"])
                     ]
                 },
             }

@@ -1,15 +1,16 @@
 """InferenceStack: the whole stack for one environment, composed per target.
 
 * ``aws``: Network -> Cluster -> system pool + GpuNodePools -> NvidiaDevicePlugin, DcgmExporter,
-  ModelStore (S3, KMS), RuntimeImage per variant (built into ECR, or prebuilt by digest), and per
-  model a ModelArtifact and an InferenceService whose pods read the model through EKS Pod Identity.
+  ModelStore (S3, KMS), RuntimeImage per variant (built into ECR, or prebuilt by digest), per model
+  a ModelArtifact, and per model server (``servers[]``, or a model of its own) an InferenceService
+  whose pods read their models through EKS Pod Identity.
 * ``kubernetes``: an existing cluster from a kubeconfig context and any S3-compatible store (MinIO,
   Ceph, OSS, COS) through an ``aws`` provider with a custom endpoint and its addressing style; no
   node pools, the CPU runtime image (built and pushed to a registry the cluster reaches, or prebuilt
   by digest), static store credentials in a Secret.
 
 On both targets: Keda + KedaHttpAddon + Prometheus + Grafana (``inferstack:addons``), and per model
-with ``autoscaling`` an Autoscaling (KEDA ScaledObject on the runtime's queue, scale to zero through
+server with ``autoscaling`` an Autoscaling (KEDA ScaledObject on the runtime's queue, scale to zero through
 the HTTP add-on). The Kubernetes part is the same code on both targets.
 """
 
@@ -24,7 +25,7 @@ import pulumi_kubernetes as k8s
 from inferstack.components.autoscaling import Autoscaling, AutoscalingArgs
 from inferstack.components.cluster import Cluster, ClusterArgs
 from inferstack.components.cluster_autoscaler import ClusterAutoscaler, ClusterAutoscalerArgs
-from inferstack.components.config import ConfigError, ModelConfig, StackConfig
+from inferstack.components.config import ConfigError, ModelServerConfig, StackConfig
 from inferstack.components.dcgm_exporter import DcgmExporter
 from inferstack.components.eks_addons import EksAddons, EksAddonsArgs
 from inferstack.components.gpu_node_pool import GpuNodePool, GpuNodePoolArgs
@@ -33,6 +34,7 @@ from inferstack.components.inference_service import (
     InferenceService,
     InferenceServiceArgs,
     S3Credentials,
+    ServedModel,
 )
 from inferstack.components.keda import Keda
 from inferstack.components.keda_http_addon import (
@@ -248,22 +250,21 @@ class InferenceStack(pulumi.ComponentResource):
             )
         scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[*cluster.addons, *pools])
 
-        endpoints, uris = {}, {}
-        for m in cfg.models:
-            exposure = _exposure(m, "aws")
-            artifact = ModelArtifact(
-                f"{name}-{m.name}-artifact",
-                ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
-                opts=on_aws,
-            )
+        artifacts = _artifacts(name, cfg, store.bucket_name, on_aws)
+        endpoints, uris = {}, {m: a.uri for m, a in artifacts.items()}
+        paths = ingress_paths(cfg.model_servers())
+        for m in cfg.model_servers():
+            exposure = _exposure(m, "aws", paths.get(m.name))
+            first = artifacts[m.models[0].name]
             svc = InferenceService(
                 f"{name}-{m.name}",
                 InferenceServiceArgs(
                     model_name=m.name,
                     image=m.image or images[m.variant],
-                    model_uri=artifact.uri,
+                    model_uri=first.uri,
                     bucket=store.bucket_name,
-                    model_prefix=artifact.prefix,
+                    model_prefix=first.prefix,
+                    extra_models=_extra_models(m, artifacts),
                     cluster_name=cluster.name,
                     kms_key_arn=store.kms_key_arn,
                     region=cfg.region,
@@ -279,10 +280,8 @@ class InferenceStack(pulumi.ComponentResource):
                     pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
                 ),
             )
-            endpoints[m.name] = scaling.autoscale(
-                m, svc, exposure, service_depends_on=[*network.gateways, *pools]
-            )
-            uris[m.name] = artifact.uri
+            url = scaling.autoscale(m, svc, exposure, service_depends_on=[*network.gateways, *pools])
+            endpoints.update({model.name: url for model in m.models})
 
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
@@ -336,22 +335,21 @@ class InferenceStack(pulumi.ComponentResource):
         )
         images = self._runtime_images(name, cfg, pulumi.ResourceOptions(parent=self))
         scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[])
-        endpoints, uris = {}, {}
-        for m in cfg.models:
-            exposure = _exposure(m, "kubernetes")
-            artifact = ModelArtifact(
-                f"{name}-{m.name}-artifact",
-                ModelArtifactArgs(bucket=store.bucket_name, package_dir=m.path),
-                opts=on_store,
-            )
+        artifacts = _artifacts(name, cfg, store.bucket_name, on_store)
+        endpoints, uris = {}, {m: a.uri for m, a in artifacts.items()}
+        paths = ingress_paths(cfg.model_servers())
+        for m in cfg.model_servers():
+            exposure = _exposure(m, "kubernetes", paths.get(m.name))
+            first = artifacts[m.models[0].name]
             svc = InferenceService(
                 f"{name}-{m.name}",
                 InferenceServiceArgs(
                     model_name=m.name,
                     image=m.image or images[m.variant],
-                    model_uri=artifact.uri,
+                    model_uri=first.uri,
                     bucket=store.bucket_name,
-                    model_prefix=artifact.prefix,
+                    model_prefix=first.prefix,
+                    extra_models=_extra_models(m, artifacts),
                     region=store_cfg.region,
                     s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
                     s3_endpoint=store_cfg.cluster_endpoint,
@@ -362,8 +360,8 @@ class InferenceStack(pulumi.ComponentResource):
                 ),
                 opts=on_k8s,
             )
-            endpoints[m.name] = scaling.autoscale(m, svc, exposure, service_depends_on=[])
-            uris[m.name] = artifact.uri
+            url = scaling.autoscale(m, svc, exposure, service_depends_on=[])
+            endpoints.update({model.name: url for model in m.models})
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
         self.bucket_name = store.bucket_name
@@ -380,7 +378,7 @@ class InferenceStack(pulumi.ComponentResource):
         each is pinned by digest)."""
         ri = cfg.runtime_image
         images: dict[str, pulumi.Output[str]] = {}
-        for variant in sorted({m.variant for m in cfg.models if m.image is None}):
+        for variant in sorted({s.variant for s in cfg.model_servers() if s.image is None}):
             if not ri.build:
                 images[variant] = pulumi.Output.from_input(ri.prebuilt[variant])
                 continue
@@ -405,7 +403,7 @@ class InferenceStack(pulumi.ComponentResource):
 
 class _ScalingAddons:
     """The stack's KEDA, HTTP add-on, Prometheus and Grafana (as ``cfg.addons`` asks), and per model
-    the Autoscaling that uses them."""
+    server the Autoscaling that uses them."""
 
     def __init__(
         self,
@@ -418,7 +416,7 @@ class _ScalingAddons:
         self.stack, self.name = stack, name
         self.kube = kube
         opts = pulumi.ResourceOptions(parent=stack, providers={"kubernetes": kube}, depends_on=depends_on)
-        wanted = any(m.autoscaling for m in cfg.models)
+        wanted = any(m.autoscaling for m in cfg.model_servers())
         self.keda: list[pulumi.Resource] = []
         self.http: KedaHttpAddon | None = None
         if cfg.addons.keda and wanted:
@@ -447,8 +445,8 @@ class _ScalingAddons:
         elif cfg.addons.prometheus_address:
             self.prometheus_address = pulumi.Output.from_input(cfg.addons.prometheus_address)
 
-    def service_exposure(self, m: ModelConfig, exposure: dict[str, Any]) -> dict[str, Any]:
-        """The model's own Service: as ``exposure`` asks, or, when ``m`` scales to zero, an
+    def service_exposure(self, m: ModelServerConfig, exposure: dict[str, Any]) -> dict[str, Any]:
+        """The server's own Service: as ``exposure`` asks, or, when ``m`` scales to zero, an
         ExternalName to the interceptor (whose front takes the exposure) plus the ClusterIP backend
         the interceptor forwards to."""
         backend = backend_service(m)
@@ -458,13 +456,13 @@ class _ScalingAddons:
 
     def autoscale(
         self,
-        m: ModelConfig,
+        m: ModelServerConfig,
         svc: InferenceService,
         exposure: dict[str, Any],
         service_depends_on: list[pulumi.Resource],
     ) -> pulumi.Output[str]:
-        """Declare ``m``'s Autoscaling (if any); the model's endpoint URL. ``exposure`` is how the
-        model's Service would be exposed (the interceptor takes its place at zero)."""
+        """Declare server ``m``'s Autoscaling (if any); its endpoint URL. ``exposure`` is how the
+        server's Service would be exposed (the interceptor takes its place at zero)."""
         a = m.autoscaling
         if a is None:
             return svc.endpoint_url
@@ -495,13 +493,51 @@ class _ScalingAddons:
         return scaling.endpoint_url if scaling.endpoint_url is not None else svc.endpoint_url
 
 
-def backend_service(m: ModelConfig) -> str | None:
-    """The Service selecting ``m``'s pods when it scales to zero (clients reach the interceptor
-    under the model's name); None otherwise."""
+def _artifacts(
+    name: str, cfg: StackConfig, bucket: pulumi.Output[str], opts: pulumi.ResourceOptions
+) -> dict[str, ModelArtifact]:
+    """Each model's package uploaded (and checked against its sha256s) on its own, whatever server
+    runs it: model name -> its ModelArtifact."""
+    return {
+        m.name: ModelArtifact(
+            f"{name}-{m.name}-artifact", ModelArtifactArgs(bucket=bucket, package_dir=m.path), opts=opts
+        )
+        for m in cfg.models
+    }
+
+
+def _extra_models(m: ModelServerConfig, artifacts: dict[str, ModelArtifact]) -> list[ServedModel]:
+    return [ServedModel(artifacts[x.name].uri, artifacts[x.name].prefix) for x in m.models[1:]]
+
+
+def ingress_paths(servers: list[ModelServerConfig]) -> dict[str, list[str] | None]:
+    """Server name -> the paths its Ingress routes (``exposure: ingress``): ``/v2/models/<name>``
+    for each of its models (the name the runtime serves it under, its manifest's), plus ``/``
+    (health, server metadata, metrics) when no other server shares the host. None (every path, as
+    for one model per Deployment) for a one-model server alone on its host."""
+    hosts: dict[str, int] = {}
+    for s in servers:
+        if s.exposure == "ingress" and s.ingress_host:
+            hosts[s.ingress_host] = hosts.get(s.ingress_host, 0) + 1
+    out: dict[str, list[str] | None] = {}
+    for s in servers:
+        if s.exposure != "ingress" or not s.ingress_host:
+            continue
+        shared = hosts[s.ingress_host] > 1
+        if len(s.models) == 1 and not shared:
+            out[s.name] = None
+            continue
+        out[s.name] = [f"/v2/models/{m.manifest.name}" for m in s.models] + ([] if shared else ["/"])
+    return out
+
+
+def backend_service(m: ModelServerConfig) -> str | None:
+    """The Service selecting server ``m``'s pods when it scales to zero (clients reach the
+    interceptor under the server's name); None otherwise."""
     return f"{m.name}-backend" if m.autoscaling and m.autoscaling.min_replicas == 0 else None
 
 
-def _sizing(m: ModelConfig) -> dict[str, Any]:
+def _sizing(m: ModelServerConfig) -> dict[str, Any]:
     scaling = m.autoscaling
     return {
         "replicas": scaling.min_replicas if scaling else m.replicas,
@@ -514,7 +550,7 @@ def _sizing(m: ModelConfig) -> dict[str, Any]:
     }
 
 
-def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:
+def _exposure(m: ModelServerConfig, target: str, paths: list[str] | None = None) -> dict[str, Any]:
     """``models[].exposure`` as InferenceService arguments. ``internal`` and ``public`` keep their
     meaning per target: an internal / internet-facing AWS NLB on ``aws``; on ``kubernetes``, whose
     clusters may have no load balancer at all, ClusterIP / a plain LoadBalancer Service.
@@ -523,4 +559,5 @@ def _exposure(m: ModelConfig, target: str) -> dict[str, Any]:
         scheme = "internet-facing" if m.exposure == "public" else "internal"
         return {"exposure": "loadBalancer", "load_balancer_scheme": scheme}
     exposure = {"internal": "clusterIP", "public": "loadBalancer"}.get(m.exposure, m.exposure)
-    return {"exposure": exposure, "ingress_class": m.ingress_class, "ingress_host": m.ingress_host}
+    out = {"exposure": exposure, "ingress_class": m.ingress_class, "ingress_host": m.ingress_host}
+    return {**out, "ingress_paths": paths} if paths else out
