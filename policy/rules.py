@@ -453,28 +453,51 @@ def _has_auth(spec: Mapping[str, Any]) -> bool:
     return False
 
 
+def _backends(
+    selector: Mapping[str, Any], namespace: Any, workloads: list[tuple[Resource, Any]]
+) -> list[Mapping[str, Any]]:
+    """The pod specs of the workloads (in ``namespace``, when known) that ``selector`` selects."""
+    backends = []
+    for w, spec in workloads:
+        if spec is None:
+            continue
+        w_ns = (w.props.get("metadata") or {}).get("namespace")
+        template = (w.props.get("spec") or {}).get("template") or {}
+        labels = (
+            (template.get("metadata") or {}).get("labels")
+            or (w.props.get("metadata") or {}).get("labels")
+            or {}
+        )
+        if (namespace is None or w_ns is None or w_ns == namespace) and _selects(selector, labels):
+            backends.append(spec)
+    return backends
+
+
+def _ingress_services(res: Resource) -> list[str]:
+    """The Service names an Ingress's rules (and default backend) send requests to."""
+    spec = res.props.get("spec") or {}
+    found = [((spec.get("defaultBackend") or {}).get("service") or {}).get("name")]
+    for rule in _as_list(spec.get("rules")):
+        for path in _as_list(((rule or {}).get("http") or {}).get("paths")):
+            found.append((((path or {}).get("backend") or {}).get("service") or {}).get("name"))
+    return [str(n) for n in found if n]
+
+
 def check_public_endpoints(resources: Sequence[Resource], config: Mapping[str, Any]) -> list[tuple[str, str]]:
     found = []
     workloads = [(r, pod_spec(r)) for r in resources]
+    services = {
+        ((r.props.get("metadata") or {}).get("namespace"), (r.props.get("metadata") or {}).get("name")): r
+        for r in resources
+        if r.type == "kubernetes:core/v1:Service"
+    }
     for res in resources:
         if not is_public_endpoint(res):
             continue
         namespace = (res.props.get("metadata") or {}).get("namespace")
         if res.type.endswith(":Service"):
             selector = (res.props.get("spec") or {}).get("selector") or {}
-            backends = []
-            for w, spec in workloads:
-                if spec is None:
-                    continue
-                w_ns = (w.props.get("metadata") or {}).get("namespace")
-                template = (w.props.get("spec") or {}).get("template") or {}
-                labels = (
-                    (template.get("metadata") or {}).get("labels")
-                    or (w.props.get("metadata") or {}).get("labels")
-                    or {}
-                )
-                if (namespace is None or w_ns is None or w_ns == namespace) and _selects(selector, labels):
-                    backends.append(spec)
+            backends = _backends(selector, namespace, workloads)
             if backends and all(_has_auth(s) for s in backends):
                 continue
             reason = (
@@ -486,10 +509,24 @@ def check_public_endpoints(resources: Sequence[Resource], config: Mapping[str, A
                 (res.urn, f"public LoadBalancer Service {res.name} does not require auth ({reason})")
             )
         else:
+            # An Ingress passes when every Service it routes to (of its namespace, as Kubernetes
+            # resolves them) selects pods and all of them require a bearer token.
+            names = _ingress_services(res)
+            backends = []
+            complete = bool(names)
+            for name in names:
+                svc = services.get((namespace, name))
+                selector = ((svc.props.get("spec") or {}).get("selector") or {}) if svc else {}
+                selected = _backends(selector, namespace, workloads) if selector else []
+                complete = complete and bool(selected)
+                backends += selected
+            if complete and all(_has_auth(s) for s in backends):
+                continue
             found.append(
                 (
                     res.urn,
-                    f"public Ingress {res.name}: put it behind an authenticating proxy or mark it internal",
+                    f"public Ingress {res.name}: its pods do not all require auth (auth: true); put it "
+                    "behind an authenticating proxy or mark it internal",
                 )
             )
     return found
