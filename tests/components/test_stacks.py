@@ -202,11 +202,12 @@ def test_rendering_is_deterministic_and_only_a_changed_model_changes_the_deploym
     assert REVISION not in json.dumps(dep_b) and new_revision in json.dumps(dep_b)
 
 
-def test_make_package_regenerates_the_committed_package_byte_for_byte(tmp_path: Path) -> None:
+@pytest.mark.parametrize("package", ["tiny-linear", "tiny-relu", "tiny-softmax"])
+def test_make_package_regenerates_the_committed_package_byte_for_byte(tmp_path: Path, package: str) -> None:
     from inferstack.examples.make_package import make_package
 
-    make_package(tmp_path / "pkg")
-    committed = ROOT / "examples" / "packages" / "tiny-linear"
+    make_package(tmp_path / "pkg", package)
+    committed = ROOT / "examples" / "packages" / package
     for name in ("model.onnx", "manifest.json"):
         assert (tmp_path / "pkg" / name).read_bytes() == (committed / name).read_bytes(), name
 

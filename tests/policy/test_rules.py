@@ -355,6 +355,52 @@ def test_public_endpoint_requires_auth() -> None:
     assert "does not require auth" in message and urn.endswith("::svc")
 
 
+def _ingress_stack(envs: dict[str, list[dict]]) -> list[PolicyResource]:
+    """An Ingress routing one path per model to the ClusterIP Services of two Deployments (one a
+    multi-model server), each with the given container env."""
+    out = [
+        res(
+            "kubernetes:networking.k8s.io/v1:Ingress",
+            "ing",
+            {
+                "metadata": {"namespace": "m"},
+                "spec": {
+                    "rules": [
+                        {
+                            "host": "models.example.com",
+                            "http": {
+                                "paths": [
+                                    {"path": f"/v2/models/{model}", "pathType": "Prefix",
+                                     "backend": {"service": {"name": svc, "port": {"name": "http"}}}}
+                                    for model, svc in (("a", "one"), ("b", "two"), ("c", "two"))
+                                ]
+                            },
+                        }
+                    ]
+                },
+            },
+        )
+    ]
+    for svc, env in envs.items():
+        labels = {"app": svc}
+        out.append(res("kubernetes:core/v1:Service", svc, {
+            "metadata": {"namespace": "m", "name": svc}, "spec": {"type": "ClusterIP", "selector": labels}}))
+        out.append(res("kubernetes:apps/v1:Deployment", f"{svc}-deploy", {
+            "metadata": {"namespace": "m"},
+            "spec": {"template": {"metadata": {"labels": labels},
+                                  "spec": {"containers": [{"name": "s", "env": env}]}}}}))
+    return out
+
+
+def test_public_ingress_passes_only_when_every_pod_it_routes_to_requires_auth() -> None:
+    name = "public-endpoints-require-auth"
+    assert run_stack(name, _ingress_stack({"one": TOKEN, "two": TOKEN})) == []
+    ((message, urn),) = run_stack(name, _ingress_stack({"one": TOKEN, "two": []}))
+    assert "public Ingress ing" in message and urn.endswith("::ing")
+    # a path to a Service that selects nothing (or does not exist) is not known to require auth
+    assert len(run_stack(name, _ingress_stack({"one": TOKEN}))) == 1
+
+
 # ------------------------------------------------------------------ cost tags
 
 
