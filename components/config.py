@@ -6,7 +6,8 @@ the key, the value it saw and what is allowed, e.g.::
 
     inferstack:gpuPools[0].minSize: -1 is not allowed; expected an integer >= 0
 
-See ``stacks/Pulumi.dev.yaml`` for every key with a comment.
+See ``stacks/Pulumi.dev.yaml`` for every key with a comment, and ``stacks/Pulumi.multi.yaml`` for
+``servers`` (several models in one Deployment).
 """
 
 from __future__ import annotations
