@@ -707,7 +707,9 @@ def _server_membership(raw_servers: list[Any], raw_models: list[Any]) -> dict[in
     for i, raw in enumerate(raw_servers):
         key = f"servers[{i}]"
         if not isinstance(raw, Mapping):
-            raise ConfigError(key, raw, "a mapping with name, models and the Deployment's keys (gpus, cpu, ...)")
+            raise ConfigError(
+                key, raw, "a mapping with name, models and the Deployment's keys (gpus, cpu, ...)"
+            )
         _keys(raw, key, {"name", "models", *SERVING_KEYS})
         name = _name(raw.get("name"), f"{key}.name")
         if name in server_names:
@@ -727,7 +729,9 @@ def _server_membership(raw_servers: list[Any], raw_models: list[Any]) -> dict[in
             index = names.index(model)
             if index in owner:
                 other_i, other = owner[index]
-                where = f"listed twice in {key}" if other_i == i else f"already in servers[{other_i}] ({other})"
+                where = (
+                    f"listed twice in {key}" if other_i == i else f"already in servers[{other_i}] ({other})"
+                )
                 raise ConfigError(mkey, model, f"a model of one server only ({model} is {where})")
             owner[index] = (i, name)
     for i, name in enumerate(server_names):

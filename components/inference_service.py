@@ -228,7 +228,7 @@ class InferenceService(pulumi.ComponentResource):
         if args.cluster_name is not None:
             role = aws.iam.Role(
                 f"{name}-role",
-                description=f"{args.model_name}: read the model prefix{'es' if args.extra_models else ''} only",
+                description=f"{args.model_name}: read the model prefix{'es' if len(prefixes) > 1 else ''} only",
                 assume_role_policy=json.dumps(_POD_IDENTITY_TRUST),
                 tags=args.tags,
                 opts=child,
@@ -238,7 +238,9 @@ class InferenceService(pulumi.ComponentResource):
                 role=role.id,
                 policy=pulumi.Output.all(args.bucket, args.kms_key_arn, args.region).apply(
                     lambda v: json.dumps(
-                        read_model_policy(v[0], prefixes if args.extra_models else args.model_prefix, v[1], v[2])
+                        read_model_policy(
+                            v[0], prefixes if args.extra_models else args.model_prefix, v[1], v[2]
+                        )
                     )
                 ),
                 opts=child,
@@ -640,7 +642,9 @@ def _validate(args: InferenceServiceArgs) -> None:
         )
     for path in args.ingress_paths or []:
         if not re.match(r"^/[-a-zA-Z0-9_./]*$", path):
-            raise ValueError(f"InferenceServiceArgs.ingress_paths: {path!r}; expected a URL path such as /v2/models/tiny")
+            raise ValueError(
+                f"InferenceServiceArgs.ingress_paths: {path!r}; expected a URL path such as /v2/models/tiny"
+            )
     if not 0 <= args.gpus <= 8:
         raise ValueError(f"InferenceServiceArgs.gpus: {args.gpus}; expected 0..8")
     if not (0 if args.autoscaled else 1) <= args.replicas <= 100:
@@ -731,8 +735,13 @@ def ephemeral_storage(cache_size: str) -> str:
 
 
 
-def ingress_spec(ingress_class: str | None, host: str | None, service: Any,
-                 port: dict[str, Any], paths: list[str] | None = None) -> k8s.networking.v1.IngressSpecArgsDict:
+def ingress_spec(
+    ingress_class: str | None,
+    host: str | None,
+    service: Any,
+    port: dict[str, Any],
+    paths: list[str] | None = None,
+) -> k8s.networking.v1.IngressSpecArgsDict:
     """An Ingress spec that sends ``paths`` (``Prefix`` matches; default every path, ``/``) of
     ``host`` to ``service`` at ``port`` (``{"name": ...}`` or ``{"number": ...}``), through the
     controller of ``ingress_class``. Controllers merge the rules of several Ingresses for one host,

@@ -122,9 +122,11 @@ def test_a_server_scales_to_zero_through_the_interceptor_on_its_own_service() ->
     http = {o.inputs["metadata"]["name"]: o.inputs for o in p.of_type(HTTP_SCALED_OBJECT)}
     assert sorted(http) == ["shared-http", "tiny-http"], sorted(http)
     spec = http["shared-http"]["spec"]
-    assert spec["scaleTargetRef"]["name"] == "shared" and spec["scaleTargetRef"]["service"] == "shared-backend"
+    target = spec["scaleTargetRef"]
+    assert target["name"] == "shared" and target["service"] == "shared-backend", target
     assert "shared.shared.svc.cluster.local" in spec["hosts"], spec["hosts"]
-    backend = [s for s in p.of_type("kubernetes:core/v1:Service") if s.inputs["metadata"]["name"] == "shared-backend"]
+    services = p.of_type("kubernetes:core/v1:Service")
+    backend = [s for s in services if s.inputs["metadata"]["name"] == "shared-backend"]
     assert len(backend) == 1 and backend[0].inputs["metadata"]["namespace"] == "shared"
 
 
@@ -222,7 +224,8 @@ def test_a_server_name_used_twice_is_refused() -> None:
 
 
 def test_a_server_named_like_a_model_with_its_own_deployment_is_refused() -> None:
-    _expect(_dev_with_server(name="tiny"), "servers[0].name", "'tiny'", "models[0] tiny names its own namespace")
+    _expect(_dev_with_server(name="tiny"), "servers[0].name", "'tiny'",
+            "models[0] tiny names its own namespace")
 
 
 @pytest.mark.parametrize("models", [[], None, "tiny-relu"])
