@@ -204,6 +204,7 @@ class InferenceService(pulumi.ComponentResource):
 
         image = pulumi.Output.from_input(args.image)
         uris: list[pulumi.Input[str]] = [args.model_uri, *(m.uri for m in args.extra_models)]
+        plural = "es" if args.extra_models else ""
         prefixes = [args.model_prefix, *(m.prefix for m in args.extra_models)]
         # `inferstack serve` reads several PATHs from INFERSTACK_MODEL split at whitespace (click's
         # rule for a variadic argument); the arguments below take precedence and say the same.
@@ -228,7 +229,7 @@ class InferenceService(pulumi.ComponentResource):
         if args.cluster_name is not None:
             role = aws.iam.Role(
                 f"{name}-role",
-                description=f"{args.model_name}: read the model prefix{'es' if len(prefixes) > 1 else ''} only",
+                description=f"{args.model_name}: read the model prefix{plural} only",
                 assume_role_policy=json.dumps(_POD_IDENTITY_TRUST),
                 tags=args.tags,
                 opts=child,
