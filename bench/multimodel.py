@@ -124,10 +124,11 @@ def summarize(
     """The readings from the measured rounds.
 
     ``alone[r]`` is round r's alone point (``throughput`` in req/s, ``p50_us``, ``p99_us``,
-    ``errors``, ``requests``; ``cpu_us`` optional) and ``together[r]`` is ``{"models": {name:
-    point}, "cpu_us": ...}`` for the same round. Raises ValueError when the rounds do not pair up,
-    when a round's model set differs or is not ``count`` models, or when an alone throughput is 0
-    (no share to compare with).
+    ``errors``, ``requests``; optional ``cpu_us``, server CPU microseconds per request, and
+    ``cpu_share``, server CPU seconds per wall second) and ``together[r]`` is
+    ``{"models": {name: point}, "cpu_us": ..., "cpu_share": ...}`` for the same round. Raises
+    ValueError when the rounds do not pair up, when a round's model set differs or is not
+    ``count`` models, or when an alone throughput is 0 (no share to compare with).
     """
     if not alone or len(alone) != len(together):
         raise ValueError(f"{len(alone)} alone and {len(together)} together rounds: they must pair up")
@@ -165,6 +166,7 @@ def summarize(
             "median_p50_us": _median([a["p50_us"] for a in alone]),
             "median_p99_us": _median([a["p99_us"] for a in alone]),
             "median_cpu_us": _median([a.get("cpu_us") for a in alone]),
+            "median_cpu_share": _median([a.get("cpu_share") for a in alone]),
             "errors": sum(a["errors"] for a in alone),
             "runs": alone,
         },
@@ -176,6 +178,12 @@ def summarize(
             "median_round_ratio": statistics.median(
                 t / a["throughput"] for t, a in zip(totals, alone, strict=True)),
             "median_cpu_us": _median([t.get("cpu_us") for t in together]),
+            "median_cpu_share": _median([t.get("cpu_share") for t in together]),
+            # server CPU time per request alone over together, round by round (> 1: a request
+            # costs the server less CPU together); far less disturbed by other work than req/s
+            "median_round_cpu_ratio": _median([
+                a["cpu_us"] / t["cpu_us"] if a.get("cpu_us") and t.get("cpu_us") else None
+                for a, t in zip(alone, together, strict=True)]),
             "errors": sum(m["errors"] for m in models.values()),
         },
         "worst_ratio": worst,
@@ -201,7 +209,9 @@ def measure(
     label: str,
 ) -> dict[str, Any]:
     """One phase: a fresh server on ``packages``, every model checked, warmed and then driven at
-    once by its own wrk; returns ``{"models": {name: point}, "cpu_us": server CPU us/request}``."""
+    once by its own wrk; returns ``{"models": {name: point}, "cpu_us": server CPU us/request,
+    "cpu_share": server CPU seconds per wall second, "load_average": the machine's 1-minute load
+    average as the measurement started}``."""
     names = [load_manifest(p).name for p in packages]
     how = launch_inferstack(packages, ServerConfig(max_batch_size=args.max_batch_size, core=args.server_core))
     log = args.work_dir / "logs" / f"multimodel-{label}.log"
@@ -225,12 +235,14 @@ def measure(
 
         if args.warmup > 0:
             load(args.warmup)
-        cpu = server.cpu_seconds()
+        load_average = os.getloadavg()[0]
+        cpu, t0 = server.cpu_seconds(), time.perf_counter()
         points = load(args.duration)
-        cpu = server.cpu_seconds() - cpu
+        cpu, wall = server.cpu_seconds() - cpu, time.perf_counter() - t0
     served = sum(p["requests"] for p in points.values())
     return {"models": {n: _point(p) for n, p in points.items()},
-            "cpu_us": cpu / served * 1e6 if served else None}
+            "cpu_us": cpu / served * 1e6 if served else None,
+            "cpu_share": cpu / wall, "load_average": load_average}
 
 
 def _ms(us: float | None) -> str:
@@ -262,8 +274,13 @@ def table(summary: dict[str, Any], concurrency: int) -> str:
     rows.append(f"share of the core = alone / {summary['count']} = {summary['share_throughput']:.0f} req/s; "
                 f"worst model {summary['worst_ratio']:.2f}x its share "
                 f"(goal >= {1 - summary['tolerance']:.2f}): "
-                f"{verdict}; server CPU us/request alone {a['median_cpu_us'] or 0:.0f}, together "
-                f"{t['median_cpu_us'] or 0:.0f}")
+                f"{verdict}")
+    cpu_ratio = t["median_round_cpu_ratio"]
+    if cpu_ratio is not None:
+        rows.append(f"server CPU per request: alone {a['median_cpu_us']:.0f} us, together "
+                    f"{t['median_cpu_us']:.0f} us (alone / together, median of rounds: {cpu_ratio:.2f}); "
+                    f"server CPU use: alone {a['median_cpu_share']:.0%}, together "
+                    f"{t['median_cpu_share']:.0%} of its core")
     return "\n".join(rows)
 
 
@@ -277,12 +294,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     together: list[dict[str, Any]] = []
     for r in range(args.rounds):
         one = measure(packages[:1], spec, body, expected, args, f"round{r}-alone")
-        alone.append({**one["models"][model_names(args.model, 1)[0]], "cpu_us": one["cpu_us"]})
-        print(f"round {r + 1}: alone: {alone[-1]['throughput']:.0f} req/s, p99 {_ms(alone[-1]['p99_us'])} ms",
+        alone.append({**one["models"][model_names(args.model, 1)[0]],
+                      **{k: one[k] for k in ("cpu_us", "cpu_share", "load_average")}})
+        print(f"round {r + 1}: alone: {alone[-1]['throughput']:.0f} req/s, "
+              f"p99 {_ms(alone[-1]['p99_us'])} ms, "
+              f"server CPU {one['cpu_share']:.0%} of its core, load average {one['load_average']:.1f}",
               flush=True)
         together.append(measure(packages, spec, body, expected, args, f"round{r}-together"))
         each = ", ".join(f"{n} {p['throughput']:.0f}" for n, p in together[-1]["models"].items())
-        print(f"round {r + 1}: together: {each} req/s", flush=True)
+        t = together[-1]
+        print(f"round {r + 1}: together: {each} req/s, server CPU {t['cpu_share']:.0%} of its core, "
+              f"load average {t['load_average']:.1f}", flush=True)
     summary = summarize(alone, together, args.count, args.tolerance)
     out = {
         "model": args.model,

@@ -30,11 +30,13 @@ def _pt(throughput: float, p99_us: float = 2000.0, errors: int = 0) -> dict[str,
 
 
 def test_each_model_is_read_against_its_share_of_the_alone_throughput() -> None:
-    alone = [_pt(4000), _pt(3600), _pt(4400)]
+    alone = [{**_pt(4000), "cpu_us": 120.0, "cpu_share": 0.9},
+             {**_pt(3600), "cpu_us": 130.0, "cpu_share": 0.8},
+             {**_pt(4400), "cpu_us": 200.0, "cpu_share": 0.7}]
     together = [
-        {"models": {"a": _pt(1100), "b": _pt(900)}, "cpu_us": 240.0},
-        {"models": {"a": _pt(900), "b": _pt(1000)}, "cpu_us": 260.0},
-        {"models": {"a": _pt(1210), "b": _pt(1100)}, "cpu_us": 250.0},
+        {"models": {"a": _pt(1100), "b": _pt(900)}, "cpu_us": 240.0, "cpu_share": 0.5},
+        {"models": {"a": _pt(900), "b": _pt(1000)}, "cpu_us": 260.0, "cpu_share": 0.6},
+        {"models": {"a": _pt(1210), "b": _pt(1100)}, "cpu_us": 250.0, "cpu_share": 0.4},
     ]
     s = multimodel.summarize(alone, together, count=2, tolerance=0.05)
     assert s["share_throughput"] == pytest.approx(2000.0)  # median alone 4000 / 2 models
@@ -49,6 +51,10 @@ def test_each_model_is_read_against_its_share_of_the_alone_throughput() -> None:
     assert s["total"]["median_throughput"] == pytest.approx(2000.0)
     assert s["total"]["median_round_ratio"] == pytest.approx(0.525)
     assert s["total"]["median_cpu_us"] == pytest.approx(250.0)
+    # server CPU per request alone over together, round by round: 120/240, 130/260, 200/250
+    assert s["total"]["median_round_cpu_ratio"] == pytest.approx(0.5)
+    assert (s["alone"]["median_cpu_share"], s["total"]["median_cpu_share"]) == pytest.approx((0.8, 0.5))
+    assert "0.50" in multimodel.table(s, 8)  # the worst model's and the CPU reading
     assert s["worst_ratio"] == pytest.approx(0.5)
     assert s["met"] is False
 
@@ -63,7 +69,8 @@ def test_the_goal_is_met_only_when_every_model_keeps_its_share_within_the_tolera
     assert run(2100, 1880, 0.05)["met"] is False  # b at 0.94
     assert run(2100, 1880, 0.10)["met"] is True
     assert run(2100, 1880, 0.10)["worst_ratio"] == pytest.approx(0.94)
-    assert run(2100, 1880, 0.10)["total"]["median_cpu_us"] is None  # no CPU reading given
+    assert run(2100, 1880, 0.10)["total"]["median_round_cpu_ratio"] is None  # no CPU reading given
+    assert "NOT met" in multimodel.table(run(2100, 1880, 0.05), 8)
 
 
 def test_rounds_that_do_not_pair_up_or_have_no_alone_answers_are_refused() -> None:
