@@ -2,12 +2,15 @@
 nvidia-pytriton (Python 3.12, whose libpython the Triton binary loads) and the KServe model server.
 
 The benchmark creates them itself under ``.bench-venvs/`` with pip; a peer whose environment
-cannot be made is reported as unavailable with the reason.
+cannot be made is reported as unavailable with the reason. ``.bench-venvs`` may be a link to a
+folder several checkouts share: an exclusive lock per peer lets one benchmark build an environment
+while another waits for it instead of building it at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import glob
 import os
 import shutil
@@ -72,18 +75,23 @@ def ensure(peer: str, root: Path) -> PeerEnv:
     marker = venv / ".installed"
     try:
         base = find_python()
-        if not (marker.is_file() and marker.read_text() == " ".join(packages) and python.exists()):
-            if venv.exists():
-                shutil.rmtree(venv)
-            subprocess.run([str(base), "-m", "venv", str(venv)], check=True, capture_output=True, text=True)
-            subprocess.run(
-                [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
-                check=True,
-                capture_output=True,
-                text=True,
-                timeout=1800,
-            )
-            marker.write_text(" ".join(packages))
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / f".{peer}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed
+            if not (marker.is_file() and marker.read_text() == " ".join(packages) and python.exists()):
+                if venv.exists():
+                    shutil.rmtree(venv)
+                subprocess.run(
+                    [str(base), "-m", "venv", str(venv)], check=True, capture_output=True, text=True
+                )
+                subprocess.run(
+                    [str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", *packages],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    timeout=1800,
+                )
+                marker.write_text(" ".join(packages))
         env = dict(os.environ)
         if peer == "triton":
             # the tritonserver binary links against the interpreter's shared libpython

@@ -60,6 +60,36 @@ class Launch:
         return f"{self.base_url}/v2/models/{model}/infer"
 
 
+def launch_inferstack(packages: list[Path], cfg: ServerConfig) -> Launch:
+    """``inferstack serve`` on one or more model packages (each served under its manifest's name,
+    with its own session and batcher), pinned to ``cfg.core``, on free loopback ports."""
+    port, grpc_port = free_port(), free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "inferstack.cli",
+        "serve",
+        *map(str, packages),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--grpc-port",
+        str(grpc_port),
+        "--max-batch-size",
+        str(cfg.max_batch_size),
+        "--max-queue-delay-us",
+        str(cfg.max_queue_delay_us),
+        "--max-queue-size",
+        str(cfg.max_queue_size),
+        "--intra-op-threads",
+        "1",
+        "--providers",
+        "CPUExecutionProvider",
+    ]
+    return Launch(pinned(cfg.core, argv), f"http://127.0.0.1:{port}", grpc_address=f"127.0.0.1:{grpc_port}")
+
+
 def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path) -> Launch:
     """The command that starts ``server`` on ``package`` (raises envs.EnvUnavailable for a peer
     whose environment cannot be made)."""
@@ -67,30 +97,7 @@ def launch(server: str, package: Path, name: str, cfg: ServerConfig, venvs: Path
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     if server == "inferstack":
-        argv = [
-            sys.executable,
-            "-m",
-            "inferstack.cli",
-            "serve",
-            str(package),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--grpc-port",
-            str(grpc_port := free_port()),
-            "--max-batch-size",
-            str(cfg.max_batch_size),
-            "--max-queue-delay-us",
-            str(cfg.max_queue_delay_us),
-            "--max-queue-size",
-            str(cfg.max_queue_size),
-            "--intra-op-threads",
-            "1",
-            "--providers",
-            "CPUExecutionProvider",
-        ]
-        return Launch(pinned(cfg.core, argv), base, grpc_address=f"127.0.0.1:{grpc_port}")
+        return launch_inferstack([package], cfg)
     if server == "plain":
         argv = [
             sys.executable,

@@ -1,0 +1,167 @@
+"""The several-models-in-one-process benchmark (bench/multimodel.py): its readings (each model's
+throughput against its share of the alone throughput), its command line, the renamed package
+copies, and one short phase against a real ``inferstack serve`` with two models (the machinery,
+not the speed)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from inferstack.bench import multimodel, payloads, wrk
+from inferstack.bench.models import ModelSpec
+
+from inferstack.manifest import (
+    Manifest,
+    TensorSpec,
+    file_entries,
+    load_manifest,
+    verify_files,
+    write_manifest,
+)
+
+
+def _pt(throughput: float, p99_us: float = 2000.0, errors: int = 0) -> dict[str, float]:
+    return {"throughput": throughput, "p50_us": p99_us / 2, "p99_us": p99_us, "errors": errors,
+            "requests": int(throughput * 4)}
+
+
+def test_each_model_is_read_against_its_share_of_the_alone_throughput() -> None:
+    alone = [{**_pt(4000), "cpu_us": 120.0, "cpu_share": 0.9},
+             {**_pt(3600), "cpu_us": 130.0, "cpu_share": 0.8},
+             {**_pt(4400), "cpu_us": 200.0, "cpu_share": 0.7}]
+    together = [
+        {"models": {"a": _pt(1100), "b": _pt(900)}, "cpu_us": 240.0, "cpu_share": 0.5},
+        {"models": {"a": _pt(900), "b": _pt(1000)}, "cpu_us": 260.0, "cpu_share": 0.6},
+        {"models": {"a": _pt(1210), "b": _pt(1100)}, "cpu_us": 250.0, "cpu_share": 0.4},
+    ]
+    s = multimodel.summarize(alone, together, count=2, tolerance=0.05)
+    assert s["share_throughput"] == pytest.approx(2000.0)  # median alone 4000 / 2 models
+    a, b = s["models"]["a"], s["models"]["b"]
+    # each together round against the alone round just before it: 1100/2000, 900/1800, 1210/2200
+    assert a["round_ratios"] == pytest.approx([0.55, 0.5, 0.55])
+    assert a["median_round_ratio"] == pytest.approx(0.55)
+    assert a["ratio_of_medians"] == pytest.approx(1100 / 2000)
+    assert b["round_ratios"] == pytest.approx([0.45, 1000 / 1800, 0.5])
+    assert b["median_round_ratio"] == pytest.approx(0.5)
+    # the total: 2000, 1900, 2310 together against 4000, 3600, 4400 alone
+    assert s["total"]["median_throughput"] == pytest.approx(2000.0)
+    assert s["total"]["median_round_ratio"] == pytest.approx(0.525)
+    assert s["total"]["median_cpu_us"] == pytest.approx(250.0)
+    # server CPU per request alone over together, round by round: 120/240, 130/260, 200/250
+    assert s["total"]["median_round_cpu_ratio"] == pytest.approx(0.5)
+    assert (s["alone"]["median_cpu_share"], s["total"]["median_cpu_share"]) == pytest.approx((0.8, 0.5))
+    assert "0.50" in multimodel.table(s, 8)  # the worst model's and the CPU reading
+    assert s["worst_ratio"] == pytest.approx(0.5)
+    assert s["met"] is False
+
+
+def test_the_goal_is_met_only_when_every_model_keeps_its_share_within_the_tolerance() -> None:
+    alone = [_pt(4000)]
+
+    def run(a: float, b: float, tolerance: float) -> dict[str, object]:
+        return multimodel.summarize(alone, [{"models": {"a": _pt(a), "b": _pt(b)}}], 2, tolerance)
+
+    assert run(2100, 1960, 0.05)["met"] is True  # b at 0.98 of its 2000
+    assert run(2100, 1880, 0.05)["met"] is False  # b at 0.94
+    assert run(2100, 1880, 0.10)["met"] is True
+    assert run(2100, 1880, 0.10)["worst_ratio"] == pytest.approx(0.94)
+    assert run(2100, 1880, 0.10)["total"]["median_round_cpu_ratio"] is None  # no CPU reading given
+    assert "NOT met" in multimodel.table(run(2100, 1880, 0.05), 8)
+
+
+def test_rounds_that_do_not_pair_up_or_have_no_alone_answers_are_refused() -> None:
+    with pytest.raises(ValueError, match="pair up"):
+        multimodel.summarize([_pt(1), _pt(1)], [{"models": {"a": _pt(1), "b": _pt(1)}}], 2, 0.05)
+    with pytest.raises(ValueError, match="expected 4"):
+        multimodel.summarize([_pt(1)], [{"models": {"a": _pt(1), "b": _pt(1)}}], 4, 0.05)
+    with pytest.raises(ValueError, match="same models"):
+        multimodel.summarize([_pt(1), _pt(1)], [{"models": {"a": _pt(1), "b": _pt(1)}},
+                                                 {"models": {"a": _pt(1), "c": _pt(1)}}], 2, 0.05)
+    with pytest.raises(ValueError, match="answered nothing"):
+        multimodel.summarize([_pt(0)], [{"models": {"a": _pt(1), "b": _pt(1)}}], 2, 0.05)
+
+
+def test_command_line_defaults_follow_the_goal() -> None:
+    args = multimodel.parse_args([])
+    assert (args.model, args.count, args.concurrency, args.rounds) == ("mlp", 4, 8, 3)
+    assert multimodel.model_names("mlp", 4) == ["mlp1", "mlp2", "mlp3", "mlp4"]
+    args = multimodel.parse_args(["--count", "2", "--duration", "3", "--tolerance", "0"])
+    assert (args.count, args.duration, args.tolerance) == (2, 3.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--count", "1"], "--count must be at least 2"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--duration", "0"], "--duration must be positive"),
+        (["--duration", "nan"], "--duration must be positive"),
+        (["--tolerance", "1"], "--tolerance must be in [0, 1)"),
+        (["--model", "nope"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        multimodel.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+SPEC = ModelSpec("tiny", "-", "x", (8,))
+W = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 10
+
+
+@pytest.fixture(scope="module")
+def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """x[N,8] @ W -> logits[N,3], with a dynamic batch axis."""
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
+        "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
+        [numpy_helper.from_array(W, "W")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    directory = tmp_path_factory.mktemp("tiny")
+    save(model, str(directory / "model.onnx"))
+    write_manifest(directory, Manifest(
+        name="tiny", version="1", model_file="model.onnx", files=file_entries(directory, ["model.onnx"]),
+        inputs=[TensorSpec("x", "FP32", [-1, 8])], outputs=[TensorSpec("logits", "FP32", [-1, 3])],
+        max_batch_size=4,
+    ))
+    return directory
+
+
+def test_copies_are_renamed_packages_with_the_same_checked_files(package: Path, tmp_path: Path) -> None:
+    copy = multimodel.copy_package(package, tmp_path / "tiny2", "tiny2")
+    manifest = load_manifest(copy)
+    assert manifest.name == "tiny2"
+    verify_files(copy, manifest)  # size and sha256 of every listed file
+    assert (copy / "model.onnx").read_bytes() == (package / "model.onnx").read_bytes()
+    assert load_manifest(package).name == "tiny"
+
+
+@pytest.mark.skipif(wrk.available() is not None, reason=str(wrk.available()))
+def test_one_phase_drives_every_model_of_one_server(package: Path, tmp_path: Path) -> None:
+    packages = [multimodel.copy_package(package, tmp_path / n, n) for n in ("tiny1", "tiny2")]
+    x = SPEC.request_array()
+    body = payloads.write_bodies(tmp_path / "bodies", "x", x, "logits")["binary"]
+    cores = (0, 1) if (os.cpu_count() or 1) >= 2 else (0, 0)
+    args = argparse.Namespace(max_batch_size=4, server_core=cores[0], client_core=cores[1], concurrency=2,
+                              warmup=0.0, duration=1.0, work_dir=tmp_path)
+    phase = multimodel.measure(packages, SPEC, body, x @ W, args, "test")
+    assert set(phase["models"]) == {"tiny1", "tiny2"}
+    for point in phase["models"].values():
+        assert point["throughput"] > 0 and point["errors"] == 0
+    assert phase["cpu_us"] > 0
+    # a server that answers one model wrongly is not measured
+    with pytest.raises(SystemExit, match="tiny1 answered wrongly"):
+        multimodel.measure(packages[:1], SPEC, body, x @ W + 1, args, "wrong")
