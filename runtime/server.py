@@ -596,8 +596,12 @@ class Server:
             # server not yet accepted, whose clients may have written a request already. So first
             # new connection attempts are dropped (they never get to write), what is queued is
             # accepted and drained like the rest, and only then is the socket closed.
-            if _drop_new_connections(listener.sockets[0]):
-                await asyncio.sleep(0.05)
+            sock = listener.sockets[0]
+            if _drop_new_connections(sock):
+                await asyncio.sleep(0.05)  # handshakes under way complete
+                deadline = time.monotonic() + 2
+                while _accept_queue_length(sock) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)  # (a busy event loop accepts later)
             listener.close()
             # gRPC: no new calls; those in flight finish (within the request timeout)
             grpc_stopped = asyncio.ensure_future(grpc_server.stop(self._grace()))
@@ -683,6 +687,19 @@ def _drop_new_connections(sock: Any) -> bool:
     finally:
         dup.close()
     return True
+
+
+def _accept_queue_length(sock: Any) -> int:
+    """Linux: connections the kernel has completed on the listening socket ``sock`` that the
+    server has not accepted yet (``tcpi_unacked`` of a listening socket's TCP_INFO); 0 elsewhere."""
+    import socket
+    import struct
+
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(struct.unpack_from("8B6I", info)[12])
+    except (OSError, AttributeError, struct.error):
+        return 0
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
