@@ -183,3 +183,16 @@ def test_pipelined_large_bodies_stay_within_the_budget(serve, mlp_package: Path)
     statuses = [part[:3] for part in data.split(b"HTTP/1.1 ")[1:]]
     assert statuses == [b"200"] * 5, data[:300]
     assert httpx.post(f"{s.url}/v2/models/mlp/infer", content=BODY).status_code == 200
+
+
+def test_a_refusal_reaches_a_client_still_sending_its_body(strict_server: Served) -> None:
+    # the 413 is answered at the headers while the client goes on sending its body: the server
+    # half-closes after it and discards what still arrives, so the client, writing on, is not
+    # reset (which would lose the answer before it is read)
+    with _connect(strict_server) as sock:
+        sock.sendall(_head(50 * LIMIT))
+        time.sleep(0.1)  # the answer is out
+        for _ in range(160):  # 10 MiB, far past what the kernel's buffers hold
+            sock.sendall(b" " * 65536)
+        data, _ = _read_until_closed(sock)
+    assert data.startswith(b"HTTP/1.1 413 ") and b"connection: close" in data.lower(), data[:200]
