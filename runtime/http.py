@@ -14,8 +14,8 @@ What sits on top of uvicorn (runtime/README.md, "The HTTP layer", says why):
   GET would get and no body; a request with ``Upgrade`` is answered once, then the connection closes.
 - :class:`Protocol`, a subclass of uvicorn's ``HttpToolsProtocol``: a header timeout (also for a
   new connection that sends nothing) and a bound on the bytes of a request line and headers
-  (uvicorn has neither); at most a few pipelined requests read ahead (uvicorn resumes reading after
-  every answer, however many are queued); an unparsable request answered 400 after the answers
+  (uvicorn has neither); reading stays paused while a few pipelined requests wait (uvicorn resumes
+  it after every answer, however many are queued); an unparsable request answered 400 after the answers
   to the requests read before it, in order (uvicorn writes its 400 at once, ahead of them);
   closing after a final answer by half-closing and discarding what still arrives, so the answer is
   not lost to a reset; idle keep-alive connections closed by the same sweep as the timeouts (no
@@ -33,7 +33,8 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import httptools
 import orjson
@@ -60,7 +61,7 @@ _SINGLE = frozenset(
 )
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = (b"connection", b"close")
-_MAX_PIPELINED = 8  # requests read ahead of the answer in progress; past it, reading stays paused
+_MAX_PIPELINED = 8  # reading stays paused while half this many pipelined requests wait
 _MAX_HEAD_BYTES = 256 * 1024
 _LINGER_S = 2.0  # after a final answer, how long to read and discard before closing for good
 _JOIN_UP_TO = 65536  # an answer of several parts up to this size is sent as one write
@@ -219,7 +220,7 @@ class Protocol(HttpToolsProtocol):
         self._mark = handler.now  # when bytes last arrived or the last answer was written
 
     # -- asyncio.Protocol ------------------------------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.real_transport = transport
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         self.flow = _Flow(self.transport, self)
@@ -330,8 +331,8 @@ class Protocol(HttpToolsProtocol):
             return
         body = orjson.dumps({"error": error.message})
         extra = b"".join([f"{n}: {v}\r\n".encode("latin-1") for n, v in error.headers])
-        transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n\r\n%s"
-                        % (_STATUS_LINES[error.status_code], len(body), extra, body))
+        transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n"
+                        b"\r\n%s" % (_STATUS_LINES[error.status_code], len(body), extra, body))
         log_access = self.handler.log_access
         if log_access is not None:
             log_access(None, error.status_code, len(body), body)
@@ -551,16 +552,18 @@ class Front:
             elif app.held_by.get(conn.client_address, 0) + size > app.max_client_buffered_bytes:
                 error = _over_share(app, conn.client_address)
         try:
-            body: bytes | None = b""
+            body = b""
             keep_alive = not upgrade
             if error is not None:
                 # with a body: not read, not waited for (answered, then closed); without one, the
                 # connection stays usable
                 keep_alive = keep_alive and not has_body
             elif has_body:
-                body, error = await self._read_body(scope, conn, exchange, receive)
-                if body is None:  # the client has gone
+                read, error = await self._read_body(scope, conn, exchange, receive)
+                if read is None:  # the client has gone
                     return
+                body = read
+                del read
                 if error is not None:
                     keep_alive = False
             request = Request(method, url, headers, body, keep_alive, error, exchange.held)
