@@ -43,7 +43,8 @@ def test_the_runtime_extra_carries_its_http_server_and_no_web_framework() -> Non
     assert "starlette" not in imported and "starlette" not in extras["runtime"], extras["runtime"]
     assert {"uvicorn", "httptools", "uvloop"} <= imported & extras["runtime"]
     # runtime/http.py subclasses uvicorn's protocol and relies on its internals: an upper bound
-    runtime = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["runtime"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    runtime = project["optional-dependencies"]["runtime"]
     (uvicorn,) = [r for r in runtime if r.startswith("uvicorn")]
     assert "<" in uvicorn, uvicorn
 
