@@ -1,5 +1,6 @@
-"""The HTTP-layer comparison: the runtime's own HTTP layer against the same request handling and
-batcher behind uvicorn and granian, and the plain Starlette peer, on the MLP at one concurrency.
+"""The HTTP-layer comparison: the runtime (uvicorn's httptools protocol with the runtime's additions,
+runtime/http.py) against the same request handling and batcher behind a bare ASGI callable on stock
+uvicorn and on granian, and the plain Starlette peer, on the MLP at one concurrency.
 
 The machine is shared, so the setups run in interleaved rounds (A, B, C, D, A, B, C, D, ...), one
 ``inferstack bench`` run per setup and round, and the result is each setup's median over the rounds

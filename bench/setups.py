@@ -24,8 +24,9 @@ DEFAULT_SETUPS: tuple[str, ...] = (
     "kserve-json",
     "ceiling",
 )
-#: the runtime's own request handling and batcher behind general-purpose ASGI servers
-#: (``peers/asgi_server.py``): the HTTP-layer comparison; measured only when named in ``--setups``
+#: the runtime's request handling and batcher behind a bare ASGI callable on stock uvicorn and on
+#: granian (``peers/asgi_server.py``), without the runtime's additions on top of uvicorn: the
+#: HTTP-layer comparison; measured only when named in ``--setups``
 HTTP_LAYER_SETUPS: tuple[str, ...] = ("uvicorn-binary", "granian-binary")
 SETUPS = DEFAULT_SETUPS + HTTP_LAYER_SETUPS
 

@@ -1,28 +1,40 @@
-"""A lean HTTP/1.1 server protocol on asyncio and httptools: keep-alive, pipelining (answers in
-order, bounded by count and bytes), back-pressure (a connection whose unsent answers pass the
-transport's high-water mark is not read until they drain), ``Expect: 100-continue``, a body size
-limit, a server-wide budget of buffered body bytes and a per-client share of it (counted as the
-bytes arrive, after the application has admitted the request's headers), header/body/idle
-timeouts and a minimum body rate (checked by the application's periodic sweep, nothing per read but
-one attribute store), HEAD answers without a body, one answer per request (``Upgrade`` is ignored,
-CONNECT refused), and graceful closing that never closes a keep-alive connection under a request.
+"""HTTP/1.1 through uvicorn: its httptools protocol (on uvloop) parses requests and writes answers;
+this module adds what uvicorn does not do and a serving runtime needs, and hands each request to the
+application as a parsed :class:`Request`.
 
-It parses a request into a :class:`Request` and hands it to the application's ``handle``; the
-application answers (now or later) with :meth:`Connection.respond`. Nothing else: no routing, no
-middleware; the per-request cost of a general-purpose framework would eat a large part of the
-latency budget of a small model.
+What sits on top of uvicorn (runtime/README.md, "The HTTP layer", says why):
+
+- :class:`Front`, the ASGI callable (no framework): the request's headers are checked before any of
+  its body is read (``receive`` is what makes uvicorn send ``100 Continue``): a repeated single
+  header (400), CONNECT (405), auth (the application's ``admit``), the body size limit (413) and the
+  server-wide budget of buffered body bytes and each client's share of it (503); the body is counted
+  in that budget as it is received, with a stall timeout and a minimum rate (408, checked by the
+  application's periodic sweep, which cancels the read), and released on every path once answered.
+  A refusal before the whole body is read closes the connection. HEAD answers carry the length a
+  GET would get and no body; a request with ``Upgrade`` is answered once, then the connection closes.
+- :class:`Protocol`, a subclass of uvicorn's ``HttpToolsProtocol``: a header timeout (also for a
+  new connection that sends nothing) and a bound on the bytes of a request line and headers
+  (uvicorn has neither); reading stays paused while a few pipelined requests wait (uvicorn resumes
+  it after every answer, however many are queued); an unparsable request answered 400 after the answers
+  to the requests read before it, in order (uvicorn writes its 400 at once, ahead of them);
+  closing after a final answer by half-closing and discarding what still arrives, so the answer is
+  not lost to a reset; idle keep-alive connections closed by the same sweep as the timeouts (no
+  timer per answer); and on shutdown, idle keep-alive connections kept open until the drain
+  timeout, for the request their client may be writing (uvicorn closes them at once).
+
+It relies on uvicorn's protocol internals (``HttpToolsProtocol``'s parser callbacks, its
+``cycle``, ``pipeline`` and ``flow``), so pyproject.toml pins uvicorn below its next minor version.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Protocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 import httptools
 import orjson
@@ -34,8 +46,10 @@ from inferstack.runtime.errors import (
     Overloaded,
     PayloadTooLarge,
 )
-
-log = logging.getLogger("inferstack.runtime")
+from uvicorn.config import Config
+from uvicorn.protocols.http.flow_control import FlowControl
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.server import ServerState
 
 _WANTED = frozenset(
     {b"content-length", b"content-type", b"content-encoding", b"inference-header-content-length",
@@ -46,19 +60,24 @@ _SINGLE = frozenset(
     {b"content-type", b"content-encoding", b"inference-header-content-length", b"authorization"}
 )
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
-_MAX_PIPELINED = 8  # requests read ahead of the answer in progress; past it, reading pauses
-_MAX_QUEUED_BYTES = 4 * 1024 * 1024  # ... or past this many body bytes read ahead
+_CLOSE = (b"connection", b"close")
+_MAX_PIPELINED = 8  # reading stays paused while half this many pipelined requests wait
 _MAX_HEAD_BYTES = 256 * 1024
 _LINGER_S = 2.0  # after a final answer, how long to read and discard before closing for good
-_HIGH_WATER = 256 * 1024  # unsent answer bytes past which a connection is not read
+_JOIN_UP_TO = 65536  # an answer of several parts up to this size is sent as one write
+#: scope keys this module's protocol adds for its ASGI callable
+CONN_KEY = "inferstack.connection"
+_UPGRADE_KEY = "inferstack.upgrade"
+_TARGET_KEY = "inferstack.target"
+_EXPIRED_KEY = "inferstack.expired"  # why the request's body read was cut off
 
 
-class Handler(Protocol):
+class Handler(TypingProtocol):
     max_body_bytes: int
     max_buffered_bytes: int
     max_client_buffered_bytes: int
     buffered: int
-    """request body bytes all connections hold now (bodies being read, queued, answered)"""
+    """request body bytes held now (bodies being read, requests being answered), all clients"""
     held_by: dict[str, int]
     """... of which each client address holds (only addresses holding bytes are keys)"""
     now: float
@@ -74,11 +93,11 @@ class Handler(Protocol):
         an error refuses the request (auth)."""
         ...
 
-    def handle(self, conn: Connection, request: Request) -> None: ...
+    def handle(self, conn: Exchange, request: Request) -> None: ...
 
-    def connection_opened(self, conn: Connection) -> None: ...
+    def connection_opened(self, conn: Protocol) -> None: ...
 
-    def connection_closed(self, conn: Connection) -> None: ...
+    def connection_closed(self, conn: Protocol) -> None: ...
 
 
 class Request:
@@ -87,382 +106,350 @@ class Request:
     def __init__(self, method: bytes, url: bytes, headers: dict[bytes, bytes], body: bytes,
                  keep_alive: bool, error: HTTPError | None, size: int = 0) -> None:
         self.method = method
-        self.url = url
-        self.headers = headers
+        self.url = url  # the raw path and query, as sent
+        self.headers = headers  # lower-case names; only those the runtime reads
         self.body = body
-        self.keep_alive = keep_alive
-        self.error = error  # set when the request was refused while reading (e.g. body too large)
+        self.keep_alive = keep_alive  # False: the answer closes the connection
+        self.error = error  # set when the request was refused at its headers
         self.started = 0.0
         self.size = size  # body bytes counted in the server's buffer budget
         self.arrived = 0.0  # (perf_counter) when it was handed to the application; access log only
 
 
-class Connection(asyncio.Protocol):
-    def __init__(self, app: Handler) -> None:
-        self.app = app
-        self.parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self.busy = False  # a request of this connection is being answered
-        self.closing = False  # close after the answers to what was read (shutdown, errors)
-        self._queue: deque[Request] = deque()
-        self._queued_bytes = 0
-        self._paused = False  # reading paused: too many pipelined requests, or closing
-        self._write_paused = False  # reading paused: the transport holds too many unsent bytes
-        self._reading_paused = False  # what the transport was told
-        self._in_queue = False  # _run_queue is on the stack
-        self._head_answer = False  # the request being answered is a HEAD: no body in its answer
-        self._client = ""  # the peer's address: its share of the body budget
-        self._request: Request | None = None  # the request being answered (for the access log)
+def _payload_too_large(size: int, limit: int, at_least: bool = False) -> HTTPError:
+    more = "more than " if at_least else ""
+    return PayloadTooLarge(
+        f"request body of {more}{size} bytes exceeds the limit of {limit} bytes "
+        "(--max-body-bytes / INFERSTACK_MAX_BODY_BYTES)"
+    )
+
+
+def _overloaded(app: Handler) -> HTTPError:
+    return Overloaded(
+        f"the server holds {app.buffered} bytes of requests (--max-buffered-bytes / "
+        f"INFERSTACK_MAX_BUFFERED_BYTES is {app.max_buffered_bytes}); retry later"
+    )
+
+
+def _over_share(app: Handler, client: str) -> HTTPError:
+    return Overloaded(
+        f"this client holds {app.held_by.get(client, 0)} bytes of requests "
+        f"(--max-client-buffered-bytes / INFERSTACK_MAX_CLIENT_BUFFERED_BYTES is "
+        f"{app.max_client_buffered_bytes}); retry later"
+    )
+
+
+# -- the connection: uvicorn's protocol, with what it lacks ----------------------------------------
+class _Flow(FlowControl):
+    """uvicorn's flow control, except that reading stays paused while enough pipelined requests
+    are queued (uvicorn resumes it after every answer and every ``receive``), and once the
+    connection has stopped parsing."""
+
+    def __init__(self, transport: asyncio.Transport, conn: Protocol) -> None:
+        super().__init__(transport)
+        self._conn = conn
+
+    def resume_reading(self) -> None:
+        if self.read_paused and not self._conn.discarding and len(self._conn.pipeline) < _MAX_PIPELINED // 2:
+            self.read_paused = False
+            self._transport.resume_reading()
+
+
+class _Transport:
+    """The transport uvicorn's protocol and its request cycles see: the real one, except that
+    ``close`` after an answer half-closes and lingers (see :meth:`Protocol.linger_close`), and that
+    an answer's head and body can be collected and written at once (:meth:`hold`, :meth:`flush`:
+    one write, one segment, where uvicorn writes each ASGI message on its own). Otherwise bound
+    methods of the real transport, not delegating wrappers: nothing is added per write."""
+
+    def __init__(self, real: Any, conn: Protocol) -> None:
+        self.write = self._write = real.write
+        self._held: list[bytes] = []
+        self.writelines = real.writelines
+        self.get_extra_info = real.get_extra_info
+        self.pause_reading = real.pause_reading
+        self.resume_reading = real.resume_reading
+        self.set_write_buffer_limits = real.set_write_buffer_limits
+        self.close = conn.linger_close
+        self._real = real
+        self._conn = conn
+
+    def is_closing(self) -> bool:
+        return self._conn.lingering or bool(self._real.is_closing())
+
+    def hold(self) -> None:
+        """Collect what is written until :meth:`flush`."""
+        self.write = self._held.append
+
+    def flush(self) -> None:
+        """Write what was collected, in one write; writes go straight through again."""
+        self.write = self._write
+        held = self._held
+        if held:
+            data = held[0] if len(held) == 1 else b"".join(held)
+            held.clear()
+            self._write(data)
+
+
+class Protocol(HttpToolsProtocol):
+    """One HTTP/1.1 connection: uvicorn's ``HttpToolsProtocol`` with a header timeout and bound,
+    bounded pipelining, in-order answers to malformed requests, lingering close, idle and drain
+    closing by the application's sweep (:meth:`check_timeouts`). Each request's scope carries the
+    connection under ``"inferstack.connection"`` for :class:`Front`."""
+
+    def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
+                 handler: Handler, _loop: asyncio.AbstractEventLoop | None = None) -> None:
+        super().__init__(config, server_state, app_state, _loop)
+        self.access_log = False  # (the runtime writes its own access log)
+        self.handler = handler
+        self.real_transport: Any = None
+        self.client_address = ""  # the peer's address: its share of the body budget
+        self.gone = False  # connection lost
+        self.closing = False  # shutting down: close once idle after the drain timeout
+        self.discarding = False  # parse no more: after an Upgrade, CONNECT, malformed request, final answer
+        self.lingering = False  # half-closed after a final answer; reading and discarding until EOF
+        self.reading: dict[str, Any] | None = None  # the scope of the request whose body Front receives
+        self.body_task: asyncio.Task[Any] | None = None  # ... in this task (cancelled on expiry)
+        self.window_since = 0.0  # the body rate is measured over windows of --body-timeout-s
+        self.window_bytes = 0
+        self._final: HTTPError | None = None  # the connection's last answer, after those in progress
         self._in_head = False  # between on_message_begin and on_headers_complete
-        self._in_body = False  # between on_headers_complete and on_message_complete
         self._fresh = True  # no request started yet on this connection
-        self._discard = False  # a request was refused while reading: ignore the rest, then close
-        self._lingering = False  # half-closed after a final answer; reading and discarding until EOF
         self._head_bytes = 0
         self._head_since = 0.0
-        self._mark = app.now  # when bytes last arrived or the last answer was written
-        self._held = 0  # body bytes of this connection in the server's budget
-        self._current = 0  # ... of which the request being answered
-        self._window_since = 0.0  # the body rate is measured over windows of --body-timeout-s
-        self._window_bytes = 0
-        self._reset()
+        self._mark = handler.now  # when bytes last arrived or the last answer was written
 
-    def _reset(self) -> None:
-        self._url = b""
-        self._headers: dict[bytes, bytes] = {}
-        self._body: list[bytes] = []
-        self._size = 0  # body bytes of the request being read so far
-        self._reserved = 0  # ... of them counted in the budget
-        self._twice: bytes | None = None  # a header of _SINGLE sent more than once
-        self._error: HTTPError | None = None  # refused at the headers, answered in order
-
-    # -- asyncio.Protocol --------------------------------------------------------------------
+    # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=_HIGH_WATER)  # type: ignore[attr-defined]
-        peer = transport.get_extra_info("peername")
-        self._client = str(peer[0]) if isinstance(peer, tuple) and peer else ""
-        self._mark = self.app.now
-        self.app.connection_opened(self)
+        self.real_transport = transport
+        super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
+        self.flow = _Flow(self.transport, self)
+        self.client_address = self.client[0] if self.client else ""
+        self._mark = self.handler.now
+        self.handler.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
-        self._queue.clear()
-        self._body = []
-        self._release(self._held)
-        self._current = self._reserved = self._queued_bytes = 0
-        self.app.connection_closed(self)
-
-    def pause_writing(self) -> None:
-        """The transport holds more than _HIGH_WATER unsent bytes: the client is not reading its
-        answers. Read nothing more from it (and answer nothing more) until they drain."""
-        self._write_paused = True
-        self._sync_reading()
+        self.gone = True
+        self.discarding = True
+        super().connection_lost(exc)
+        self.handler.connection_closed(self)
 
     def resume_writing(self) -> None:
-        self._write_paused = False
-        self._run_queue()
-        self._sync_reading()
-
-    def _sync_reading(self) -> None:
-        transport = self.transport
-        if transport is None or self._lingering:
-            return
-        pause = self._paused or self._write_paused
-        if pause != self._reading_paused:
-            self._reading_paused = pause
-            if pause:
-                transport.pause_reading()
-            else:
-                transport.resume_reading()
-
-    # -- the body budget -----------------------------------------------------------------------
-    def _hold(self, n: int) -> None:
-        app = self.app
-        app.buffered += n
-        self._held += n
-        held_by = app.held_by
-        held_by[self._client] = held_by.get(self._client, 0) + n
-
-    def _release(self, n: int) -> None:
-        if not n:
-            return
-        app = self.app
-        app.buffered -= n
-        self._held -= n
-        held_by = app.held_by
-        left = held_by.get(self._client, 0) - n
-        if left > 0:
-            held_by[self._client] = left
-        else:
-            held_by.pop(self._client, None)
+        self._mark = self.handler.now
+        super().resume_writing()
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering:  # the answer is out and the connection is closing: discard the rest
+        if self.discarding:  # after a final answer, an Upgrade or a malformed request
             return
-        self._mark = self.app.now
+        self._mark = self.handler.now
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             # The request (with Upgrade, or a CONNECT) was complete and is answered once, with
-            # Connection: close (see on_message_complete); what follows it is not HTTP/1.1.
-            self._discard = True
-            self.closing = True
-            self._paused = True
-            self._sync_reading()
+            # Connection: close (Front); what follows it is not HTTP/1.1.
+            self.discarding = True
+            self.flow.pause_reading()
             return
         except httptools.HttpParserError as e:
-            # (after a final answer, e.g. to Connection: close, the rest of the packet is discarded)
-            if not self._discard and not self._lingering:
-                self._fail_protocol(f"malformed HTTP request: {e}")
+            if not self.discarding:
+                self._fail(BadRequest(f"malformed HTTP request: {e}"))
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
             self._head_bytes += len(data)
             if self._head_bytes > _MAX_HEAD_BYTES:
-                self._fail_protocol(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes")
+                self._fail(BadRequest(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes"))
 
-    def _fail_protocol(self, message: str) -> None:
-        """The bytes are not HTTP/1.1 (or not within its limits): answer 400 after what was read
-        before them, in order, then close."""
-        self._discard = True
-        self._in_head = self._in_body = False
-        self._drop_partial()
-        self._final(BadRequest(message), b"")
-
-    # -- timeouts (called by the application's periodic sweep) ---------------------------------
-    def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float,
-                       min_rate: float, drain_over: bool) -> None:
-        if self.transport is None or self._lingering:
-            return
-        if self._write_paused:  # a client that reads none of its answers for that long is gone
-            if now - self._mark > idle_s:
-                self.close()
-            return
-        if self._paused:
-            return
-        if self._in_head:
-            if now - self._head_since > header_s:
-                self._expire(f"request line and headers not received within {header_s:g}s "
-                             "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)")
-        elif self._in_body:
-            if now - self._mark > body_s:
-                self._expire(f"request body stalled: no bytes for {body_s:g}s "
-                             "(--body-timeout-s / INFERSTACK_BODY_TIMEOUT_S)")
-            elif now - self._window_since >= body_s:
-                # bytes now and then are not enough: over each window, at least min_rate bytes/s
-                took = now - self._window_since
-                if self._window_bytes < min_rate * took:
-                    self._expire(f"request body too slow: {self._window_bytes} bytes in {took:.1f}s, "
-                                 f"under {min_rate:g} bytes/s (--min-body-rate / INFERSTACK_MIN_BODY_RATE)")
-                else:
-                    self._window_since = now
-                    self._window_bytes = 0
-        elif self.closing:
-            # Shutting down and idle: the client may be writing a request right now, so the
-            # connection stays open for it (answered with Connection: close) until the drain
-            # timeout; only then is it closed under a possible request.
-            if drain_over and not self.busy and not self._queue:
-                self.close()
-        elif not self.busy and not self._queue:
-            if self._fresh:
-                if now - self._mark > header_s:
-                    self._expire(f"no request received within {header_s:g}s "
-                                 "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)")
-            elif now - self._mark > idle_s:
-                self.close()  # an idle keep-alive connection: close quietly
-
-    def _expire(self, message: str) -> None:
-        self._drop_partial()
-        self._discard = True
-        self._in_head = self._in_body = False
-        if self.busy or self._queue:  # answer what was read, in order, then close
-            self.closing = True
-            self._pause()
-            return
-        self.respond_error(ClientTimeout(message), keep_alive=False)
-
-    # -- httptools callbacks -----------------------------------------------------------------
+    # -- httptools callbacks -----------------------------------------------------------------------
     def on_message_begin(self) -> None:
-        self._reset()
+        super().on_message_begin()
+        self.scope[CONN_KEY] = self  # type: ignore[literal-required]
         self._in_head = True
         self._fresh = False
-        self._head_since = self.app.now
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        if name in _WANTED:
-            headers = self._headers
-            if name in headers and name in _SINGLE:
-                self._twice = name
-            headers[name] = value
+        self._head_since = self.handler.now
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._in_body = True
         self._head_bytes = 0
-        if self._discard:
+        if self.parser.should_upgrade():  # Upgrade is ignored (RFC 9110 7.8); CONNECT is refused
+            self.scope[_UPGRADE_KEY] = True  # type: ignore[literal-required]
+            if self.parser.get_method() == b"CONNECT":  # an authority, not a path: refused by Front
+                self.scope[_TARGET_KEY] = self.url  # type: ignore[literal-required]
+                self.url = b"/"
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, without its per-answer keep-alive timer (the sweep closes idle connections)
+        # and with reading resumed only while few pipelined requests wait
+        self.server_state.total_requests += 1
+        self._mark = self.handler.now
+        if self.transport.is_closing():
             return
-        app = self.app
-        headers = self._headers
-        method = self.parser.get_method()
-        length = headers.get(b"content-length")
-        size = int(length) if length is not None and length.isdigit() else 0  # (httptools checked it)
-        has_body = size > 0 or (length is None and b"transfer-encoding" in headers)
-        if self._twice is not None:
-            error: HTTPError | None = BadRequest(
-                f"more than one {self._twice.decode('latin-1').title()} header: send it once")
-        elif method == b"CONNECT":
-            error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._final is not None:
+            self._write_final(self._final)
+            return
+        self.flow.resume_reading()
+
+    # -- closing ------------------------------------------------------------------------------------
+    def busy(self) -> bool:
+        """A request of this connection is being answered or waits for its turn."""
+        cycle = self.cycle
+        return (cycle is not None and not cycle.response_complete) or bool(self.pipeline)
+
+    def pending(self) -> bool:
+        """The client has already sent (part of) another request after the one being answered."""
+        return bool(self.pipeline) or self._in_head
+
+    def _fail(self, error: HTTPError) -> None:
+        """Answer ``error`` as the connection's last answer, after the answers to the requests read
+        before it, in order; parse nothing more."""
+        self.discarding = True
+        self._in_head = False
+        self.flow.pause_reading()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and cycle.more_body:
+            # the request whose body was being read is the one that failed: it gets the error
+            self.expire_body(cycle.scope, error)  # type: ignore[arg-type]
+        elif self.busy():
+            self._final = error
         else:
-            error = app.admit(method, self._url, headers)  # auth: before any body byte is counted
-        if error is None and size:
-            limit = app.max_body_bytes
-            if size > limit:  # refuse before the body is sent (or read)
-                error = self._payload_too_large(size, limit)
-            elif app.buffered + size > app.max_buffered_bytes:  # it cannot fit now
-                error = self._overloaded()
-            elif app.held_by.get(self._client, 0) + size > app.max_client_buffered_bytes:
-                error = self._over_share()
-        if error is not None:
-            if has_body:  # not read, not waited for: answer, then close
-                self._refuse_early(error)
-            else:  # answered in order, the connection stays usable
-                self._error = error
+            self._write_final(error)
+
+    def expire_body(self, scope: dict[str, Any], error: HTTPError) -> None:
+        """Cut off the body of the request of ``scope``, being received or not yet: :class:`Front`
+        answers ``error`` and closes."""
+        scope[_EXPIRED_KEY] = error
+        task = self.body_task
+        if task is not None and self.reading is scope:
+            task.cancel()
+
+    def _write_final(self, error: HTTPError) -> None:
+        transport = self.transport
+        if self.gone or transport.is_closing():
             return
-        self._window_since = app.now
-        self._window_bytes = 0
-        if headers.get(b"expect", b"").lower() == b"100-continue" and not self.busy \
-                and self.transport is not None:
-            # (while an answer is in progress, a 100 would land in the middle of it: the client
-            # sends the body after its own wait instead)
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = orjson.dumps({"error": error.message})
+        extra = b"".join([f"{n}: {v}\r\n".encode("latin-1") for n, v in error.headers])
+        transport.write(b"%scontent-type: application/json\r\ncontent-length: %d\r\n%sconnection: close\r\n"
+                        b"\r\n%s" % (_STATUS_LINES[error.status_code], len(body), extra, body))
+        log_access = self.handler.log_access
+        if log_access is not None:
+            log_access(None, error.status_code, len(body), body)
+        transport.close()
 
-    def on_body(self, body: bytes) -> None:
-        if self._discard or self._error is not None:
+    def linger_close(self) -> None:
+        """Close after a final answer without losing it: closing a socket that still has unread
+        request bytes makes the kernel send a reset, which can discard the answer before the client
+        reads it (a 413 or 503 sent while the client is still sending its body). So: send FIN after
+        the answer (half-close), read and discard what still arrives, and close for good when the
+        client closes or after ``_LINGER_S``."""
+        real = self.real_transport
+        if real is None or real.is_closing():
             return
-        # Counted in the budget as the bytes arrive (not as declared): a body that trickles in
-        # holds only what it sent, and the minimum rate cuts it off.
-        app = self.app
-        n = len(body)
-        self._size += n
-        self._window_bytes += n
-        if self._size > app.max_body_bytes:  # (a chunked body: no declared length)
-            self._refuse_early(self._payload_too_large(self._size, app.max_body_bytes, at_least=True))
+        self.transport.flush()  # type: ignore[attr-defined]  # (an answer being collected goes first)
+        if self.lingering or self.gone or not real.can_write_eof():
+            real.close()
             return
-        self._hold(n)
-        self._reserved += n
-        if app.buffered > app.max_buffered_bytes:
-            self._refuse_early(self._overloaded())
-            return
-        if app.held_by[self._client] > app.max_client_buffered_bytes:
-            self._refuse_early(self._over_share())
-            return
-        self._body.append(body)
+        self.lingering = True
+        self.discarding = True
+        real.write_eof()
+        with contextlib.suppress(Exception):  # reading may have been paused
+            real.resume_reading()
+        self.loop.call_later(_LINGER_S, real.close)
 
-    @staticmethod
-    def _payload_too_large(size: int, limit: int, at_least: bool = False) -> HTTPError:
-        more = "more than " if at_least else ""
-        return PayloadTooLarge(
-            f"request body of {more}{size} bytes exceeds the limit of {limit} bytes "
-            "(--max-body-bytes / INFERSTACK_MAX_BODY_BYTES)"
-        )
+    def close(self) -> None:
+        """Close now (idle, or the server is stopping)."""
+        real = self.real_transport
+        if real is not None and not real.is_closing():
+            real.close()
 
-    def _overloaded(self) -> HTTPError:
-        return Overloaded(
-            f"the server holds {self.app.buffered} bytes of requests (--max-buffered-bytes / "
-            f"INFERSTACK_MAX_BUFFERED_BYTES is {self.app.max_buffered_bytes}); retry later"
-        )
-
-    def _over_share(self) -> HTTPError:
-        return Overloaded(
-            f"this client holds {self.app.held_by.get(self._client, 0)} bytes of requests "
-            f"(--max-client-buffered-bytes / INFERSTACK_MAX_CLIENT_BUFFERED_BYTES is "
-            f"{self.app.max_client_buffered_bytes}); retry later"
-        )
-
-    def _drop_partial(self) -> None:
-        if self._reserved:
-            self._release(self._reserved)
-            self._reserved = 0
-        self._body = []
-
-    def _refuse_early(self, error: HTTPError) -> None:
-        """Answer ``error`` for the request being read (in order) and close: the rest of its body
-        is neither waited for nor read."""
-        self._drop_partial()
-        self._discard = True
-        self._in_body = False
-        self._final(error, self.parser.get_method())
-
-    def _final(self, error: HTTPError, method: bytes) -> None:
-        """Queue ``error`` as the connection's last answer (after the ones before it), read no
-        more, and close once it is written."""
-        request = Request(method, self._url, self._headers, b"", False, error)
+    def shutdown(self) -> None:
+        """Shutting down: the next answer on this connection is its last (``Connection: close``).
+        An idle connection stays open for a request its client may be writing right now; the
+        periodic sweep closes it once the drain timeout has passed. (uvicorn's own closes an idle
+        connection at once.)"""
         self.closing = True
-        self._paused = True
-        self._sync_reading()
-        self._queue.append(request)
-        self._run_queue()
 
-    def on_message_complete(self) -> None:
-        self._in_body = False
-        if self._discard:
+    # -- timeouts (called by the application's periodic sweep) -------------------------------------
+    def check_timeouts(self, now: float, header_s: float, body_s: float, idle_s: float,
+                       min_rate: float, drain_over: bool) -> None:
+        if self.gone or self.lingering:
             return
-        parser = self.parser
-        keep_alive = parser.should_keep_alive()
-        if parser.should_upgrade():  # Upgrade is ignored (RFC 9110 7.8), but what follows is not HTTP/1.1
-            keep_alive = False
-            length = self._headers.get(b"content-length")
-            if self._error is None and (length.strip(b"0") if length is not None
-                                        else b"transfer-encoding" in self._headers):
-                # httptools hands over no body for a request with Upgrade: refuse, not misread
-                self._error = BadRequest("a request body with Upgrade is not supported")
-        parts = self._body
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        self._body = []
-        size = self._reserved
-        self._reserved = 0
-        request = Request(parser.get_method(), self._url, self._headers, body, keep_alive, self._error, size)
-        if self.busy or self._write_paused or self._queue:
-            self._queue.append(request)
-            self._queued_bytes += size
-            if len(self._queue) >= _MAX_PIPELINED or self._queued_bytes >= _MAX_QUEUED_BYTES:
-                self._pause()
-        else:
-            self._dispatch(request)
-
-    def _pause(self) -> None:
-        self._paused = True
-        self._sync_reading()
-
-    # -- answering ---------------------------------------------------------------------------
-    def _dispatch(self, request: Request) -> None:
-        self.busy = True
-        if self.app.log_access is not None:
-            self._request = request
-            request.arrived = time.perf_counter()
-        self._current = request.size
-        self._head_answer = request.method == b"HEAD"
-        self.app.handle(self, request)
-
-    def _run_queue(self) -> None:
-        """Answer queued requests while nothing else is in progress (a loop, not a recursion:
-        answers written at once come back here)."""
-        if self._in_queue:
+        if self.flow.write_paused:  # a client that reads none of its answers for that long is gone
+            if now - self._mark > idle_s:
+                self.close()
             return
-        self._in_queue = True
-        try:
-            queue = self._queue
-            while queue and not self.busy and not self._write_paused and not self._lingering \
-                    and self.transport is not None:
-                request = queue.popleft()
-                self._queued_bytes -= request.size
-                self._dispatch(request)
-        finally:
-            self._in_queue = False
+        reading = self.reading
+        if reading is not None:
+            if _EXPIRED_KEY in reading:
+                return
+            if now - self._mark > body_s:
+                self.expire_body(reading, ClientTimeout(f"request body stalled: no bytes for {body_s:g}s "
+                                               "(--body-timeout-s / INFERSTACK_BODY_TIMEOUT_S)"))
+            elif now - self.window_since >= body_s:
+                # bytes now and then are not enough: over each window, at least min_rate bytes/s
+                took = now - self.window_since
+                if self.window_bytes < min_rate * took:
+                    self.expire_body(reading, ClientTimeout(
+                        f"request body too slow: {self.window_bytes} bytes in {took:.1f}s, under "
+                        f"{min_rate:g} bytes/s (--min-body-rate / INFERSTACK_MIN_BODY_RATE)"))
+                else:
+                    self.window_since = now
+                    self.window_bytes = 0
+            return
+        if self.discarding:
+            return
+        if self._in_head:
+            if not self.flow.read_paused and now - self._head_since > header_s:
+                self._fail(ClientTimeout(f"request line and headers not received within {header_s:g}s "
+                                         "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)"))
+            return
+        if self.busy():
+            return
+        if self.closing:
+            # Shutting down and idle: the client may be writing a request right now, so the
+            # connection stays open for it (answered with Connection: close) until the drain
+            # timeout; only then is it closed under a possible request.
+            if drain_over:
+                self.close()
+        elif self._fresh:
+            if now - self._mark > header_s:
+                self._fail(ClientTimeout(f"no request received within {header_s:g}s "
+                                         "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)"))
+        elif now - self._mark > idle_s:
+            self.close()  # an idle keep-alive connection: close quietly
+
+
+def protocol_factory(handler: Handler) -> Callable[[], Protocol]:
+    """A factory of :class:`Protocol` for ``loop.create_server``, answering through
+    :class:`Front` (uvicorn's configuration: httptools, no WebSocket, no lifespan, no proxy
+    headers, no ``server``/``date`` headers, no uvicorn access log)."""
+    config = Config(Front(handler), http=Protocol, ws="none", lifespan="off", interface="asgi3",
+                    proxy_headers=False, server_header=False, date_header=False, access_log=False,
+                    log_config=None)
+    config.load()
+    state = ServerState()
+
+    def make() -> Protocol:
+        return Protocol(config, state, {}, handler)
+
+    return make
+
+
+# -- the request: the ASGI callable --------------------------------------------------------------
+class Exchange:
+    """Where the application answers one request (now, or later from a callback)."""
+
+    __slots__ = ("conn", "app", "answer", "future", "held")
+
+    def __init__(self, conn: Protocol, app: Handler) -> None:
+        self.conn = conn
+        self.app = app
+        self.answer: tuple[int, bytes | Iterable[bytes | memoryview], bytes, tuple[tuple[str, str], ...],
+                           bool] | None = None
+        self.future: asyncio.Future[None] | None = None
+        self.held = 0  # bytes this request holds in the budget (body, what it decodes into)
 
     def respond(
         self,
@@ -472,98 +459,220 @@ class Connection(asyncio.Protocol):
         headers: tuple[tuple[str, str], ...] = (),
         keep_alive: bool = True,
     ) -> bool:
-        """Write one answer; then go on with the next pipelined request, or close. False when the
-        client has gone (nothing written)."""
-        transport = self.transport
-        if transport is None or transport.is_closing() or self._lingering:
-            # gone, or the final answer is out (write_eof): nothing is ever written after it
-            self.busy = False
+        """Answer the request (once). False when the client has gone (nothing will be written)."""
+        if self.answer is not None:
             return False
-        if self._current:  # the request's bytes leave the budget
-            self._release(self._current)
-            self._current = 0
-        if keep_alive and (self.closing or self.app.shutting_down) and not (
-                self._queue or self._in_head or self._in_body):
-            # Shutting down: this is the connection's last answer, unless the client has already
-            # sent (part of) another request, which is read and answered first.
-            keep_alive = False
-        extra = b"".join([f"{n}: {v}\r\n".encode("latin-1") for n, v in headers]) if headers else b""
-        if not keep_alive:
-            extra += b"connection: close\r\n"
-        status_line = _STATUS_LINES.get(status) or f"HTTP/1.1 {status} Status\r\n".encode()
-        if self._head_answer:  # the length a GET would get, and no body (RFC 9110 9.3.2)
-            length = len(body) if isinstance(body, bytes) else sum(len(c) for c in body)
-            transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
-                status_line, content_type, length, extra))
-        elif isinstance(body, bytes):
-            length = len(body)
-            transport.write(b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n%s" % (
-                status_line, content_type, length, extra, body))
-        else:
-            chunks: list[bytes | memoryview] = list(body)
-            length = sum(len(c) for c in chunks)
-            head = b"%scontent-type: %s\r\ncontent-length: %d\r\n%s\r\n" % (
-                status_line, content_type, length, extra)
-            if length <= 65536:
-                transport.write(b"".join([head, *chunks]))
-            else:
-                transport.writelines([head, *chunks])
-        self.busy = False
-        self._mark = self.app.now
-        log_access = self.app.log_access
-        if log_access is not None:
-            error_body = body if status >= 400 and isinstance(body, bytes) else None
-            log_access(self._request, status, length, error_body)
-            self._request = None
-        if not keep_alive:
-            self._queue.clear()  # (only after an Upgrade: nothing after it was parsed)
-            self._linger_close()
-            return True
-        self._run_queue()
-        if self._paused and not self.closing and len(self._queue) < _MAX_PIPELINED // 2 \
-                and self._queued_bytes < _MAX_QUEUED_BYTES // 2:
-            self._paused = False
-            self._sync_reading()
-        return True
-
-    def hold_decoded(self, n: int) -> bool:
-        """Count ``n`` more bytes in the budget for the request being answered (what its body
-        decodes into), until its answer is written; False, and nothing counted, when they do not
-        fit now."""
-        if self.app.buffered + n > self.app.max_buffered_bytes:
-            return False
-        self._hold(n)
-        self._current += n
-        return True
+        self.answer = (status, body, content_type, headers, keep_alive)
+        future = self.future
+        if future is not None and not future.done():
+            future.set_result(None)
+        return not self.conn.gone
 
     def respond_error(self, error: HTTPError, keep_alive: bool = True) -> bool:
-        body = orjson.dumps({"error": error.message})
-        return self.respond(error.status_code, body, headers=error.headers, keep_alive=keep_alive)
+        return self.respond(error.status_code, orjson.dumps({"error": error.message}), headers=error.headers,
+                            keep_alive=keep_alive)
 
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+    def hold(self, n: int) -> None:
+        app = self.app
+        app.buffered += n
+        self.held += n
+        held_by = app.held_by
+        client = self.conn.client_address
+        held_by[client] = held_by.get(client, 0) + n
 
-    def _linger_close(self) -> None:
-        """Close after a final answer without losing it: closing a socket that still has unread
-        request bytes makes the kernel send a reset, which can discard the answer before the client
-        reads it (a 413 or 503 sent while the client is still sending its body). So: send FIN after
-        the answer (half-close), read and discard what still arrives, and close for good when the
-        client closes or after ``_LINGER_S``."""
-        transport = self.transport
-        if transport is None or transport.is_closing():
+    def release(self) -> None:
+        n = self.held
+        if not n:
             return
-        if not transport.can_write_eof():
-            transport.close()
-            return
-        self._lingering = True
-        transport.write_eof()
-        with contextlib.suppress(Exception):  # reading may have been paused for back-pressure
-            transport.resume_reading()
-        asyncio.get_running_loop().call_later(_LINGER_S, self.close)
+        self.held = 0
+        app = self.app
+        app.buffered -= n
+        held_by = app.held_by
+        client = self.conn.client_address
+        left = held_by.get(client, 0) - n
+        if left > 0:
+            held_by[client] = left
+        else:
+            held_by.pop(client, None)
 
-    def shutdown(self) -> None:
-        """Shutting down: the next answer on this connection is its last (``Connection: close``).
-        An idle connection stays open for a request its client may be writing right now; the
-        periodic sweep closes it once the drain timeout has passed."""
-        self.closing = True
+    def hold_decoded(self, n: int) -> bool:
+        """Count ``n`` more bytes in the budget for this request (what its body decodes into),
+        until its answer is written; False, and nothing counted, when they do not fit now."""
+        if self.app.buffered + n > self.app.max_buffered_bytes:
+            return False
+        self.hold(n)
+        return True
+
+
+class Front:
+    """The ASGI callable uvicorn runs for each request (see the module's docstring)."""
+
+    def __init__(self, app: Handler) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable[[], Any],
+                       send: Callable[[dict[str, Any]], Any]) -> None:
+        if scope["type"] != "http":
+            return
+        app = self.app
+        conn: Protocol = scope[CONN_KEY]
+        headers: dict[bytes, bytes] = {}
+        twice = None
+        for name, value in scope["headers"]:
+            if name in _WANTED:
+                if name in _SINGLE and name in headers:
+                    twice = name
+                headers[name] = value
+        method = scope["method"].encode()
+        url = scope.get(_TARGET_KEY) or scope["raw_path"]
+        query = scope["query_string"]
+        if query:
+            url += b"?" + query
+        upgrade = _UPGRADE_KEY in scope
+        length = headers.get(b"content-length")
+        size = int(length) if length is not None and length.isdigit() else 0  # (httptools checked it)
+        has_body = size > 0 or (length is None and b"transfer-encoding" in headers)
+        exchange = Exchange(conn, app)
+        error: HTTPError | None
+        if twice is not None:
+            error = BadRequest(f"more than one {twice.decode('latin-1').title()} header: send it once")
+        elif method == b"CONNECT":
+            error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
+        else:
+            error = app.admit(method, url, headers)  # auth: before any body byte is counted
+            if error is None and upgrade and has_body:
+                # httptools hands over no body for a request with Upgrade: refuse, not misread
+                error = BadRequest("a request body with Upgrade is not supported")
+        if error is None and size:
+            limit = app.max_body_bytes
+            if size > limit:  # refuse before the body is sent (or read)
+                error = _payload_too_large(size, limit)
+            elif app.buffered + size > app.max_buffered_bytes:  # it cannot fit now
+                error = _overloaded(app)
+            elif app.held_by.get(conn.client_address, 0) + size > app.max_client_buffered_bytes:
+                error = _over_share(app, conn.client_address)
+        try:
+            body = b""
+            keep_alive = not upgrade
+            if error is not None:
+                # with a body: not read, not waited for (answered, then closed); without one, the
+                # connection stays usable
+                keep_alive = keep_alive and not has_body
+            elif has_body:
+                read, error = await self._read_body(scope, conn, exchange, receive)
+                if read is None:  # the client has gone
+                    return
+                body = read
+                del read
+                if error is not None:
+                    keep_alive = False
+            request = Request(method, url, headers, body, keep_alive, error, exchange.held)
+            del body
+            if app.log_access is not None:
+                request.arrived = time.perf_counter()
+            app.handle(exchange, request)
+            if exchange.answer is None:  # answered later (the batcher, a worker thread)
+                exchange.future = future = asyncio.get_running_loop().create_future()
+                await future
+            await self._send(send, conn, request, exchange)
+        finally:
+            exchange.release()
+
+    async def _read_body(self, scope: dict[str, Any], conn: Protocol, exchange: Exchange,
+                         receive: Callable[[], Any]) -> tuple[bytes | None, HTTPError | None]:
+        """Receive the body, counting it in the budget as it arrives; the sweep cuts off a body
+        that stalls or is too slow (:meth:`Protocol.check_timeouts`). An error: the body was not
+        read in full (its counted bytes are released); None: the client has gone."""
+        app = self.app
+        limit = app.max_body_bytes
+        parts: list[bytes] = []
+        size = 0
+        error: HTTPError | None = None
+        conn.window_since = app.now
+        conn.window_bytes = 0
+        conn.body_task = task = asyncio.current_task()
+        conn.reading = scope
+        try:
+            while True:
+                error = scope.get(_EXPIRED_KEY)
+                if error is not None:
+                    break
+                try:
+                    message = await receive()
+                except asyncio.CancelledError:
+                    if _EXPIRED_KEY not in scope:  # not the sweep's: the task is being stopped
+                        raise
+                    if task is not None and hasattr(task, "uncancel"):
+                        task.uncancel()
+                    continue
+                if message["type"] != "http.request":  # http.disconnect: nobody to answer
+                    exchange.release()
+                    return None, None
+                chunk = message["body"]
+                n = len(chunk)
+                if n:
+                    size += n
+                    conn.window_bytes += n
+                    if size > limit:  # (a chunked body: no declared length)
+                        error = _payload_too_large(size, limit, at_least=True)
+                        break
+                    exchange.hold(n)
+                    if app.buffered > app.max_buffered_bytes:
+                        error = _overloaded(app)
+                        break
+                    if app.held_by[conn.client_address] > app.max_client_buffered_bytes:
+                        error = _over_share(app, conn.client_address)
+                        break
+                    parts.append(chunk)
+                if not message.get("more_body"):
+                    break
+        finally:
+            conn.reading = None
+            conn.body_task = None
+        if error is not None:
+            exchange.release()
+            return b"", error
+        return (parts[0] if len(parts) == 1 else b"".join(parts)), None
+
+    async def _send(self, send: Callable[[dict[str, Any]], Any], conn: Protocol, request: Request,
+                    exchange: Exchange) -> None:
+        answer = exchange.answer
+        assert answer is not None
+        status, body, content_type, extra, keep_alive = answer
+        exchange.answer = None  # (not kept alive by the exchange while the answer is written)
+        exchange.release()  # the request's bytes leave the budget
+        app = self.app
+        chunks: list[bytes | memoryview] | None = None
+        if isinstance(body, bytes):
+            length = len(body)
+        else:
+            chunks = list(body)
+            length = sum(len(c) for c in chunks)
+        head = [(b"content-type", content_type), (b"content-length", b"%d" % length)]
+        for n, v in extra:
+            head.append((n.encode("latin-1"), v.encode("latin-1")))
+        if not keep_alive or (app.shutting_down and not conn.pending()):
+            # shutting down: this is the connection's last answer, unless the client has already
+            # sent (part of) another request, which is read and answered first
+            head.append(_CLOSE)
+        start = {"type": "http.response.start", "status": status, "headers": head}
+        if chunks is None or length <= _JOIN_UP_TO or request.method == b"HEAD":
+            transport: _Transport = conn.transport  # type: ignore[assignment]
+            transport.hold()
+            try:
+                await send(start)
+                if request.method == b"HEAD":  # the length a GET would get, and no body (RFC 9110 9.3.2)
+                    await send({"type": "http.response.body", "body": b""})
+                else:
+                    await send({"type": "http.response.body",
+                                "body": body if chunks is None else b"".join(chunks)})
+            finally:
+                transport.flush()
+        else:
+            await send(start)
+            last = len(chunks) - 1
+            for i, chunk in enumerate(chunks):
+                await send({"type": "http.response.body", "body": chunk, "more_body": i < last})
+        log_access = app.log_access
+        if log_access is not None:
+            log_access(request, status, length, body if status >= 400 and isinstance(body, bytes) else None)

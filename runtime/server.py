@@ -50,7 +50,7 @@ from inferstack.runtime.errors import (
     ServiceUnavailable,
 )
 from inferstack.runtime.grpc_server import start_grpc
-from inferstack.runtime.http import Connection, Request
+from inferstack.runtime.http import Exchange, Protocol, Request, protocol_factory
 from inferstack.runtime.logs import log_access
 from inferstack.runtime.metrics import CONTENT_TYPE, Metrics
 from inferstack.runtime.model import Model
@@ -79,13 +79,13 @@ class App:
         self.max_body_bytes = config.max_body_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
         self.max_client_buffered_bytes = config.client_buffered_bytes
-        self.buffered = 0  # request body bytes the connections hold (see http.Connection)
+        self.buffered = 0  # request body bytes held now (see http.Front)
         self.held_by: dict[str, int] = {}  # ... of which each client address holds
         self.shutting_down = False  # SIGTERM seen: every answer carries Connection: close
         self.drain_deadline = 0.0  # (monotonic) idle connections are closed from then on
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
         self.draining = False
-        self.connections: set[Connection] = set()
+        self.connections: set[Protocol] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._infer_paths: dict[str, ModelEntry] = {}
         self.plane.on_change.append(self._routes)
@@ -159,12 +159,12 @@ class App:
         models = list(self.plane.models.values())
         return models[0].batcher if len(models) == 1 else None
 
-    def connection_opened(self, conn: Connection) -> None:
+    def connection_opened(self, conn: Protocol) -> None:
         self.connections.add(conn)
         if self.draining:
             conn.shutdown()
 
-    def connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: Protocol) -> None:
         self.connections.discard(conn)
 
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
@@ -179,7 +179,7 @@ class App:
         return plane.check_auth(headers.get(b"authorization"))
 
     # -- dispatch ----------------------------------------------------------------------------
-    def handle(self, conn: Connection, request: Request) -> None:
+    def handle(self, conn: Exchange, request: Request) -> None:
         self.plane.deliver_finished()  # answers first: they free queue places
         try:
             raw = request.url
@@ -205,13 +205,13 @@ class App:
             log.exception("error while answering %r", request.url)
             self._refuse(conn, InternalError(f"internal error: {type(e).__name__}: {e}"), request)
 
-    def _refuse(self, conn: Connection, error: HTTPError, request: Request,
+    def _refuse(self, conn: Exchange, error: HTTPError, request: Request,
                 entry: ModelEntry | None = None) -> None:
         written = conn.respond_error(error, keep_alive=request.keep_alive)
         if request.started:  # an infer request: count it
             self.plane.finish(entry, request.started, error, written)
 
-    def _route(self, conn: Connection, request: Request, path: str) -> None:
+    def _route(self, conn: Exchange, request: Request, path: str) -> None:
         method = request.method
         plane = self.plane
         if path in _OPEN_PATHS:
@@ -270,7 +270,7 @@ class App:
         else:
             conn.respond(200, dumps(plane.model_metadata(entry)), keep_alive=request.keep_alive)
 
-    def _repository(self, conn: Connection, request: Request, path: str) -> None:
+    def _repository(self, conn: Exchange, request: Request, path: str) -> None:
         """POST /v2/repository/index, /v2/repository/models/{name}/load and .../unload."""
         method = request.method
         parts = path.split("/")  # ["", "v2", "repository", ...]
@@ -316,11 +316,11 @@ class App:
 
     @staticmethod
     def _require_get(method: bytes, path: str) -> None:
-        if method != b"GET" and method != b"HEAD":  # HEAD: the GET answer's headers (http.Connection)
+        if method != b"GET" and method != b"HEAD":  # HEAD: the GET answer's headers (http.Front)
             raise MethodNotAllowed(f"{method.decode('latin-1')} {path}: use GET", "GET, HEAD")
 
     # -- inference ---------------------------------------------------------------------------
-    def _infer(self, conn: Connection, request: Request, entry: ModelEntry) -> None:
+    def _infer(self, conn: Exchange, request: Request, entry: ModelEntry) -> None:
         try:
             self.plane.admit(entry)
             header_length = _header_length(request.headers)
@@ -342,7 +342,7 @@ class App:
             lambda f: loop.call_soon_threadsafe(self._decoded, f, conn, request, entry)
         )
 
-    def _hold_decoded(self, conn: Connection, request: Request, header_length: int | None,
+    def _hold_decoded(self, conn: Exchange, request: Request, header_length: int | None,
                       entry: ModelEntry) -> None:
         """Count what the body will decode into in --max-buffered-bytes, beyond the body itself:
         JSON_DECODED_PER_BYTE per byte of JSON, BYTES_DECODED_PER_ELEMENT per BYTES element the
@@ -368,7 +368,7 @@ class App:
     def _decode_body(self, request: Request, header_length: int | None, model: Model) -> InferRequest:
         return decode(self._body(request), header_length, model, self.config.max_bytes_elements)
 
-    def _decoded(self, future: Future[InferRequest], conn: Connection, request: Request,
+    def _decoded(self, future: Future[InferRequest], conn: Exchange, request: Request,
                  entry: ModelEntry) -> None:
         # The error is taken, not raised again: raising it here would add this frame (which holds
         # the future, which holds the error) to its traceback, a reference cycle that keeps the
@@ -385,7 +385,7 @@ class App:
         error.__traceback__ = None
         self._refuse(conn, InternalError(f"internal error: {type(error).__name__}: {error}"), request, entry)
 
-    def _submit(self, conn: Connection, request: Request, entry: ModelEntry, infer: InferRequest) -> None:
+    def _submit(self, conn: Exchange, request: Request, entry: ModelEntry, infer: InferRequest) -> None:
         keep_alive = request.keep_alive
         plane = self.plane
 
@@ -459,7 +459,7 @@ class App:
         return out
 
     @staticmethod
-    def _write(conn: Connection, header: bytes, blobs: list[bytes | memoryview], header_length: int | None,
+    def _write(conn: Exchange, header: bytes, blobs: list[bytes | memoryview], header_length: int | None,
                keep_alive: bool) -> bool:
         if header_length is None:
             return conn.respond(200, header, keep_alive=keep_alive)
@@ -548,7 +548,7 @@ class Server:
         config = self.config
         try:
             listener = await loop.create_server(
-                lambda: Connection(self.app), config.host, config.port, backlog=2048, reuse_address=True
+                protocol_factory(self.app), config.host, config.port, backlog=2048, reuse_address=True
             )
         except OSError as e:
             raise ConfigError(
@@ -596,8 +596,12 @@ class Server:
             # server not yet accepted, whose clients may have written a request already. So first
             # new connection attempts are dropped (they never get to write), what is queued is
             # accepted and drained like the rest, and only then is the socket closed.
-            if _drop_new_connections(listener.sockets[0]):
-                await asyncio.sleep(0.05)
+            sock = listener.sockets[0]
+            if _drop_new_connections(sock):
+                await asyncio.sleep(0.05)  # handshakes under way complete
+                deadline = time.monotonic() + 2
+                while _accept_queue_length(sock) and time.monotonic() < deadline:
+                    await asyncio.sleep(0.01)  # (a busy event loop accepts later)
             listener.close()
             # gRPC: no new calls; those in flight finish (within the request timeout)
             grpc_stopped = asyncio.ensure_future(grpc_server.stop(self._grace()))
@@ -683,6 +687,19 @@ def _drop_new_connections(sock: Any) -> bool:
     finally:
         dup.close()
     return True
+
+
+def _accept_queue_length(sock: Any) -> int:
+    """Linux: connections the kernel has completed on the listening socket ``sock`` that the
+    server has not accepted yet (``tcpi_unacked`` of a listening socket's TCP_INFO); 0 elsewhere."""
+    import socket
+    import struct
+
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        return int(struct.unpack_from("8B6I", info)[12])
+    except (OSError, AttributeError, struct.error):
+        return 0
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:

@@ -1,10 +1,13 @@
-"""The runtime's own request handling and batcher behind a general-purpose ASGI server.
+"""The runtime's request handling and batcher behind a minimal ASGI callable on stock uvicorn or
+granian.
 
 What the HTTP-layer comparison measures (runtime/README.md, "The HTTP layer"): the same routes,
-protocol code and batcher as ``inferstack serve`` (``inferstack.runtime.server.App``), with the HTTP
-connection handling done by uvicorn (httptools, uvloop) or granian instead of the runtime's own
-layer. A bare ASGI callable, no framework: the body is read from ASGI ``receive``, handed to
-``App.handle`` as a parsed request, and the answer ``App`` writes is sent through ASGI ``send``.
+protocol code and batcher as ``inferstack serve`` (``inferstack.runtime.server.App``) behind a bare
+ASGI callable, no framework and none of the runtime's additions on top of uvicorn
+(``inferstack.runtime.http``: header and body timeouts, the body budget, bounded pipelining,
+lingering close, the drain): the body is read from ASGI ``receive``, handed to ``App.handle`` as a
+parsed request, and the answer ``App`` writes is sent through ASGI ``send``. The runtime itself
+serves through uvicorn's httptools protocol, so on uvicorn this is the "same code, bare" check.
 
 Run: ``python bench/peers/asgi_server.py PACKAGE --server uvicorn --port 8000`` (or ``--server
 granian``; granian imports this module again in its worker, configured through the environment).
