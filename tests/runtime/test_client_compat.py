@@ -1,0 +1,538 @@
+"""Clients written for Triton and KServe, unchanged, against the real server: tritonclient.grpc
+(sync, callback and asyncio), tritonclient.http (sync, async and asyncio), the raw gRPC stub with
+typed ``contents``, and kserve's ``InferenceRESTClient`` / ``InferenceGRPCClient``, the way Triton's
+client examples call them (``simple``: INPUT0, INPUT1 INT32 [-1, 16] -> OUTPUT0 = sum, OUTPUT1 =
+difference, max batch 8; ``simple_string``: the same on BYTES holding decimal integers;
+``simple_identity``: BYTES identity). One server (``--model-repository`` with ``--model-control
+explicit``) serves every test.
+
+Tests marked ``xfail(strict=True)`` are where the server answers differently from Triton in a way
+those clients check; each reason names the server behaviour to change."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.grpc.aio as tga
+import tritonclient.http as th
+import tritonclient.http.aio as tha
+from runtime_harness import Served, package, save_graph, start_server
+from tritonclient.grpc import service_pb2, service_pb2_grpc
+from tritonclient.utils import InferenceServerException
+
+ADD_SUB = '''
+import torch
+from torch import nn
+
+
+class AddSub(nn.Module):
+    """OUTPUT0 = INPUT0 + INPUT1, OUTPUT1 = INPUT0 - INPUT1."""
+
+    def forward(self, INPUT0, INPUT1):
+        return INPUT0 + INPUT1, INPUT0 - INPUT1
+
+
+def build():
+    return AddSub().eval()
+'''
+
+
+def _export_add_sub(work: Path) -> Path:
+    """The 'simple' model: a PyTorch module exported by ``inferstack export``'s own code path."""
+    from inferstack.modeltools.export import ExportOptions, export
+    from inferstack.modeltools.loading import Source
+    from inferstack.modeltools.spec import parse_inputs
+
+    source = work / "addsub.py"
+    source.write_text(ADD_SUB)
+    opts = ExportOptions(
+        source=Source(spec=f"{source}:build"),
+        inputs=parse_inputs(["INPUT0:batch,16:int32", "INPUT1:batch,16:int32"]),
+        outputs=["OUTPUT0", "OUTPUT1"],
+        name="simple",
+        max_batch_size=8,
+        out=work / "simple",
+    )
+    _, out = export(opts)
+    return out
+
+
+def _string_models(work: Path, repo: Path) -> Path:
+    """``simple_string`` in the repository and ``simple_identity`` outside it (given as a PATH).
+    BYTES cannot be computed by a PyTorch module, so these are ONNX graphs: Cast string->INT32,
+    Add/Sub, Cast INT32->string; and Identity."""
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    graph = h.make_graph(
+        [
+            h.make_node("Cast", ["INPUT0"], ["a"], to=T.INT32),
+            h.make_node("Cast", ["INPUT1"], ["b"], to=T.INT32),
+            h.make_node("Add", ["a", "b"], ["s"]),
+            h.make_node("Sub", ["a", "b"], ["d"]),
+            h.make_node("Cast", ["s"], ["OUTPUT0"], to=T.STRING),
+            h.make_node("Cast", ["d"], ["OUTPUT1"], to=T.STRING),
+        ],
+        "simple_string",
+        [h.make_tensor_value_info(n, T.STRING, ["batch", 16]) for n in ("INPUT0", "INPUT1")],
+        [h.make_tensor_value_info(n, T.STRING, ["batch", 16]) for n in ("OUTPUT0", "OUTPUT1")],
+    )
+    package(repo / "simple_string", [save_graph(graph, work / "simple_string.onnx")], "simple_string", 8)
+    graph = h.make_graph(
+        [h.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "simple_identity",
+        [h.make_tensor_value_info("INPUT0", T.STRING, ["batch", "n"])],
+        [h.make_tensor_value_info("OUTPUT0", T.STRING, ["batch", "n"])],
+    )
+    onnx_file = save_graph(graph, work / "simple_identity.onnx")
+    return package(work / "simple_identity", [onnx_file], "simple_identity", 8)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    work = tmp_path_factory.mktemp("client-compat")
+    repo = work / "repository"
+    repo.mkdir()
+    simple = _export_add_sub(work)
+    shutil.copytree(simple, repo / "simple")
+    shutil.copytree(simple, repo / "simple_reload")  # the model the repository test unloads and loads
+    identity = _string_models(work, repo)
+    s = start_server(
+        identity, "--model-repository", str(repo), "--model-control", "explicit", "--drain-timeout-s", "1"
+    )
+    yield s
+    s.stop()
+
+
+IN0 = np.arange(16, dtype=np.int32).reshape(1, 16)
+IN1 = np.full((1, 16), -3, dtype=np.int32)
+
+
+def _client(protocol: str, s: Served) -> Any:
+    return (
+        tg.InferenceServerClient(s.grpc_address)
+        if protocol == "grpc"
+        else th.InferenceServerClient(s.address)
+    )
+
+
+def _inputs(mod: Any, a: np.ndarray = IN0, b: np.ndarray = IN1, binary: bool = True) -> list[Any]:
+    out = []
+    for name, data in (("INPUT0", a), ("INPUT1", b)):
+        t = mod.InferInput(name, list(data.shape), "INT32")
+        if mod is th:
+            t.set_data_from_numpy(data, binary_data=binary)
+        else:
+            t.set_data_from_numpy(data)
+        out.append(t)
+    return out
+
+
+def _check_add_sub(result: Any, a: np.ndarray = IN0, b: np.ndarray = IN1) -> None:
+    sum_, diff = result.as_numpy("OUTPUT0"), result.as_numpy("OUTPUT1")
+    assert sum_.dtype == np.int32 and diff.dtype == np.int32
+    np.testing.assert_array_equal(sum_, a + b)
+    np.testing.assert_array_equal(diff, a - b)
+
+
+# -- inference -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_simple_add_sub(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    outputs = [mod.InferRequestedOutput("OUTPUT0"), mod.InferRequestedOutput("OUTPUT1")]
+    result = c.infer("simple", _inputs(mod), outputs=outputs, request_id="req-7", headers={"test": "1"})
+    _check_add_sub(result)
+    response = result.get_response()
+    if protocol == "grpc":
+        assert (response.id, response.model_version) == ("req-7", "1")
+    else:
+        assert (response["id"], response["model_version"]) == ("req-7", "1")
+    # a batch of 8 rows (the model's max batch size); one output only
+    a = np.arange(128, dtype=np.int32).reshape(8, 16)
+    b = np.arange(128, dtype=np.int32)[::-1].reshape(8, 16).copy()
+    result = c.infer("simple", _inputs(mod, a, b), outputs=[mod.InferRequestedOutput("OUTPUT1")])
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), a - b)
+    assert result.as_numpy("OUTPUT0") is None
+
+
+def test_simple_http_json_tensors_and_compression(server: Served) -> None:
+    c = th.InferenceServerClient(server.address)
+    outputs = [th.InferRequestedOutput("OUTPUT0", binary_data=False), th.InferRequestedOutput("OUTPUT1")]
+    _check_add_sub(c.infer("simple", _inputs(th, binary=False), outputs=outputs))
+    for algorithm in ("gzip", "deflate"):
+        result = c.infer(
+            "simple",
+            _inputs(th),
+            request_compression_algorithm=algorithm,
+            response_compression_algorithm=algorithm,
+        )
+        _check_add_sub(result)
+
+
+def test_grpc_callback_and_asyncio(server: Served) -> None:
+    c = tg.InferenceServerClient(server.grpc_address)
+    done: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    for _ in range(4):
+        c.async_infer("simple", _inputs(tg), callback=lambda result, error: done.put((result, error)))
+    for _ in range(4):
+        result, error = done.get(timeout=10)
+        assert error is None
+        _check_add_sub(result)
+
+    async def aio() -> list[Any]:
+        async with tga.InferenceServerClient(server.grpc_address) as ac:
+            assert await ac.is_model_ready("simple")
+            stats = await ac.get_inference_statistics("simple", as_json=True)
+            assert stats["model_stats"][0]["name"] == "simple"
+            return list(await asyncio.gather(*(ac.infer("simple", _inputs(tg)) for _ in range(4))))
+
+    for result in asyncio.run(aio()):
+        _check_add_sub(result)
+
+
+def test_http_async_and_asyncio(server: Served) -> None:
+    c = th.InferenceServerClient(server.address, concurrency=4)
+    pending = [c.async_infer("simple", _inputs(th)) for _ in range(4)]
+    for p in pending:
+        _check_add_sub(p.get_result())
+
+    async def aio() -> list[Any]:
+        ac = tha.InferenceServerClient(server.address)
+        try:
+            return list(await asyncio.gather(*(ac.infer("simple", _inputs(th)) for _ in range(4))))
+        finally:
+            await ac.close()
+
+    for result in asyncio.run(aio()):
+        _check_add_sub(result)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_strings(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    a = np.array([[str(i).encode() for i in range(16)]], dtype=np.object_)
+    b = np.array([[b"7"] * 16], dtype=np.object_)
+    inputs = [mod.InferInput("INPUT0", [1, 16], "BYTES"), mod.InferInput("INPUT1", [1, 16], "BYTES")]
+    if mod is th:  # one tensor binary, one JSON, as Triton's HTTP string example sends them
+        inputs[0].set_data_from_numpy(a, binary_data=True)
+        inputs[1].set_data_from_numpy(b, binary_data=False)
+    else:
+        inputs[0].set_data_from_numpy(a)
+        inputs[1].set_data_from_numpy(b)
+    result = c.infer("simple_string", inputs)
+    assert [int(x) for x in result.as_numpy("OUTPUT0")[0]] == [i + 7 for i in range(16)]
+    assert [int(x) for x in result.as_numpy("OUTPUT1")[0]] == [i - 7 for i in range(16)]
+    # BYTES identity with an embedded NUL and control bytes (valid UTF-8), binary both ways
+    data = np.array([[b"he\x00llo", b"\x00\x01\x02\x03"] * 8], dtype=np.object_)
+    t = mod.InferInput("INPUT0", [1, 16], "BYTES")
+    t.set_data_from_numpy(data)
+    np.testing.assert_array_equal(c.infer("simple_identity", [t]).as_numpy("OUTPUT0"), data)
+
+
+def test_grpc_typed_contents_with_the_raw_stub(server: Served) -> None:
+    """``contents.int_contents`` and ``contents.bytes_contents`` instead of raw bytes, as Triton's
+    explicit-content gRPC examples send them; outputs come back in ``raw_output_contents``."""
+    from tritonclient.utils import deserialize_bytes_tensor
+
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="simple", id="typed")
+        for name, data in (("INPUT0", IN0), ("INPUT1", IN1)):
+            t = request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            t.contents.int_contents.extend(data.ravel().tolist())
+        response = stub.ModelInfer(request)
+        assert response.id == "typed" and [o.name for o in response.outputs] == ["OUTPUT0", "OUTPUT1"]
+        got = [np.frombuffer(raw, np.int32).reshape(1, 16) for raw in response.raw_output_contents]
+        np.testing.assert_array_equal(got[0], IN0 + IN1)
+        np.testing.assert_array_equal(got[1], IN0 - IN1)
+
+        request = service_pb2.ModelInferRequest(model_name="simple_string")
+        for name, values in (("INPUT0", [str(i) for i in range(16)]), ("INPUT1", ["1"] * 16)):
+            t = request.inputs.add(name=name, datatype="BYTES", shape=[1, 16])
+            t.contents.bytes_contents.extend(v.encode() for v in values)
+        response = stub.ModelInfer(request)
+        sums = deserialize_bytes_tensor(response.raw_output_contents[0])
+        assert [int(x) for x in sums] == [i + 1 for i in range(16)]
+
+
+# -- metadata, configuration, statistics -------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_metadata_and_config_as_clients_parse_them(server: Served, protocol: str) -> None:
+    c = _client(protocol, server)
+    assert c.is_server_live() and c.is_server_ready() and c.is_model_ready("simple", "1")
+    assert not c.is_model_ready("simple", "2")
+    if protocol == "grpc":
+        meta = c.get_model_metadata("simple")
+        assert [(t.name, t.datatype, list(t.shape)) for t in meta.inputs] == [
+            ("INPUT0", "INT32", [-1, 16]),
+            ("INPUT1", "INT32", [-1, 16]),
+        ]
+        config = c.get_model_config("simple").config  # parsed into tritonclient's ModelConfig
+        assert config.name == "simple" and config.max_batch_size == 8
+        assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+            ("INPUT0", tg.model_config_pb2.TYPE_INT32, [16]),
+            ("INPUT1", tg.model_config_pb2.TYPE_INT32, [16]),
+        ]
+        assert [o.name for o in config.output] == ["OUTPUT0", "OUTPUT1"]
+    else:
+        meta = c.get_model_metadata("simple", "1")
+        assert [(t["name"], t["datatype"], t["shape"]) for t in meta["outputs"]] == [
+            ("OUTPUT0", "INT32", [-1, 16]),
+            ("OUTPUT1", "INT32", [-1, 16]),
+        ]
+        config = c.get_model_config("simple")
+        assert config["max_batch_size"] == 8
+        assert [(i["name"], i["data_type"], i["dims"]) for i in config["input"]] == [
+            ("INPUT0", "TYPE_INT32", [16]),
+            ("INPUT1", "TYPE_INT32", [16]),
+        ]
+    server_meta = c.get_server_metadata()
+    extensions = server_meta.extensions if protocol == "grpc" else server_meta["extensions"]
+    assert {"model_repository", "statistics", "model_configuration"} <= set(extensions)
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_statistics_count_what_was_run(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+
+    def stats() -> dict[str, Any]:
+        got = c.get_inference_statistics("simple", "1", **({"as_json": True} if protocol == "grpc" else {}))
+        (model,) = got["model_stats"]
+        assert model["name"] == "simple" and model["version"] == "1"
+        return model
+
+    before = stats()
+    rows = np.arange(48, dtype=np.int32).reshape(3, 16)
+    for _ in range(5):
+        c.infer("simple", _inputs(mod, rows, rows))
+    after = stats()
+    # the gRPC JSON form writes 64-bit counters as strings (protobuf's JSON mapping)
+    count = lambda m, *keys: int(m[keys[0]][keys[1]]["count"]) if len(keys) == 2 else int(m[keys[0]])  # noqa: E731
+    assert count(after, "inference_stats", "success") - count(before, "inference_stats", "success") == 5
+    assert count(after, "inference_count") - count(before, "inference_count") == 15
+    every = c.get_inference_statistics(**({"as_json": True} if protocol == "grpc" else {}))
+    assert {"simple", "simple_string", "simple_identity"} <= {m["name"] for m in every["model_stats"]}
+
+
+# -- the model repository ----------------------------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_repository_index_unload_load(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+
+    def index() -> dict[str, dict[str, Any]]:
+        got = c.get_model_repository_index(**({"as_json": True} if protocol == "grpc" else {}))
+        rows = got["models"] if protocol == "grpc" else got
+        return {m["name"]: m for m in rows}
+
+    assert {"simple", "simple_reload", "simple_string", "simple_identity"} <= set(index())
+    assert index()["simple_reload"]["state"] == "READY"
+    try:
+        c.unload_model("simple_reload")
+        assert not c.is_model_ready("simple_reload")
+        assert index()["simple_reload"]["state"] == "UNAVAILABLE"
+        with pytest.raises(InferenceServerException):
+            c.infer("simple_reload", _inputs(mod))
+        _check_add_sub(c.infer("simple", _inputs(mod)))  # the others keep serving
+    finally:
+        c.load_model("simple_reload")
+    assert c.is_model_ready("simple_reload")
+    assert index()["simple_reload"]["state"] == "READY"
+    _check_add_sub(c.infer("simple_reload", _inputs(mod)))
+
+
+# -- kserve's clients ---------------------------------------------------------------------------------
+KSERVE_SCRIPT = """
+import asyncio, json, sys
+import numpy as np
+from kserve import InferenceGRPCClient, InferenceRESTClient, InferInput, InferRequest, RESTConfig
+
+http_url, grpc_address = sys.argv[1], sys.argv[2]
+A = np.arange(16, dtype=np.int32).reshape(1, 16)
+B = np.full((1, 16), -3, dtype=np.int32)
+
+def request(binary):
+    inputs = []
+    for name, data in (("INPUT0", A), ("INPUT1", B)):
+        t = InferInput(name, [1, 16], "INT32")
+        t.set_data_from_numpy(data, binary_data=binary)
+        inputs.append(t)
+    return InferRequest(model_name="simple", infer_inputs=inputs, request_id="k1")
+
+def outputs(response):
+    return {o.name: o.as_numpy().tolist() for o in response.outputs}
+
+async def main():
+    got = {}
+    rest = InferenceRESTClient(RESTConfig(protocol="v2", retries=0, timeout=10))
+    try:
+        got["rest_health"] = [await rest.is_server_live(http_url), await rest.is_server_ready(http_url),
+                              await rest.is_model_ready(http_url, "simple")]
+        for binary in (False, True):
+            r = await rest.infer(http_url, request(binary), model_name="simple")
+            got[f"rest_binary={binary}"] = [r.id, outputs(r)]
+    finally:
+        await rest.close()
+    g = InferenceGRPCClient(grpc_address, retries=0, timeout=10)
+    try:
+        got["grpc_health"] = [await g.is_server_live(), await g.is_server_ready(),
+                              await g.is_model_ready("simple")]
+        r = await g.infer(request(True))
+        got["grpc"] = [r.id, r.model_version, outputs(r)]
+    finally:
+        await g.close()
+    print(json.dumps(got))
+
+asyncio.run(main())
+"""
+
+
+def test_kserve_rest_and_grpc_clients(server: Served) -> None:
+    """kserve's clients in a child process: kserve registers its gRPC messages (package
+    ``inference``) in protobuf's default pool, as tritonclient.grpc does; one process cannot hold
+    both."""
+    out = subprocess.run(
+        [sys.executable, "-c", KSERVE_SCRIPT, server.url, server.grpc_address],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    expected = {"OUTPUT0": (IN0 + IN1).tolist(), "OUTPUT1": (IN0 - IN1).tolist()}
+    assert got["rest_health"] == [True, True, True] and got["grpc_health"] == [True, True, True]
+    assert got["rest_binary=False"] == ["k1", expected]
+    assert got["rest_binary=True"] == ["k1", expected]
+    assert got["grpc"] == ["k1", "1", expected]
+
+
+# -- where the server answers differently from Triton ------------------------------------------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="an unknown model is answered 'unknown model 'x'; this server serves ...' where Triton "
+    "says \"Request for unknown model: 'x' is not found\"; Triton's simple_http_infer_client, "
+    "simple_http_aio_infer_client and simple_{http,grpc}_health_metadata check that phrase",
+)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_unknown_model_message_as_triton(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    for call in (
+        lambda: c.infer("wrong_model_name", _inputs(mod)),
+        lambda: c.get_model_metadata("wrong_model_name"),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert str(e.value.message()).startswith("Request for unknown model")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="loading a name the repository does not hold is answered \"no model 'x' in the model "
+    "repository\"; Triton's answer contains 'failed to load' (\"failed to load 'x', failed to poll "
+    'from model repository"), which simple_{http,grpc}_model_control check',
+)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_load_unknown_model_message_as_triton(server: Served, protocol: str) -> None:
+    c = _client(protocol, server)
+    with pytest.raises(InferenceServerException) as e:
+        c.load_model("wrong_model_name")
+    assert "failed to load" in str(e.value.message())
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a model_version that is not an integer ('wrong_specification') is answered NOT_FOUND "
+    '"model \'simple\' has no version ..."; Triton answers INVALID_ARGUMENT "failed to get model '
+    "version from specified version string 'wrong_specification' ...\", which "
+    "grpc_explicit_int8_content_client checks (it then prints no PASS line)",
+)
+def test_malformed_version_as_triton(server: Served) -> None:
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="simple", model_version="wrong_specification")
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(
+                range(16)
+            )
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(request)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "failed to get model version from specified version string 'wrong_specification'" in str(
+        e.value.details()
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason='raw_input_contents together with typed contents is refused (right) with "raw_input_contents '
+    "has 1 entries for 2 inputs ...\"; Triton's message, which grpc_explicit_int_content_client checks, "
+    "is \"contents field must not be specified when using raw_input_contents for 'INPUT0' for "
+    "model 'simple'\"",
+)
+def test_raw_and_typed_contents_together_as_triton(server: Served) -> None:
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="simple")
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(
+                range(16)
+            )
+        request.raw_input_contents.append(np.arange(8, dtype=np.int32).tobytes())
+        request.inputs[0].contents.int_contents[:] = list(range(8, 16))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(request)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "contents field must not be specified when using raw_input_contents for 'INPUT0'" in str(
+        e.value.details()
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a load with a configuration override (load_model(name, config='{\"max_batch_size\":16}'), "
+    "Triton's repository extension 'config' parameter) is refused with 400 / INVALID_ARGUMENT "
+    "'loading with a configuration or files in the request is not supported'; "
+    "simple_{http,grpc}_model_control need it applied",
+)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_load_with_config_override(server: Served, protocol: str) -> None:
+    c = _client(protocol, server)
+    try:
+        c.load_model("simple_reload", config='{"max_batch_size": 4}')
+        config = c.get_model_config("simple_reload")
+        assert (config.config.max_batch_size if protocol == "grpc" else config["max_batch_size"]) == 4
+    finally:
+        c.load_model("simple_reload")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the classification extension (InferRequestedOutput(name, class_count=k)) is refused "
+    "with 400 / INVALID_ARGUMENT 'the classification extension is not supported'; Triton's "
+    "image_client, grpc_image_client, ensemble_image_client use it for every request",
+)
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_extension(server: Served, protocol: str) -> None:
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    result = c.infer("simple", _inputs(mod), outputs=[mod.InferRequestedOutput("OUTPUT0", class_count=2)])
+    top = result.as_numpy("OUTPUT0")
+    # Triton: per row, the k largest as "value:index" strings, largest first
+    assert top.shape == (1, 2)
+    assert [bytes(x).decode() for x in top[0]] == ["12:15", "11:14"]
