@@ -85,7 +85,7 @@ from inferstack.errors import InferstackError
 
 log = logging.getLogger("inferstack.runtime")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 #: bodies or messages larger than this (and every one for a model with a BYTES input) are decoded
 #: off the event loop; answers larger than this (and every answer with a BYTES output) are encoded

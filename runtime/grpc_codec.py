@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from inferstack.runtime.classification import classify
 from inferstack.runtime.errors import BadRequest
 from inferstack.runtime.model import Model, TensorInfo
 from inferstack.runtime.proto import grpc_service_pb2 as pb
@@ -101,8 +102,10 @@ def decode_request(request: Any, model: Model,
     if request.outputs:
         wanted = [{"name": o.name, "parameters": {k: _parameter(v) for k, v in o.parameters.items()}}
                   for o in request.outputs]
-    outputs = _requested_outputs(wanted, model, True)
-    return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs)
+    classes: dict[str, int] = {}
+    outputs = _requested_outputs(wanted, model, True, classes)
+    return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs,
+                        classes or None)
 
 
 def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
@@ -140,6 +143,8 @@ def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarra
 def encode_response(model: Model, request: InferRequest, results: dict[str, np.ndarray]) -> Any:
     """The ``ModelInferResponse``: each requested output's name, datatype and shape, its bytes in
     ``raw_output_contents``."""
+    if request.classes:
+        model, results = classify(model, request.classes, results)
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
     if request.id is not None:
         response.id = request.id

@@ -49,24 +49,49 @@ def build():
 '''
 
 
-def _export_add_sub(work: Path) -> Path:
-    """The 'simple' model: a PyTorch module exported by ``inferstack export``'s own code path."""
+SCORES = '''
+import torch
+from torch import nn
+
+
+class Scores(nn.Module):
+    """OUTPUT0 = 2 * INPUT0 (FP32, [batch, 4, 5]: what a classifier's scores look like to the
+    classification extension); OUTPUT1 = INPUT0 > 0 (BOOL, which it cannot classify)."""
+
+    def forward(self, INPUT0):
+        return INPUT0 * 2.0, INPUT0 > 0
+
+
+def build():
+    return Scores().eval()
+'''
+
+
+def _export(work: Path, code: str, name: str, inputs: list[str], outputs: list[str]) -> Path:
+    """A PyTorch module (``code``'s ``build()``) exported by ``inferstack export``'s own code path
+    (max batch 8)."""
     from inferstack.modeltools.export import ExportOptions, export
     from inferstack.modeltools.loading import Source
     from inferstack.modeltools.spec import parse_inputs
 
-    source = work / "addsub.py"
-    source.write_text(ADD_SUB)
+    source = work / f"{name}.py"
+    source.write_text(code)
     opts = ExportOptions(
         source=Source(spec=f"{source}:build"),
-        inputs=parse_inputs(["INPUT0:batch,16:int32", "INPUT1:batch,16:int32"]),
-        outputs=["OUTPUT0", "OUTPUT1"],
-        name="simple",
+        inputs=parse_inputs(inputs),
+        outputs=outputs,
+        name=name,
         max_batch_size=8,
-        out=work / "simple",
+        out=work / name,
     )
     _, out = export(opts)
     return out
+
+
+def _export_add_sub(work: Path) -> Path:
+    """The 'simple' model."""
+    return _export(work, ADD_SUB, "simple", ["INPUT0:batch,16:int32", "INPUT1:batch,16:int32"],
+                   ["OUTPUT0", "OUTPUT1"])
 
 
 def _string_models(work: Path, repo: Path) -> Path:
@@ -101,7 +126,8 @@ def _string_models(work: Path, repo: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(the model repository, simple_identity's package outside it)."""
     work = tmp_path_factory.mktemp("client-compat")
     repo = work / "repository"
     repo.mkdir()
@@ -109,6 +135,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     shutil.copytree(simple, repo / "simple")
     shutil.copytree(simple, repo / "simple_reload")  # the model the repository test unloads and loads
     identity = _string_models(work, repo)
+    scores = _export(work, SCORES, "scores", ["INPUT0:batch,4,5:fp32"], ["OUTPUT0", "OUTPUT1"])
+    shutil.copytree(scores, repo / "scores")
+    # the same graph served without batching (max_batch_size 0): classified as one entry
+    package(repo / "scores_whole", [scores / "model.onnx"], "scores_whole", 0)
+    return repo, identity
+
+
+@pytest.fixture(scope="module")
+def server(repository: tuple[Path, Path]) -> Iterator[Served]:
+    repo, identity = repository
     s = start_server(
         identity, "--model-repository", str(repo), "--model-control", "explicit", "--drain-timeout-s", "1"
     )
@@ -521,12 +557,7 @@ def test_load_with_config_override(server: Served, protocol: str) -> None:
         c.load_model("simple_reload")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the classification extension (InferRequestedOutput(name, class_count=k)) is refused "
-    "with 400 / INVALID_ARGUMENT 'the classification extension is not supported'; Triton's "
-    "image_client, grpc_image_client, ensemble_image_client use it for every request",
-)
+# -- the classification extension ---------------------------------------------------------------
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_classification_extension(server: Served, protocol: str) -> None:
     mod: Any = tg if protocol == "grpc" else th
@@ -536,3 +567,143 @@ def test_classification_extension(server: Served, protocol: str) -> None:
     # Triton: per row, the k largest as "value:index" strings, largest first
     assert top.shape == (1, 2)
     assert [bytes(x).decode() for x in top[0]] == ["12:15", "11:14"]
+
+
+def _scores_input(mod: Any, data: np.ndarray) -> list[Any]:
+    t = mod.InferInput("INPUT0", list(data.shape), "FP32")
+    t.set_data_from_numpy(data)
+    return [t]
+
+
+def _expected_top(scores: np.ndarray, k: int) -> list[list[str]]:
+    """The reference: numpy's argsort (stable: ties lowest index first) of each flattened row of
+    onnxruntime's answer, NaN last; values as C's printf("%f") writes them."""
+    rows = scores.reshape(scores.shape[0], -1)
+    out = []
+    for row in rows:
+        nan = np.isnan(row)
+        order = sorted(range(row.size), key=lambda i: (nan[i], 0 if nan[i] else -row[i], i))  # noqa: B023
+        out.append([f"{row[i]:f}:{i}" for i in order[:k]])
+    return out
+
+
+def _parse_image_client(result: Any, name: str, batched: bool) -> list[list[tuple[float, int]]]:
+    """What Triton's image_client.py postprocess does with a classification answer: each element
+    split at ':' into value and index (and label when present)."""
+    array = result.as_numpy(name)
+    rows = array if batched else [array]
+    parsed = []
+    for row in rows:
+        entries = []
+        for x in row:
+            cls = (x.decode() if isinstance(x, bytes) else "".join(chr(b) for b in x)).split(":")
+            entries.append((float(cls[0]), int(cls[1])))
+        parsed.append(entries)
+    return parsed
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_against_onnxruntime(server: Served, repository: tuple[Path, Path],
+                                            protocol: str) -> None:
+    """Top k of each row of a [batch, 4, 5] FP32 output, compared with numpy's argsort of what
+    onnxruntime computes from the same graph: ties, a NaN, k below, at and above the 20 classes."""
+    import onnxruntime as ort
+
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    rng = np.random.default_rng(7)
+    data = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    data[1, 0, :3] = 9.0  # a four-way tie above every other value of row 1
+    data[1, 2, 2] = 9.0
+    data[2, 3, 4] = np.nan  # ranks last
+    config = c.get_model_config("scores", **({"as_json": True} if protocol == "grpc" else {}))
+    assert (config["config"] if protocol == "grpc" else config)["max_batch_size"] == 8
+    session = ort.InferenceSession(
+        str(repository[0] / "scores" / "model.onnx"), providers=["CPUExecutionProvider"]
+    )
+    (reference, _) = session.run(["OUTPUT0", "OUTPUT1"], {"INPUT0": data})
+    for k in (1, 3, 20, 64):
+        outputs = [mod.InferRequestedOutput("OUTPUT0", class_count=k), mod.InferRequestedOutput("OUTPUT1")]
+        result = c.infer("scores", _scores_input(mod, data), outputs=outputs)
+        top = result.as_numpy("OUTPUT0")
+        assert top.dtype == np.object_ and top.shape == (3, min(k, 20))
+        assert [[x.decode() for x in row] for row in top] == _expected_top(reference, k)
+        # the other output is answered as a tensor, unchanged
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT1"), data > 0)
+        parsed = _parse_image_client(result, "OUTPUT0", batched=True)
+        assert [i for _, i in parsed[1][:4]] == [0, 1, 2, 12][: min(k, 4)]
+    if protocol == "http":  # the same, as JSON strings
+        result = c.infer("scores", _scores_input(th, data),
+                         outputs=[th.InferRequestedOutput("OUTPUT0", binary_data=False, class_count=3)])
+        assert result.get_output("OUTPUT0")["datatype"] == "BYTES"
+        assert result.get_output("OUTPUT0")["data"] == [x for row in _expected_top(reference, 3) for x in row]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_without_batching(server: Served, protocol: str) -> None:
+    """A model served with max_batch_size 0 is classified as one entry: shape [k], the indexes
+    run over the whole flattened tensor."""
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    data = np.arange(40, dtype=np.float32).reshape(2, 4, 5) / 8
+    result = c.infer("scores_whole", _scores_input(mod, data),
+                     outputs=[mod.InferRequestedOutput("OUTPUT0", class_count=3)])
+    top = result.as_numpy("OUTPUT0")
+    assert top.shape == (3,)
+    assert [x.decode() for x in top] == ["9.750000:39", "9.500000:38", "9.250000:37"]
+    assert _parse_image_client(result, "OUTPUT0", batched=False) == [[(9.75, 39), (9.5, 38), (9.25, 37)]]
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_classification_refusals(server: Served, protocol: str) -> None:
+    """A BOOL output cannot be classified (Triton: 'class result not available ... unsupported
+    type'), nor a BYTES one; each a 400 / INVALID_ARGUMENT naming the output; the server keeps
+    serving."""
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    data = np.ones((1, 4, 5), dtype=np.float32)
+    cases = [
+        ("scores", _scores_input(mod, data), "OUTPUT1", "unsupported type 'BOOL'"),
+    ]
+    strings = mod.InferInput("INPUT0", [1, 2], "BYTES")
+    strings.set_data_from_numpy(np.array([[b"a", b"b"]], dtype=np.object_))
+    cases.append(("simple_identity", [strings], "OUTPUT0", "unsupported type 'BYTES'"))
+    for model, inputs, output, phrase in cases:
+        with pytest.raises(InferenceServerException) as e:
+            c.infer(model, inputs, outputs=[mod.InferRequestedOutput(output, class_count=2)])
+        assert phrase in str(e.value.message()) and repr(output) in str(e.value.message())
+        assert str(e.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    _check_add_sub(c.infer("simple", _inputs(mod)))
+
+
+def test_classification_count_must_be_a_positive_integer(server: Served) -> None:
+    """Zero, a negative count or another type of parameter: 400 / INVALID_ARGUMENT, as Triton
+    ('invalid value for 'classification' parameter')."""
+    import http.client
+
+    for value in (0, -2, "3", 2.5, True):
+        body = json.dumps({
+            "inputs": [{"name": n, "datatype": "INT32", "shape": [1, 16], "data": list(range(16))}
+                       for n in ("INPUT0", "INPUT1")],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"classification": value}}],
+        })
+        conn = http.client.HTTPConnection(server.host, server.port, timeout=10)
+        conn.request("POST", "/v2/models/simple/infer", body, {"content-type": "application/json"})
+        response = conn.getresponse()
+        text = response.read().decode()
+        conn.close()
+        assert response.status == 400, (value, text)
+        assert "'classification' parameter" in text
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for param in ({"int64_param": 0}, {"int64_param": -1}, {"string_param": "2"}, {"bool_param": True}):
+            request = service_pb2.ModelInferRequest(model_name="simple")
+            for name in ("INPUT0", "INPUT1"):
+                request.inputs.add(name=name, datatype="INT32", shape=[1, 16]).contents.int_contents.extend(
+                    range(16))
+            out = request.outputs.add(name="OUTPUT0")
+            out.parameters["classification"].CopyFrom(service_pb2.InferParameter(**param))
+            with pytest.raises(grpc.RpcError) as e:
+                stub.ModelInfer(request)
+            assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, param
+            assert "'classification' parameter" in str(e.value.details())
