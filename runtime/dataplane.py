@@ -79,6 +79,7 @@ from inferstack.runtime.metrics import Metrics, ModelStats
 from inferstack.runtime.model import Model, load_model
 from inferstack.runtime.protocol import InferRequest
 from inferstack.runtime.source import resolve
+from inferstack.runtime.wording import check_version, unknown_model, unknown_package, unknown_version
 
 from inferstack import __version__
 from inferstack.errors import InferstackError
@@ -230,16 +231,17 @@ class DataPlane:
             callback()
 
     def entry(self, name: str, version: str | None = None) -> ModelEntry:
-        """The model ``name`` (and ``version``, when given); NotFound names what is served."""
+        """The model ``name`` (and ``version``, when given); NotFound names what is served, a
+        malformed version is a BadRequest (:mod:`wording`: Triton's texts)."""
+        if version is not None:
+            check_version(version)
         entry = self.models.get(name)
         if entry is None:
             if not self.loaded:
                 raise ServiceUnavailable(self._loading)
-            served = ", ".join(repr(n) for n in sorted(self.models)) or "none"
-            raise NotFound(f"unknown model {name!r}; this server serves {served}")
+            raise unknown_model(name, self.models)
         if version is not None and version != entry.model.version:
-            raise NotFound(
-                f"model {name!r} has no version {version!r}; available: {entry.model.version!r}")
+            raise unknown_version(name, version, entry.model.version)
         return entry
 
     # -- loading -----------------------------------------------------------------------------
@@ -328,7 +330,7 @@ class DataPlane:
             raise ServiceUnavailable("the server is stopping; nothing is loaded")
         uri = self.repository_packages().get(name)
         if uri is None:
-            raise NotFound(f"no model {name!r} in the model repository")
+            raise unknown_package(name, self.repository_packages())
         if name in self._loading_names:
             raise ServiceUnavailable(f"model {name!r} is being loaded; retry later")
         self._loading_names.add(name)

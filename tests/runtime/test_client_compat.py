@@ -458,12 +458,6 @@ def test_kserve_rest_and_grpc_clients(server: Served) -> None:
 
 
 # -- where the server answers differently from Triton ------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="an unknown model is answered 'unknown model 'x'; this server serves ...' where Triton "
-    "says \"Request for unknown model: 'x' is not found\"; Triton's simple_http_infer_client, "
-    "simple_http_aio_infer_client and simple_{http,grpc}_health_metadata check that phrase",
-)
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_unknown_model_message_as_triton(server: Served, protocol: str) -> None:
     mod: Any = tg if protocol == "grpc" else th
@@ -474,15 +468,19 @@ def test_unknown_model_message_as_triton(server: Served, protocol: str) -> None:
     ):
         with pytest.raises(InferenceServerException) as e:
             call()
-        assert str(e.value.message()).startswith("Request for unknown model")
+        assert str(e.value.message()).startswith("Request for unknown model: 'wrong_model_name' is not found")
+        assert str(e.value.status()) in ("404", "StatusCode.NOT_FOUND")  # the protocol's resource status
+    # a version that is well formed and not served: Triton's "version N" variant, still NOT_FOUND
+    for call in (
+        lambda: c.infer("simple", _inputs(mod), model_version="2"),
+        lambda: c.get_model_metadata("simple", "2"),
+    ):
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert str(e.value.message()).startswith("Request for unknown model: 'simple' version 2 is not found")
+        assert str(e.value.status()) in ("404", "StatusCode.NOT_FOUND")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="loading a name the repository does not hold is answered \"no model 'x' in the model "
-    "repository\"; Triton's answer contains 'failed to load' (\"failed to load 'x', failed to poll "
-    'from model repository"), which simple_{http,grpc}_model_control check',
-)
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_load_unknown_model_message_as_triton(server: Served, protocol: str) -> None:
     c = _client(protocol, server)
@@ -491,13 +489,6 @@ def test_load_unknown_model_message_as_triton(server: Served, protocol: str) -> 
     assert "failed to load" in str(e.value.message())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a model_version that is not an integer ('wrong_specification') is answered NOT_FOUND "
-    '"model \'simple\' has no version ..."; Triton answers INVALID_ARGUMENT "failed to get model '
-    "version from specified version string 'wrong_specification' ...\", which "
-    "grpc_explicit_int8_content_client checks (it then prints no PASS line)",
-)
 def test_malformed_version_as_triton(server: Served) -> None:
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -512,6 +503,30 @@ def test_malformed_version_as_triton(server: Served) -> None:
     assert "failed to get model version from specified version string 'wrong_specification'" in str(
         e.value.details()
     )
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_malformed_version_every_route(server: Served, protocol: str) -> None:
+    """Not a decimal integer (or negative): 400 / INVALID_ARGUMENT with Triton's text on inference,
+    metadata, configuration and statistics; never NOT_FOUND."""
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    for version, phrase in (
+        ("wrong_specification", "failed to get model version from specified version string"),
+        ("1a", "failed to get model version from specified version string '1a'"),
+        ("-1", "invalid model version specified '-1'"),
+    ):
+        for call in (
+            lambda v=version: c.infer("simple", _inputs(mod), model_version=v),
+            lambda v=version: c.get_model_metadata("simple", v),
+            lambda v=version: c.get_model_config("simple", v),
+            lambda v=version: c.get_inference_statistics("simple", v),
+        ):
+            with pytest.raises(InferenceServerException) as e:
+                call()
+            assert phrase in str(e.value.message()), e.value.message()
+            assert str(e.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+    _check_add_sub(c.infer("simple", _inputs(mod), model_version="1"))
 
 
 @pytest.mark.xfail(

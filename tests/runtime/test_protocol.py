@@ -85,7 +85,7 @@ def test_versioned_route_and_default_binary_output(mlp_server: Served, mlp_packa
     np.testing.assert_allclose(
         result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6
     )
-    with pytest.raises(InferenceServerException, match="no version '2'"):
+    with pytest.raises(InferenceServerException, match="Request for unknown model: 'mlp' version 2 is not found"):
         client.infer("mlp", [inp], model_version="2")
 
 
@@ -292,7 +292,8 @@ def test_bytes_binary_framing_is_checked(dtypes_server: Served) -> None:
 def test_routes_methods_and_unknown_models(mlp_server: Served) -> None:
     base = mlp_server.url
     r = httpx.get(f"{base}/v2/models/nope")
-    assert r.status_code == 404 and r.json()["error"] == "unknown model 'nope'; this server serves 'mlp'"
+    assert r.status_code == 404 and r.json()["error"] == (
+        "Request for unknown model: 'nope' is not found; this server serves 'mlp'")
     r = httpx.post(f"{base}/v2/models/nope/infer", json={"inputs": [_x()]})
     assert r.status_code == 404
     r = httpx.get(f"{base}/v2/models/mlp/infer")
