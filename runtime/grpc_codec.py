@@ -40,6 +40,7 @@ from inferstack.runtime.protocol import (
     input_spec,
     same_batch,
 )
+from inferstack.runtime.wording import mixed_contents
 
 #: v2 datatype -> the InferTensorContents field that carries it
 CONTENTS_FIELD = {
@@ -72,6 +73,9 @@ def decode_request(request: Any, model: Model,
     if not tensors:
         raise BadRequest("'inputs' must be a non-empty array of tensors")
     if raw and len(raw) != len(tensors):
+        for tensor in tensors:  # typed contents as well: that is the error, in Triton's words
+            if tensor.HasField("contents"):
+                raise BadRequest(mixed_contents(tensor.name, model.name))
         raise BadRequest(
             f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; send one per input "
             "(in the order of 'inputs') or none"
@@ -88,7 +92,7 @@ def decode_request(request: Any, model: Model,
         strings = count_strings(name, spec, shape, strings, max_bytes_elements)
         if raw:
             if tensor.HasField("contents"):
-                raise BadRequest(f"input {name!r} has both 'contents' and raw_input_contents; send one")
+                raise BadRequest(mixed_contents(name, model.name))
             blob = raw[index]
             array = _from_binary(blob, 0, len(blob), shape, spec, f"raw_input_contents[{index}]")
         else:

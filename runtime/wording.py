@@ -52,4 +52,11 @@ def unknown_package(name: str, loadable: Iterable[str]) -> NotFound:
         f"model repository; it holds {names}")
 
 
-__all__ = ["check_version", "unknown_model", "unknown_package", "unknown_version"]
+def mixed_contents(input_name: str, model_name: str) -> str:
+    """A gRPC request with ``raw_input_contents`` and typed ``contents`` for an input (Triton's
+    text, which ``grpc_explicit_int_content_client`` checks), then what to do."""
+    return (f"contents field must not be specified when using raw_input_contents for {input_name!r} "
+            f"for model {model_name!r}; send every input raw or every input as typed contents")
+
+
+__all__ = ["check_version", "mixed_contents", "unknown_model", "unknown_package", "unknown_version"]

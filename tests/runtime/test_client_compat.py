@@ -529,13 +529,6 @@ def test_malformed_version_every_route(server: Served, protocol: str) -> None:
     _check_add_sub(c.infer("simple", _inputs(mod), model_version="1"))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason='raw_input_contents together with typed contents is refused (right) with "raw_input_contents '
-    "has 1 entries for 2 inputs ...\"; Triton's message, which grpc_explicit_int_content_client checks, "
-    "is \"contents field must not be specified when using raw_input_contents for 'INPUT0' for "
-    "model 'simple'\"",
-)
 def test_raw_and_typed_contents_together_as_triton(server: Served) -> None:
     with grpc.insecure_channel(server.grpc_address) as channel:
         stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
@@ -552,6 +545,19 @@ def test_raw_and_typed_contents_together_as_triton(server: Served) -> None:
     assert "contents field must not be specified when using raw_input_contents for 'INPUT0'" in str(
         e.value.details()
     )
+    # one raw entry per input, and typed contents on the second one too
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        request = service_pb2.ModelInferRequest(model_name="simple")
+        for name in ("INPUT0", "INPUT1"):
+            request.inputs.add(name=name, datatype="INT32", shape=[1, 16])
+            request.raw_input_contents.append(np.arange(16, dtype=np.int32).tobytes())
+        request.inputs[1].contents.int_contents.extend(range(16))
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(request)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert str(e.value.details()).startswith(
+        "contents field must not be specified when using raw_input_contents for 'INPUT1' for model 'simple'")
 
 
 @pytest.mark.xfail(

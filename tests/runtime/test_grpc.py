@@ -76,7 +76,8 @@ def test_health_metadata_and_config(mlp_server: Served) -> None:
         assert config["instance_group"][0]["kind"] == "KIND_CPU"
         with pytest.raises(InferenceServerException) as e:
             c.get_model_metadata("nope")
-        assert e.value.status() == "StatusCode.NOT_FOUND" and "Request for unknown model: 'nope' is not found" in e.value.message()
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'nope' is not found" in e.value.message()
     finally:
         c.close()
 
@@ -408,7 +409,8 @@ def test_two_models_and_the_repository_over_grpc(serve: Callable[..., Served], m
         assert not c.is_model_ready("mlp") and c.is_model_ready("dtypes")
         with pytest.raises(InferenceServerException) as e:
             _infer("grpc", s, "mlp", {"x": x})
-        assert e.value.status() == "StatusCode.NOT_FOUND" and "Request for unknown model: 'mlp' is not found" in e.value.message()
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'mlp' is not found" in e.value.message()
         index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
         assert index["mlp"]["state"] == "UNAVAILABLE"
 

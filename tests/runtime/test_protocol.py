@@ -85,7 +85,8 @@ def test_versioned_route_and_default_binary_output(mlp_server: Served, mlp_packa
     np.testing.assert_allclose(
         result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6
     )
-    with pytest.raises(InferenceServerException, match="Request for unknown model: 'mlp' version 2 is not found"):
+    with pytest.raises(InferenceServerException,
+                       match="Request for unknown model: 'mlp' version 2 is not found"):
         client.infer("mlp", [inp], model_version="2")
 
 
