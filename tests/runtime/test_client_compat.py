@@ -560,22 +560,66 @@ def test_raw_and_typed_contents_together_as_triton(server: Served) -> None:
         "contents field must not be specified when using raw_input_contents for 'INPUT1' for model 'simple'")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a load with a configuration override (load_model(name, config='{\"max_batch_size\":16}'), "
-    "Triton's repository extension 'config' parameter) is refused with 400 / INVALID_ARGUMENT "
-    "'loading with a configuration or files in the request is not supported'; "
-    "simple_{http,grpc}_model_control need it applied",
-)
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 def test_load_with_config_override(server: Served, protocol: str) -> None:
+    """Triton's repository extension: a load's ``config`` (JSON) may lower max_batch_size or turn
+    merging off; the answer follows the new configuration. What cannot be honoured (a raise above
+    the package's 8, another value of a field the server reports, a field it does not have, text
+    that is not a configuration) is refused with 'failed to load' and the old model keeps
+    serving."""
+    mod: Any = tg if protocol == "grpc" else th
     c = _client(protocol, server)
+
+    def config() -> dict[str, Any]:
+        if protocol == "grpc":
+            return dict(c.get_model_config("simple_reload", as_json=True)["config"])
+        return dict(c.get_model_config("simple_reload"))
+
+    def served_batch() -> int:
+        return int(config().get("max_batch_size", 0))  # (protobuf's JSON leaves out a zero)
+
+    rows = lambda n: np.arange(16 * n, dtype=np.int32).reshape(n, 16)  # noqa: E731
     try:
         c.load_model("simple_reload", config='{"max_batch_size": 4}')
-        config = c.get_model_config("simple_reload")
-        assert (config.config.max_batch_size if protocol == "grpc" else config["max_batch_size"]) == 4
+        assert served_batch() == 4
+        _check_add_sub(c.infer("simple_reload", _inputs(mod, rows(4), rows(4))), rows(4), rows(4))
+        with pytest.raises(InferenceServerException, match="exceeds the model's max batch size 4"):
+            c.infer("simple_reload", _inputs(mod, rows(5), rows(5)))
+        # Triton's own example writes the number as a string (protobuf's JSON mapping)
+        c.load_model("simple_reload", config='{"max_batch_size":"2"}')
+        assert served_batch() == 2
+        # a configuration read back and sent again with one change (gRPC's JSON has 64-bit
+        # numbers as strings)
+        whole = config()
+        whole["max_batch_size"] = 3
+        c.load_model("simple_reload", config=json.dumps(whole))
+        assert served_batch() == 3
+        # merging off: the batch axis is part of the dims now
+        c.load_model("simple_reload", config='{"max_batch_size": 0}')
+        assert served_batch() == 0
+        assert [[int(d) for d in i["dims"]] for i in config()["input"]] == [[-1, 16], [-1, 16]]
+        _check_add_sub(c.infer("simple_reload", _inputs(mod, rows(6), rows(6))), rows(6), rows(6))
+        for text, phrase in (
+            # Triton's example of a malformed configuration
+            ('"parameters": {"config": {{"max_batch_size": "16"}}}', "not valid JSON"),
+            ("[4]", "must be a JSON object"),
+            ('{"max_batch_size": 16}', "max_batch_size 16 is outside 0..8"),
+            ('{"max_batch_size": -1}', "max_batch_size -1 is outside 0..8"),
+            ('{"max_batch_size": 2, "platform": "tensorrt_plan"}', "sets 'platform'"),
+            ('{"response_cache": {"enable": true}}', "response_cache"),
+            ('{"name": "simple", "max_batch_size": 2}', "names model 'simple'"),
+            ('{"input": [{"name": "INPUT0", "data_type": "TYPE_FP32", "dims": [16]}]}', "sets 'input'"),
+        ):
+            with pytest.raises(InferenceServerException) as e:
+                c.load_model("simple_reload", config=text)
+            message = str(e.value.message())
+            assert "failed to load" in message and phrase in message, (text, message)
+            assert str(e.value.status()) in ("400", "StatusCode.INVALID_ARGUMENT")
+            assert served_batch() == 0  # the old model keeps serving, unchanged
+            _check_add_sub(c.infer("simple_reload", _inputs(mod, rows(6), rows(6))), rows(6), rows(6))
     finally:
         c.load_model("simple_reload")
+    assert served_batch() == 8  # a load without a configuration reads the package's again
 
 
 # -- the classification extension ---------------------------------------------------------------

@@ -421,14 +421,19 @@ def test_two_models_and_the_repository_over_grpc(serve: Callable[..., Served], m
         with pytest.raises(InferenceServerException) as e:
             c.load_model("nope")
         assert e.value.status() == "StatusCode.NOT_FOUND"
-        # a configuration or files in the request: refused by the one rule, on both protocols
+        # a configuration the server cannot honour, or files in the request: refused by the one
+        # rule, on both protocols (the configuration override itself: test_client_compat.py)
         with pytest.raises(InferenceServerException) as e:
-            c.load_model("mlp", config='{"max_batch_size": 1}')
+            c.load_model("mlp", config='{"backend": "tensorrt"}')
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
-        assert "loading with a configuration or files in the request is not supported" in e.value.message()
+        assert "failed to load model 'mlp': the 'config' parameter sets 'backend'" in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("mlp", files={"file:1/model.onnx": b"AAAA"})
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "loading with files in the request is not supported" in e.value.message()
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",
                        json={"parameters": {"file:1/model.onnx": "AAAA"}}, timeout=10)
-        assert r.status_code == 400 and "configuration or files" in r.json()["error"], r.text
+        assert r.status_code == 400 and "loading with files" in r.json()["error"], r.text
         assert c.is_model_ready("mlp")
     finally:
         c.close()
