@@ -12,6 +12,7 @@ those clients check; each reason names the server behaviour to change."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import queue
 import shutil
@@ -772,3 +773,39 @@ def test_classification_count_must_be_a_positive_integer(server: Served) -> None
                 stub.ModelInfer(request)
             assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, param
             assert "'classification' parameter" in str(e.value.details())
+
+
+# -- gRPC calls the server does not serve ------------------------------------------------------------
+def test_grpc_unserved_extensions_say_so(server: Served) -> None:
+    """Shared memory, trace and log settings and streaming answer UNIMPLEMENTED naming the
+    extension (grpcio's default would be "Method not found!"); served calls are untouched."""
+    c = tg.InferenceServerClient(server.grpc_address)
+    calls = [
+        (c.get_system_shared_memory_status, "the system shared memory extension (SystemSharedMemoryStatus)"),
+        (lambda: c.register_system_shared_memory("r", "/k", 64), "system shared memory extension"),
+        (lambda: c.unregister_cuda_shared_memory("r"), "the CUDA shared memory extension"),
+        (c.get_trace_settings, "the trace extension (TraceSetting)"),
+        (c.get_log_settings, "the logging extension (LogSettings)"),
+    ]
+    for call, phrase in calls:
+        with pytest.raises(InferenceServerException) as e:
+            call()
+        assert e.value.status() == "StatusCode.UNIMPLEMENTED" and phrase in str(e.value.message())
+    got: queue.Queue[tuple[Any, Any]] = queue.Queue()
+    c.start_stream(callback=lambda result, error: got.put((result, error)))
+    try:
+        # the refusal comes as the stream opens: the request may find the stream closed already
+        with contextlib.suppress(InferenceServerException):
+            c.async_stream_infer("simple", _inputs(tg))
+        result, error = got.get(timeout=10)
+        assert result is None and "streaming inference (ModelStreamInfer) is not supported" in str(error)
+    finally:
+        c.stop_stream()
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        other = channel.unary_unary("/inference.GRPCInferenceService/NoSuchCall")
+        with pytest.raises(grpc.RpcError) as rpc:
+            other(b"")
+        assert rpc.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "NoSuchCall is not served" in str(rpc.value.details())
+    _check_add_sub(c.infer("simple", _inputs(tg)))
+    assert c.is_server_ready()
