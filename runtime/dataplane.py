@@ -477,6 +477,10 @@ class DataPlane:
                 "batch_dim": {"string_value": self.config.batch_dim},
             },
         }
+        manifest = model.source.manifest if model.source is not None else None
+        layouts = {t.name: t.format for t in manifest.inputs if t.format} if manifest is not None else {}
+        for item in config["input"]:  # Triton's input format (the package's --input-format)
+            item["format"] = f"FORMAT_{layouts[item['name']]}" if item["name"] in layouts else "FORMAT_NONE"
         if model.batching:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": self.config.max_queue_delay_us,

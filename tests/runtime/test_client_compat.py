@@ -68,7 +68,26 @@ def build():
 '''
 
 
-def _export(work: Path, code: str, name: str, inputs: list[str], outputs: list[str]) -> Path:
+IMAGE = '''
+import torch
+from torch import nn
+
+
+class Pool(nn.Module):
+    """An image classifier's shape: INPUT0 [batch, 3, 8, 8] (NCHW) -> OUTPUT0 [batch, 3], each
+    channel's mean as its class score."""
+
+    def forward(self, INPUT0):
+        return INPUT0.mean(dim=(2, 3))
+
+
+def build():
+    return Pool().eval()
+'''
+
+
+def _export(work: Path, code: str, name: str, inputs: list[str], outputs: list[str],
+            formats: dict[str, str] | None = None) -> Path:
     """A PyTorch module (``code``'s ``build()``) exported by ``inferstack export``'s own code path
     (max batch 8)."""
     from inferstack.modeltools.export import ExportOptions, export
@@ -84,6 +103,7 @@ def _export(work: Path, code: str, name: str, inputs: list[str], outputs: list[s
         name=name,
         max_batch_size=8,
         out=work / name,
+        input_formats=formats or {},
     )
     _, out = export(opts)
     return out
@@ -140,6 +160,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     shutil.copytree(scores, repo / "scores")
     # the same graph served without batching (max_batch_size 0): classified as one entry
     package(repo / "scores_whole", [scores / "model.onnx"], "scores_whole", 0)
+    image = _export(work, IMAGE, "image", ["INPUT0:batch,3,8,8:fp32"], ["OUTPUT0"], {"INPUT0": "NCHW"})
+    shutil.copytree(image, repo / "image")
     return repo, identity
 
 
@@ -809,3 +831,50 @@ def test_grpc_unserved_extensions_say_so(server: Served) -> None:
         assert "NoSuchCall is not served" in str(rpc.value.details())
     _check_add_sub(c.infer("simple", _inputs(tg)))
     assert c.is_server_ready()
+
+
+# -- input format, as image clients read it -----------------------------------------------------------
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_image_client_reads_the_input_format(server: Served, repository: tuple[Path, Path],
+                                             protocol: str) -> None:
+    """What Triton's image_client.py does: read the input's format and dims from the model
+    configuration to lay out the image (NCHW: c, h, w = dims), then infer with class_count and
+    parse 'value:index'. The format comes from the package (``--input-format INPUT0=NCHW``)."""
+    mod: Any = tg if protocol == "grpc" else th
+    c = _client(protocol, server)
+    manifest = json.loads((repository[0] / "image" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["format"] == "NCHW"
+    if protocol == "grpc":
+        config = c.get_model_config("image").config
+        meta = c.get_model_metadata("image")
+        input_config, input_meta = config.input[0], meta.inputs[0]
+        fmt = input_config.format
+        nchw, nhwc = tg.model_config_pb2.ModelInput.FORMAT_NCHW, tg.model_config_pb2.ModelInput.FORMAT_NHWC
+        dims, max_batch = list(input_config.dims), config.max_batch_size
+        datatype = input_meta.datatype
+    else:
+        config = c.get_model_config("image")
+        meta = c.get_model_metadata("image")
+        input_config, input_meta = config["input"][0], meta["inputs"][0]
+        fmt, nchw, nhwc = input_config["format"], "FORMAT_NCHW", "FORMAT_NHWC"
+        dims, max_batch = input_config["dims"], config["max_batch_size"]
+        datatype = input_meta["datatype"]
+    assert fmt in (nchw, nhwc) and fmt == nchw  # image_client exits on any other format
+    assert max_batch == 8 and len(dims) == 3
+    ch, h, w = dims  # image_client: NCHW -> c, h, w = dims
+    assert (ch, h, w) == (3, 8, 8) and datatype == "FP32"
+    # two "images": channel means 0.5/0.25/0.75 and 0.1/0.9/0.2
+    images = np.stack([np.stack([np.full((h, w), v, np.float32) for v in means])
+                       for means in ((0.5, 0.25, 0.75), (0.1, 0.9, 0.2))])
+    t = mod.InferInput("INPUT0", list(images.shape), datatype)
+    t.set_data_from_numpy(images)
+    result = c.infer("image", [t], outputs=[mod.InferRequestedOutput("OUTPUT0", class_count=2)])
+    parsed = _parse_image_client(result, "OUTPUT0", batched=True)
+    assert [[i for _, i in row] for row in parsed] == [[2, 0], [1, 2]]
+    assert [[round(v, 4) for v, _ in row] for row in parsed] == [[0.75, 0.5], [0.9, 0.2]]
+    # a model without a format says FORMAT_NONE (gRPC: the enum's zero)
+    if protocol == "grpc":
+        none = tg.model_config_pb2.ModelInput.FORMAT_NONE
+        assert c.get_model_config("simple").config.input[0].format == none
+    else:
+        assert c.get_model_config("simple")["input"][0]["format"] == "FORMAT_NONE"

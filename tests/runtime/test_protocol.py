@@ -55,7 +55,8 @@ def test_config_in_triton_shape(mlp_server: Served) -> None:
     config = th.InferenceServerClient(mlp_server.address).get_model_config("mlp")
     assert config["max_batch_size"] == 16  # from the manifest
     assert config["platform"] == "onnxruntime_onnx"
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]
+    # inputs carry Triton's format (FORMAT_NONE unless the package gives an image layout)
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [16]}]
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}]
     assert "dynamic_batching" in config
 
