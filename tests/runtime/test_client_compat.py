@@ -3,11 +3,15 @@
 typed ``contents``, and kserve's ``InferenceRESTClient`` / ``InferenceGRPCClient``, the way Triton's
 client examples call them (``simple``: INPUT0, INPUT1 INT32 [-1, 16] -> OUTPUT0 = sum, OUTPUT1 =
 difference, max batch 8; ``simple_string``: the same on BYTES holding decimal integers;
-``simple_identity``: BYTES identity). One server (``--model-repository`` with ``--model-control
-explicit``) serves every test.
+``simple_identity``: BYTES identity; ``scores``/``scores_whole``: FP32 [batch, 4, 5] with and
+without batching, and ``image``: an NCHW image input, for the classification extension and the
+input format). One server (``--model-repository`` with ``--model-control explicit``) serves every
+test.
 
-Tests marked ``xfail(strict=True)`` are where the server answers differently from Triton in a way
-those clients check; each reason names the server behaviour to change."""
+The last sections hold what those clients check in Triton's own words or behaviour: the
+classification extension, a load's configuration override, the texts of unknown models and
+versions, a malformed version, raw plus typed contents, the input format, and the gRPC calls
+the server does not serve."""
 
 from __future__ import annotations
 
