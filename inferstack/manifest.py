@@ -40,11 +40,16 @@ MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 _MAX_MANIFEST_DEPTH = 32
 
 
+#: an image input's layout (Triton's model configuration ``format``: ``FORMAT_NCHW`` ...)
+INPUT_FORMATS = ("NCHW", "NHWC")
+
+
 @dataclass
 class TensorSpec:
     name: str
     datatype: str  # v2 name, e.g. "FP32"
     shape: list[int]  # -1 for a dynamic dimension
+    format: str | None = None  # inputs only: "NCHW" or "NHWC" (INPUT_FORMATS); written only when set
 
 
 @dataclass
@@ -89,6 +94,8 @@ class Manifest:
         # created (older manifests only), batch_check and exporter only when there is one: manifests
         # written without them stay byte-identical
         optional = ("created", "batch_check", "exporter")
+        for key in ("inputs", "outputs"):  # an input's format only when it has one (same bytes as before)
+            data[key] = [{k: v for k, v in t.items() if k != "format" or v is not None} for t in data[key]]
         return {k: data[k] for k in order if k not in optional or data[k] is not None}
 
     @classmethod
@@ -118,6 +125,7 @@ class Manifest:
                 f"{where}: digest {m.digest} does not match its files list (expected {expected})"
             )
         check_listed_paths([f.path for f in m.files], where)
+        check_formats(m, where)
         if m.model_file not in {f.path for f in m.files}:
             raise ManifestError(f"{where}: model_file {m.model_file!r} is not listed in files")
         return m
@@ -127,6 +135,19 @@ class Manifest:
             if f.path == path:
                 return f
         raise ManifestError(f"{MANIFEST_NAME}: no file {path!r} in the package")
+
+
+def check_formats(m: Manifest, where: str = MANIFEST_NAME) -> None:
+    """An input ``format`` (NCHW/NHWC) describes an image: three dimensions besides the batch
+    axis (rank 4, or rank 3 for a model without batching); outputs have none."""
+    for t in m.outputs:
+        if t.format is not None:
+            raise ManifestError(f"{where}: output {t.name!r} has a format; only inputs have one")
+    for t in m.inputs:
+        if t.format is not None and len(t.shape) not in (3, 4):
+            raise ManifestError(
+                f"{where}: input {t.name!r} has format {t.format} but shape {t.shape}: an image input "
+                "has 3 dimensions besides the batch axis (C, H, W in some order)")
 
 
 def plain_path_problem(path: str) -> str | None:

@@ -22,6 +22,19 @@ SourceArg = Annotated[
 ]
 
 
+def _input_formats(values: list[str]) -> dict[str, str]:
+    """``--input-format NAME=NCHW`` values as name -> layout (a malformed one is an exit 1)."""
+    formats: dict[str, str] = {}
+    for value in values:
+        name, sep, layout = value.partition("=")
+        if not sep or not name or not layout:
+            raise fail(f"--input-format {value}: expected NAME=NCHW or NAME=NHWC")
+        if name in formats:
+            raise fail(f"--input-format: {name!r} is given twice")
+        formats[name] = layout.upper()
+    return formats
+
+
 @cli_errors
 def export(
     source: SourceArg,
@@ -91,6 +104,15 @@ def export(
             "torchscript: that one only. Parity checks either.",
         ),
     ] = "auto",
+    input_format: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input-format",
+            help="NAME=NCHW or NAME=NHWC: the layout of an image input (3 dimensions besides the batch "
+            "axis), recorded in the manifest and reported as Triton's model configuration input "
+            "format, which image clients read. Repeat per input.",
+        ),
+    ] = None,
 ) -> None:
     """Export a PyTorch model to a checked ONNX package (model.onnx + manifest.json)."""
     from inferstack.modeltools import report
@@ -115,6 +137,7 @@ def export(
         batch_dim=batch_dim,
         example=example,
         exporter=exporter,
+        input_formats=_input_formats(input_format or []),
     )
     with report.status("exporting") as progress:
         manifest, path = run_export(opts, progress)

@@ -37,6 +37,7 @@ from inferstack.modeltools.staging import check_destination, staged_dir
 from inferstack.batchcheck import DEFAULT_BATCH_DIM
 from inferstack.errors import InferstackError
 from inferstack.manifest import (
+    INPUT_FORMATS,
     MANIFEST_NAME,
     Manifest,
     TensorSpec,
@@ -81,6 +82,8 @@ class ExportOptions:
     batch_dim: str = DEFAULT_BATCH_DIM  # the dimension requests are merged along (--batch-dim)
     example: Path | None = None  # --example FILE.npz: real inputs for the checks (spec.load_example)
     exporter: str = "auto"  # auto (dynamo, TorchScript when dynamo fails) | dynamo | torchscript
+    #: input name -> "NCHW" | "NHWC" (--input-format): an image input's layout, in the manifest
+    input_formats: dict[str, str] = field(default_factory=dict)
 
 
 Progress = Callable[[str], None]
@@ -348,6 +351,18 @@ def _check_flags(opts: ExportOptions, name: str) -> None:
     for flag, tol in (("--atol", opts.atol), ("--rtol", opts.rtol)):
         if not tol >= 0:  # also refuses NaN
             raise ExportError(f"{flag} {tol}: a tolerance must be 0 or more")
+    specs = {s.name: s for s in opts.inputs}
+    for input_name, layout in opts.input_formats.items():
+        where = f"--input-format {input_name}={layout}"
+        if input_name not in specs:
+            raise ExportError(f"{where}: no --input named {input_name!r} ({', '.join(specs)})")
+        if layout not in INPUT_FORMATS:
+            raise ExportError(f"{where}: choose {' or '.join(INPUT_FORMATS)}")
+        dims = specs[input_name].dims
+        image = [d for i, d in enumerate(dims) if i or d.name != opts.batch_dim]  # all but the batch axis
+        if len(image) != 3:
+            raise ExportError(f"{where}: an image input has 3 dimensions besides the batch axis "
+                              f"{opts.batch_dim!r} (C, H, W in some order); {input_name!r} has {len(image)}")
 
 
 def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple[Manifest, Path]:
@@ -452,6 +467,8 @@ def export(opts: ExportOptions, progress: Progress = lambda _msg: None) -> tuple
             raise ExportError(_explain_checker_failure(e, opts.outputs)) from e
         graph = signature.load_graph(model_path)
         inputs, outputs = signature.signature(graph, model_path)
+        for spec in inputs:
+            spec.format = opts.input_formats.get(spec.name)
         opset = signature.opset(graph)
         del graph
         if opset != opts.opset:

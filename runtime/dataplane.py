@@ -41,9 +41,9 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
 
     # the repository extension (Triton's model repository API); control errors are BadRequest
     plane.repository_index(ready_only=False) -> list[dict]  # [{"name", "version", "state", "reason"}]
-    await plane.load(name, parameters=())  # (re)load from its package, verified before anything
-        # is replaced; parameter names 'config' or 'file:...' (a configuration or files sent in
-        # the request) are refused, over either protocol
+    await plane.load(name, parameters=None)  # (re)load from its package, verified before anything
+        # is replaced; 'config' (Triton's configuration override) as runtime.overrides honours it,
+        # 'file:...' (files sent in the request) refused, over either protocol
     await plane.unload(name)    # 404 for new requests at once; returns once in-flight ones are answered
     plane.require_model_control()  # BadRequest unless --model-control explicit
     plane.models: dict[str, ModelEntry]           # entry.model (Model), entry.batcher, entry.stats
@@ -58,7 +58,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,15 +77,17 @@ from inferstack.runtime.errors import (
 )
 from inferstack.runtime.metrics import Metrics, ModelStats
 from inferstack.runtime.model import Model, load_model
+from inferstack.runtime.overrides import Override, check_honoured, check_limit, parameter_text, parse_override
 from inferstack.runtime.protocol import InferRequest
 from inferstack.runtime.source import resolve
+from inferstack.runtime.wording import check_version, unknown_model, unknown_package, unknown_version
 
 from inferstack import __version__
 from inferstack.errors import InferstackError
 
 log = logging.getLogger("inferstack.runtime")
 
-EXTENSIONS = ["binary_tensor_data", "model_configuration", "statistics", "model_repository"]
+EXTENSIONS = ["binary_tensor_data", "classification", "model_configuration", "statistics", "model_repository"]
 _TRITON_TYPES = {"BYTES": "TYPE_STRING"}
 #: bodies or messages larger than this (and every one for a model with a BYTES input) are decoded
 #: off the event loop; answers larger than this (and every answer with a BYTES output) are encoded
@@ -230,16 +232,17 @@ class DataPlane:
             callback()
 
     def entry(self, name: str, version: str | None = None) -> ModelEntry:
-        """The model ``name`` (and ``version``, when given); NotFound names what is served."""
+        """The model ``name`` (and ``version``, when given); NotFound names what is served, a
+        malformed version is a BadRequest (:mod:`wording`: Triton's texts)."""
+        if version is not None:
+            check_version(version)
         entry = self.models.get(name)
         if entry is None:
             if not self.loaded:
                 raise ServiceUnavailable(self._loading)
-            served = ", ".join(repr(n) for n in sorted(self.models)) or "none"
-            raise NotFound(f"unknown model {name!r}; this server serves {served}")
+            raise unknown_model(name, self.models)
         if version is not None and version != entry.model.version:
-            raise NotFound(
-                f"model {name!r} has no version {version!r}; available: {entry.model.version!r}")
+            raise unknown_version(name, version, entry.model.version)
         return entry
 
     # -- loading -----------------------------------------------------------------------------
@@ -270,13 +273,22 @@ class DataPlane:
             self._loading = "the models are still loading"
         return sources
 
-    def load_blocking(self, uri: str, name: str | None) -> Model:
+    def load_blocking(self, uri: str, name: str | None, override: Override | None = None) -> Model:
         """Fetch, verify (sha256 of every file in the manifest), load and warm up one model (in a
-        worker thread: this takes seconds). Raises ModelLoadError / ChecksumMismatch."""
+        worker thread: this takes seconds). Raises ModelLoadError / ChecksumMismatch, and
+        BadRequest for an ``override`` (a load's ``config``, :mod:`overrides`) it cannot honour."""
         source = resolve(uri, self.config.cache_dir)
         config = dataclasses.replace(self.config, model=uri, extra_models=(), model_repository=None,
                                      name=name)
-        return load_model(source, config)
+        if override is not None:
+            check_limit(override, source.manifest.max_batch_size if source.manifest else 64,
+                        self.config.max_batch_size)
+            if override.max_batch_size is not None:
+                config = dataclasses.replace(config, max_batch_size=override.max_batch_size)
+        model = load_model(source, config)
+        if override is not None:
+            check_honoured(override, self.config_of(model), model.batch_decision)
+        return model
 
     def load_all_blocking(self, sources: list[tuple[str, str | None]]) -> list[tuple[Model, str]]:
         """Load every start-up model; two with the same name are refused, naming both paths."""
@@ -314,21 +326,29 @@ class DataPlane:
                              "reason": self.load_errors.get(name, "unloaded")})
         return rows
 
-    async def load(self, name: str, parameters: Iterable[str] = ()) -> None:
+    async def load(self, name: str, parameters: Mapping[str, Any] | None = None) -> None:
         """(Re)load model ``name`` from its package. Nothing is replaced until the new model is
         verified, loaded and warmed up; a failed load (BadRequest naming why) leaves the old one
         serving. Loads of one name do not overlap (ServiceUnavailable meanwhile). ``parameters``:
-        the names of the request's parameters; Triton's ``config`` (a configuration) and
-        ``file:<path>`` (files) are refused (BadRequest): a model loads from its package only."""
+        the request's (HTTP JSON values, or gRPC ``ModelRepositoryParameter`` messages); Triton's
+        ``config`` (a configuration) is honoured as :mod:`overrides` says, ``file:<path>`` (files)
+        is refused (BadRequest): a model loads from its package only."""
         self.require_model_control()
-        if any(k == "config" or k.startswith("file:") for k in parameters):
-            raise BadRequest("loading with a configuration or files in the request is not supported; "
-                             "the model is loaded from its package in the repository")
+        parameters = parameters if parameters is not None else {}
+        if any(k.startswith("file:") for k in parameters):
+            raise BadRequest("loading with files in the request is not supported; the model is loaded "
+                             "from its package in the repository")
+        override = None
+        if "config" in parameters:
+            try:
+                override = parse_override(parameter_text(parameters["config"]), name)
+            except BadRequest as e:
+                raise BadRequest(f"failed to load model {name!r}: {e}") from None
         if self.stopping or self.draining:
             raise ServiceUnavailable("the server is stopping; nothing is loaded")
         uri = self.repository_packages().get(name)
         if uri is None:
-            raise NotFound(f"no model {name!r} in the model repository")
+            raise unknown_package(name, self.repository_packages())
         if name in self._loading_names:
             raise ServiceUnavailable(f"model {name!r} is being loaded; retry later")
         self._loading_names.add(name)
@@ -338,7 +358,7 @@ class DataPlane:
 
             def work() -> None:
                 try:
-                    model: Model | BaseException = self.load_blocking(uri, name)
+                    model: Model | BaseException = self.load_blocking(uri, name, override)
                 except BaseException as e:  # handed to the event loop
                     model = e
                 loop.call_soon_threadsafe(_settle, done, model)
@@ -424,7 +444,10 @@ class DataPlane:
     def model_config(self, entry: ModelEntry) -> dict[str, Any]:
         """The model's configuration in Triton's JSON shape (what tritonclient/perf_analyzer read):
         with batching, ``dims`` leave out the batch axis."""
-        model = entry.model
+        return self.config_of(entry.model)
+
+    def config_of(self, model: Model) -> dict[str, Any]:
+        """:meth:`model_config` of a model (served or not yet)."""
 
         def tensors(infos: list[Any]) -> list[dict[str, Any]]:
             return [
@@ -454,6 +477,10 @@ class DataPlane:
                 "batch_dim": {"string_value": self.config.batch_dim},
             },
         }
+        manifest = model.source.manifest if model.source is not None else None
+        layouts = {t.name: t.format for t in manifest.inputs if t.format} if manifest is not None else {}
+        for item in config["input"]:  # Triton's input format (the package's --input-format)
+            item["format"] = f"FORMAT_{layouts[item['name']]}" if item["name"] in layouts else "FORMAT_NONE"
         if model.batching:
             config["dynamic_batching"] = {
                 "max_queue_delay_microseconds": self.config.max_queue_delay_us,

@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from inferstack.runtime.classification import classify
 from inferstack.runtime.errors import BadRequest
 from inferstack.runtime.model import Model, TensorInfo
 from inferstack.runtime.proto import grpc_service_pb2 as pb
@@ -39,6 +40,7 @@ from inferstack.runtime.protocol import (
     input_spec,
     same_batch,
 )
+from inferstack.runtime.wording import mixed_contents
 
 #: v2 datatype -> the InferTensorContents field that carries it
 CONTENTS_FIELD = {
@@ -71,6 +73,9 @@ def decode_request(request: Any, model: Model,
     if not tensors:
         raise BadRequest("'inputs' must be a non-empty array of tensors")
     if raw and len(raw) != len(tensors):
+        for tensor in tensors:  # typed contents as well: that is the error, in Triton's words
+            if tensor.HasField("contents"):
+                raise BadRequest(mixed_contents(tensor.name, model.name))
         raise BadRequest(
             f"raw_input_contents has {len(raw)} entries for {len(tensors)} inputs; send one per input "
             "(in the order of 'inputs') or none"
@@ -87,7 +92,7 @@ def decode_request(request: Any, model: Model,
         strings = count_strings(name, spec, shape, strings, max_bytes_elements)
         if raw:
             if tensor.HasField("contents"):
-                raise BadRequest(f"input {name!r} has both 'contents' and raw_input_contents; send one")
+                raise BadRequest(mixed_contents(name, model.name))
             blob = raw[index]
             array = _from_binary(blob, 0, len(blob), shape, spec, f"raw_input_contents[{index}]")
         else:
@@ -101,8 +106,10 @@ def decode_request(request: Any, model: Model,
     if request.outputs:
         wanted = [{"name": o.name, "parameters": {k: _parameter(v) for k, v in o.parameters.items()}}
                   for o in request.outputs]
-    outputs = _requested_outputs(wanted, model, True)
-    return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs)
+    classes: dict[str, int] = {}
+    outputs = _requested_outputs(wanted, model, True, classes)
+    return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs,
+                        classes or None)
 
 
 def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
@@ -140,6 +147,8 @@ def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarra
 def encode_response(model: Model, request: InferRequest, results: dict[str, np.ndarray]) -> Any:
     """The ``ModelInferResponse``: each requested output's name, datatype and shape, its bytes in
     ``raw_output_contents``."""
+    if request.classes:
+        model, results = classify(model, request.classes, results)
     response = pb.ModelInferResponse(model_name=model.name, model_version=model.version)
     if request.id is not None:
         response.id = request.id

@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.json_format import ParseDict
 from inferstack.runtime.errors import ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
+from inferstack.runtime.grpc_unsupported import UnsupportedMethods
 from inferstack.runtime.logs import log_access
 from inferstack.runtime.proto import grpc_service_pb2 as pb
 from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
@@ -198,6 +199,7 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[Any, int]:
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
+    server.add_generic_rpc_handlers((UnsupportedMethods(),))  # the calls not served: UNIMPLEMENTED
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)

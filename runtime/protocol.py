@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from inferstack.runtime.classification import class_count, classify
 from inferstack.runtime.errors import BadRequest
 from inferstack.runtime.model import Model, TensorInfo
 
@@ -42,6 +43,8 @@ class InferRequest:
     rows: int  # along the batch axis (1 when the model is not batched)
     key: tuple[Any, ...]  # non-batch shapes: requests merge only with equal keys
     outputs: list[tuple[str, bool]]  # (name, binary) in answer order
+    #: outputs to classify (name -> k, Triton's classification extension), None when none
+    classes: dict[str, int] | None = None
 
 
 def _describe(shape: Any) -> str:
@@ -212,8 +215,9 @@ def decode(body: bytes, header_length: int | None, model: Model,
         )
     check_all_given(inputs, model)
 
-    outputs = _requested_outputs(doc.get("outputs"), model, binary_output)
-    return InferRequest(request_id, inputs, rows if batching else 1, tuple(key), outputs)
+    classes: dict[str, int] = {}
+    outputs = _requested_outputs(doc.get("outputs"), model, binary_output, classes)
+    return InferRequest(request_id, inputs, rows if batching else 1, tuple(key), outputs, classes or None)
 
 
 def _check_shape(tensor: dict[str, Any], spec: TensorInfo, model: Model) -> list[int]:
@@ -485,7 +489,10 @@ def _kind_name(kind: str) -> str:
             "O": "mixed or non-numeric values"}.get(kind, "non-numeric values")
 
 
-def _requested_outputs(raw: Any, model: Model, binary_default: bool) -> list[tuple[str, bool]]:
+def _requested_outputs(raw: Any, model: Model, binary_default: bool,
+                       classes: dict[str, int] | None = None) -> list[tuple[str, bool]]:
+    """The outputs to answer, (name, binary) in order; ``classes`` gets name -> k of those with
+    a ``classification`` parameter (:mod:`classification`)."""
     if raw is None:
         return [(n, binary_default) for n in model.output_names]
     if not isinstance(raw, list):
@@ -506,8 +513,8 @@ def _requested_outputs(raw: Any, model: Model, binary_default: bool) -> list[tup
             raise BadRequest(f"output {name!r} is requested twice")
         seen.add(name)
         params = _params(out.get("parameters"), f"output {name!r}: 'parameters'")
-        if params.get("classification"):
-            raise BadRequest(f"output {name!r}: the classification extension is not supported")
+        if "classification" in params and classes is not None:
+            classes[name] = class_count(params["classification"], model.output_by_name[name])
         binary = _flag(params, "binary_data", f"output {name!r}")
         chosen.append((name, binary_default if binary is None else binary))
     return chosen
@@ -518,6 +525,8 @@ def encode(
     model: Model, request: InferRequest, results: dict[str, np.ndarray]
 ) -> tuple[bytes, list[bytes | memoryview], int | None]:
     """The response: (JSON header, binary parts, header length or None when all JSON)."""
+    if request.classes:
+        model, results = classify(model, request.classes, results)
     entries = []
     blobs: list[bytes | memoryview] = []
     for name, binary in request.outputs:

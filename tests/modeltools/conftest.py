@@ -30,7 +30,8 @@ def tiny_pkg(tmp_path_factory: pytest.TempPathFactory, models_file: Path) -> Pat
 def cnn_pkg(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cnn") / "pkg"
     return export(
-        out, "inferstack.examples.cnn:build", "image:batch,3,32,32:FP32", extra=("--output", "logits")
+        out, "inferstack.examples.cnn:build", "image:batch,3,32,32:FP32",
+        extra=("--output", "logits", "--input-format", "image=NCHW"),
     )
 
 

@@ -30,6 +30,8 @@ def test_cnn_package_has_the_documented_manifest(cnn_pkg: Path) -> None:
     m = load_manifest(cnn_pkg)
     assert m.name == "cnn" and m.version == "1" and m.model_file == "model.onnx"
     assert [(t.name, t.datatype, t.shape) for t in m.inputs] == [("image", "FP32", [-1, 3, 32, 32])]
+    # --input-format image=NCHW: Triton's input format, what image clients read from /config
+    assert data["inputs"][0]["format"] == "NCHW" and "format" not in data["outputs"][0]
     assert [(t.name, t.datatype, t.shape) for t in m.outputs] == [("logits", "FP32", [-1, 10])]
     assert m.max_batch_size == 64
     assert m.opset is not None and m.opset >= 18
@@ -307,6 +309,11 @@ def test_bad_input_is_one_line_exit_1_and_writes_nothing(
         (["--atol", "-1"], ["--atol -1.0: a tolerance must be 0 or more"]),
         (["--out", "{tmp}/a-file/pkg"], ["--out {tmp}/a-file/pkg", "a-file is not a directory"]),
         (["--out", "/proc/nope/pkg"], ["--out /proc/nope/pkg: cannot create a directory in /proc"]),
+        (["--input-format", "x"], ["--input-format x: expected NAME=NCHW or NAME=NHWC"]),
+        (["--input-format", "y=NCHW"], ["--input-format y=NCHW: no --input named 'y' (x)"]),
+        (["--input-format", "x=CHW"], ["--input-format x=CHW: choose NCHW or NHWC"]),
+        (["--input-format", "x=nchw"], ["--input-format x=NCHW: an image input has 3 dimensions besides",
+                                        "'x' has 1"]),
     ],
 )
 def test_bad_flags_are_named_before_any_work(
@@ -360,3 +367,11 @@ def test_over_2gb_model_exports_with_external_data(tmp_path: Path) -> None:
     onnx.checker.check_model(str(out / "model.onnx"))
     r = run_cli("verify", out)
     assert r.exit_code == 0, r.stdout + r.stderr
+
+
+def test_no_input_format_writes_no_format_field(tiny_pkg: Path) -> None:
+    """A package exported without --input-format has the manifest it had before the field
+    existed (byte-identical re-exports), and loads with no format."""
+    data = read_manifest(tiny_pkg)
+    assert all("format" not in t for t in [*data["inputs"], *data["outputs"]])
+    assert load_manifest(tiny_pkg).inputs[0].format is None

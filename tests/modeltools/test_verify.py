@@ -68,6 +68,9 @@ def test_corrupted_onnx_with_a_matching_manifest_is_caught(tiny_pkg: Path, copy_
         (lambda d: d["parity"].update(batches=[]), "invalid at parity/batches"),
         (lambda d: d["inputs"][0].update(datatype="FLOAT"), "invalid at inputs/0/datatype"),
         (lambda d: d.update(optimization={"chosen": "int8-static"}), "invalid at optimization"),
+        (lambda d: d["inputs"][0].update(format="CHW"), "invalid at inputs/0/format"),
+        (lambda d: d["inputs"][0].update(format="NCHW"), "input 'x' has format NCHW but shape [-1, 16]"),
+        (lambda d: d["outputs"][0].update(format="NHWC"), "output 'logits' has a format; only inputs"),
     ],
 )
 def test_manifest_that_breaks_the_schema_names_the_field(

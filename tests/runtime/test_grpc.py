@@ -76,7 +76,8 @@ def test_health_metadata_and_config(mlp_server: Served) -> None:
         assert config["instance_group"][0]["kind"] == "KIND_CPU"
         with pytest.raises(InferenceServerException) as e:
             c.get_model_metadata("nope")
-        assert e.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'nope'" in e.value.message()
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'nope' is not found" in e.value.message()
     finally:
         c.close()
 
@@ -408,7 +409,8 @@ def test_two_models_and_the_repository_over_grpc(serve: Callable[..., Served], m
         assert not c.is_model_ready("mlp") and c.is_model_ready("dtypes")
         with pytest.raises(InferenceServerException) as e:
             _infer("grpc", s, "mlp", {"x": x})
-        assert e.value.status() == "StatusCode.NOT_FOUND" and "unknown model 'mlp'" in e.value.message()
+        assert e.value.status() == "StatusCode.NOT_FOUND"
+        assert "Request for unknown model: 'mlp' is not found" in e.value.message()
         index = {m["name"]: m for m in c.get_model_repository_index(as_json=True)["models"]}
         assert index["mlp"]["state"] == "UNAVAILABLE"
 
@@ -419,14 +421,19 @@ def test_two_models_and_the_repository_over_grpc(serve: Callable[..., Served], m
         with pytest.raises(InferenceServerException) as e:
             c.load_model("nope")
         assert e.value.status() == "StatusCode.NOT_FOUND"
-        # a configuration or files in the request: refused by the one rule, on both protocols
+        # a configuration the server cannot honour, or files in the request: refused by the one
+        # rule, on both protocols (the configuration override itself: test_client_compat.py)
         with pytest.raises(InferenceServerException) as e:
-            c.load_model("mlp", config='{"max_batch_size": 1}')
+            c.load_model("mlp", config='{"backend": "tensorrt"}')
         assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
-        assert "loading with a configuration or files in the request is not supported" in e.value.message()
+        assert "failed to load model 'mlp': the 'config' parameter sets 'backend'" in e.value.message()
+        with pytest.raises(InferenceServerException) as e:
+            c.load_model("mlp", files={"file:1/model.onnx": b"AAAA"})
+        assert e.value.status() == "StatusCode.INVALID_ARGUMENT"
+        assert "loading with files in the request is not supported" in e.value.message()
         r = httpx.post(f"{s.url}/v2/repository/models/mlp/load",
                        json={"parameters": {"file:1/model.onnx": "AAAA"}}, timeout=10)
-        assert r.status_code == 400 and "configuration or files" in r.json()["error"], r.text
+        assert r.status_code == 400 and "loading with files" in r.json()["error"], r.text
         assert c.is_model_ready("mlp")
     finally:
         c.close()

@@ -55,7 +55,8 @@ def test_config_in_triton_shape(mlp_server: Served) -> None:
     config = th.InferenceServerClient(mlp_server.address).get_model_config("mlp")
     assert config["max_batch_size"] == 16  # from the manifest
     assert config["platform"] == "onnxruntime_onnx"
-    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [16]}]
+    # inputs carry Triton's format (FORMAT_NONE unless the package gives an image layout)
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "format": "FORMAT_NONE", "dims": [16]}]
     assert config["output"] == [{"name": "y", "data_type": "TYPE_FP32", "dims": [4]}]
     assert "dynamic_batching" in config
 
@@ -85,7 +86,8 @@ def test_versioned_route_and_default_binary_output(mlp_server: Served, mlp_packa
     np.testing.assert_allclose(
         result.as_numpy("y"), ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-6
     )
-    with pytest.raises(InferenceServerException, match="no version '2'"):
+    with pytest.raises(InferenceServerException,
+                       match="Request for unknown model: 'mlp' version 2 is not found"):
         client.infer("mlp", [inp], model_version="2")
 
 
@@ -292,7 +294,8 @@ def test_bytes_binary_framing_is_checked(dtypes_server: Served) -> None:
 def test_routes_methods_and_unknown_models(mlp_server: Served) -> None:
     base = mlp_server.url
     r = httpx.get(f"{base}/v2/models/nope")
-    assert r.status_code == 404 and r.json()["error"] == "unknown model 'nope'; this server serves 'mlp'"
+    assert r.status_code == 404 and r.json()["error"] == (
+        "Request for unknown model: 'nope' is not found; this server serves 'mlp'")
     r = httpx.post(f"{base}/v2/models/nope/infer", json={"inputs": [_x()]})
     assert r.status_code == 404
     r = httpx.get(f"{base}/v2/models/mlp/infer")
