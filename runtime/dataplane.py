@@ -32,8 +32,12 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
     plane.finish(entry, started, error, written=True)  # once per infer request, whatever the
         # outcome (error None: success; entry None: the model was never found); written=False
         # when the client left before its answer. Counts metrics and statistics.
+    plane.finish_later(entry, started, error, written, took)  # finish() from any thread: queued,
+        # counted on the event loop at its next deliver_finished(), sweep or scrape
     plane.deliver_finished()                      # call before reading each new request: answers
         # of finished runs first (they free queue places)
+    plane.hold(n) / plane.release(n)              # the server-wide budget of request bytes held
+        # (--max-buffered-bytes), from any thread: hold raises Overloaded past it
     plane.worker() -> ThreadPoolExecutor          # decoding and encoding off the event loop:
         # entry.decode_off_loop(size) / entry.encode_off_loop(outputs) say when (BYTES tensors,
         # bodies or answers over INLINE_BYTES)
@@ -70,6 +74,8 @@ from inferstack.runtime.errors import (
     HTTPError,
     ModelLoadError,
     NotFound,
+    Overloaded,
+    PayloadTooLarge,
     QueueFull,
     RequestTimeout,
     ServiceUnavailable,
@@ -162,7 +168,39 @@ class DataPlane:
         #: called after the set of models changed (front ends rebuild their routes)
         self.on_change: list[Callable[[], None]] = []
         self.metrics.watch(self._queue_depth, self._inflight)
+        self.metrics.before_scrape = self.settle
         self._worker: ThreadPoolExecutor | None = None
+        #: finish() calls made off the event loop (the gRPC front end's threads), counted on it
+        self._finished_elsewhere: deque[tuple[ModelEntry | None, float, HTTPError | None, bool, float]] = deque()
+        #: request bytes held now (--max-buffered-bytes), changed from any thread under the lock
+        self.buffered = 0
+        self._budget_lock = threading.Lock()
+
+    # -- the request-bytes budget (any thread) -------------------------------------------------
+    def hold(self, n: int) -> int:
+        """Count ``n`` more request bytes held (a message and what decoding it makes); raises
+        :class:`Overloaded` (503 / RESOURCE_EXHAUSTED) when that would pass --max-buffered-bytes,
+        :class:`PayloadTooLarge` (413 / RESOURCE_EXHAUSTED) when ``n`` alone would (nothing is
+        counted then). Returns ``n``, to :meth:`release` when the request is answered."""
+        limit = self.config.max_buffered_bytes
+        if n > limit:
+            raise PayloadTooLarge(
+                f"this request needs {n} bytes held to be decoded, more than the server holds for all "
+                f"requests together (--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES: {limit}); send "
+                "fewer elements per request")
+        with self._budget_lock:
+            if self.buffered + n > limit:
+                raise Overloaded(
+                    f"the server holds {self.buffered} request bytes and this request needs {n} more; "
+                    f"--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES is {limit}; retry later")
+            self.buffered += n
+        return n
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` bytes counted by :meth:`hold`."""
+        if n:
+            with self._budget_lock:
+                self.buffered -= n
 
     def worker(self) -> ThreadPoolExecutor:
         """The threads that decode and encode tensors off the event loop (two, made on first use)."""
@@ -464,6 +502,7 @@ class DataPlane:
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: ``{"model_stats": [...]}`` for every model (``name``
         None) or one (NotFound when it is not served)."""
+        self.settle()
         if name is None:
             entries = [self.models[n] for n in sorted(self.models)]
         else:
@@ -491,9 +530,11 @@ class DataPlane:
         entry.batcher.submit(job)
 
     def finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
-               written: bool = True) -> None:
-        """Count one answered infer request (metrics and the model's statistics)."""
-        took = time.perf_counter() - started
+               written: bool = True, took: float | None = None) -> None:
+        """Count one answered infer request (metrics and the model's statistics); ``took``:
+        seconds to its answer (default: from ``started`` to now)."""
+        if took is None:
+            took = time.perf_counter() - started
         if error is None and written:
             self._outcomes["success"].inc()
             if entry is not None:
@@ -510,7 +551,22 @@ class DataPlane:
                 entry.stats.fail.add(took)
         self._observe_request(took)
 
+    def finish_later(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
+                     written: bool, took: float) -> None:
+        """:meth:`finish` from another thread (``took``: seconds from ``started`` to answered):
+        queued, and counted on the event loop by :meth:`settle`."""
+        self._finished_elsewhere.append((entry, started, error, written, took))
+
+    def settle(self) -> None:
+        """Count what :meth:`finish_later` queued (on the event loop; also before each scrape and
+        statistics answer, so that an answered call is counted when its client looks)."""
+        queued = self._finished_elsewhere
+        while queued:
+            self.finish(*queued.popleft())
+
     def deliver_finished(self) -> None:
+        if self._finished_elsewhere:
+            self.settle()
         for entry in self.models.values():  # (retiring batchers deliver on their own wake-ups)
             batcher = entry.batcher
             if batcher.has_finished:
@@ -520,6 +576,8 @@ class DataPlane:
         """Answer 504 for requests past their deadline. All requests share one timeout, so the
         deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
         than one timer per request)."""
+        if self._finished_elsewhere:
+            self.settle()
         watch = self._watch
         now = time.perf_counter()
         while watch:
