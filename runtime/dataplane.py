@@ -81,7 +81,7 @@ from inferstack.runtime.errors import (
     ServiceUnavailable,
     Unauthorized,
 )
-from inferstack.runtime.metrics import Metrics, ModelStats
+from inferstack.runtime.metrics import Metrics, ModelMetrics, ModelStats
 from inferstack.runtime.model import Model, load_model
 from inferstack.runtime.protocol import InferRequest
 from inferstack.runtime.source import resolve
@@ -121,6 +121,7 @@ class ModelEntry:
     batcher: Batcher
     stats: ModelStats
     source: str
+    metrics: ModelMetrics
     ready: bool = True
     infer_paths: tuple[str, ...] = field(default=())
     bytes_in: bool = False  # the model has a BYTES input
@@ -156,8 +157,6 @@ class DataPlane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: deque[Job] = deque()
         self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
-        self._outcomes = self.metrics.outcome
-        self._observe_request = self.metrics.request_seconds.observe
         #: name -> the URI it was loaded from (what a repository load reads again, outside
         #: repository mode), and the last load error of a name (the repository index's reason)
         self.known: dict[str, str] = {}
@@ -171,7 +170,8 @@ class DataPlane:
         self.metrics.before_scrape = self.settle
         self._worker: ThreadPoolExecutor | None = None
         #: finish() calls made off the event loop (the gRPC front end's threads), counted on it
-        self._finished_elsewhere: deque[tuple[ModelEntry | None, float, HTTPError | None, bool, float]] = deque()
+        self._finished_elsewhere: deque[tuple[ModelEntry | None, float, HTTPError | None, bool, float]] = (
+            deque())
         #: request bytes held now (--max-buffered-bytes), changed from any thread under the lock
         self.buffered = 0
         self._budget_lock = threading.Lock()
@@ -224,10 +224,11 @@ class DataPlane:
         stops): start its batcher on the event loop."""
         assert self._loop is not None, "start() first"
         stats = ModelStats(model.name, model.version)
-        batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
+        metrics = self.metrics.model(model.name, model.version)
+        batcher = Batcher(model, metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
         batcher.start(self._loop)
         base = f"/v2/models/{model.name}"
-        entry = ModelEntry(model, batcher, stats, source,
+        entry = ModelEntry(model, batcher, stats, source, metrics,
                            infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"),
                            bytes_in=any(t.dtype.v2 == "BYTES" for t in model.inputs),
                            bytes_out=any(t.dtype.v2 == "BYTES" for t in model.outputs))
@@ -535,21 +536,22 @@ class DataPlane:
         seconds to its answer (default: from ``started`` to now)."""
         if took is None:
             took = time.perf_counter() - started
+        metrics = self.metrics.none if entry is None else entry.metrics
         if error is None and written:
-            self._outcomes["success"].inc()
+            metrics.outcome["success"].inc()
             if entry is not None:
                 entry.stats.success.add(took)
         else:
             if not written:
-                self._outcomes["disconnected"].inc()
-                self.metrics.failure("disconnected")
+                metrics.outcome["disconnected"].inc()
+                metrics.failure("disconnected")
             else:
                 assert error is not None
-                self._outcomes[status_outcome(error.status_code)].inc()
-                self.metrics.failure(error.reason)
+                metrics.outcome[status_outcome(error.status_code)].inc()
+                metrics.failure(error.reason)
             if entry is not None:
                 entry.stats.fail.add(took)
-        self._observe_request(took)
+        metrics.request_seconds.observe(took)
 
     def finish_later(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
                      written: bool, took: float) -> None:
@@ -601,11 +603,19 @@ class DataPlane:
         """Every entry with a batcher: served, and retiring (requests still in flight)."""
         return [*self.models.values(), *self._retiring]
 
-    def _queue_depth(self) -> int:
-        return sum(e.batcher.queue_depth() for e in self._entries())
+    def _queue_depth(self) -> dict[tuple[str, str], float]:
+        depth: dict[tuple[str, str], float] = {}
+        for e in self._entries():
+            key = (e.name, e.model.version)
+            depth[key] = depth.get(key, 0) + e.batcher.queue_depth()
+        return depth
 
-    def _inflight(self) -> int:
-        return sum(e.batcher.pending for e in self._entries())
+    def _inflight(self) -> dict[tuple[str, str], float]:
+        inflight: dict[tuple[str, str], float] = {}
+        for e in self._entries():
+            key = (e.name, e.model.version)
+            inflight[key] = inflight.get(key, 0) + e.batcher.pending
+        return inflight
 
     # -- shutdown ------------------------------------------------------------------------------
     def begin_drain(self) -> None:

@@ -161,7 +161,8 @@ class InferenceServicer:
             ready=self.plane.model_ready(request.name, request.version or None)))
 
     def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return self._call(context, lambda: ParseDict(self.plane.server_metadata(), pb.ServerMetadataResponse()))
+        return self._call(context, lambda: ParseDict(self.plane.server_metadata(),
+                                                     pb.ServerMetadataResponse()))
 
     def ModelMetadata(self, request: Any, context: Any) -> Any:
         plane = self.plane
