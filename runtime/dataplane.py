@@ -177,17 +177,19 @@ class DataPlane:
         self._budget_lock = threading.Lock()
 
     # -- the request-bytes budget (any thread) -------------------------------------------------
-    def hold(self, n: int) -> int:
-        """Count ``n`` more request bytes held (a message and what decoding it makes); raises
-        :class:`Overloaded` (503 / RESOURCE_EXHAUSTED) when that would pass --max-buffered-bytes,
-        :class:`PayloadTooLarge` (413 / RESOURCE_EXHAUSTED) when ``n`` alone would (nothing is
-        counted then). Returns ``n``, to :meth:`release` when the request is answered."""
+    def hold(self, n: int, before: int = 0) -> int:
+        """Count ``n`` more request bytes held (a message, or what decoding it makes; ``before``:
+        what the same request holds already). Raises :class:`PayloadTooLarge` (413 /
+        RESOURCE_EXHAUSTED) when the request alone would pass --max-buffered-bytes, and
+        :class:`Overloaded` (503 / RESOURCE_EXHAUSTED, retry later) when all requests together
+        would; nothing is counted then. Returns ``n``, to :meth:`release` when the request is
+        answered."""
         limit = self.config.max_buffered_bytes
-        if n > limit:
+        if before + n > limit:
             raise PayloadTooLarge(
-                f"this request needs {n} bytes held to be decoded, more than the server holds for all "
-                f"requests together (--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES: {limit}); send "
-                "fewer elements per request")
+                f"this request needs {before + n} bytes held to be decoded, more than the server holds "
+                f"for all requests together (--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES: "
+                f"{limit}); send fewer elements per request, or raw contents")
         with self._budget_lock:
             if self.buffered + n > limit:
                 raise Overloaded(

@@ -229,18 +229,12 @@ class InferenceServicer:
             entry = plane.entry(name, request.model_version or None)
             if entry.batcher.pending >= plane.config.max_queue_size:
                 plane.admit(entry)  # (refuses before decoding; the event loop checks again)
-            more = 0
-
             def hold(n: int) -> None:
-                nonlocal more
+                nonlocal held
                 if n:
-                    plane.hold(n)
-                    more += n
+                    held += plane.hold(n, held)
 
-            try:
-                infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
-            finally:
-                held += more
+            infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
             waiter = _Waiter()
             self.loop.call_soon_threadsafe(self._submit, entry, infer, started, waiter)
             if not waiter.lock.acquire(timeout=self._wait_s):
