@@ -206,7 +206,8 @@ def test_grpc_typed_contents_count_what_they_decode_into(serve, floats_onnx: Pat
         y = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(tuple(answer.outputs[0].shape))
         np.testing.assert_array_equal(y, x)
         small = service_pb2.ModelInferRequest(model_name=s.name)
-        small.inputs.add(name="x", datatype="FP32", shape=[1, 1000]).contents.fp32_contents.extend(x[0, :1000])
+        small_x = small.inputs.add(name="x", datatype="FP32", shape=[1, 1000])
+        small_x.contents.fp32_contents.extend(x[0, :1000])
         answer = stub.ModelInfer(small, timeout=30)
         np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32), x[0, :1000])
     finally:
@@ -248,3 +249,30 @@ def test_grpc_calls_together_past_the_buffered_budget_are_told_to_retry(serve, s
             assert r.shape == (1, 1000) and list(r[0]) == list(x[0])
     again = call(0)
     assert not isinstance(again, InferenceServerException), again
+
+
+def test_grpc_messages_past_max_body_bytes_are_refused_unparsed(serve, floats_onnx: Path) -> None:
+    """grpcio's receive limit is --max-body-bytes (its own default is 4 MiB): a 1.2 MB message is
+    RESOURCE_EXHAUSTED with a 1 MB limit; a 0.8 MB one is answered."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    s = serve(floats_onnx, "--max-body-bytes", "1000000", "--max-buffered-bytes", "4000000")
+    channel = grpc.insecure_channel(s.grpc_address, options=[("grpc.max_receive_message_length", -1)])
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def call(n: int) -> Any:
+            request = service_pb2.ModelInferRequest(model_name=s.name)
+            request.inputs.add(name="x", datatype="FP32", shape=[1, n])
+            request.raw_input_contents.append(np.ones(n, np.float32).tobytes())
+            return stub.ModelInfer(request, timeout=30)
+
+        assert len(call(200_000).raw_output_contents[0]) == 800_000
+        with pytest.raises(grpc.RpcError) as e:
+            call(300_000)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in e.value.details()
+        assert len(call(10).raw_output_contents[0]) == 40  # still serving
+    finally:
+        channel.close()
