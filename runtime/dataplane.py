@@ -5,7 +5,9 @@ its ``DataPlane`` from its REST and gRPC servers.
 
 It holds the models by name, each with its own onnxruntime session, :class:`Batcher` and
 statistics; readiness; auth; shedding; the request timeout; metrics and statistics. Everything is
-called on the event loop thread (the batchers' workers hand their answers back there).
+called on the event loop thread (the batchers' workers hand their answers back there), except
+what says "any thread": the gRPC front end's pool threads parse, check auth, look up the model,
+hold budget and decode off the loop, and hand the rest to it (``call_soon_threadsafe``).
 
 The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exceptions: each has
 ``status_code`` for HTTP and ``grpc_code`` for gRPC, and ``message``)::
