@@ -107,17 +107,19 @@ _METRICS = ("inferstack_batch_size_sum", "inferstack_batch_size_count", "inferst
 
 
 def scrape_metrics(base_url: str, names: tuple[str, ...]) -> dict[str, float] | None:
-    """The named unlabelled samples from inferstack's /metrics (None when not all are available)."""
+    """The named samples from inferstack's /metrics, each summed over its series (the runtime labels
+    them by model and version); None when not all are available."""
     try:
         with urllib.request.urlopen(base_url + "/metrics", timeout=5) as r:
             text = r.read().decode()
     except OSError:
         return None
-    values = {}
+    values: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
+        series, _, value = line.rpartition(" ")
+        name = series.partition("{")[0]
         if name in names:
-            values[name] = float(value)
+            values[name] = values.get(name, 0.0) + float(value)
     return values if len(values) == len(names) else None
 
 

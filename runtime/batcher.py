@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed
-from inferstack.runtime.metrics import Metrics, ModelStats
+from inferstack.runtime.metrics import Metrics, ModelMetrics, ModelStats
 from inferstack.runtime.model import Model
 
 log = logging.getLogger("inferstack.runtime")
@@ -61,7 +61,7 @@ class _RowsChanged(Exception):
 
 
 class Batcher:
-    def __init__(self, model: Model, metrics: Metrics, max_queue_delay_s: float = 0.0,
+    def __init__(self, model: Model, metrics: Metrics | ModelMetrics, max_queue_delay_s: float = 0.0,
                  follow_wait: float = 0.25, stats: ModelStats | None = None) -> None:
         self.model = model
         self.metrics = metrics

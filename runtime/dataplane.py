@@ -5,7 +5,9 @@ its ``DataPlane`` from its REST and gRPC servers.
 
 It holds the models by name, each with its own onnxruntime session, :class:`Batcher` and
 statistics; readiness; auth; shedding; the request timeout; metrics and statistics. Everything is
-called on the event loop thread (the batchers' workers hand their answers back there).
+called on the event loop thread (the batchers' workers hand their answers back there), except
+what says "any thread": the gRPC front end's pool threads parse, check auth, look up the model,
+hold budget and decode off the loop, and hand the rest to it (``call_soon_threadsafe``).
 
 The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exceptions: each has
 ``status_code`` for HTTP and ``grpc_code`` for gRPC, and ``message``)::
@@ -32,8 +34,12 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
     plane.finish(entry, started, error, written=True)  # once per infer request, whatever the
         # outcome (error None: success; entry None: the model was never found); written=False
         # when the client left before its answer. Counts metrics and statistics.
+    plane.finish_later(entry, started, error, written, took)  # finish() from any thread: queued,
+        # counted on the event loop at its next deliver_finished(), sweep or scrape
     plane.deliver_finished()                      # call before reading each new request: answers
         # of finished runs first (they free queue places)
+    plane.hold(n) / plane.release(n)              # the server-wide budget of request bytes held
+        # (--max-buffered-bytes), from any thread: hold raises Overloaded past it
     plane.worker() -> ThreadPoolExecutor          # decoding and encoding off the event loop:
         # entry.decode_off_loop(size) / entry.encode_off_loop(outputs) say when (BYTES tensors,
         # bodies or answers over INLINE_BYTES)
@@ -70,12 +76,14 @@ from inferstack.runtime.errors import (
     HTTPError,
     ModelLoadError,
     NotFound,
+    Overloaded,
+    PayloadTooLarge,
     QueueFull,
     RequestTimeout,
     ServiceUnavailable,
     Unauthorized,
 )
-from inferstack.runtime.metrics import Metrics, ModelStats
+from inferstack.runtime.metrics import Metrics, ModelMetrics, ModelStats
 from inferstack.runtime.model import Model, load_model
 from inferstack.runtime.overrides import Override, check_honoured, check_limit, parameter_text, parse_override
 from inferstack.runtime.protocol import InferRequest
@@ -117,6 +125,7 @@ class ModelEntry:
     batcher: Batcher
     stats: ModelStats
     source: str
+    metrics: ModelMetrics
     ready: bool = True
     infer_paths: tuple[str, ...] = field(default=())
     bytes_in: bool = False  # the model has a BYTES input
@@ -152,8 +161,6 @@ class DataPlane:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watch: deque[Job] = deque()
         self._sweep_every = max(0.005, min(0.1, config.request_timeout_s / 10))
-        self._outcomes = self.metrics.outcome
-        self._observe_request = self.metrics.request_seconds.observe
         #: name -> the URI it was loaded from (what a repository load reads again, outside
         #: repository mode), and the last load error of a name (the repository index's reason)
         self.known: dict[str, str] = {}
@@ -164,7 +171,42 @@ class DataPlane:
         #: called after the set of models changed (front ends rebuild their routes)
         self.on_change: list[Callable[[], None]] = []
         self.metrics.watch(self._queue_depth, self._inflight)
+        self.metrics.before_scrape = self.settle
         self._worker: ThreadPoolExecutor | None = None
+        #: finish() calls made off the event loop (the gRPC front end's threads), counted on it
+        self._finished_elsewhere: deque[tuple[ModelEntry | None, float, HTTPError | None, bool, float]] = (
+            deque())
+        #: request bytes held now (--max-buffered-bytes), changed from any thread under the lock
+        self.buffered = 0
+        self._budget_lock = threading.Lock()
+
+    # -- the request-bytes budget (any thread) -------------------------------------------------
+    def hold(self, n: int, before: int = 0) -> int:
+        """Count ``n`` more request bytes held (a message, or what decoding it makes; ``before``:
+        what the same request holds already). Raises :class:`PayloadTooLarge` (413 /
+        RESOURCE_EXHAUSTED) when the request alone would pass --max-buffered-bytes, and
+        :class:`Overloaded` (503 / RESOURCE_EXHAUSTED, retry later) when all requests together
+        would; nothing is counted then. Returns ``n``, to :meth:`release` when the request is
+        answered."""
+        limit = self.config.max_buffered_bytes
+        if before + n > limit:
+            raise PayloadTooLarge(
+                f"this request needs {before + n} bytes held to be decoded, more than the server holds "
+                f"for all requests together (--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES: "
+                f"{limit}); send fewer elements per request, or raw contents")
+        with self._budget_lock:
+            if self.buffered + n > limit:
+                raise Overloaded(
+                    f"the server holds {self.buffered} request bytes and this request needs {n} more; "
+                    f"--max-buffered-bytes / INFERSTACK_MAX_BUFFERED_BYTES is {limit}; retry later")
+            self.buffered += n
+        return n
+
+    def release(self, n: int) -> None:
+        """Give back ``n`` bytes counted by :meth:`hold`."""
+        if n:
+            with self._budget_lock:
+                self.buffered -= n
 
     def worker(self) -> ThreadPoolExecutor:
         """The threads that decode and encode tensors off the event loop (two, made on first use)."""
@@ -188,10 +230,11 @@ class DataPlane:
         stops): start its batcher on the event loop."""
         assert self._loop is not None, "start() first"
         stats = ModelStats(model.name, model.version)
-        batcher = Batcher(model, self.metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
+        metrics = self.metrics.model(model.name, model.version)
+        batcher = Batcher(model, metrics, self.config.max_queue_delay_s, self.config.follow_wait, stats)
         batcher.start(self._loop)
         base = f"/v2/models/{model.name}"
-        entry = ModelEntry(model, batcher, stats, source,
+        entry = ModelEntry(model, batcher, stats, source, metrics,
                            infer_paths=(f"{base}/infer", f"{base}/versions/{model.version}/infer"),
                            bytes_in=any(t.dtype.v2 == "BYTES" for t in model.inputs),
                            bytes_out=any(t.dtype.v2 == "BYTES" for t in model.outputs))
@@ -491,6 +534,7 @@ class DataPlane:
     def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
         """Triton's statistics extension: ``{"model_stats": [...]}`` for every model (``name``
         None) or one (NotFound when it is not served)."""
+        self.settle()
         if name is None:
             entries = [self.models[n] for n in sorted(self.models)]
         else:
@@ -518,26 +562,44 @@ class DataPlane:
         entry.batcher.submit(job)
 
     def finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
-               written: bool = True) -> None:
-        """Count one answered infer request (metrics and the model's statistics)."""
-        took = time.perf_counter() - started
+               written: bool = True, took: float | None = None) -> None:
+        """Count one answered infer request (metrics and the model's statistics); ``took``:
+        seconds to its answer (default: from ``started`` to now)."""
+        if took is None:
+            took = time.perf_counter() - started
+        metrics = self.metrics.none if entry is None else entry.metrics
         if error is None and written:
-            self._outcomes["success"].inc()
+            metrics.outcome["success"].inc()
             if entry is not None:
                 entry.stats.success.add(took)
         else:
             if not written:
-                self._outcomes["disconnected"].inc()
-                self.metrics.failure("disconnected")
+                metrics.outcome["disconnected"].inc()
+                metrics.failure("disconnected")
             else:
                 assert error is not None
-                self._outcomes[status_outcome(error.status_code)].inc()
-                self.metrics.failure(error.reason)
+                metrics.outcome[status_outcome(error.status_code)].inc()
+                metrics.failure(error.reason)
             if entry is not None:
                 entry.stats.fail.add(took)
-        self._observe_request(took)
+        metrics.request_seconds.observe(took)
+
+    def finish_later(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
+                     written: bool, took: float) -> None:
+        """:meth:`finish` from another thread (``took``: seconds from ``started`` to answered):
+        queued, and counted on the event loop by :meth:`settle`."""
+        self._finished_elsewhere.append((entry, started, error, written, took))
+
+    def settle(self) -> None:
+        """Count what :meth:`finish_later` queued (on the event loop; also before each scrape and
+        statistics answer, so that an answered call is counted when its client looks)."""
+        queued = self._finished_elsewhere
+        while queued:
+            self.finish(*queued.popleft())
 
     def deliver_finished(self) -> None:
+        if self._finished_elsewhere:
+            self.settle()
         for entry in self.models.values():  # (retiring batchers deliver on their own wake-ups)
             batcher = entry.batcher
             if batcher.has_finished:
@@ -547,6 +609,8 @@ class DataPlane:
         """Answer 504 for requests past their deadline. All requests share one timeout, so the
         deadlines are in arrival order: a deque and a periodic look at its head suffice (cheaper
         than one timer per request)."""
+        if self._finished_elsewhere:
+            self.settle()
         watch = self._watch
         now = time.perf_counter()
         while watch:
@@ -570,11 +634,19 @@ class DataPlane:
         """Every entry with a batcher: served, and retiring (requests still in flight)."""
         return [*self.models.values(), *self._retiring]
 
-    def _queue_depth(self) -> int:
-        return sum(e.batcher.queue_depth() for e in self._entries())
+    def _queue_depth(self) -> dict[tuple[str, str], float]:
+        depth: dict[tuple[str, str], float] = {}
+        for e in self._entries():
+            key = (e.name, e.model.version)
+            depth[key] = depth.get(key, 0) + e.batcher.queue_depth()
+        return depth
 
-    def _inflight(self) -> int:
-        return sum(e.batcher.pending for e in self._entries())
+    def _inflight(self) -> dict[tuple[str, str], float]:
+        inflight: dict[tuple[str, str], float] = {}
+        for e in self._entries():
+            key = (e.name, e.model.version)
+            inflight[key] = inflight.get(key, 0) + e.batcher.pending
+        return inflight
 
     # -- shutdown ------------------------------------------------------------------------------
     def begin_drain(self) -> None:

@@ -18,6 +18,8 @@ Outputs always travel in ``raw_output_contents`` (what Triton answers, and what 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -54,6 +56,16 @@ CONTENTS_FIELD = {
     "BYTES": "bytes_contents",
 }
 _ALL_FIELDS = tuple(dict.fromkeys(CONTENTS_FIELD.values()))
+#: bytes held per BYTES element once decoded (a Python bytes object and its slot in the array),
+#: beyond the element's own bytes (counted in the message)
+BYTES_ELEMENT_OVERHEAD = 64
+#: typed contents are read into numpy this many elements at a time: each piece is one C call that
+#: holds the GIL, so a message of millions of elements never stalls the other threads for long
+_CHUNK = 1 << 16
+
+
+def _nothing(n: int) -> None:
+    return None
 
 
 def _parameter(value: Any) -> Any:
@@ -63,11 +75,15 @@ def _parameter(value: Any) -> Any:
 
 
 def decode_request(request: Any, model: Model,
-                   max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS) -> InferRequest:
+                   max_bytes_elements: int = DEFAULT_MAX_BYTES_ELEMENTS,
+                   hold: Callable[[int], None] = _nothing) -> InferRequest:
     """Check a ``ModelInferRequest`` against ``model`` and read its inputs (raw ones in place).
     BYTES inputs may hold ``max_bytes_elements`` elements together (checked from their shapes,
-    before any is read), as over HTTP. Raises :class:`BadRequest` naming the input and what is
-    wrong."""
+    before any is read), as over HTTP. Before each input is read, ``hold(n)`` is called with the
+    bytes its decoding makes beyond the message (0 for raw numbers, read in place; a typed
+    tensor's numpy array; :data:`BYTES_ELEMENT_OVERHEAD` per BYTES element): it may raise to refuse
+    (the data plane's --max-buffered-bytes budget). Raises :class:`BadRequest` naming the input and
+    what is wrong."""
     raw = request.raw_input_contents
     tensors = request.inputs
     if not tensors:
@@ -90,6 +106,7 @@ def decode_request(request: Any, model: Model,
         spec = input_spec(model, index, name, inputs)
         shape = _check_shape({"datatype": tensor.datatype, "shape": list(tensor.shape)}, spec, model)
         strings = count_strings(name, spec, shape, strings, max_bytes_elements)
+        hold(_decoded_bytes(tensor, shape, spec, bool(raw)))
         if raw:
             if tensor.HasField("contents"):
                 raise BadRequest(mixed_contents(name, model.name))
@@ -110,6 +127,34 @@ def decode_request(request: Any, model: Model,
     outputs = _requested_outputs(wanted, model, True, classes)
     return InferRequest(request.id or None, inputs, rows if batching else 1, tuple(key), outputs,
                         classes or None)
+
+
+def _decoded_bytes(tensor: Any, shape: list[int], spec: TensorInfo, raw: bool) -> int:
+    """Bytes that decoding ``tensor`` makes beyond its message (an upper bound; from counts the
+    message already holds or its checked shape, before anything is read)."""
+    dtype = spec.dtype
+    if dtype.v2 == "BYTES":  # (the shape's count is bounded by --max-bytes-elements already)
+        return _count(shape) * (BYTES_ELEMENT_OVERHEAD + 8)
+    if raw:
+        return 0
+    field = CONTENTS_FIELD.get(dtype.v2)
+    given = len(getattr(tensor.contents, field)) if field is not None else 0
+    # the array, and for narrow integers the 64-bit array they are read into first
+    narrow = dtype.numpy.kind in "iu" and dtype.itemsize < 8
+    return given * (dtype.itemsize + (8 if narrow else 0))
+
+
+def _read_values(values: Any, dtype: np.dtype, count: int) -> np.ndarray:
+    """A protobuf repeated field of ``count`` numbers into a numpy array of ``dtype``, a piece at a
+    time (see :data:`_CHUNK`)."""
+    if count <= _CHUNK:
+        return np.fromiter(values, dtype, count)
+    out = np.empty(count, dtype)
+    it = iter(values)
+    for at in range(0, count, _CHUNK):
+        n = min(_CHUNK, count - at)
+        out[at:at + n] = np.fromiter(islice(it, n), dtype, n)
+    return out
 
 
 def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarray:
@@ -136,7 +181,7 @@ def _from_contents(tensor: Any, shape: list[int], spec: TensorInfo) -> np.ndarra
     target = spec.dtype.numpy
     # narrow integers arrive as 32 bits: read them wide, then check the range
     narrow = target.kind in "iu" and target.itemsize < 8
-    wide = np.array(values, dtype=np.result_type(target, np.int64) if narrow else target)
+    wide = _read_values(values, np.result_type(target, np.int64) if narrow else target, count)
     if wide.dtype != target and count:
         info = np.iinfo(target)
         if wide.min() < info.min or wide.max() > info.max:

@@ -1,36 +1,65 @@
 """The gRPC front end: the Open Inference Protocol's ``inference.GRPCInferenceService`` on grpcio's
-asyncio server, on the HTTP server's event loop, a thin layer over the same :class:`DataPlane`
-(models, batchers, auth, limits, shedding, timeouts, metrics, statistics).
+threaded server (``grpc.server`` with a thread pool), a thin layer over the same :class:`DataPlane`
+as HTTP (models, batchers, auth, limits, shedding, timeouts, metrics, statistics).
+
+Why threads and not ``grpc.aio``: grpcio's asyncio server hands each call through several
+completion-queue events to the event loop, one call at a time: more CPU per call than its threaded
+server (a bare servicer answering a constant: 213 against 146 us per call on one core,
+``bench/grpc_ceiling.py``), and the loop then sees one request per turn, so the batcher merged
+~1.3 requests per run at 32 concurrent calls. Here each call is parsed, checked and decoded in its
+own pool thread; only the hand-over to the batcher happens on the event loop (one
+``call_soon_threadsafe`` per call; calls arriving together are staged in one turn and merged: ~13
+per run at 32 concurrent calls); the answer is encoded back in the pool thread.
+
+ModelInfer, step by step: parse the message (its bytes count against --max-buffered-bytes until
+the answer leaves, with what decoding makes: typed contents' arrays, BYTES elements), auth
+(``authorization: Bearer <token>`` in the metadata), the model, a first look at its queue
+(--max-queue-size; the authoritative check is on the event loop), decode, queue on the batcher,
+wait for the answer (at most the request timeout), encode. Counting (metrics, statistics) happens
+on the event loop (:meth:`DataPlane.finish_later`).
 
 Each refusal is the HTTP one with the error's gRPC status (:mod:`errors`: 400 INVALID_ARGUMENT,
-401 UNAUTHENTICATED, 404 NOT_FOUND, a full queue RESOURCE_EXHAUSTED, 503 UNAVAILABLE, 504
-DEADLINE_EXCEEDED, 500 INTERNAL); the details are the HTTP ``{"error"}`` message. The bearer token
-travels in the call's metadata (``authorization: Bearer <token>``); ServerLive and ServerReady are
-open, as ``/v2/health/*`` are. Messages larger than ``--max-body-bytes`` are refused by grpcio
-(RESOURCE_EXHAUSTED) before they are parsed.
+401 UNAUTHENTICATED, 404 NOT_FOUND, a full queue or request-bytes budget RESOURCE_EXHAUSTED, 503
+UNAVAILABLE, 504 DEADLINE_EXCEEDED, 500 INTERNAL); the details are the HTTP ``{"error"}`` message.
+ServerLive and ServerReady are open, as ``/v2/health/*`` are. Messages larger than
+``--max-body-bytes`` are refused by grpcio (RESOURCE_EXHAUSTED) before they are parsed; at most
+:data:`THREADS` messages are received at once (grpcio reads a call's message only once a pool
+thread takes the call), and at most :data:`MAX_CALLS` calls are admitted at once (past it grpcio
+answers RESOURCE_EXHAUSTED).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.json_format import ParseDict
-from inferstack.runtime.errors import ConfigError, HTTPError, InternalError
+from google.protobuf.message import DecodeError
+from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError, RequestTimeout
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.grpc_unsupported import UnsupportedMethods
 from inferstack.runtime.logs import log_access
 from inferstack.runtime.proto import grpc_service_pb2 as pb
-from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
 
 if TYPE_CHECKING:
-    from inferstack.runtime.dataplane import DataPlane
+    from inferstack.runtime.dataplane import DataPlane, ModelEntry
 
 log = logging.getLogger("inferstack.runtime")
-_INFER_PATH = "/inference.GRPCInferenceService/ModelInfer"
+SERVICE = "inference.GRPCInferenceService"
+_INFER_PATH = f"/{SERVICE}/ModelInfer"
+#: pool threads answering calls: at most this many calls are parsed, decoded or waiting for the
+#: batcher at once (calls past it wait for a thread, their message not yet read)
+THREADS = 64
+#: calls admitted at once (running and waiting for a thread); past it: RESOURCE_EXHAUSTED
+MAX_CALLS = 1024
+#: beyond the request timeout, how long a call waits for the event loop before it gives up
+_MARGIN_S = 5.0
 
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
@@ -45,161 +74,228 @@ def _metadata_auth(context: Any) -> str | bytes | None:
     return None
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The service's calls, answered by the :class:`DataPlane` the HTTP front end shares."""
+class _Waiter:
+    """Where the event loop puts one call's answer for the pool thread that waits on it."""
 
-    def __init__(self, plane: DataPlane) -> None:
+    __slots__ = ("lock", "outputs", "error")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.lock.acquire()  # released once, by done(): the waiting thread's acquire returns
+        self.outputs: dict[str, Any] | None = None
+        self.error: HTTPError | None = None
+
+    def done(self, outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
+        self.outputs, self.error = outputs, error
+        self.lock.release()
+
+
+class InferenceServicer:
+    """The service's calls (pool threads), answered by the :class:`DataPlane` the HTTP front end
+    shares on its event loop ``loop``."""
+
+    def __init__(self, plane: DataPlane, loop: asyncio.AbstractEventLoop) -> None:
         self.plane = plane
+        self.loop = loop
         self._access_log = plane.config.access_log
+        self._wait_s = plane.config.request_timeout_s + _MARGIN_S
 
-    def _log_call(self, model: str, started: float, error: HTTPError | None, size: int) -> None:
-        """The access line of a ModelInfer call, as HTTP writes it (status: the HTTP status of
-        the outcome, 200 for OK; the path is the gRPC method)."""
-        log_access("POST", _INFER_PATH, model or "-", 200 if error is None else error.status_code, size,
-                   time.perf_counter() - started, None if error is None else str(error))
+    def handler(self) -> grpc.GenericRpcHandler:
+        """The service's methods for ``grpc.server`` (ModelInfer reads the message's bytes itself:
+        their count is what it holds)."""
+        def unary(behavior: Callable[[Any, Any], Any], request: Any, response: Any) -> grpc.RpcMethodHandler:
+            return grpc.unary_unary_rpc_method_handler(
+                behavior, request_deserializer=request.FromString,
+                response_serializer=response.SerializeToString)
 
-    async def _call(self, context: Any, answer: Any) -> Any:
-        """Auth, then ``answer()``; an HTTPError becomes the call's status and details."""
+        methods = {
+            "ServerLive": unary(self.ServerLive, pb.ServerLiveRequest, pb.ServerLiveResponse),
+            "ServerReady": unary(self.ServerReady, pb.ServerReadyRequest, pb.ServerReadyResponse),
+            "ModelReady": unary(self.ModelReady, pb.ModelReadyRequest, pb.ModelReadyResponse),
+            "ServerMetadata": unary(self.ServerMetadata, pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+            "ModelMetadata": unary(self.ModelMetadata, pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+            "ModelConfig": unary(self.ModelConfig, pb.ModelConfigRequest, pb.ModelConfigResponse),
+            "ModelStatistics": unary(self.ModelStatistics, pb.ModelStatisticsRequest,
+                                     pb.ModelStatisticsResponse),
+            "RepositoryIndex": unary(self.RepositoryIndex, pb.RepositoryIndexRequest,
+                                     pb.RepositoryIndexResponse),
+            "RepositoryModelLoad": unary(self.RepositoryModelLoad, pb.RepositoryModelLoadRequest,
+                                         pb.RepositoryModelLoadResponse),
+            "RepositoryModelUnload": unary(self.RepositoryModelUnload, pb.RepositoryModelUnloadRequest,
+                                           pb.RepositoryModelUnloadResponse),
+            "ModelInfer": grpc.unary_unary_rpc_method_handler(
+                self.ModelInfer, request_deserializer=None,
+                response_serializer=pb.ModelInferResponse.SerializeToString),
+        }
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+    # -- running on the event loop -------------------------------------------------------------
+    def _on_loop(self, work: Callable[[], Any]) -> Any:
+        """``work()`` on the event loop (awaited when it returns an awaitable); its result, or its
+        HTTPError re-raised here."""
+        async def run() -> Any:
+            result = work()
+            return await result if asyncio.iscoroutine(result) else result
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def _call(self, context: Any, answer: Callable[[], Any]) -> Any:
+        """Auth, then ``answer()`` on the event loop; an HTTPError becomes the call's status."""
         try:
             refused = self.plane.check_auth(_metadata_auth(context)) if self.plane.auth else None
             if refused is not None:
                 raise refused
-            return answer()
+            return self._on_loop(answer)
         except HTTPError as e:
             e.__traceback__ = None
-            await context.abort(grpc_status(e), str(e))
+            context.abort(grpc_status(e), str(e))
 
     # -- health (open, as /v2/health/* are) and metadata ----------------------------------------
-    async def ServerLive(self, request: Any, context: Any) -> Any:
+    def ServerLive(self, request: Any, context: Any) -> Any:
         return pb.ServerLiveResponse(live=self.plane.server_live)
 
-    async def ServerReady(self, request: Any, context: Any) -> Any:
+    def ServerReady(self, request: Any, context: Any) -> Any:
         return pb.ServerReadyResponse(ready=self.plane.server_ready)
 
-    async def ModelReady(self, request: Any, context: Any) -> Any:
-        return await self._call(context, lambda: pb.ModelReadyResponse(
+    def ModelReady(self, request: Any, context: Any) -> Any:
+        return self._call(context, lambda: pb.ModelReadyResponse(
             ready=self.plane.model_ready(request.name, request.version or None)))
 
-    async def ServerMetadata(self, request: Any, context: Any) -> Any:
-        return await self._call(context, lambda: ParseDict(
-            self.plane.server_metadata(), pb.ServerMetadataResponse()))
+    def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return self._call(context, lambda: ParseDict(self.plane.server_metadata(),
+                                                     pb.ServerMetadataResponse()))
 
-    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+    def ModelMetadata(self, request: Any, context: Any) -> Any:
         plane = self.plane
-        return await self._call(context, lambda: ParseDict(
+        return self._call(context, lambda: ParseDict(
             plane.model_metadata(plane.entry(request.name, request.version or None)),
             pb.ModelMetadataResponse()))
 
-    async def ModelConfig(self, request: Any, context: Any) -> Any:
+    def ModelConfig(self, request: Any, context: Any) -> Any:
         # Triton's JSON shape, read into the message (fields Triton has and ours lacks: ignored)
         plane = self.plane
-        return await self._call(context, lambda: pb.ModelConfigResponse(config=ParseDict(
+        return self._call(context, lambda: pb.ModelConfigResponse(config=ParseDict(
             plane.model_config(plane.entry(request.name, request.version or None)), pb.ModelConfig(),
             ignore_unknown_fields=True)))
 
-    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+    def ModelStatistics(self, request: Any, context: Any) -> Any:
         plane = self.plane
-        return await self._call(context, lambda: ParseDict(
+        return self._call(context, lambda: ParseDict(
             plane.statistics(request.name or None, request.version or None), pb.ModelStatisticsResponse(),
             ignore_unknown_fields=True))
 
+    # -- the repository extension -------------------------------------------------------------
+    def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        plane = self.plane
+        return self._call(context, lambda: ParseDict(
+            {"models": plane.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
+
+    def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        self._call(context, lambda: self.plane.load(request.model_name, request.parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        self._call(context, lambda: self.plane.unload(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
     # -- inference ---------------------------------------------------------------------------
-    async def ModelInfer(self, request: Any, context: Any) -> Any:
+    def _submit(self, entry: ModelEntry, infer: Any, started: float, waiter: _Waiter) -> None:
+        """On the event loop: shedding (the authoritative look), then the batcher."""
+        plane = self.plane
+        plane.deliver_finished()  # answers first: they free queue places (as over HTTP)
+        try:
+            plane.admit(entry)
+        except HTTPError as e:
+            waiter.done(None, e)
+            return
+        plane.submit(entry, infer, started, waiter.done)
+
+    def ModelInfer(self, message: bytes, context: Any) -> Any:
         plane = self.plane
         started = time.perf_counter()
-        plane.deliver_finished()  # answers first: they free queue places (as over HTTP)
         entry = None
+        name = ""
+        held = 0
         try:
+            try:
+                held = plane.hold(len(message))
+                request = pb.ModelInferRequest.FromString(message)
+            except DecodeError:
+                raise BadRequest("the ModelInferRequest message cannot be parsed") from None
+            name = request.model_name
             if plane.auth:
                 refused = plane.check_auth(_metadata_auth(context))
                 if refused is not None:
                     raise refused
-            entry = plane.entry(request.model_name, request.model_version or None)
-            plane.admit(entry)
-            loop = asyncio.get_running_loop()
-            max_elements = plane.config.max_bytes_elements
-            if entry.decode_off_loop(request.ByteSize()):  # BYTES elements, or a large message
-                infer = await loop.run_in_executor(plane.worker(), decode_request, request, entry.model,
-                                                   max_elements)
-            else:
-                infer = decode_request(request, entry.model, max_elements)
-            answer: asyncio.Future[dict[str, Any]] = loop.create_future()
+            entry = plane.entry(name, request.model_version or None)
+            if entry.batcher.pending >= plane.config.max_queue_size:
+                plane.admit(entry)  # (refuses before decoding; the event loop checks again)
+            def hold(n: int) -> None:
+                nonlocal held
+                if n:
+                    held += plane.hold(n, held)
 
-            def done(outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
-                if answer.done():  # the client left
-                    return
-                if error is not None or outputs is None:
-                    answer.set_exception(error or InternalError("no outputs"))
-                else:
-                    answer.set_result(outputs)
-
-            plane.submit(entry, infer, started, done)
-            outputs = await answer
-            if entry.encode_off_loop(outputs):  # per-element work (strings, a large answer)
-                response = await loop.run_in_executor(plane.worker(), encode_response, entry.model, infer,
-                                                      outputs)
-            else:
-                response = encode_response(entry.model, infer, outputs)
-        except asyncio.CancelledError:  # the client went away (or its deadline passed)
-            plane.finish(entry, started, None, written=False)
-            raise
+            infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
+            waiter = _Waiter()
+            self.loop.call_soon_threadsafe(self._submit, entry, infer, started, waiter)
+            if not waiter.lock.acquire(timeout=self._wait_s):
+                raise RequestTimeout(f"no answer within {self._wait_s:g}s (the event loop did not answer)")
+            if waiter.error is not None:
+                raise waiter.error
+            if waiter.outputs is None:
+                raise InternalError("no outputs")
+            response = encode_response(entry.model, infer, waiter.outputs)
         except HTTPError as e:
             e.__traceback__ = None
-            plane.finish(entry, started, e)
-            if self._access_log:
-                self._log_call(request.model_name, started, e, 0)
-            await context.abort(grpc_status(e), str(e))
-            return None
+            plane.release(held)
+            self._finish(entry, started, e, True, name, 0)
+            context.abort(grpc_status(e), str(e))
         except Exception as e:  # a bug: INTERNAL, keep serving
             log.exception("error while answering a gRPC ModelInfer")
+            plane.release(held)
             error = InternalError(f"internal error: {type(e).__name__}: {e}")
-            plane.finish(entry, started, error)
-            if self._access_log:
-                self._log_call(request.model_name, started, error, 0)
-            await context.abort(grpc.StatusCode.INTERNAL, str(error))
-            return None
-        plane.finish(entry, started, None)
+            self._finish(entry, started, error, True, name, 0)
+            context.abort(grpc.StatusCode.INTERNAL, str(error))
+        plane.release(held)
+        # the client may have left (cancelled, or its deadline passed) while the call waited
+        self._finish(entry, started, None, context.is_active(), name, response.ByteSize())
+        return response
+
+    def _finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None, written: bool,
+                model: str, size: int) -> None:
+        took = time.perf_counter() - started
+        self.plane.finish_later(entry, started, error, written, took)
         if self._access_log:
-            self._log_call(request.model_name, started, None, response.ByteSize())
-        return response
-
-    # -- the repository extension -------------------------------------------------------------
-    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        plane = self.plane
-        return await self._call(context, lambda: ParseDict(
-            {"models": plane.repository_index(request.ready)}, pb.RepositoryIndexResponse()))
-
-    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
-        return await self._repository(context, self.plane.require_model_control,
-                                      lambda: self.plane.load(request.model_name, request.parameters),
-                                      pb.RepositoryModelLoadResponse())
-
-    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
-        return await self._repository(context, self.plane.require_model_control,
-                                      lambda: self.plane.unload(request.model_name),
-                                      pb.RepositoryModelUnloadResponse())
-
-    async def _repository(self, context: Any, check: Any, work: Any, response: Any) -> Any:
-        """Auth and ``check()``, then await ``work()``; an HTTPError becomes the call's status."""
-        await self._call(context, check)  # a refusal aborts the call here (grpc.aio raises)
-        try:
-            await work()
-        except HTTPError as e:
-            e.__traceback__ = None
-            await context.abort(grpc_status(e), str(e))
-        return response
+            # as HTTP writes it (status: the HTTP status of the outcome; the path is the gRPC method)
+            log_access("POST", _INFER_PATH, model or "-", 200 if error is None else error.status_code, size,
+                       took, None if error is None else str(error))
 
 
-async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[Any, int]:
+class GrpcServer:
+    """The running ``grpc.server`` (what :func:`start_grpc` returns)."""
+
+    def __init__(self, server: grpc.Server, pool: ThreadPoolExecutor) -> None:
+        self._server = server
+        self._pool = pool
+
+    async def stop(self, grace: float | None) -> None:
+        """No new calls; those in flight finish within ``grace`` seconds (then are cancelled).
+        The event loop keeps running meanwhile: the calls need it for their answers."""
+        stopped = self._server.stop(grace or 0)
+        await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
+        self._pool.shutdown(wait=False)
+
+
+async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[GrpcServer, int]:
     """Listen on ``host:port`` (0: any free port) and start serving; returns (server, port).
     Raises :class:`ConfigError` naming --grpc-port when the port cannot be had."""
-    limit = plane.config.max_body_bytes
-    server = grpc.aio.server(options=[
-        ("grpc.max_receive_message_length", limit),
+    pool = ThreadPoolExecutor(THREADS, thread_name_prefix="inferstack-grpc")
+    server = grpc.server(pool, options=[
+        ("grpc.max_receive_message_length", plane.config.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
-    ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), server)
-    server.add_generic_rpc_handlers((UnsupportedMethods(),))  # the calls not served: UNIMPLEMENTED
+    ], maximum_concurrent_rpcs=MAX_CALLS)
+    server.add_generic_rpc_handlers((InferenceServicer(plane, asyncio.get_running_loop()).handler(),
+                                     UnsupportedMethods()))  # the calls not served: UNIMPLEMENTED
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -208,9 +304,11 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[Any, int]:
     else:
         why = "address in use or not available"
     if not bound:
+        server.stop(None)
+        pool.shutdown(wait=False)
         raise ConfigError(f"--grpc-port / INFERSTACK_GRPC_PORT: cannot listen on {address}: {why}")
-    await server.start()
-    return server, bound
+    server.start()
+    return GrpcServer(server, pool), bound
 
 
-__all__ = ["InferenceServicer", "grpc_status", "start_grpc"]
+__all__ = ["GrpcServer", "InferenceServicer", "grpc_status", "start_grpc"]

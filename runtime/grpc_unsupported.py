@@ -17,7 +17,7 @@ are untouched. The answer comes before any request message is read.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -60,9 +60,9 @@ class UnsupportedMethods(grpc.GenericRpcHandler):
     def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler:
         message = unsupported_message(handler_call_details.method)
 
-        async def refuse(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
-            yield b""  # (never reached: abort raises; makes this an async generator)
+        def refuse(requests: Iterator[bytes], context: Any) -> Iterator[bytes]:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+            yield b""  # (never reached: abort raises; makes this a generator)
 
         return grpc.stream_stream_rpc_method_handler(refuse)
 

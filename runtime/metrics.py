@@ -1,4 +1,7 @@
 """Prometheus metrics of one server, in their own registry (so tests can build several servers).
+Every inference metric carries the labels ``model`` and ``version`` (the model's name and version;
+both empty for requests that named no served model), so several models in one server are told
+apart; the names do not change with them (dashboards sum over the labels they do not show).
 
 Per request: ``inferstack_requests_total{outcome}`` (success, client_error, rejected, timeout,
 error, disconnected: the client left before its answer), ``inferstack_request_failures_total{reason}``,
@@ -62,20 +65,30 @@ class Histogram:
         self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
-    def family(self) -> HistogramMetricFamily:
+    def add_to(self, family: HistogramMetricFamily, labels: list[str]) -> None:
+        """Add this histogram's buckets, sum and count to ``family`` under ``labels``."""
         counts = list(self.counts)  # one snapshot, so the buckets agree with each other
         cumulative: list[tuple[str, float]] = []
         total = 0
         for bound, n in zip((*[repr(float(b)) for b in self.bounds], "+Inf"), counts, strict=True):
             total += n
             cumulative.append((bound, total))
-        return HistogramMetricFamily(self.name, self.help, buckets=cumulative, sum_value=self.sum)
+        family.add_metric(labels, cumulative, self.sum)
 
 
-class Metrics:
-    def __init__(self, model: str = "") -> None:
+#: the labels of every inference metric: the model's name and version ("" for requests that named
+#: no served model)
+LABELS = ["model", "version"]
+
+
+class ModelMetrics:
+    """One model's inference metrics (labels ``model``, ``version``): the counters and histograms
+    of :class:`Metrics` for the requests of that model."""
+
+    def __init__(self, name: str, version: str) -> None:
+        self.labels = [name, version]
         self.outcome = {o: Count() for o in OUTCOMES}
-        self._failures: dict[str, Count] = {}
+        self.failures: dict[str, Count] = {}
         self.request_seconds = Histogram(
             "inferstack_request_seconds", "Inference request time from parsed to answered, any outcome.",
             _LATENCY_BUCKETS,
@@ -92,39 +105,106 @@ class Metrics:
         self.batch_rows = Histogram(
             "inferstack_batch_rows", "Rows along the batch axis of one onnxruntime run.", _BATCH_BUCKETS
         )
-        self._queue_depth: Callable[[], float] = lambda: 0
-        self._inflight: Callable[[], float] = lambda: 0
+
+    def failure(self, reason: str) -> None:
+        count = self.failures.get(reason)
+        if count is None:
+            count = self.failures[reason] = Count()
+        count.inc()
+
+    def histograms(self) -> tuple[Histogram, ...]:
+        return (self.request_seconds, self.queue_seconds, self.compute_seconds, self.batch_size,
+                self.batch_rows)
+
+
+class Metrics:
+    """The server's metrics: one :class:`ModelMetrics` per model (:meth:`model`), exposed together
+    with ``model`` and ``version`` labels; the gauges per model too. ``outcome``,
+    ``request_seconds``, ..., ``failure`` are those of requests that named no served model."""
+
+    def __init__(self) -> None:
+        self._models: dict[tuple[str, str], ModelMetrics] = {}
+        self.none = self.model("", "")
+        self._queue_depth: Callable[[], dict[tuple[str, str], float]] = dict
+        self._inflight: Callable[[], dict[tuple[str, str], float]] = dict
+        #: called before each scrape (the data plane counts what other threads queued)
+        self.before_scrape: Callable[[], None] | None = None
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
 
-    def failure(self, reason: str) -> None:
-        count = self._failures.get(reason)
-        if count is None:
-            count = self._failures[reason] = Count()
-        count.inc()
+    def model(self, name: str, version: str) -> ModelMetrics:
+        """Model ``name`` ``version``'s metrics (made on first use; kept while the process lives,
+        so a model reloaded or unloaded keeps its counts)."""
+        key = (name, version)
+        found = self._models.get(key)
+        if found is None:
+            found = self._models[key] = ModelMetrics(name, version)
+        return found
 
-    def watch(self, queue_depth: Callable[[], float], inflight: Callable[[], float]) -> None:
+    # those of requests that named no served model
+    @property
+    def outcome(self) -> dict[str, Count]:
+        return self.none.outcome
+
+    @property
+    def request_seconds(self) -> Histogram:
+        return self.none.request_seconds
+
+    @property
+    def queue_seconds(self) -> Histogram:
+        return self.none.queue_seconds
+
+    @property
+    def compute_seconds(self) -> Histogram:
+        return self.none.compute_seconds
+
+    @property
+    def batch_size(self) -> Histogram:
+        return self.none.batch_size
+
+    @property
+    def batch_rows(self) -> Histogram:
+        return self.none.batch_rows
+
+    def failure(self, reason: str) -> None:
+        self.none.failure(reason)
+
+    def watch(self, queue_depth: Callable[[], dict[tuple[str, str], float]],
+              inflight: Callable[[], dict[tuple[str, str], float]]) -> None:
+        """The gauges, read at scrape time: (model, version) -> requests waiting for the batcher /
+        admitted and not yet answered."""
         self._queue_depth, self._inflight = queue_depth, inflight
 
     def families(self) -> Iterator[Metric]:
+        if self.before_scrape is not None:
+            self.before_scrape()
+        models = list(self._models.values())
         requests = CounterMetricFamily("inferstack_requests", "Inference requests by outcome.",
-                                       labels=["outcome"])
-        for outcome, count in self.outcome.items():
-            requests.add_metric([outcome], count.value)
-        yield requests
+                                       labels=[*LABELS, "outcome"])
         failures = CounterMetricFamily("inferstack_request_failures", "Failed requests by reason.",
-                                       labels=["reason"])
-        for reason, count in sorted(self._failures.items()):
-            failures.add_metric([reason], count.value)
+                                       labels=[*LABELS, "reason"])
+        for m in models:
+            for outcome, count in m.outcome.items():
+                requests.add_metric([*m.labels, outcome], count.value)
+            for reason, count in sorted(m.failures.items()):
+                failures.add_metric([*m.labels, reason], count.value)
+        yield requests
         yield failures
-        for histogram in (self.request_seconds, self.queue_seconds, self.compute_seconds,
-                          self.batch_size, self.batch_rows):
-            yield histogram.family()
-        yield GaugeMetricFamily("inferstack_queue_depth", "Requests waiting for the batcher.",
-                                value=self._queue_depth())
-        yield GaugeMetricFamily("inferstack_inflight_requests",
-                                "Requests admitted to the batcher and not yet answered.",
-                                value=self._inflight())
+        for i, first in enumerate(self.none.histograms()):
+            family = HistogramMetricFamily(first.name, first.help, labels=LABELS)
+            for m in models:
+                m.histograms()[i].add_to(family, m.labels)
+            yield family
+        for name, help, read in (
+            ("inferstack_queue_depth", "Requests waiting for the batcher.", self._queue_depth),
+            ("inferstack_inflight_requests", "Requests admitted to the batcher and not yet answered.",
+             self._inflight),
+        ):
+            gauge = GaugeMetricFamily(name, help, labels=LABELS)
+            values = read() or {("", ""): 0.0}  # (the series exists before any model is served)
+            for (model, version), value in sorted(values.items()):
+                gauge.add_metric([model, version], value)
+            yield gauge
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -187,3 +187,17 @@ def start_server(
             served.stop()
             raise AssertionError(f"server exited before ready (rc={proc.poll()}):\n{served.log()}")
     return served
+
+
+def metric(text: str, selector: str) -> float:
+    """The value of ``selector`` (``name`` or ``name{label="value",...}``) in /metrics' ``text``:
+    the sum over every series of that name whose labels include the given ones (the inference
+    metrics carry ``model`` and ``version`` labels besides)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    name, _, rest = selector.partition("{")
+    wanted = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+    found = [s.value for family in text_string_to_metric_families(text) for s in family.samples
+             if s.name == name and all(s.labels.get(k) == v for k, v in wanted.items())]
+    assert found, f"{selector} not in /metrics"
+    return float(sum(found))

@@ -4,7 +4,6 @@ distinct data; every answer must equal onnxruntime run on that request alone."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,7 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from runtime_harness import Served, package
+from runtime_harness import Served, metric, package
 
 from inferstack.manifest import load_manifest, sha256_file, write_manifest
 
@@ -23,9 +22,7 @@ REQUESTS = 48
 
 
 def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+    return metric(text, name)
 
 
 def _infer(s: Served, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -4,7 +4,6 @@ same answers, refusals, auth, shedding and drain as over HTTP."""
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import time
 from collections.abc import Callable
@@ -18,7 +17,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 import tritonclient.http as th
-from runtime_harness import DTYPE_CASES, Served
+from runtime_harness import DTYPE_CASES, Served, metric
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -26,9 +25,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert m, f"{name} not in metrics"
-    return float(m.group(1))
+    return metric(text, name)
 
 
 def _infer(protocol: str, s: Served, model: str, arrays: dict[str, np.ndarray],

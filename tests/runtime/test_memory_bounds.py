@@ -159,3 +159,120 @@ def test_grpc_enforces_max_bytes_elements_and_round_trips_strings(serve, strings
         assert "BYTES inputs hold more than 1000 elements (--max-bytes-elements" in e.value.message()
     finally:
         c.close()
+
+
+@pytest.fixture(scope="module")
+def floats_onnx(models_dir: Path) -> Path:
+    """y = x, FP32 [batch, n]: any number of elements per row."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])], "floats",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    path = models_dir / "floats.onnx"
+    onnx.save(model, str(path))
+    return path
+
+
+def test_grpc_typed_contents_count_what_they_decode_into(serve, floats_onnx: Path) -> None:
+    """A ModelInfer message of 1.5 million fp32_contents (6 MB, under --max-body-bytes) decodes into
+    another 6 MB of numpy: with 8 MB of --max-buffered-bytes it can never fit (RESOURCE_EXHAUSTED,
+    before anything is read into numpy); the same tensor in raw_input_contents is read in place and
+    answered; the server keeps serving."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    s = serve(floats_onnx, "--max-body-bytes", "8000000", "--max-buffered-bytes", "8000000")
+    x = np.random.default_rng(5).standard_normal((1, 1_500_000)).astype(np.float32)
+    typed = service_pb2.ModelInferRequest(model_name=s.name)
+    typed.inputs.add(name="x", datatype="FP32", shape=list(x.shape)).contents.fp32_contents.extend(x.ravel())
+    raw = service_pb2.ModelInferRequest(model_name=s.name)
+    raw.inputs.add(name="x", datatype="FP32", shape=list(x.shape))
+    raw.raw_input_contents.append(x.tobytes())
+    assert typed.ByteSize() < 8000000 and raw.ByteSize() < 8000000
+    channel = grpc.insecure_channel(s.grpc_address, options=[("grpc.max_receive_message_length", -1)])
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as e:
+            stub.ModelInfer(typed, timeout=60)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-buffered-bytes" in e.value.details() and "raw contents" in e.value.details()
+        answer = stub.ModelInfer(raw, timeout=60)
+        y = np.frombuffer(answer.raw_output_contents[0], np.float32).reshape(tuple(answer.outputs[0].shape))
+        np.testing.assert_array_equal(y, x)
+        small = service_pb2.ModelInferRequest(model_name=s.name)
+        small_x = small.inputs.add(name="x", datatype="FP32", shape=[1, 1000])
+        small_x.contents.fp32_contents.extend(x[0, :1000])
+        answer = stub.ModelInfer(small, timeout=30)
+        np.testing.assert_array_equal(np.frombuffer(answer.raw_output_contents[0], np.float32), x[0, :1000])
+    finally:
+        channel.close()
+
+
+def test_grpc_calls_together_past_the_buffered_budget_are_told_to_retry(serve, strings_onnx: Path) -> None:
+    """Three 2 MB calls held together in the batcher (--max-queue-delay-us) need more than the 5 MB
+    of --max-buffered-bytes: one is refused (RESOURCE_EXHAUSTED, retry later), the other two are
+    answered; once they are, the budget is free again."""
+    import tritonclient.grpc as tg
+    from tritonclient.utils import InferenceServerException
+
+    s = serve(strings_onnx, "--max-body-bytes", "3000000", "--max-buffered-bytes", "5000000",
+              "--max-queue-delay-us", "1500000")
+    x = np.array([[(b"%04d" % i) * 500 for i in range(1000)]], dtype=object)  # 1000 x 2000 bytes
+
+    def call(_: int) -> Any:
+        c = tg.InferenceServerClient(s.grpc_address)
+        try:
+            inp = tg.InferInput("x", [1, 1000], "BYTES")
+            inp.set_data_from_numpy(x)
+            return c.infer(s.name, [inp], client_timeout=60).as_numpy("y")
+        except InferenceServerException as e:
+            return e
+        finally:
+            c.close()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(call, range(3)))
+    refused = [r for r in results if isinstance(r, InferenceServerException)]
+    assert len(refused) == 1, results
+    assert refused[0].status() == "StatusCode.RESOURCE_EXHAUSTED"
+    assert "--max-buffered-bytes" in refused[0].message() and "retry later" in refused[0].message()
+    for r in results:
+        if not isinstance(r, InferenceServerException):
+            assert r.shape == (1, 1000) and list(r[0]) == list(x[0])
+    again = call(0)
+    assert not isinstance(again, InferenceServerException), again
+
+
+def test_grpc_messages_past_max_body_bytes_are_refused_unparsed(serve, floats_onnx: Path) -> None:
+    """grpcio's receive limit is --max-body-bytes (its own default is 4 MiB): a 1.2 MB message is
+    RESOURCE_EXHAUSTED with a 1 MB limit; a 0.8 MB one is answered."""
+    import grpc
+    from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+    s = serve(floats_onnx, "--max-body-bytes", "1000000", "--max-buffered-bytes", "4000000")
+    channel = grpc.insecure_channel(s.grpc_address, options=[("grpc.max_receive_message_length", -1)])
+    try:
+        stub = service_pb2_grpc.GRPCInferenceServiceStub(channel)
+
+        def call(n: int) -> Any:
+            request = service_pb2.ModelInferRequest(model_name=s.name)
+            request.inputs.add(name="x", datatype="FP32", shape=[1, n])
+            request.raw_input_contents.append(np.ones(n, np.float32).tobytes())
+            return stub.ModelInfer(request, timeout=30)
+
+        assert len(call(200_000).raw_output_contents[0]) == 800_000
+        with pytest.raises(grpc.RpcError) as e:
+            call(300_000)
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "larger than max" in e.value.details()
+        assert len(call(10).raw_output_contents[0]) == 40  # still serving
+    finally:
+        channel.close()

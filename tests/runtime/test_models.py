@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+import tritonclient.grpc as tg
 import tritonclient.http as tc
-from runtime_harness import DTYPE_CASES, Served, start_server
+from runtime_harness import DTYPE_CASES, Served, metric, start_server
 from tritonclient.utils import InferenceServerException
 
 Run = Callable[[Path, dict[str, np.ndarray]], list[np.ndarray]]
@@ -164,6 +165,44 @@ def test_statistics_count_the_requests_sent(serve, mlp_package: Path, fixed_onnx
     with pytest.raises(InferenceServerException,
                        match="Request for unknown model: 'mlp' version 7 is not found"):
         client.get_inference_statistics("mlp", "7")
+
+
+def test_metrics_carry_each_models_label_over_both_protocols(serve, mlp_package: Path,
+                                                            fixed_onnx: Path) -> None:
+    s = serve(mlp_package, str(fixed_onnx))
+    http = _client(s)
+    grpc_client = tg.InferenceServerClient(s.grpc_address)
+
+    def over_grpc(model: str, array: np.ndarray) -> None:
+        inp = tg.InferInput("x", list(array.shape), "FP32")
+        inp.set_data_from_numpy(array)
+        grpc_client.infer(model, [inp])
+
+    sent = {"mlp": (3, 4, 2), "fixed": (1, 5, 0)}  # HTTP successes, gRPC successes, gRPC refusals
+    shapes = {"mlp": (1, 16), "fixed": (2, 3)}
+    for model, (over_http, ok, bad) in sent.items():
+        for _ in range(over_http):
+            _infer(http, model, "x", np.ones(shapes[model], np.float32), "FP32", binary=True)
+        for _ in range(ok):
+            over_grpc(model, np.ones(shapes[model], np.float32))
+        for _ in range(bad):
+            with pytest.raises(InferenceServerException):
+                over_grpc(model, np.ones((1, 15), np.float32))
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        over_grpc("nope", np.ones((1, 16), np.float32))
+    grpc_client.close()
+    text = httpx.get(f"{s.url}/metrics").text
+    for model, (over_http, ok, bad) in sent.items():
+        labels = f'model="{model}",version="1"'
+        assert metric(text, f'inferstack_requests_total{{{labels},outcome="success"}}') == over_http + ok
+        assert metric(text, f'inferstack_requests_total{{{labels},outcome="client_error"}}') == bad
+        assert metric(text, f'inferstack_request_seconds_count{{{labels}}}') == over_http + ok + bad
+        # one at a time: each success its own onnxruntime run
+        assert metric(text, f'inferstack_batch_size_count{{{labels}}}') == over_http + ok
+        assert metric(text, f'inferstack_inflight_requests{{{labels}}}') == 0
+    # a request that named no served model: no model label (so clients cannot make new series)
+    assert metric(text, 'inferstack_requests_total{model="",outcome="client_error"}') == 1
+    assert 'model="nope"' not in text
 
 
 def test_merged_requests_count_once_in_execution_count(serve, mlp_package: Path) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
-import re
 import signal
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from runtime_harness import DTYPE_CASES, Served
+from runtime_harness import DTYPE_CASES, Served, metric
 from tritonclient.utils import InferenceServerException
 
 
@@ -151,7 +150,7 @@ def test_fixed_first_dim_is_served_without_batching(serve, fixed_onnx: Path, ort
     for i, got in enumerate(results):
         np.testing.assert_array_equal(got, (x + 10 * i) * 2 + 1)
     metrics = httpx.get(f"{s.url}/metrics").text
-    sizes = {k: float(v) for k, v in re.findall(r"^inferstack_batch_size_(sum|count) (\S+)$", metrics, re.M)}
+    sizes = {k: metric(metrics, f'inferstack_batch_size_{k}{{model="fixed"}}') for k in ("sum", "count")}
     assert sizes["count"] == sizes["sum"] == 7
     assert "serving without batching" in s.log()
 

@@ -5,7 +5,6 @@ body gets 413, SIGTERM loses no accepted request and exits 0, and bearer-token a
 from __future__ import annotations
 
 import json
-import re
 import signal
 import socket
 import time
@@ -16,13 +15,11 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from runtime_harness import Served, package
+from runtime_harness import Served, metric, package
 
 
 def _metric(text: str, name: str) -> float:
-    m = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", text, re.M)
-    assert m, f"{name} not in /metrics"
-    return float(m.group(1))
+    return metric(text, name)
 
 
 def _infer_body(x: np.ndarray, request_id: str = "") -> bytes:
