@@ -150,7 +150,8 @@ class _Flow(FlowControl):
         self._conn = conn
 
     def resume_reading(self) -> None:
-        if self.read_paused and not self._conn.discarding and len(self._conn.pipeline) < _MAX_PIPELINED // 2:
+        conn = self._conn
+        if self.read_paused and not conn.discarding and not conn.eof and len(conn.pipeline) < _MAX_PIPELINED // 2:
             self.read_paused = False
             self._transport.resume_reading()
 
@@ -208,6 +209,7 @@ class Protocol(HttpToolsProtocol):
         self.closing = False  # shutting down: close once idle after the drain timeout
         self.discarding = False  # parse no more: after an Upgrade, CONNECT, malformed request, final answer
         self.lingering = False  # half-closed after a final answer; reading and discarding until EOF
+        self.eof = False  # the client half-closed: what it sent is answered, then the connection closes
         self.reading: dict[str, Any] | None = None  # the scope of the request whose body Front receives
         self.body_task: asyncio.Task[Any] | None = None  # ... in this task (cancelled on expiry)
         self.window_since = 0.0  # the body rate is measured over windows of --body-timeout-s
@@ -233,6 +235,27 @@ class Protocol(HttpToolsProtocol):
         self.discarding = True
         super().connection_lost(exc)
         self.handler.connection_closed(self)
+
+    def eof_received(self) -> bool | None:
+        """The client has half-closed its side (``shutdown(SHUT_WR)``): it sends nothing more but
+        may still read. Every request it sent is answered, in order, and then the connection
+        closes; a request it left unfinished (headers or body) is answered 400 after them (RFC 9112
+        9.6; uvicorn's ``eof_received`` lets the transport close at once, which drops every answer
+        not yet written). True keeps the transport open for those answers."""
+        self.eof = True
+        if self.lingering or self.gone:  # after a final answer: the client has read it and left
+            return None
+        cycle = self.cycle
+        if not self.discarding:
+            if self._in_head:
+                self._fail(BadRequest("the client half-closed the connection in the middle of a "
+                                      "request's headers"))
+            elif cycle is not None and not cycle.response_complete and cycle.more_body:
+                self._fail(BadRequest("the client half-closed the connection before the end of the "
+                                      "request body"))
+        if self.busy() or self.lingering or self._final is not None:
+            return True  # closed after the last answer (on_response_complete)
+        return None  # idle: the transport closes now
 
     def resume_writing(self) -> None:
         self._mark = self.handler.now
@@ -289,6 +312,10 @@ class Protocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         elif self._final is not None:
             self._write_final(self._final)
+            return
+        elif self.eof:  # the client sends nothing more: its last answer is written
+            self.transport.flush()  # type: ignore[attr-defined]  # (an answer being collected goes first)
+            self.close()
             return
         self.flow.resume_reading()
 
