@@ -6,7 +6,7 @@ What sits on top of uvicorn (runtime/README.md, "The HTTP layer", says why):
 
 - :class:`Front`, the ASGI callable (no framework): the request's headers are checked before any of
   its body is read (``receive`` is what makes uvicorn send ``100 Continue``): a repeated single
-  header (400), CONNECT (405), auth (the application's ``admit``), the body size limit (413) and the
+  header (400), a transfer coding other than chunked (400), CONNECT (405), auth (the application's ``admit``), the body size limit (413) and the
   server-wide budget of buffered body bytes and each client's share of it (503); the body is counted
   in that budget as it is received, with a stall timeout and a minimum rate (408, checked by the
   application's periodic sweep, which cancels the read), and released on every path once answered.
@@ -545,10 +545,13 @@ class Front:
         conn: Protocol = scope[CONN_KEY]
         headers: dict[bytes, bytes] = {}
         twice = None
+        codings = None
         for name, value in scope["headers"]:
             if name in _WANTED:
                 if name in _SINGLE and name in headers:
                     twice = name
+                if name == b"transfer-encoding":  # (a list: every copy of the header counts)
+                    codings = value if codings is None else codings + b"," + value
                 headers[name] = value
         method = scope["method"].encode()
         url = scope.get(_TARGET_KEY) or scope["raw_path"]
@@ -563,6 +566,11 @@ class Front:
         error: HTTPError | None
         if twice is not None:
             error = BadRequest(f"more than one {twice.decode('latin-1').title()} header: send it once")
+        elif codings is not None and codings.strip().lower() != b"chunked":
+            # httptools decodes chunked (the last coding) and nothing else: a body in any other
+            # transfer coding would be read as if it were not encoded (RFC 9112 6.1)
+            error = BadRequest(f"Transfer-Encoding {codings.decode('latin-1')!r} is not supported: send "
+                               "the body as is or chunked (and compress it with Content-Encoding)")
         elif method == b"CONNECT":
             error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
         else:

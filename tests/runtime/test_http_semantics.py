@@ -140,3 +140,23 @@ def test_a_client_that_half_closes_in_the_middle_of_a_request_gets_a_400(mlp_ser
             took = time.monotonic() - start
         assert [a[0] for a in answers] == [200, 400], (cut, answers)
         assert answers[1][1].get("connection") == "close" and took < 2, (answers, took)
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(mlp_server: Served) -> None:
+    """Only ``chunked`` is decoded; a request with any other transfer coding (``gzip, chunked``, in
+    one header or two) is refused with a 400 naming it, not read as if it were not encoded (RFC
+    9112 6.1: a server must not process a transfer coding it does not understand)."""
+    body = _infer_raw(np.ones((1, 16), np.float32)).partition(b"\r\n\r\n")[2]
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    for codings in ([b"gzip, chunked"], [b"gzip", b"chunked"], [b"x-custom,chunked"],
+                    [b"identity, chunked"], [b"deflate;level=1, chunked"]):
+        te = b"".join(b"Transfer-Encoding: %s\r\n" % c for c in codings)
+        answers = _split(_exchange(mlp_server, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n" + te
+                                   + b"\r\n" + chunked), head_first=False)
+        assert [a[0] for a in answers] == [400], (codings, answers)
+        assert b"Transfer-Encoding" in answers[0][2] and answers[0][1].get("connection") == "close"
+    for coding in (b"chunked", b"Chunked"):  # what is decoded is served
+        answers = _split(_exchange(mlp_server, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
+                                   b"Transfer-Encoding: %s\r\nConnection: close\r\n\r\n%s" % (coding, chunked)),
+                         head_first=False)
+        assert [a[0] for a in answers] == [200], answers
