@@ -156,7 +156,7 @@ def test_a_transfer_coding_other_than_chunked_is_refused(mlp_server: Served) -> 
         assert [a[0] for a in answers] == [400], (codings, answers)
         assert b"Transfer-Encoding" in answers[0][2] and answers[0][1].get("connection") == "close"
     for coding in (b"chunked", b"Chunked"):  # what is decoded is served
-        answers = _split(_exchange(mlp_server, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
-                                   b"Transfer-Encoding: %s\r\nConnection: close\r\n\r\n%s" % (coding, chunked)),
-                         head_first=False)
+        raw = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n"
+               b"Connection: close\r\n\r\n%s" % (coding, chunked))
+        answers = _split(_exchange(mlp_server, raw), head_first=False)
         assert [a[0] for a in answers] == [200], answers
