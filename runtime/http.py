@@ -6,12 +6,13 @@ What sits on top of uvicorn (runtime/README.md, "The HTTP layer", says why):
 
 - :class:`Front`, the ASGI callable (no framework): the request's headers are checked before any of
   its body is read (``receive`` is what makes uvicorn send ``100 Continue``): a repeated single
-  header (400), a transfer coding other than chunked (400), CONNECT (405), auth (the
-  application's ``admit``), the body size limit (413) and the server-wide budget of buffered body
-  bytes and each client's share of it (503); the body is counted in that budget as it is received, with a stall timeout and a minimum rate (408, checked by the
-  application's periodic sweep, which cancels the read), and released on every path once answered.
-  A refusal before the whole body is read closes the connection. HEAD answers carry the length a
-  GET would get and no body; a request with ``Upgrade`` is answered once, then the connection closes.
+  header (400), a transfer coding other than chunked (400), CONNECT (405), auth (the application's
+  ``admit``), the body size limit (413) and the server-wide budget of buffered body bytes and each
+  client's share of it (503); the body is counted in that budget as it is received, with a stall
+  timeout and a minimum rate (408, checked by the application's periodic sweep, which cancels the
+  read), and released on every path once answered. A refusal before the whole body is read closes
+  the connection. HEAD answers carry the length a GET would get and no body; a request with
+  ``Upgrade`` is answered once, then the connection closes.
 - :class:`Protocol`, a subclass of uvicorn's ``HttpToolsProtocol``: a header timeout (also for a
   new connection that sends nothing) and a bound on the bytes of a request line and headers
   (uvicorn has neither); reading stays paused while a few pipelined requests wait (uvicorn resumes
