@@ -238,7 +238,7 @@ class Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
         self.handler.connection_closed(self)
 
-    def eof_received(self) -> bool | None:
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # (asyncio.Protocol: True keeps it open)
         """The client has half-closed its side (``shutdown(SHUT_WR)``): it sends nothing more but
         may still read. Every request it sent is answered, in order, and then the connection
         closes; a request it left unfinished (headers or body) is answered 400 after them (RFC 9112
