@@ -267,6 +267,7 @@ class Protocol(HttpToolsProtocol):
         if self.discarding:  # after a final answer, an Upgrade or a malformed request
             return
         self._mark = self.handler.now
+        continued = self._in_head  # (the read continues a request line and headers)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -280,7 +281,13 @@ class Protocol(HttpToolsProtocol):
                 self._fail(BadRequest(f"malformed HTTP request: {e}"))
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
-            self._head_bytes += len(data)
+            if continued:
+                self._head_bytes += len(data)
+            else:
+                # the request began in this read, after the end of the previous one (its body):
+                # what is known to be its own so far (an unfinished header is counted from the
+                # next read on, which continues it)
+                self._head_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if self._head_bytes > _MAX_HEAD_BYTES:
                 self._fail(BadRequest(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes"))
 
