@@ -117,6 +117,12 @@ class Request:
         self.arrived = 0.0  # (perf_counter) when it was handed to the application; access log only
 
 
+class URITooLong(BadRequest):
+    """The request-target is longer than the URL parser takes (RFC 9112 3: 414)."""
+
+    status_code = 414
+
+
 def _payload_too_large(size: int, limit: int, at_least: bool = False) -> HTTPError:
     more = "more than " if at_least else ""
     return PayloadTooLarge(
@@ -278,7 +284,13 @@ class Protocol(HttpToolsProtocol):
             return
         except httptools.HttpParserError as e:
             if not self.discarding:
-                self._fail(BadRequest(f"malformed HTTP request: {e}"))
+                # an error raised in a parser callback (uvicorn's URL parsing) is the cause; the
+                # parser's own says only "User callback error"
+                cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+                if isinstance(cause, httptools.HttpParserInvalidURLError) and "too long" in str(cause):
+                    self._fail(URITooLong(f"request target {cause}"))
+                else:
+                    self._fail(BadRequest(f"malformed HTTP request: {cause or e}"))
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
             if continued:

@@ -160,3 +160,15 @@ def test_a_transfer_coding_other_than_chunked_is_refused(mlp_server: Served) -> 
                b"Connection: close\r\n\r\n%s" % (coding, chunked))
         answers = _split(_exchange(mlp_server, raw), head_first=False)
         assert [a[0] for a in answers] == [200], answers
+
+
+def test_a_request_target_too_long_to_parse_gets_a_414(mlp_server: Served) -> None:
+    """A request-target longer than the URL parser takes (64 KiB) is answered 414 URI Too Long
+    (RFC 9112 3: a MUST), naming the limit, not a 400 "User callback error"; a long one under it
+    is served."""
+    for length, want in ((70_000, 414), (60_000, 200)):
+        raw = b"GET /v2/health/live?q=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (b"a" * length)
+        answers = _split(_exchange(mlp_server, raw), head_first=False)
+        assert [a[0] for a in answers] == [want], answers
+        if want == 414:
+            assert b"65535" in answers[0][2] and answers[0][1].get("connection") == "close", answers
