@@ -6,12 +6,13 @@ What sits on top of uvicorn (runtime/README.md, "The HTTP layer", says why):
 
 - :class:`Front`, the ASGI callable (no framework): the request's headers are checked before any of
   its body is read (``receive`` is what makes uvicorn send ``100 Continue``): a repeated single
-  header (400), CONNECT (405), auth (the application's ``admit``), the body size limit (413) and the
-  server-wide budget of buffered body bytes and each client's share of it (503); the body is counted
-  in that budget as it is received, with a stall timeout and a minimum rate (408, checked by the
-  application's periodic sweep, which cancels the read), and released on every path once answered.
-  A refusal before the whole body is read closes the connection. HEAD answers carry the length a
-  GET would get and no body; a request with ``Upgrade`` is answered once, then the connection closes.
+  header (400), a transfer coding other than chunked (400), CONNECT (405), auth (the application's
+  ``admit``), the body size limit (413) and the server-wide budget of buffered body bytes and each
+  client's share of it (503); the body is counted in that budget as it is received, with a stall
+  timeout and a minimum rate (408, checked by the application's periodic sweep, which cancels the
+  read), and released on every path once answered. A refusal before the whole body is read closes
+  the connection. HEAD answers carry the length a GET would get and no body; a request with
+  ``Upgrade`` is answered once, then the connection closes.
 - :class:`Protocol`, a subclass of uvicorn's ``HttpToolsProtocol``: a header timeout (also for a
   new connection that sends nothing) and a bound on the bytes of a request line and headers
   (uvicorn has neither); reading stays paused while a few pipelined requests wait (uvicorn resumes
@@ -116,6 +117,12 @@ class Request:
         self.arrived = 0.0  # (perf_counter) when it was handed to the application; access log only
 
 
+class URITooLong(BadRequest):
+    """The request-target is longer than the URL parser takes (RFC 9112 3: 414)."""
+
+    status_code = 414
+
+
 def _payload_too_large(size: int, limit: int, at_least: bool = False) -> HTTPError:
     more = "more than " if at_least else ""
     return PayloadTooLarge(
@@ -150,7 +157,9 @@ class _Flow(FlowControl):
         self._conn = conn
 
     def resume_reading(self) -> None:
-        if self.read_paused and not self._conn.discarding and len(self._conn.pipeline) < _MAX_PIPELINED // 2:
+        conn = self._conn
+        if (self.read_paused and not conn.discarding and not conn.eof
+                and len(conn.pipeline) < _MAX_PIPELINED // 2):
             self.read_paused = False
             self._transport.resume_reading()
 
@@ -208,6 +217,7 @@ class Protocol(HttpToolsProtocol):
         self.closing = False  # shutting down: close once idle after the drain timeout
         self.discarding = False  # parse no more: after an Upgrade, CONNECT, malformed request, final answer
         self.lingering = False  # half-closed after a final answer; reading and discarding until EOF
+        self.eof = False  # the client half-closed: what it sent is answered, then the connection closes
         self.reading: dict[str, Any] | None = None  # the scope of the request whose body Front receives
         self.body_task: asyncio.Task[Any] | None = None  # ... in this task (cancelled on expiry)
         self.window_since = 0.0  # the body rate is measured over windows of --body-timeout-s
@@ -234,6 +244,27 @@ class Protocol(HttpToolsProtocol):
         super().connection_lost(exc)
         self.handler.connection_closed(self)
 
+    def eof_received(self) -> bool | None:  # type: ignore[override]  # (asyncio.Protocol: True keeps it open)
+        """The client has half-closed its side (``shutdown(SHUT_WR)``): it sends nothing more but
+        may still read. Every request it sent is answered, in order, and then the connection
+        closes; a request it left unfinished (headers or body) is answered 400 after them (RFC 9112
+        9.6; uvicorn's ``eof_received`` lets the transport close at once, which drops every answer
+        not yet written). True keeps the transport open for those answers."""
+        self.eof = True
+        if self.lingering or self.gone:  # after a final answer: the client has read it and left
+            return None
+        cycle = self.cycle
+        if not self.discarding:
+            if self._in_head:
+                self._fail(BadRequest("the client half-closed the connection in the middle of a "
+                                      "request's headers"))
+            elif cycle is not None and not cycle.response_complete and cycle.more_body:
+                self._fail(BadRequest("the client half-closed the connection before the end of the "
+                                      "request body"))
+        if self.busy() or self.lingering or self._final is not None:
+            return True  # closed after the last answer (on_response_complete)
+        return None  # idle: the transport closes now
+
     def resume_writing(self) -> None:
         self._mark = self.handler.now
         super().resume_writing()
@@ -242,6 +273,7 @@ class Protocol(HttpToolsProtocol):
         if self.discarding:  # after a final answer, an Upgrade or a malformed request
             return
         self._mark = self.handler.now
+        continued = self._in_head  # (the read continues a request line and headers)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -252,10 +284,22 @@ class Protocol(HttpToolsProtocol):
             return
         except httptools.HttpParserError as e:
             if not self.discarding:
-                self._fail(BadRequest(f"malformed HTTP request: {e}"))
+                # an error raised in a parser callback (uvicorn's URL parsing) is the cause; the
+                # parser's own says only "User callback error"
+                cause = e.__context__ if isinstance(e, httptools.HttpParserCallbackError) else None
+                if isinstance(cause, httptools.HttpParserInvalidURLError) and "too long" in str(cause):
+                    self._fail(URITooLong(f"request target {cause}"))
+                else:
+                    self._fail(BadRequest(f"malformed HTTP request: {cause or e}"))
             return
         if self._in_head:  # a request line and headers that never end must not grow without bound
-            self._head_bytes += len(data)
+            if continued:
+                self._head_bytes += len(data)
+            else:
+                # the request began in this read, after the end of the previous one (its body):
+                # what is known to be its own so far (an unfinished header is counted from the
+                # next read on, which continues it)
+                self._head_bytes = len(self.url) + sum(len(n) + len(v) + 4 for n, v in self.headers)
             if self._head_bytes > _MAX_HEAD_BYTES:
                 self._fail(BadRequest(f"request line and headers exceed {_MAX_HEAD_BYTES} bytes"))
 
@@ -289,6 +333,10 @@ class Protocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         elif self._final is not None:
             self._write_final(self._final)
+            return
+        elif self.eof:  # the client sends nothing more: its last answer is written
+            self.transport.flush()  # type: ignore[attr-defined]  # (an answer being collected goes first)
+            self.close()
             return
         self.flow.resume_reading()
 
@@ -518,10 +566,13 @@ class Front:
         conn: Protocol = scope[CONN_KEY]
         headers: dict[bytes, bytes] = {}
         twice = None
+        codings = None
         for name, value in scope["headers"]:
             if name in _WANTED:
                 if name in _SINGLE and name in headers:
                     twice = name
+                if name == b"transfer-encoding":  # (a list: every copy of the header counts)
+                    codings = value if codings is None else codings + b"," + value
                 headers[name] = value
         method = scope["method"].encode()
         url = scope.get(_TARGET_KEY) or scope["raw_path"]
@@ -536,6 +587,11 @@ class Front:
         error: HTTPError | None
         if twice is not None:
             error = BadRequest(f"more than one {twice.decode('latin-1').title()} header: send it once")
+        elif codings is not None and codings.strip().lower() != b"chunked":
+            # httptools decodes chunked (the last coding) and nothing else: a body in any other
+            # transfer coding would be read as if it were not encoded (RFC 9112 6.1)
+            error = BadRequest(f"Transfer-Encoding {codings.decode('latin-1')!r} is not supported: send "
+                               "the body as is or chunked (and compress it with Content-Encoding)")
         elif method == b"CONNECT":
             error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
         else:

@@ -5,9 +5,12 @@ a request with ``Upgrade`` and a CONNECT get exactly one answer, and a request w
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import httpx
+import numpy as np
+import orjson
 from runtime_harness import Served, read_until_closed
 
 
@@ -91,3 +94,81 @@ def test_garbage_after_a_pipelined_request_gets_its_answer_after_that_one(mlp_se
     # the request read before the garbage is answered (in order), then the 400, then the close
     assert [a[0] for a in answers] == [200, 400], answers
     assert answers[1][1].get("connection") == "close"
+
+
+def _infer_raw(x, extra: str = "") -> bytes:
+    body = orjson.dumps({"inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                     "data": x.ravel().tolist()}]})
+    return (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n{extra}Content-Length: {len(body)}\r\n\r\n"
+            .encode() + body)
+
+
+def test_a_client_that_half_closes_after_its_requests_gets_every_answer(
+        mlp_server: Served, mlp_package: Path, ort_run) -> None:
+    """shutdown(SHUT_WR) after the last request (what ``curl``-like one-shot clients and ``nc -N``
+    do) ends the client's sending, not the exchange: every request it sent is answered, in order,
+    then the server closes (RFC 9112 9.6)."""
+    rng = np.random.default_rng(11)
+    xs = [rng.standard_normal((n, 16)).astype(np.float32) for n in (1, 3, 2)]
+    for requests in ([_infer_raw(xs[0])],
+                     [_infer_raw(xs[0]), b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n",
+                      _infer_raw(xs[1]), _infer_raw(xs[2])]):
+        with socket.create_connection((mlp_server.host, mlp_server.port), timeout=5) as sock:
+            sock.sendall(b"".join(requests))
+            sock.shutdown(socket.SHUT_WR)
+            answers = _split(read_until_closed(sock, 5), head_first=False)
+        assert [a[0] for a in answers] == [200] * len(requests), answers
+        got = [np.array(orjson.loads(a[2])["outputs"][0]["data"], np.float32) for a in answers
+               if b"outputs" in a[2]]
+        want = [ort_run(mlp_package / "mlp.onnx", {"x": x})[0].ravel() for x in xs[:len(got)]]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_allclose(g, w, rtol=1e-6, atol=1e-6)
+
+
+def test_a_client_that_half_closes_in_the_middle_of_a_request_gets_a_400(mlp_server: Served) -> None:
+    """A request that can never be completed (the client half-closed in its body or its headers)
+    is answered 400 after the answers due before it, then the connection closes: no hang until a
+    timeout, no silent close."""
+    x = np.ones((1, 16), np.float32)
+    whole = _infer_raw(x)
+    for cut in (whole[:-10], whole[:20]):  # in the body; in the headers
+        with socket.create_connection((mlp_server.host, mlp_server.port), timeout=5) as sock:
+            sock.sendall(_infer_raw(x) + cut)
+            sock.shutdown(socket.SHUT_WR)
+            start = time.monotonic()
+            answers = _split(read_until_closed(sock, 5), head_first=False)
+            took = time.monotonic() - start
+        assert [a[0] for a in answers] == [200, 400], (cut, answers)
+        assert answers[1][1].get("connection") == "close" and took < 2, (answers, took)
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(mlp_server: Served) -> None:
+    """Only ``chunked`` is decoded; a request with any other transfer coding (``gzip, chunked``, in
+    one header or two) is refused with a 400 naming it, not read as if it were not encoded (RFC
+    9112 6.1: a server must not process a transfer coding it does not understand)."""
+    body = _infer_raw(np.ones((1, 16), np.float32)).partition(b"\r\n\r\n")[2]
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    for codings in ([b"gzip, chunked"], [b"gzip", b"chunked"], [b"x-custom,chunked"],
+                    [b"identity, chunked"], [b"deflate;level=1, chunked"]):
+        te = b"".join(b"Transfer-Encoding: %s\r\n" % c for c in codings)
+        answers = _split(_exchange(mlp_server, b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n" + te
+                                   + b"\r\n" + chunked), head_first=False)
+        assert [a[0] for a in answers] == [400], (codings, answers)
+        assert b"Transfer-Encoding" in answers[0][2] and answers[0][1].get("connection") == "close"
+    for coding in (b"chunked", b"Chunked"):  # what is decoded is served
+        raw = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: %s\r\n"
+               b"Connection: close\r\n\r\n%s" % (coding, chunked))
+        answers = _split(_exchange(mlp_server, raw), head_first=False)
+        assert [a[0] for a in answers] == [200], answers
+
+
+def test_a_request_target_too_long_to_parse_gets_a_414(mlp_server: Served) -> None:
+    """A request-target longer than the URL parser takes (64 KiB) is answered 414 URI Too Long
+    (RFC 9112 3: a MUST), naming the limit, not a 400 "User callback error"; a long one under it
+    is served."""
+    for length, want in ((70_000, 414), (60_000, 200)):
+        raw = b"GET /v2/health/live?q=%s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % (b"a" * length)
+        answers = _split(_exchange(mlp_server, raw), head_first=False)
+        assert [a[0] for a in answers] == [want], answers
+        if want == 414:
+            assert b"65535" in answers[0][2] and answers[0][1].get("connection") == "close", answers

@@ -357,6 +357,39 @@ def test_endless_headers_are_refused(mlp_server: Served) -> None:
     assert b"request line and headers exceed" in data
 
 
+def test_the_header_bound_counts_only_the_request_s_own_bytes(mlp_server: Served) -> None:
+    """The 256 KiB bound on a request line and headers counts that request's bytes, not the end
+    of the previous request's body that arrived in the same read: a pipelined request with 255 KB
+    of headers after a body is answered (three times over), and one past the bound is refused."""
+    import socket
+
+    pad = b"".join(b"X-Pad-%02d: %s\r\n" % (i, b"a" * 10_000) for i in range(25))  # 250 KB
+    for extra, want in ((5_000, b"HTTP/1.1 200 "),) * 3 + ((50_000, b"HTTP/1.1 400 "),):
+        headers = pad + b"X-More: " + b"b" * extra + b"\r\n\r\n"
+        body = b'{"inputs": [' + json.dumps(_x(data=[1.0] * 16)).encode() + b"]}" + b" " * 200_000
+        first = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+                 + body[:-30_000])
+        second = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        with socket.create_connection((mlp_server.host, mlp_server.port), timeout=10) as sock:
+            sock.sendall(first)
+            time.sleep(0.2)  # read by the server: what follows arrives in one segment, one read
+            sock.sendall(body[-30_000:] + second)
+            time.sleep(0.2)
+            with contextlib.suppress(OSError):  # (refused: the server may close while we send)
+                for i in range(0, len(headers) - 2, 10_000):
+                    sock.sendall(headers[i:min(i + 10_000, len(headers) - 2)])
+                    time.sleep(0.002)
+                time.sleep(0.2)  # all but the blank line that ends them: read as still in the headers
+                sock.sendall(b"\r\n")
+            data = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(65536):
+                    data += chunk
+        answers = data.split(b"HTTP/1.1 ")
+        assert data.startswith(b"HTTP/1.1 200 ") and len(answers) == 3, data[:300]
+        assert (b"HTTP/1.1 " + answers[2]).startswith(want), (extra, answers[2][:300])
+
+
 def test_large_bodies_are_read_whole(dtypes_server: Served) -> None:
     big = ["x" * 300_000, "y" * 200_000, "z"]
     inputs = [

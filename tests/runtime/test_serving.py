@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import struct
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -354,6 +355,9 @@ def test_clients_that_leave_early_are_not_counted_as_success(serve, mlp_package:
         sock.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         time.sleep(0.1)
+        # gone for good: a reset (a FIN alone may be a half-close, after which the client still
+        # reads its answer: test_http_semantics.py)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     time.sleep(0.8)
     # a refused request is timed too (end to end, whatever the outcome)
     assert httpx.post(f"{s.url}/v2/models/mlp/infer", content=b"{").status_code == 400
