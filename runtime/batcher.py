@@ -1,6 +1,8 @@
-"""Dynamic batching: requests queue on the event loop; one worker thread merges what is queued
-along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each request its
-rows back on the event loop.
+"""Dynamic batching: requests queue on the event loop (HTTP) or straight from the thread that
+decoded them (gRPC's pool threads, :meth:`Batcher.submit_direct`); one worker thread merges what is
+queued along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each
+request its rows back: on the event loop for the loop's requests, from the worker itself for direct
+ones (their ``done`` is thread-safe).
 
 The batcher does not wait for company when the worker is idle: it takes whatever is queued
 (greedy), with two exceptions: ``max_queue_delay`` > 0 waits up to that long (counted from the
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import numpy as np
-from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed
+from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed, ServiceUnavailable
 from inferstack.runtime.metrics import Metrics, ModelMetrics, ModelStats
 from inferstack.runtime.model import Model
 
@@ -39,7 +41,7 @@ Done = Callable[[Outputs | None, HTTPError | None], None]
 class Job:
     """One admitted request: its inputs, how many rows it has, and where its answer goes."""
 
-    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline")
+    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline", "direct")
 
     def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple[Any, ...], done: Done) -> None:
         self.inputs = inputs
@@ -50,6 +52,7 @@ class Job:
         self.deadline = 0.0
         self.cancelled = False  # timed out: the worker skips it, nobody waits for it
         self.answered = False
+        self.direct = False  # submitted off the event loop: answered from the worker thread
 
 
 _STOP = None
@@ -85,8 +88,12 @@ class Batcher:
         self._wake_pending = False  # a deliver_finished call is scheduled on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        #: admitted and not yet answered (waiting or running); read and written on the event loop only
+        #: admitted and not yet answered (waiting or running); written under ``lock`` (from the
+        #: event loop, the worker, and direct submitters), read anywhere
         self.pending = 0
+        #: guards ``pending``, ``stopped`` and direct jobs' ``answered`` / ``cancelled``
+        self.lock = threading.Lock()
+        self.stopped = False  # stop() was called: direct submissions are refused
 
     def queue_depth(self) -> int:
         """Admitted requests not (yet) in an onnxruntime run (read at scrape time)."""
@@ -103,7 +110,8 @@ class Batcher:
         # and finds them all queued (a larger batch at no added latency). A long turn (a flood of
         # requests) hands them over early: once a full batch is staged, or after _MAX_STAGE_S.
         job.enqueued = now = time.perf_counter()
-        self.pending += 1
+        with self.lock:
+            self.pending += 1
         staged = self._staged
         staged.append(job)
         self._staged_rows += job.rows
@@ -114,6 +122,31 @@ class Batcher:
         elif self._staged_rows >= self.max_rows or now - self._staged_at >= _MAX_STAGE_S:
             self._flush()
 
+    def submit_direct(self, job: Job, admit: Callable[[int], None]) -> None:
+        """Queue ``job`` from any thread, straight to the worker (no event-loop turn): under
+        :attr:`lock`, ``admit(pending)`` may raise to refuse it (the queue limit: the look and the
+        count are one step, so the limit holds exactly); a stopped batcher raises
+        :class:`ServiceUnavailable`. ``job.done`` is then called exactly once, from the worker
+        thread, unless the caller claims the job first with :meth:`cancel`."""
+        job.direct = True
+        job.enqueued = time.perf_counter()
+        with self.lock:
+            if self.stopped:
+                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
+            admit(self.pending)
+            self.pending += 1
+        self._queue.put([job])
+
+    def cancel(self, job: Job) -> bool:
+        """Claim a direct job that has not been answered (its caller gives up waiting: timeout);
+        True when claimed (its ``done`` will never be called; it still counts as pending until the
+        worker passes it), False when the worker answered it first."""
+        with self.lock:
+            if job.answered:
+                return False
+            job.answered = job.cancelled = True
+            return True
+
     def _flush(self) -> None:
         staged = self._staged
         if not staged:
@@ -123,6 +156,8 @@ class Batcher:
         self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self.lock:
+            self.stopped = True
         self._queue.put([_STOP])
         if self._thread is not None:
             self._thread.join(timeout)
@@ -141,7 +176,8 @@ class Batcher:
             self._deliver(*finished.popleft())
 
     def _deliver(self, jobs: list[Job], results: list[Outputs] | None, error: HTTPError | None) -> None:
-        self.pending -= len(jobs)
+        with self.lock:
+            self.pending -= len(jobs)
         for i, job in enumerate(jobs):
             if job.cancelled:
                 continue
@@ -201,6 +237,30 @@ class Batcher:
     def _post(self, jobs: list[Job], outputs: list[Outputs] | None, error: HTTPError | None) -> None:
         assert self._loop is not None
         self._running = 0
+        if any(j.direct for j in jobs):
+            # direct jobs: answered here (their waiters are other threads); the rest on the loop
+            loop_jobs: list[Job] = []
+            loop_outputs: list[Outputs] | None = None if outputs is None else []
+            answer: list[tuple[Job, Outputs | None]] = []
+            with self.lock:
+                for i, job in enumerate(jobs):
+                    if not job.direct:
+                        loop_jobs.append(job)
+                        if loop_outputs is not None and outputs is not None:
+                            loop_outputs.append(outputs[i])
+                        continue
+                    self.pending -= 1
+                    if not job.answered:
+                        job.answered = True
+                        answer.append((job, None if outputs is None else outputs[i]))
+            for job, out in answer:
+                if out is None:
+                    job.done(None, error or InternalError("no outputs"))
+                else:
+                    job.done(out, None)
+            if not loop_jobs:
+                return
+            jobs, outputs = loop_jobs, loop_outputs
         self._finished.append((jobs, outputs, error))
         if not self._wake_pending:  # one wake-up for however many runs finish before the loop looks
             self._wake_pending = True
