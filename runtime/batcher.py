@@ -56,6 +56,7 @@ class Job:
 
 
 _STOP = None
+_WAKE: list[Job | None] = []  # (put on the queue to wake the worker: carries nothing)
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
 
 
@@ -80,6 +81,11 @@ class Batcher:
         self._carry: deque[Job | None] = deque()  # taken from the queue, not yet run (worker only)
         self._running = 0  # jobs in the worker's current run (written by the worker)
         self._staged: list[Job] = []
+        # direct jobs not yet taken by the worker (under ``lock``), their rows, and how many rows
+        # the blocked worker waits for (0: it is not blocked on the queue)
+        self._inbox: list[Job] = []
+        self._inbox_rows = 0
+        self._want = 0
         self._staged_rows = 0
         self._staged_at = 0.0
         # finished runs waiting for the event loop: (jobs, each job's outputs, error); appended by
@@ -135,7 +141,13 @@ class Batcher:
                 raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
             admit(self.pending)
             self.pending += 1
-        self._queue.put([job])
+            self._inbox.append(job)
+            self._inbox_rows += job.rows
+            wake = 0 < self._want <= self._inbox_rows
+            if wake:
+                self._want = 0
+        if wake:
+            self._queue.put(_WAKE)
 
     def cancel(self, job: Job) -> bool:
         """Claim a direct job that has not been answered (its caller gives up waiting: timeout);
@@ -188,15 +200,31 @@ class Batcher:
                 job.done(results[i], None)
 
     # -- worker thread -----------------------------------------------------------------------
-    def _next(self, block: bool, timeout: float | None = None) -> Job | None:
+    def _next(self, block: bool, timeout: float | None = None, want: int = 1) -> Job | None:
+        """The next job: carried over, queued by the event loop, or in the direct inbox. Blocking,
+        the worker asks direct submitters to wake it once ``want`` rows are in the inbox (one
+        wake-up for what it waits for, not one per request); with ``timeout``, raises queue.Empty
+        when nothing came (or a stale wake-up did)."""
         carry = self._carry
-        if not carry:
-            if not block:
+        woken = False
+        while not carry:
+            try:
                 carry.extend(self._queue.get_nowait())
-            elif timeout is not None:
-                carry.extend(self._queue.get(timeout=timeout))
-            else:
-                carry.extend(self._queue.get())
+                continue
+            except queue.Empty:
+                pass
+            with self.lock:
+                self._want = 0
+                if self._inbox:
+                    carry.extend(self._inbox)
+                    self._inbox = []
+                    self._inbox_rows = 0
+                    break
+                if not block or (woken and timeout is not None):
+                    raise queue.Empty
+                self._want = max(1, want)
+            carry.extend(self._queue.get(timeout=timeout) if timeout is not None else self._queue.get())
+            woken = True
         return carry.popleft()
 
     def _collect(self, first: Job) -> list[Job]:
@@ -217,8 +245,9 @@ class Batcher:
                 remaining = until - time.perf_counter()
                 if remaining <= 0:
                     break
+                want = (target if rows < target else self.max_rows) - rows
                 try:
-                    job = self._next(block=True, timeout=remaining)
+                    job = self._next(block=True, timeout=remaining, want=want)
                 except queue.Empty:
                     break
             if job is _STOP:
@@ -277,6 +306,10 @@ class Batcher:
 
     def _serve_one(self) -> bool:
         first = self._next(block=True)
+        if first is not _STOP and first.direct and not self._carry:
+            # woken by one direct request: let the threads holding decoded ones queue them (one
+            # yield of the GIL) so that they join this run
+            time.sleep(0)
         if first is _STOP:
             return False
         if first.cancelled:
