@@ -334,7 +334,8 @@ def test_call_past_the_request_timeout_is_deadline_exceeded(serve: Callable[...,
     assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
     assert "no answer within 0.1s (--request-timeout-s" in e.value.message()
     deadline = time.monotonic() + 5
-    while _metric(httpx.get(f"{s.url}/metrics").text, "inferstack_queue_depth") and time.monotonic() < deadline:
+    while (_metric(httpx.get(f"{s.url}/metrics").text, "inferstack_queue_depth")
+           and time.monotonic() < deadline):
         time.sleep(0.05)  # (the skipped request leaves the queue when the worker passes it)
     metrics = httpx.get(f"{s.url}/metrics").text
     assert _metric(metrics, 'inferstack_requests_total{outcome="timeout"}') == 1
