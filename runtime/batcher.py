@@ -1,6 +1,8 @@
-"""Dynamic batching: requests queue on the event loop; one worker thread merges what is queued
-along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each request its
-rows back on the event loop.
+"""Dynamic batching: requests queue on the event loop (HTTP) or straight from the thread that
+decoded them (gRPC's pool threads, :meth:`Batcher.submit_direct`); one worker thread merges what is
+queued along the batch axis (up to ``max_batch_size``), runs onnxruntime once and hands each
+request its rows back: on the event loop for the loop's requests, from the worker itself for direct
+ones (their ``done`` is thread-safe).
 
 The batcher does not wait for company when the worker is idle: it takes whatever is queued
 (greedy), with two exceptions: ``max_queue_delay`` > 0 waits up to that long (counted from the
@@ -24,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, NoReturn
 
 import numpy as np
-from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed
+from inferstack.runtime.errors import HTTPError, InternalError, ModelFailed, ServiceUnavailable
 from inferstack.runtime.metrics import Metrics, ModelMetrics, ModelStats
 from inferstack.runtime.model import Model
 
@@ -39,7 +41,7 @@ Done = Callable[[Outputs | None, HTTPError | None], None]
 class Job:
     """One admitted request: its inputs, how many rows it has, and where its answer goes."""
 
-    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline")
+    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline", "direct")
 
     def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple[Any, ...], done: Done) -> None:
         self.inputs = inputs
@@ -50,9 +52,11 @@ class Job:
         self.deadline = 0.0
         self.cancelled = False  # timed out: the worker skips it, nobody waits for it
         self.answered = False
+        self.direct = False  # submitted off the event loop: answered from the worker thread
 
 
 _STOP = None
+_WAKE: list[Job | None] = []  # (put on the queue to wake the worker: carries nothing)
 _MAX_STAGE_S = 0.005  # longest a request waits on the event loop before the worker sees it
 
 
@@ -77,6 +81,11 @@ class Batcher:
         self._carry: deque[Job | None] = deque()  # taken from the queue, not yet run (worker only)
         self._running = 0  # jobs in the worker's current run (written by the worker)
         self._staged: list[Job] = []
+        # direct jobs not yet taken by the worker (under ``lock``), their rows, and how many rows
+        # the blocked worker waits for (0: it is not blocked on the queue)
+        self._inbox: list[Job] = []
+        self._inbox_rows = 0
+        self._want = 0
         self._staged_rows = 0
         self._staged_at = 0.0
         # finished runs waiting for the event loop: (jobs, each job's outputs, error); appended by
@@ -85,8 +94,12 @@ class Batcher:
         self._wake_pending = False  # a deliver_finished call is scheduled on the loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        #: admitted and not yet answered (waiting or running); read and written on the event loop only
+        #: admitted and not yet answered (waiting or running); written under ``lock`` (from the
+        #: event loop, the worker, and direct submitters), read anywhere
         self.pending = 0
+        #: guards ``pending``, ``stopped`` and direct jobs' ``answered`` / ``cancelled``
+        self.lock = threading.Lock()
+        self.stopped = False  # stop() was called: direct submissions are refused
 
     def queue_depth(self) -> int:
         """Admitted requests not (yet) in an onnxruntime run (read at scrape time)."""
@@ -103,7 +116,8 @@ class Batcher:
         # and finds them all queued (a larger batch at no added latency). A long turn (a flood of
         # requests) hands them over early: once a full batch is staged, or after _MAX_STAGE_S.
         job.enqueued = now = time.perf_counter()
-        self.pending += 1
+        with self.lock:
+            self.pending += 1
         staged = self._staged
         staged.append(job)
         self._staged_rows += job.rows
@@ -114,6 +128,37 @@ class Batcher:
         elif self._staged_rows >= self.max_rows or now - self._staged_at >= _MAX_STAGE_S:
             self._flush()
 
+    def submit_direct(self, job: Job, admit: Callable[[int], None]) -> None:
+        """Queue ``job`` from any thread, straight to the worker (no event-loop turn): under
+        :attr:`lock`, ``admit(pending)`` may raise to refuse it (the queue limit: the look and the
+        count are one step, so the limit holds exactly); a stopped batcher raises
+        :class:`ServiceUnavailable`. ``job.done`` is then called exactly once, from the worker
+        thread, unless the caller claims the job first with :meth:`cancel`."""
+        job.direct = True
+        job.enqueued = time.perf_counter()
+        with self.lock:
+            if self.stopped:
+                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
+            admit(self.pending)
+            self.pending += 1
+            self._inbox.append(job)
+            self._inbox_rows += job.rows
+            wake = 0 < self._want <= self._inbox_rows
+            if wake:
+                self._want = 0
+        if wake:
+            self._queue.put(_WAKE)
+
+    def cancel(self, job: Job) -> bool:
+        """Claim a direct job that has not been answered (its caller gives up waiting: timeout);
+        True when claimed (its ``done`` will never be called; it still counts as pending until the
+        worker passes it), False when the worker answered it first."""
+        with self.lock:
+            if job.answered:
+                return False
+            job.answered = job.cancelled = True
+            return True
+
     def _flush(self) -> None:
         staged = self._staged
         if not staged:
@@ -123,6 +168,8 @@ class Batcher:
         self._queue.put(staged)  # type: ignore[arg-type]
 
     def stop(self, timeout: float = 10.0) -> None:
+        with self.lock:
+            self.stopped = True
         self._queue.put([_STOP])
         if self._thread is not None:
             self._thread.join(timeout)
@@ -141,7 +188,8 @@ class Batcher:
             self._deliver(*finished.popleft())
 
     def _deliver(self, jobs: list[Job], results: list[Outputs] | None, error: HTTPError | None) -> None:
-        self.pending -= len(jobs)
+        with self.lock:
+            self.pending -= len(jobs)
         for i, job in enumerate(jobs):
             if job.cancelled:
                 continue
@@ -152,15 +200,31 @@ class Batcher:
                 job.done(results[i], None)
 
     # -- worker thread -----------------------------------------------------------------------
-    def _next(self, block: bool, timeout: float | None = None) -> Job | None:
+    def _next(self, block: bool, timeout: float | None = None, want: int = 1) -> Job | None:
+        """The next job: carried over, queued by the event loop, or in the direct inbox. Blocking,
+        the worker asks direct submitters to wake it once ``want`` rows are in the inbox (one
+        wake-up for what it waits for, not one per request); with ``timeout``, raises queue.Empty
+        when nothing came (or a stale wake-up did)."""
         carry = self._carry
-        if not carry:
-            if not block:
+        woken = False
+        while not carry:
+            try:
                 carry.extend(self._queue.get_nowait())
-            elif timeout is not None:
-                carry.extend(self._queue.get(timeout=timeout))
-            else:
-                carry.extend(self._queue.get())
+                continue
+            except queue.Empty:
+                pass
+            with self.lock:
+                self._want = 0
+                if self._inbox:
+                    carry.extend(self._inbox)
+                    self._inbox = []
+                    self._inbox_rows = 0
+                    break
+                if not block or (woken and timeout is not None):
+                    raise queue.Empty
+                self._want = max(1, want)
+            carry.extend(self._queue.get(timeout=timeout) if timeout is not None else self._queue.get())
+            woken = True
         return carry.popleft()
 
     def _collect(self, first: Job) -> list[Job]:
@@ -181,8 +245,9 @@ class Batcher:
                 remaining = until - time.perf_counter()
                 if remaining <= 0:
                     break
+                want = (target if rows < target else self.max_rows) - rows
                 try:
-                    job = self._next(block=True, timeout=remaining)
+                    job = self._next(block=True, timeout=remaining, want=want)
                 except queue.Empty:
                     break
             if job is _STOP:
@@ -201,6 +266,30 @@ class Batcher:
     def _post(self, jobs: list[Job], outputs: list[Outputs] | None, error: HTTPError | None) -> None:
         assert self._loop is not None
         self._running = 0
+        if any(j.direct for j in jobs):
+            # direct jobs: answered here (their waiters are other threads); the rest on the loop
+            loop_jobs: list[Job] = []
+            loop_outputs: list[Outputs] | None = None if outputs is None else []
+            answer: list[tuple[Job, Outputs | None]] = []
+            with self.lock:
+                for i, job in enumerate(jobs):
+                    if not job.direct:
+                        loop_jobs.append(job)
+                        if loop_outputs is not None and outputs is not None:
+                            loop_outputs.append(outputs[i])
+                        continue
+                    self.pending -= 1
+                    if not job.answered:
+                        job.answered = True
+                        answer.append((job, None if outputs is None else outputs[i]))
+            for job, out in answer:
+                if out is None:
+                    job.done(None, error or InternalError("no outputs"))
+                else:
+                    job.done(out, None)
+            if not loop_jobs:
+                return
+            jobs, outputs = loop_jobs, loop_outputs
         self._finished.append((jobs, outputs, error))
         if not self._wake_pending:  # one wake-up for however many runs finish before the loop looks
             self._wake_pending = True
@@ -217,6 +306,10 @@ class Batcher:
 
     def _serve_one(self) -> bool:
         first = self._next(block=True)
+        if first is not _STOP and first.direct and not self._carry:
+            # woken by one direct request: let the threads holding decoded ones queue them (one
+            # yield of the GIL) so that they join this run
+            time.sleep(0)
         if first is _STOP:
             return False
         if first.cancelled:

@@ -7,7 +7,8 @@ It holds the models by name, each with its own onnxruntime session, :class:`Batc
 statistics; readiness; auth; shedding; the request timeout; metrics and statistics. Everything is
 called on the event loop thread (the batchers' workers hand their answers back there), except
 what says "any thread": the gRPC front end's pool threads parse, check auth, look up the model,
-hold budget and decode off the loop, and hand the rest to it (``call_soon_threadsafe``).
+hold budget, decode, queue on the batcher and wait for its worker's answer off the loop
+(:meth:`DataPlane.submit_direct`); only their counting reaches the loop (:meth:`finish_later`).
 
 The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exceptions: each has
 ``status_code`` for HTTP and ``grpc_code`` for gRPC, and ``message``)::
@@ -26,6 +27,10 @@ The interface a front end calls (errors are :mod:`inferstack.runtime.errors` exc
     plane.model_config(entry) -> dict             # Triton's model configuration (JSON shape)
     plane.statistics(name=None, version=None) -> dict   # {"model_stats": [...]}, Triton's shape
     plane.admit(entry)                            # shedding: raises QueueFull / ServiceUnavailable
+    plane.submit_direct(entry, infer, started, done) -> Job  # any thread: shedding and queueing
+        # in one step (raises QueueFull / ServiceUnavailable); done(outputs, error) is called
+        # once, from the batcher's worker thread; the caller waits until job.deadline and then
+        # plane.expire(entry, job) (a RequestTimeout, or None when the worker answered first)
     plane.submit(entry, infer, started, done)     # infer: an InferRequest decoded against
         # entry.model (protocol.decode for HTTP/JSON); started: time.perf_counter() when the
         # request arrived (its deadline is started + --request-timeout-s); done(outputs, error)
@@ -542,12 +547,14 @@ class DataPlane:
         return {"model_stats": [e.stats.as_dict() for e in entries]}
 
     # -- inference ---------------------------------------------------------------------------
-    def admit(self, entry: ModelEntry) -> None:
+    def admit(self, entry: ModelEntry, pending: int | None = None) -> None:
         """Shedding, before a request is decoded: the model must be ready and its queue not full
-        (--max-queue-size counts each model's requests admitted and not yet answered)."""
+        (--max-queue-size counts each model's requests admitted and not yet answered; ``pending``:
+        that count, default the batcher's now)."""
         if not entry.ready:
             raise ServiceUnavailable(f"model {entry.name!r} is not ready")
-        pending = entry.batcher.pending
+        if pending is None:
+            pending = entry.batcher.pending
         if pending >= self.config.max_queue_size:
             raise QueueFull(
                 f"the queue is full (model {entry.name!r}: {pending} requests; --max-queue-size / "
@@ -560,6 +567,26 @@ class DataPlane:
         job.deadline = started + self.config.request_timeout_s
         self._watch.append(job)
         entry.batcher.submit(job)
+
+    def submit_direct(self, entry: ModelEntry, infer: InferRequest, started: float, done: Done) -> Job:
+        """From any thread: :meth:`admit` and queue ``infer`` on ``entry``'s batcher in one step
+        (under the batcher's lock: --max-queue-size holds exactly); raises QueueFull /
+        ServiceUnavailable as :meth:`admit`. ``done(outputs, error)`` is called once, from the
+        batcher's worker thread, unless :meth:`expire` claims the job first. The caller waits at
+        most until ``job.deadline`` (``started`` + --request-timeout-s, perf_counter seconds)."""
+        job = Job(infer.inputs, infer.rows, infer.key, done)
+        job.deadline = started + self.config.request_timeout_s
+        entry.batcher.submit_direct(job, lambda pending: self.admit(entry, pending))
+        return job
+
+    def expire(self, entry: ModelEntry, job: Job) -> RequestTimeout | None:
+        """A direct job past its deadline: the RequestTimeout to answer (its ``done`` will not be
+        called), or None when the worker answered it first (``done`` is being called)."""
+        return self._timeout() if entry.batcher.cancel(job) else None
+
+    def _timeout(self) -> RequestTimeout:
+        return RequestTimeout(f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
+                              "INFERSTACK_REQUEST_TIMEOUT_S)")
 
     def finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None,
                written: bool = True, took: float | None = None) -> None:
@@ -623,9 +650,7 @@ class DataPlane:
             watch.popleft()
             job.cancelled = True
             job.answered = True
-            job.done(None, RequestTimeout(
-                f"no answer within {self.config.request_timeout_s:g}s (--request-timeout-s / "
-                "INFERSTACK_REQUEST_TIMEOUT_S)"))
+            job.done(None, self._timeout())
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_later(self._sweep_every, self._sweep)
 

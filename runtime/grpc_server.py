@@ -7,16 +7,18 @@ completion-queue events to the event loop, one call at a time: more CPU per call
 server (a bare servicer answering a constant: 213 against 146 us per call on one core,
 ``bench/grpc_ceiling.py``), and the loop then sees one request per turn, so the batcher merged
 ~1.3 requests per run at 32 concurrent calls. Here each call is parsed, checked and decoded in its
-own pool thread; only the hand-over to the batcher happens on the event loop (one
-``call_soon_threadsafe`` per call; calls arriving together are staged in one turn and merged: ~13
-per run at 32 concurrent calls); the answer is encoded back in the pool thread.
+own pool thread, which queues it on the batcher itself (:meth:`DataPlane.submit_direct`: the
+queue limit is looked at and counted in one step under the batcher's lock) and waits; the batcher's
+worker answers it directly (no event-loop turn on the way in or out), and the pool thread encodes
+the answer. Calls queued while a run is going are merged into the next one.
 
 ModelInfer, step by step: parse the message (its bytes count against --max-buffered-bytes until
 the answer leaves, with what decoding makes: typed contents' arrays, BYTES elements), auth
 (``authorization: Bearer <token>`` in the metadata), the model, a first look at its queue
-(--max-queue-size; the authoritative check is on the event loop), decode, queue on the batcher,
-wait for the answer (at most the request timeout), encode. Counting (metrics, statistics) happens
-on the event loop (:meth:`DataPlane.finish_later`).
+(--max-queue-size; the authoritative check is made when it is queued), decode, queue on the
+batcher, wait for the answer (until the request's deadline: then DEADLINE_EXCEEDED, unless the
+worker answered first), encode. Counting (metrics, statistics) happens on the event loop
+(:meth:`DataPlane.finish_later`, counted at its next sweep, scrape or statistics answer).
 
 Each refusal is the HTTP one with the error's gRPC status (:mod:`errors`: 400 INVALID_ARGUMENT,
 401 UNAUTHENTICATED, 404 NOT_FOUND, a full queue or request-bytes budget RESOURCE_EXHAUSTED, 503
@@ -41,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import DecodeError
-from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError, RequestTimeout
+from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.grpc_unsupported import UnsupportedMethods
 from inferstack.runtime.logs import log_access
@@ -58,8 +60,6 @@ _INFER_PATH = f"/{SERVICE}/ModelInfer"
 THREADS = 64
 #: calls admitted at once (running and waiting for a thread); past it: RESOURCE_EXHAUSTED
 MAX_CALLS = 1024
-#: beyond the request timeout, how long a call waits for the event loop before it gives up
-_MARGIN_S = 5.0
 
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
@@ -75,7 +75,7 @@ def _metadata_auth(context: Any) -> str | bytes | None:
 
 
 class _Waiter:
-    """Where the event loop puts one call's answer for the pool thread that waits on it."""
+    """Where the batcher's worker puts one call's answer for the pool thread that waits on it."""
 
     __slots__ = ("lock", "outputs", "error")
 
@@ -98,7 +98,6 @@ class InferenceServicer:
         self.plane = plane
         self.loop = loop
         self._access_log = plane.config.access_log
-        self._wait_s = plane.config.request_timeout_s + _MARGIN_S
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's methods for ``grpc.server`` (ModelInfer reads the message's bytes itself:
@@ -199,17 +198,6 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
     # -- inference ---------------------------------------------------------------------------
-    def _submit(self, entry: ModelEntry, infer: Any, started: float, waiter: _Waiter) -> None:
-        """On the event loop: shedding (the authoritative look), then the batcher."""
-        plane = self.plane
-        plane.deliver_finished()  # answers first: they free queue places (as over HTTP)
-        try:
-            plane.admit(entry)
-        except HTTPError as e:
-            waiter.done(None, e)
-            return
-        plane.submit(entry, infer, started, waiter.done)
-
     def ModelInfer(self, message: bytes, context: Any) -> Any:
         plane = self.plane
         started = time.perf_counter()
@@ -237,9 +225,12 @@ class InferenceServicer:
 
             infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
             waiter = _Waiter()
-            self.loop.call_soon_threadsafe(self._submit, entry, infer, started, waiter)
-            if not waiter.lock.acquire(timeout=self._wait_s):
-                raise RequestTimeout(f"no answer within {self._wait_s:g}s (the event loop did not answer)")
+            job = plane.submit_direct(entry, infer, started, waiter.done)
+            if not waiter.lock.acquire(timeout=max(0.0, job.deadline - time.perf_counter())):
+                expired = plane.expire(entry, job)
+                if expired is not None:
+                    raise expired
+                waiter.lock.acquire()  # the worker answered it meanwhile: its done() is under way
             if waiter.error is not None:
                 raise waiter.error
             if waiter.outputs is None:
@@ -258,7 +249,8 @@ class InferenceServicer:
             context.abort(grpc.StatusCode.INTERNAL, str(error))
         plane.release(held)
         # the client may have left (cancelled, or its deadline passed) while the call waited
-        self._finish(entry, started, None, context.is_active(), name, response.ByteSize())
+        self._finish(entry, started, None, context.is_active(), name,
+                     response.ByteSize() if self._access_log else 0)
         return response
 
     def _finish(self, entry: ModelEntry | None, started: float, error: HTTPError | None, written: bool,

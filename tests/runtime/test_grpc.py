@@ -319,6 +319,34 @@ def test_full_queue_is_resource_exhausted(serve: Callable[..., Served], mlp_pack
     assert _metric(metrics, 'inferstack_requests_total{outcome="success"}') == 8 - len(refused)
 
 
+def test_call_past_the_request_timeout_is_deadline_exceeded(serve: Callable[..., Served],
+                                                          mlp_package: Path) -> None:
+    # the batcher waits 0.8 s for company, past the 0.1 s request timeout: the call's own thread
+    # gives up at the deadline (DEADLINE_EXCEEDED, counted once as a timeout), the worker skips
+    # the request and its queue place is given back (the next call is not RESOURCE_EXHAUSTED)
+    s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "800000",
+              "--max-queue-size", "1")
+    x = np.arange(16, dtype=np.float32).reshape(1, 16) / 16
+    started = time.monotonic()
+    with pytest.raises(InferenceServerException) as e:
+        _infer("grpc", s, "mlp", {"x": x})
+    assert time.monotonic() - started < 0.7  # answered at the deadline, not when the run ends
+    assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    assert "no answer within 0.1s (--request-timeout-s" in e.value.message()
+    deadline = time.monotonic() + 5
+    while (_metric(httpx.get(f"{s.url}/metrics").text, "inferstack_queue_depth")
+           and time.monotonic() < deadline):
+        time.sleep(0.05)  # (the skipped request leaves the queue when the worker passes it)
+    metrics = httpx.get(f"{s.url}/metrics").text
+    assert _metric(metrics, 'inferstack_requests_total{outcome="timeout"}') == 1
+    assert _metric(metrics, "inferstack_queue_depth") == 0
+    with pytest.raises(InferenceServerException) as again:  # its queue place was given back
+        _infer("grpc", s, "mlp", {"x": x})
+    assert again.value.status() == "StatusCode.DEADLINE_EXCEEDED"
+    stats = httpx.get(f"{s.url}/v2/models/mlp/stats").json()["model_stats"][0]["inference_stats"]
+    assert int(stats["fail"]["count"]) == 2 and int(stats["success"]["count"]) == 0
+
+
 def test_sigterm_finishes_grpc_calls_in_flight(serve: Callable[..., Served], mlp_package: Path,
                                                ort_run) -> None:
     # calls wait up to 2 s in the batcher for company: SIGTERM arrives while all are in flight
