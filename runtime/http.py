@@ -54,11 +54,11 @@ from uvicorn.server import ServerState
 
 _WANTED = frozenset(
     {b"content-length", b"content-type", b"content-encoding", b"inference-header-content-length",
-     b"authorization", b"expect", b"transfer-encoding"}
+     b"authorization", b"expect", b"transfer-encoding", b"host"}
 )
 #: headers whose second copy makes the request ambiguous (which one counts?): refused with 400
 _SINGLE = frozenset(
-    {b"content-type", b"content-encoding", b"inference-header-content-length", b"authorization"}
+    {b"content-type", b"content-encoding", b"inference-header-content-length", b"authorization", b"host"}
 )
 _STATUS_LINES = {s.value: f"HTTP/1.1 {s.value} {s.phrase}\r\n".encode() for s in HTTPStatus}
 _CLOSE = (b"connection", b"close")
@@ -587,6 +587,10 @@ class Front:
         error: HTTPError | None
         if twice is not None:
             error = BadRequest(f"more than one {twice.decode('latin-1').title()} header: send it once")
+        elif b"host" not in headers and scope["http_version"] == "1.1":
+            # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (or with
+            # more than one, above); HTTP/1.0 has no such rule
+            error = BadRequest("an HTTP/1.1 request must carry a Host header (RFC 9112 3.2)")
         elif codings is not None and codings.strip().lower() != b"chunked":
             # httptools decodes chunked (the last coding) and nothing else: a body in any other
             # transfer coding would be read as if it were not encoded (RFC 9112 6.1)

@@ -172,3 +172,25 @@ def test_a_request_target_too_long_to_parse_gets_a_414(mlp_server: Served) -> No
         assert [a[0] for a in answers] == [want], answers
         if want == 414:
             assert b"65535" in answers[0][2] and answers[0][1].get("connection") == "close", answers
+
+
+def test_an_http11_request_without_host_or_with_two_is_refused(mlp_server: Served) -> None:
+    """RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request that lacks a Host header or
+    has more than one; the answer names the reason. The connection stays usable after a refused
+    request without a body. HTTP/1.0 has no such rule: served without Host."""
+    for raw, why in (
+        (b"GET /v2/health/live HTTP/1.1\r\n\r\n", b"must carry a Host header"),
+        (b"GET /v2/health/live HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"more than one Host header"),
+        (_infer_raw(np.ones((1, 16), np.float32)).replace(b"Host: x\r\n", b""), b"must carry a Host header"),
+    ):
+        answers = _split(_exchange(mlp_server, raw + b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n"), head_first=False)
+        assert answers[0][0] == 400 and why in answers[0][2], answers
+        if not raw.startswith(b"POST"):  # no body: the next request is served
+            assert [a[0] for a in answers] == [400, 200], answers
+    answers = _split(_exchange(mlp_server, b"GET /v2/health/live HTTP/1.0\r\n\r\n"), head_first=False)
+    assert [a[0] for a in answers] == [200], answers
+    # every client the runtime is used with sends Host (httpx here; tritonclient, kserve's client,
+    # wrk and h2load in test_client_compat and the benchmark)
+    assert httpx.get(f"{mlp_server.url}/v2/health/live").status_code == 200
+
