@@ -117,6 +117,12 @@ class Request:
         self.arrived = 0.0  # (perf_counter) when it was handed to the application; access log only
 
 
+class ExpectationFailed(BadRequest):
+    """An ``Expect`` field value other than ``100-continue`` (RFC 9110 10.1.1: 417)."""
+
+    status_code = 417
+
+
 class URITooLong(BadRequest):
     """The request-target is longer than the URL parser takes (RFC 9112 3: 414)."""
 
@@ -591,6 +597,10 @@ class Front:
             # RFC 9112 3.2: a server MUST answer 400 to an HTTP/1.1 request without Host (or with
             # more than one, above); HTTP/1.0 has no such rule
             error = BadRequest("an HTTP/1.1 request must carry a Host header (RFC 9112 3.2)")
+        elif (expect := headers.get(b"expect")) is not None and expect.strip().lower() != b"100-continue":
+            # RFC 9110 10.1.1: 100-continue is the only expectation defined
+            error = ExpectationFailed(f"Expect {expect[:100].decode('latin-1')!r} is not supported: only "
+                                      "100-continue is")
         elif codings is not None and codings.strip().lower() != b"chunked":
             # httptools decodes chunked (the last coding) and nothing else: a body in any other
             # transfer coding would be read as if it were not encoded (RFC 9112 6.1)

@@ -194,3 +194,22 @@ def test_an_http11_request_without_host_or_with_two_is_refused(mlp_server: Serve
     # wrk and h2load in test_client_compat and the benchmark)
     assert httpx.get(f"{mlp_server.url}/v2/health/live").status_code == 200
 
+
+def test_an_expectation_other_than_100_continue_gets_a_417(mlp_server: Served) -> None:
+    """RFC 9110 10.1.1: 100-continue is the only expectation defined; a request with any other
+    Expect value is answered 417 Expectation Failed naming the value, before its body is read
+    (and the connection closes, as for every refusal of a request with a body)."""
+    body = _infer_raw(np.ones((1, 16), np.float32)).partition(b"\r\n\r\n")[2]
+    for value in (b"200-ok", b"100-continue-please"):
+        raw = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: %d\r\nExpect: %s\r\n\r\n" % (len(body), value))
+        answers = _split(_exchange(mlp_server, raw), head_first=False)
+        assert [a[0] for a in answers] == [417], answers
+        assert value in answers[0][2] and answers[0][1].get("connection") == "close", answers
+    answers = _split(_exchange(mlp_server, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nExpect: x\r\n"
+                               b"Connection: close\r\n\r\n"), head_first=False)
+    assert [a[0] for a in answers] == [417], answers
+    raw = (b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+           b"Content-Length: %d\r\nExpect: 100-Continue\r\nConnection: close\r\n\r\n" % len(body))
+    answers = _split(_exchange(mlp_server, raw + body), head_first=True)  # (100 Continue first)
+    assert [a[0] for a in answers] == [100, 200], answers
