@@ -168,6 +168,10 @@ class _Flow(FlowControl):
                 and len(conn.pipeline) < _MAX_PIPELINED // 2):
             self.read_paused = False
             self._transport.resume_reading()
+            if conn._in_head:
+                # headers begun before the pause waited unread: the client's header timeout
+                # starts again now (a sweep may run before the next read)
+                conn._head_since = conn.handler.now
 
 
 class _Transport:

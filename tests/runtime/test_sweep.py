@@ -62,3 +62,56 @@ def test_the_sweep_lets_the_event_loop_run_between_slices_of_connections() -> No
     assert still_open == n
     assert len(set(seen)) >= n // SWEEP_SLICE, sorted(set(seen))
     assert max(seen.count(t) for t in set(seen)) <= SWEEP_SLICE
+
+
+def test_the_header_timeout_restarts_when_reading_resumes_after_a_pipelining_pause() -> None:
+    """Headers begun in the read that filled the pipeline wait, unread, while reading is paused;
+    once it resumes, the client gets a whole --header-timeout-s to finish them, even if a sweep
+    runs before its next bytes are read (it was not the client that was slow)."""
+
+    async def main() -> tuple[bool, bytes]:
+        loop = asyncio.get_running_loop()
+        app = App(ServerConfig(model="unused.onnx", header_timeout_s=0.5))
+        real = app.handle
+        held: list[Any] = []
+
+        def handle(exchange: Any, request: Any) -> None:
+            if request.url == b"/slow":  # answered later, by the test
+                held.append(exchange)
+            else:
+                real(exchange, request)
+
+        app.handle = handle  # type: ignore[method-assign]
+        server = await loop.create_server(protocol_factory(app), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        get = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+        writer.write(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n" + get + b"GET /v2/health/live HTTP/1.1\r\nHo")
+        while not held or not app.connections:
+            await asyncio.sleep(0.01)
+        (conn,) = app.connections
+        while not (conn.flow.read_paused and conn.pending()):
+            await asyncio.sleep(0.01)
+        c = app.config
+
+        def sweep() -> None:  # (no periodic sweep runs: the clock is moved by hand)
+            conn.check_timeouts(app.now, c.header_timeout_s, c.body_timeout_s, c.idle_timeout_s,
+                                c.min_body_rate, False)
+
+        app.now += 10 * c.header_timeout_s  # reading stays paused far longer than the header timeout
+        sweep()
+        held[0].respond(200, b"{}")
+        while conn.flow.read_paused:  # both answers written; reading resumed, nothing read yet
+            await asyncio.sleep(0)
+        sweep()  # the sweep runs before the rest of the headers is read
+        refused = conn.discarding
+        writer.write(b"st: x\r\nConnection: close\r\n\r\n")
+        data = await reader.read()
+        writer.close()
+        server.close()
+        return refused, data
+
+    refused, data = asyncio.run(main())
+    assert not refused
+    statuses = [part[:3] for part in data.split(b"HTTP/1.1 ")[1:]]
+    assert statuses == [b"200"] * 3, data
