@@ -105,6 +105,12 @@ def serve(
         help="Request bytes the connections of one client address may hold; past it, 503 with "
         "Retry-After. [default: a quarter of --max-buffered-bytes, at least --max-body-bytes]",
     )] = None,
+    max_connections: Annotated[int | None, typer.Option(
+        envvar=_env("max-connections"), show_default=False,
+        help="HTTP connections open at once; past it, 16 more are answered once (health checks served, "
+        "anything else 503 with Retry-After) and closed, and the rest closed as soon as accepted. "
+        "[default: 4096, less where the hard open-file limit leaves fewer descriptors]",
+    )] = None,
     drain_delay_s: Annotated[float, typer.Option(
         envvar=_env("drain-delay-s"),
         help="After SIGTERM, seconds to keep accepting (readiness 503) before draining.",
@@ -177,6 +183,7 @@ def serve(
         max_buffered_bytes=max_buffered_bytes,
         max_client_buffered_bytes=max_client_buffered_bytes,
         min_body_rate=min_body_rate,
+        max_connections=max_connections,
         drain_delay_s=drain_delay_s,
         drain_timeout_s=drain_timeout_s,
         providers=parse_providers(providers),

@@ -20,6 +20,14 @@ GPU_PROVIDERS = frozenset(
     {"CUDAExecutionProvider", "TensorrtExecutionProvider", "ROCMExecutionProvider",
      "MIGraphXExecutionProvider"}
 )
+#: connections accepted past --max-connections to answer health checks (each answered once, then
+#: closed: /v2/health/* served, anything else 503 + Retry-After); past these, closed at once
+PROBE_RESERVE = 16
+#: file descriptors kept for what is not an HTTP connection (model files, the gRPC server and its
+#: connections, logs, the listening sockets)
+FD_HEADROOM = 256
+#: the default --max-connections where the open-file limit allows it
+DEFAULT_MAX_CONNECTIONS = 4096
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MODEL_CONTROL_MODES = ("none", "explicit")
@@ -28,6 +36,17 @@ MODEL_CONTROL_MODES = ("none", "explicit")
 def setting(flag: str) -> str:
     """``--max-batch-size`` -> ``--max-batch-size / INFERSTACK_MAX_BATCH_SIZE`` (for messages)."""
     return f"--{flag} / INFERSTACK_{flag.upper().replace('-', '_')}"
+
+
+def open_file_limit() -> tuple[int, int]:
+    """(soft, hard) RLIMIT_NOFILE of this process; unlimited is given as a large number."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return (1 << 20, 1 << 20)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    big = 1 << 30
+    return (big if soft == resource.RLIM_INFINITY else soft, big if hard == resource.RLIM_INFINITY else hard)
 
 
 def default_cache_dir() -> Path:
@@ -96,6 +115,12 @@ class ServerConfig:
     max_client_buffered_bytes: int | None = None
     """... of which the connections of one client address may hold; past it, 503 + Retry-After.
     Default: a quarter of ``max_buffered_bytes``, at least ``max_body_bytes``."""
+    max_connections: int | None = None
+    """HTTP connections open at once; past it, up to ``PROBE_RESERVE`` more are accepted, each
+    answered once and closed (health checks served, anything else 503 + Retry-After), and the
+    rest closed as soon as accepted. Default: 4096, or less where the hard open-file limit
+    (RLIMIT_NOFILE) leaves fewer than that plus ``PROBE_RESERVE + FD_HEADROOM`` descriptors; the
+    server raises its soft limit to fit (up to the hard limit)."""
     drain_delay_s: float = 0.0
     """After SIGTERM: seconds to keep accepting (readiness already 503) before draining."""
     drain_timeout_s: float = 10.0
@@ -163,6 +188,17 @@ class ServerConfig:
                 f"({self.max_body_bytes}) to --max-buffered-bytes ({self.max_buffered_bytes}), "
                 f"got {self.max_client_buffered_bytes}"
             )
+        if self.max_connections is not None:
+            if self.max_connections < 1:
+                raise ConfigError(f"{setting('max-connections')}: must be >= 1, got {self.max_connections}")
+            hard = open_file_limit()[1]
+            if self.max_connections + PROBE_RESERVE + FD_HEADROOM > hard:
+                raise ConfigError(
+                    f"{setting('max-connections')}: {self.max_connections} connections need "
+                    f"{self.max_connections + PROBE_RESERVE + FD_HEADROOM} file descriptors (with "
+                    f"{PROBE_RESERVE} for health checks past the limit and {FD_HEADROOM} for the rest); "
+                    f"the hard open-file limit (RLIMIT_NOFILE, ulimit -Hn) is {hard}"
+                )
         if not self.min_body_rate >= 0:
             raise ConfigError(f"{setting('min-body-rate')}: must be >= 0, got {self.min_body_rate}")
         if not self.drain_timeout_s > 0:
@@ -188,6 +224,14 @@ class ServerConfig:
         if self.max_client_buffered_bytes is not None:
             return self.max_client_buffered_bytes
         return max(self.max_body_bytes, self.max_buffered_bytes // 4)
+
+    @property
+    def connection_limit(self) -> int:
+        """``max_connections`` or its default (see there)."""
+        if self.max_connections is not None:
+            return self.max_connections
+        hard = open_file_limit()[1]
+        return max(1, min(DEFAULT_MAX_CONNECTIONS, hard - PROBE_RESERVE - FD_HEADROOM))
 
     @property
     def model_uris(self) -> tuple[str, ...]:

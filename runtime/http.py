@@ -46,6 +46,7 @@ from inferstack.runtime.errors import (
     MethodNotAllowed,
     Overloaded,
     PayloadTooLarge,
+    ServiceUnavailable,
 )
 from uvicorn.config import Config
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -71,12 +72,15 @@ CONN_KEY = "inferstack.connection"
 _UPGRADE_KEY = "inferstack.upgrade"
 _TARGET_KEY = "inferstack.target"
 _EXPIRED_KEY = "inferstack.expired"  # why the request's body read was cut off
+#: what a connection accepted past --max-connections (in the reserve) is served: health checks
+PROBE_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready"})
 
 
 class Handler(TypingProtocol):
     max_body_bytes: int
     max_buffered_bytes: int
     max_client_buffered_bytes: int
+    max_connections: int
     buffered: int
     """request body bytes held now (bodies being read, requests being answered), all clients"""
     held_by: dict[str, int]
@@ -96,7 +100,10 @@ class Handler(TypingProtocol):
 
     def handle(self, conn: Exchange, request: Request) -> None: ...
 
-    def connection_opened(self, conn: Protocol) -> None: ...
+    def connection_opened(self, conn: Protocol) -> bool:
+        """A new connection: False refuses it (it is closed at once, unread); True with
+        ``conn.overflow`` set accepts it past the connection limit, for one answer."""
+        ...
 
     def connection_closed(self, conn: Protocol) -> None: ...
 
@@ -224,6 +231,8 @@ class Protocol(HttpToolsProtocol):
         self.real_transport: Any = None
         self.client_address = ""  # the peer's address: its share of the body budget
         self.gone = False  # connection lost
+        self.refused = False  # past the connection limit and its reserve: closed as soon as accepted
+        self.overflow = False  # accepted past the connection limit: one answer (health checks), then closed
         self.closing = False  # shutting down: close once idle after the drain timeout
         self.discarding = False  # parse no more: after an Upgrade, CONNECT, malformed request, final answer
         self.lingering = False  # half-closed after a final answer; reading and discarding until EOF
@@ -242,19 +251,29 @@ class Protocol(HttpToolsProtocol):
     # -- asyncio.Protocol ------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.real_transport = transport
+        self._mark = self.handler.now
+        if not self.handler.connection_opened(self):
+            # past --max-connections and its reserve: closed at once, nothing read or allocated
+            # (the client sees the connection closed, or reset if it had sent a request already)
+            self.refused = True
+            self.gone = True
+            transport.close()
+            return
         super().connection_made(_Transport(transport, self))  # type: ignore[arg-type]
         self.flow = _Flow(self.transport, self)
         self.client_address = self.client[0] if self.client else ""
-        self._mark = self.handler.now
-        self.handler.connection_opened(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.refused:
+            return
         self.gone = True
         self.discarding = True
         super().connection_lost(exc)
         self.handler.connection_closed(self)
 
     def eof_received(self) -> bool | None:  # type: ignore[override]  # (asyncio.Protocol: True keeps it open)
+        if self.refused:
+            return None
         """The client has half-closed its side (``shutdown(SHUT_WR)``): it sends nothing more but
         may still read. Every request it sent is answered, in order, and then the connection
         closes; a request it left unfinished (headers or body) is answered 400 after them (RFC 9112
@@ -610,6 +629,11 @@ class Front:
             # transfer coding would be read as if it were not encoded (RFC 9112 6.1)
             error = BadRequest(f"Transfer-Encoding {codings.decode('latin-1')!r} is not supported: send "
                                "the body as is or chunked (and compress it with Content-Encoding)")
+        elif conn.overflow and (url.partition(b"?")[0] not in PROBE_PATHS or method not in (b"GET", b"HEAD")):
+            # accepted past --max-connections, for health checks only
+            error = ServiceUnavailable(f"the server has as many connections open as it may "
+                                       f"({app.max_connections}, --max-connections / "
+                                       "INFERSTACK_MAX_CONNECTIONS); retry later")
         elif method == b"CONNECT":
             error = MethodNotAllowed("CONNECT: this server is not a proxy", "GET, HEAD, POST")
         else:
@@ -627,7 +651,7 @@ class Front:
                 error = _over_share(app, conn.client_address)
         try:
             body = b""
-            keep_alive = not upgrade
+            keep_alive = not upgrade and not conn.overflow  # (past the connection limit: one answer)
             if error is not None:
                 # with a body: not read, not waited for (answered, then closed); without one, the
                 # connection stays usable

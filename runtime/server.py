@@ -36,7 +36,7 @@ from urllib.parse import unquote
 
 import orjson
 from inferstack.runtime.batcher import Batcher
-from inferstack.runtime.config import ServerConfig
+from inferstack.runtime.config import FD_HEADROOM, PROBE_RESERVE, ServerConfig, open_file_limit
 from inferstack.runtime.dataplane import DataPlane, ModelEntry
 from inferstack.runtime.errors import (
     BadRequest,
@@ -89,6 +89,10 @@ class App:
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
         self.draining = False
         self.connections: set[Protocol] = set()
+        self.max_connections = config.connection_limit
+        self.overflowing = 0  # connections of self.connections accepted past max_connections
+        self.refused_connections = 0  # closed as soon as accepted (past the limit and its reserve)
+        self._refused_logged = -1e9  # (monotonic) when a refusal was last logged
         self._loop: asyncio.AbstractEventLoop | None = None
         self._infer_paths: dict[str, ModelEntry] = {}
         self.plane.on_change.append(self._routes)
@@ -173,13 +177,31 @@ class App:
         models = list(self.plane.models.values())
         return models[0].batcher if len(models) == 1 else None
 
-    def connection_opened(self, conn: Protocol) -> None:
+    def connection_opened(self, conn: Protocol) -> bool:
+        """Count a new connection against --max-connections. Past it, ``PROBE_RESERVE`` more are
+        accepted for one answer each (health checks; anything else 503 + Retry-After), and the
+        rest refused: False (the connection is closed at once)."""
+        if len(self.connections) - self.overflowing >= self.max_connections:
+            if self.overflowing >= PROBE_RESERVE:
+                self.refused_connections += 1
+                if self.now - self._refused_logged >= 10:  # (a line per 10 s at most)
+                    self._refused_logged = self.now
+                    log.warning("refusing new connections: %d open (--max-connections / "
+                                "INFERSTACK_MAX_CONNECTIONS is %d); %d refused so far",
+                                len(self.connections), self.max_connections, self.refused_connections)
+                return False
+            conn.overflow = True
+            self.overflowing += 1
         self.connections.add(conn)
         if self.draining:
             conn.shutdown()
+        return True
 
     def connection_closed(self, conn: Protocol) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            if conn.overflow:
+                self.overflowing -= 1
 
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
         """At the end of a request's headers, before its body is read: auth (all but the open
@@ -560,6 +582,7 @@ class Server:
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         config = self.config
+        _fit_open_file_limit(self.app.max_connections + PROBE_RESERVE + FD_HEADROOM)
         try:
             listener = await loop.create_server(
                 protocol_factory(self.app), config.host, config.port, backlog=2048, reuse_address=True
@@ -668,6 +691,22 @@ class Server:
             await asyncio.sleep(0.01)
         # let the last answers reach the sockets
         await asyncio.sleep(0.05)
+
+
+def _fit_open_file_limit(needed: int) -> None:
+    """Raise the soft open-file limit (RLIMIT_NOFILE) to ``needed`` descriptors where it is lower,
+    up to the hard limit (config checks that the hard limit fits --max-connections)."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = open_file_limit()
+    if soft < needed:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), resource.getrlimit(
+                resource.RLIMIT_NOFILE)[1]))
+            log.info("open-file limit raised from %d to %d for --max-connections %d", soft,
+                     min(needed, hard), needed - PROBE_RESERVE - FD_HEADROOM)
 
 
 def _drop_new_connections(sock: Any) -> bool:
