@@ -117,7 +117,8 @@ class ServerConfig:
     Default: a quarter of ``max_buffered_bytes``, at least ``max_body_bytes``."""
     max_connections: int | None = None
     """HTTP connections open at once; past it, up to ``PROBE_RESERVE`` more are accepted, each
-    answered once and closed (health checks served, anything else 503 + Retry-After), and the
+    answered once and closed (health checks served, anything else 503 + Retry-After; 408 after 1 s
+    without a request), and the
     rest closed as soon as accepted. Default: 4096, or less where the hard open-file limit
     (RLIMIT_NOFILE) leaves fewer than that plus ``PROBE_RESERVE + FD_HEADROOM`` descriptors; the
     server raises its soft limit to fit (up to the hard limit)."""

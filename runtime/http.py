@@ -74,6 +74,8 @@ _TARGET_KEY = "inferstack.target"
 _EXPIRED_KEY = "inferstack.expired"  # why the request's body read was cut off
 #: what a connection accepted past --max-connections (in the reserve) is served: health checks
 PROBE_PATHS = frozenset({b"/v2/health/live", b"/v2/health/ready"})
+#: ... and how long such a connection may take to send its request line and headers
+OVERFLOW_HEADER_TIMEOUT_S = 1.0
 
 
 class Handler(TypingProtocol):
@@ -491,9 +493,12 @@ class Protocol(HttpToolsProtocol):
             if drain_over:
                 self.close()
         elif self._fresh:
+            if self.overflow:  # (the reserve past --max-connections is for probes, which write at once)
+                header_s = min(header_s, OVERFLOW_HEADER_TIMEOUT_S)
             if now - self._mark > header_s:
-                self._fail(ClientTimeout(f"no request received within {header_s:g}s "
-                                         "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)"))
+                self._fail(ClientTimeout(f"no request received within {header_s:g}s " + (
+                    "(a connection past --max-connections)" if self.overflow else
+                    "(--header-timeout-s / INFERSTACK_HEADER_TIMEOUT_S)")))
         elif now - self._mark > idle_s:
             self.close()  # an idle keep-alive connection: close quietly
 

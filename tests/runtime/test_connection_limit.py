@@ -148,3 +148,20 @@ def test_the_connection_limit_is_checked_against_the_open_file_limit() -> None:
             continue
         raise AssertionError(bad)
     assert ServerConfig(model="m.onnx", max_connections=100).connection_limit == 100
+
+
+def test_a_reserved_connection_that_sends_nothing_is_closed_soon(serve, mlp_package: Path) -> None:
+    """The reserve is for probes, which write their request at once: a connection in it that
+    sends nothing is answered 408 and closed after OVERFLOW_HEADER_TIMEOUT_S (not the whole
+    --header-timeout-s), so silent connections cannot hold it for long."""
+    s = serve(mlp_package, "--max-connections", "1")
+    kept = _connect(s)
+    assert _ask(kept, "/v2/health/live")[0] == 200
+    silent = _connect(s)
+    started = time.monotonic()
+    data = read_until_closed(silent, 8)
+    took = time.monotonic() - started
+    assert data.startswith(b"HTTP/1.1 408 ") and took < 3, (data, took)
+    assert _ask(kept, "/v2/health/live")[0] == 200  # (the connection within the limit stays)
+    for sock in (kept, silent):
+        sock.close()
