@@ -648,9 +648,8 @@ class DataPlane:
             if job.deadline > now:
                 break
             watch.popleft()
-            job.cancelled = True
-            job.answered = True
-            job.done(None, self._timeout())
+            if job.owner is None or job.owner.cancel(job):  # (its queue place is given back now)
+                job.done(None, self._timeout())
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_later(self._sweep_every, self._sweep)
 

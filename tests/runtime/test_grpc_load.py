@@ -1,0 +1,126 @@
+"""The gRPC front end under concurrency, with HTTP on the same batcher: many clients, each checked
+against onnxruntime on its own rows; deadlines; queue places and counts exact afterwards."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+import tritonclient.http as th
+from runtime_harness import Served, metric
+from tritonclient.utils import InferenceServerException
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def _stats(s: Served) -> dict[str, Any]:
+    return httpx.get(f"{s.url}/v2/models/mlp/stats").json()["model_stats"][0]["inference_stats"]
+
+
+def test_mixed_protocols_each_get_their_own_rows(serve: Callable[..., Served], mlp_package: Path,
+                                                   ort_run) -> None:
+    s = serve(mlp_package)
+    model = mlp_package / "mlp.onnx"
+    wrong: list[str] = []
+    sent = [0]
+    refused = [0]
+    lock = threading.Lock()
+
+    def grpc_client(k: int) -> None:
+        c = tg.InferenceServerClient(s.grpc_address)
+        rng = np.random.default_rng(k)
+        try:
+            for i in range(12):
+                n = int(rng.integers(1, 17))
+                bad = i % 5 == 4
+                x = rng.standard_normal((n, 15 if bad else 16)).astype(np.float32)
+                inp = tg.InferInput("x", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                with lock:
+                    sent[0] += 1
+                try:
+                    r = c.infer("mlp", [inp])
+                except InferenceServerException as e:
+                    with lock:
+                        refused[0] += 1
+                    if not bad or e.status() != "StatusCode.INVALID_ARGUMENT":
+                        wrong.append(f"grpc {k}/{i}: {e.status()} {e.message()}")
+                    continue
+                if bad:
+                    wrong.append(f"grpc {k}/{i}: bad request answered")
+                    continue
+                expected = ort_run(model, {"x": x})[0]
+                if not np.allclose(r.as_numpy("y"), expected, rtol=1e-5, atol=1e-6):
+                    wrong.append(f"grpc {k}/{i}: wrong rows")
+        finally:
+            c.close()
+
+    def http_client(k: int) -> None:
+        c = th.InferenceServerClient(s.address)
+        rng = np.random.default_rng(1000 + k)
+        try:
+            for i in range(12):
+                n = int(rng.integers(1, 17))
+                x = rng.standard_normal((n, 16)).astype(np.float32)
+                inp = th.InferInput("x", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x, binary_data=True)
+                with lock:
+                    sent[0] += 1
+                try:
+                    r = c.infer("mlp", [inp])
+                except InferenceServerException as e:
+                    wrong.append(f"http {k}/{i}: {e.status()} {e.message()}")
+                    continue
+                if not np.allclose(r.as_numpy("y"), ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6):
+                    wrong.append(f"http {k}/{i}: wrong rows")
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=grpc_client, args=(k,)) for k in range(96)]
+    threads += [threading.Thread(target=http_client, args=(k,)) for k in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == []
+    stats = _stats(s)
+    text = httpx.get(f"{s.url}/metrics").text
+    ok = metric(text, 'inferstack_requests_total{outcome="success"}')
+    bad = metric(text, 'inferstack_requests_total{outcome="client_error"}')
+    assert ok + bad == sent[0]
+    assert bad == refused[0]
+    assert int(stats["success"]["count"]) == ok
+    assert int(stats["fail"]["count"]) == bad
+    assert metric(text, "inferstack_queue_depth") == 0
+
+
+@pytest.mark.parametrize("first", ["grpc", "http"])
+def test_a_timed_out_request_gives_its_queue_place_back_at_once(serve: Callable[..., Served],
+                                                                 mlp_package: Path, first: str) -> None:
+    # the batcher holds the first request 0.8 s for company, past the 0.1 s request timeout: once
+    # its client has DEADLINE_EXCEEDED / 504, its place in a queue of 1 is free at once (the next
+    # request is not refused for a queue full of requests nobody waits for)
+    s = serve(mlp_package, "--request-timeout-s", "0.1", "--max-queue-delay-us", "800000",
+              "--max-queue-size", "1")
+    x = np.ones((1, 16), np.float32)
+    if first == "http":
+        r = httpx.post(f"{s.url}/v2/models/mlp/infer", json={"inputs": [
+            {"name": "x", "shape": [1, 16], "datatype": "FP32", "data": x.ravel().tolist()}]})
+        assert r.status_code == 504
+    for _ in range(2 if first == "grpc" else 1):
+        c = tg.InferenceServerClient(s.grpc_address)
+        inp = tg.InferInput("x", [1, 16], "FP32")
+        inp.set_data_from_numpy(x)
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("mlp", [inp])
+        c.close()
+        assert e.value.status() == "StatusCode.DEADLINE_EXCEEDED", e.value.message()
+    text = httpx.get(f"{s.url}/metrics").text
+    assert metric(text, 'inferstack_requests_total{outcome="timeout"}') == 2
+    assert metric(text, 'inferstack_requests_total{outcome="rejected"}') == 0
