@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import DecodeError
-from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
+from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError, ServiceUnavailable
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.grpc_unsupported import UnsupportedMethods
 from inferstack.runtime.logs import log_access
@@ -60,6 +60,10 @@ _INFER_PATH = f"/{SERVICE}/ModelInfer"
 THREADS = 64
 #: calls admitted at once (running and waiting for a thread); past it: RESOURCE_EXHAUSTED
 MAX_CALLS = 1024
+#: at the drain, new calls are refused UNAVAILABLE until none has come for this long (seconds)...
+QUIET_S = 0.05
+#: ... or for at most this long; then grpcio's server stops
+REFUSE_MAX_S = 1.0
 
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
@@ -98,6 +102,10 @@ class InferenceServicer:
         self.plane = plane
         self.loop = loop
         self._access_log = plane.config.access_log
+        #: the drain has begun: ModelInfer calls are refused UNAVAILABLE (see GrpcServer.stop)
+        self.refusing = False
+        #: (monotonic) when the last ModelInfer call was taken by a pool thread
+        self.last_call = 0.0
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's methods for ``grpc.server`` (ModelInfer reads the message's bytes itself:
@@ -201,10 +209,13 @@ class InferenceServicer:
     def ModelInfer(self, message: bytes, context: Any) -> Any:
         plane = self.plane
         started = time.perf_counter()
+        self.last_call = time.monotonic()
         entry = None
         name = ""
         held = 0
         try:
+            if self.refusing:
+                raise ServiceUnavailable("the server is stopping; retry on another replica")
             try:
                 held = plane.hold(len(message))
                 request = pb.ModelInferRequest.FromString(message)
@@ -266,13 +277,29 @@ class InferenceServicer:
 class GrpcServer:
     """The running ``grpc.server`` (what :func:`start_grpc` returns)."""
 
-    def __init__(self, server: grpc.Server, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, server: grpc.Server, pool: ThreadPoolExecutor, servicer: InferenceServicer) -> None:
         self._server = server
         self._pool = pool
+        self._servicer = servicer
 
     async def stop(self, grace: float | None) -> None:
         """No new calls; those in flight finish within ``grace`` seconds (then are cancelled).
-        The event loop keeps running meanwhile: the calls need it for their answers."""
+        The event loop keeps running meanwhile: the calls need it for their answers.
+
+        grpcio's shutdown answers CANCELLED (which clients do not retry) to the calls its core has
+        received but not yet handed to the server (it takes them one at a time: under load, many
+        are waiting). So with ``grace``, new ModelInfer calls are first refused UNAVAILABLE (the
+        status a client may retry elsewhere) until none has come for :data:`QUIET_S` (at most
+        :data:`REFUSE_MAX_S`): those waiting in grpcio are taken and refused, not cancelled."""
+        servicer = self._servicer
+        if grace and not servicer.refusing:
+            servicer.refusing = True
+            began = time.monotonic()
+            while True:
+                now = time.monotonic()
+                if now - max(servicer.last_call, began) >= QUIET_S or now - began >= REFUSE_MAX_S:
+                    break
+                await asyncio.sleep(QUIET_S / 5)
         stopped = self._server.stop(grace or 0)
         await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
         self._pool.shutdown(wait=False)
@@ -286,8 +313,9 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[GrpcServer
         ("grpc.max_receive_message_length", plane.config.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
     ], maximum_concurrent_rpcs=MAX_CALLS)
-    server.add_generic_rpc_handlers((InferenceServicer(plane, asyncio.get_running_loop()).handler(),
-                                     UnsupportedMethods()))  # the calls not served: UNIMPLEMENTED
+    servicer = InferenceServicer(plane, asyncio.get_running_loop())
+    # (the calls not served: UNIMPLEMENTED)
+    server.add_generic_rpc_handlers((servicer.handler(), UnsupportedMethods()))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -300,7 +328,7 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[GrpcServer
         pool.shutdown(wait=False)
         raise ConfigError(f"--grpc-port / INFERSTACK_GRPC_PORT: cannot listen on {address}: {why}")
     server.start()
-    return GrpcServer(server, pool), bound
+    return GrpcServer(server, pool, servicer), bound
 
 
 __all__ = ["GrpcServer", "InferenceServicer", "grpc_status", "start_grpc"]

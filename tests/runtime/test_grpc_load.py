@@ -3,7 +3,9 @@ against onnxruntime on its own rows; deadlines; queue places and counts exact af
 
 from __future__ import annotations
 
+import signal
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -124,3 +126,48 @@ def test_a_timed_out_request_gives_its_queue_place_back_at_once(serve: Callable[
     text = httpx.get(f"{s.url}/metrics").text
     assert metric(text, 'inferstack_requests_total{outcome="timeout"}') == 2
     assert metric(text, 'inferstack_requests_total{outcome="rejected"}') == 0
+
+
+def test_sigterm_under_closed_loop_load_cancels_no_call(serve: Callable[..., Served], mlp_package: Path,
+                                                        ort_run) -> None:
+    # 100 clients each sending its next call as soon as the last is answered: at SIGTERM every call
+    # is answered, or refused UNAVAILABLE (which a client may retry elsewhere); none is CANCELLED
+    # (grpcio's shutdown cancels the calls its core has received and not yet handed over)
+    s = serve(mlp_package)
+    model = mlp_package / "mlp.onnx"
+    answered: list[int] = []
+    refused: list[str] = []
+    lock = threading.Lock()
+
+    def client(k: int) -> None:
+        c = tg.InferenceServerClient(s.grpc_address)
+        rng = np.random.default_rng(k)
+        try:
+            while True:
+                x = rng.standard_normal((int(rng.integers(1, 5)), 16)).astype(np.float32)
+                inp = tg.InferInput("x", list(x.shape), "FP32")
+                inp.set_data_from_numpy(x)
+                try:
+                    r = c.infer("mlp", [inp], client_timeout=20)
+                except InferenceServerException as e:
+                    with lock:
+                        refused.append(str(e.status()))
+                    return
+                assert np.allclose(r.as_numpy("y"), ort_run(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+                with lock:
+                    answered.append(k)
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(100)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 10
+    while len(answered) < 500 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    s.proc.send_signal(signal.SIGTERM)
+    for t in threads:
+        t.join(30)
+    assert s.wait_exit(30) == 0
+    assert len(refused) == 100
+    assert set(refused) == {"StatusCode.UNAVAILABLE"}, sorted(refused)
