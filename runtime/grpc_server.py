@@ -78,16 +78,28 @@ def _metadata_auth(context: Any) -> str | bytes | None:
     return None
 
 
+class ClientLeft(HTTPError):
+    """The client cancelled its call, or its deadline passed, before the answer (counted as
+    ``disconnected``; the status is never seen)."""
+
+    status_code = 499
+    grpc_code = "CANCELLED"
+    reason = "disconnected"
+
+
 class _Waiter:
     """Where the batcher's worker puts one call's answer for the pool thread that waits on it."""
 
-    __slots__ = ("lock", "outputs", "error")
+    __slots__ = ("lock", "outputs", "error", "left")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.lock.acquire()  # released once, by done(): the waiting thread's acquire returns
+        # released once: by done(), or by the client's leaving once it claimed the job (then
+        # done() is never called); the waiting thread's acquire returns
+        self.lock.acquire()
         self.outputs: dict[str, Any] | None = None
         self.error: HTTPError | None = None
+        self.left = False  # the client left (cancelled, or its deadline passed) before the answer
 
     def done(self, outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
         self.outputs, self.error = outputs, error
@@ -237,11 +249,24 @@ class InferenceServicer:
             infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
             waiter = _Waiter()
             job = plane.submit_direct(entry, infer, started, waiter.done)
+            queued = entry
+
+            def left() -> None:
+                # the call ended: a client that leaves (cancel, its deadline) gives its queue place
+                # back at once, unless the worker answered it first (after an answer: a no-op)
+                if plane.expire(queued, job) is not None:
+                    waiter.left = True
+                    waiter.lock.release()
+
+            if not context.add_callback(left):
+                left()  # (it ended already)
             if not waiter.lock.acquire(timeout=max(0.0, job.deadline - time.perf_counter())):
                 expired = plane.expire(entry, job)
                 if expired is not None:
                     raise expired
                 waiter.lock.acquire()  # the worker answered it meanwhile: its done() is under way
+            if waiter.left:
+                raise ClientLeft("the client left before its answer (cancelled, or its deadline passed)")
             if waiter.error is not None:
                 raise waiter.error
             if waiter.outputs is None:
@@ -250,7 +275,7 @@ class InferenceServicer:
         except HTTPError as e:
             e.__traceback__ = None
             plane.release(held)
-            self._finish(entry, started, e, True, name, 0)
+            self._finish(entry, started, e, not isinstance(e, ClientLeft), name, 0)
             context.abort(grpc_status(e), str(e))
         except Exception as e:  # a bug: INTERNAL, keep serving
             log.exception("error while answering a gRPC ModelInfer")

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
@@ -171,3 +172,43 @@ def test_sigterm_under_closed_loop_load_cancels_no_call(serve: Callable[..., Ser
     assert s.wait_exit(30) == 0
     assert len(refused) == 100
     assert set(refused) == {"StatusCode.UNAVAILABLE"}, sorted(refused)
+
+
+@pytest.mark.parametrize("leave", ["deadline", "cancel"])
+def test_a_client_that_leaves_gives_its_queue_place_back(serve: Callable[..., Served], mlp_package: Path,
+                                                         leave: str) -> None:
+    # the batcher holds calls 1 s for company; 4 clients leave after 0.1 s (their deadline, or
+    # future.cancel()): their places in a queue of 4 are free at once, so a 5th call is admitted
+    # (not RESOURCE_EXHAUSTED for a queue full of calls nobody waits for), and each is counted once,
+    # as disconnected
+    from inferstack.runtime.proto import grpc_service_pb2 as pb
+    from inferstack.runtime.proto import grpc_service_pb2_grpc as pb_grpc
+
+    s = serve(mlp_package, "--max-queue-size", "4", "--max-queue-delay-us", "1000000",
+              "--request-timeout-s", "10")
+    channel = grpc.insecure_channel(s.grpc_address)
+    stub = pb_grpc.GRPCInferenceServiceStub(channel)
+    x = np.ones((1, 16), np.float32)
+    request = pb.ModelInferRequest(model_name="mlp", inputs=[
+        pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 16])],
+        raw_input_contents=[x.tobytes()])
+    try:
+        timeout = 0.1 if leave == "deadline" else 30
+        calls = [stub.ModelInfer.future(request, timeout=timeout) for _ in range(4)]
+        time.sleep(0.2)
+        for call in calls:
+            if leave == "cancel":
+                assert call.cancel() and call.cancelled()
+            else:
+                assert call.exception().code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[union-attr]
+        time.sleep(0.1)
+        fifth = stub.ModelInfer.future(request, timeout=3)
+        response = fifth.result()
+        assert np.frombuffer(response.raw_output_contents[0], np.float32).shape == (4,)
+    finally:
+        channel.close()
+    text = httpx.get(f"{s.url}/metrics").text
+    assert metric(text, 'inferstack_requests_total{outcome="rejected"}') == 0
+    assert metric(text, 'inferstack_requests_total{outcome="disconnected"}') == 4
+    assert metric(text, 'inferstack_requests_total{outcome="success"}') == 1
+    assert metric(text, "inferstack_queue_depth") == 0
