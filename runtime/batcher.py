@@ -322,6 +322,7 @@ class Batcher:
             # yield of the GIL) so that they join this run
             time.sleep(0)
         if first is _STOP:
+            self._refuse_left()
             return False
         if first.cancelled:
             return True
@@ -329,6 +330,23 @@ class Batcher:
         self._running = len(jobs)
         self._execute(jobs, self._post)
         return True
+
+    def _refuse_left(self) -> None:
+        """At the stop: answer every job still queued (taken from the queue or the inbox, not
+        run) 503, each once (a direct one queued just before the stop, whose caller waits)."""
+        left = [job for job in self._carry if job is not _STOP]
+        self._carry.clear()
+        while True:
+            try:
+                left.extend(job for job in self._queue.get_nowait() if job is not _STOP)
+            except queue.Empty:
+                break
+        with self.lock:
+            left.extend(self._inbox)
+            self._inbox = {}
+            self._inbox_rows = 0
+        if left:
+            self._post(left, None, ServiceUnavailable(f"model {self.model.name!r} is not ready"))
 
     def _run_each_alone(self, jobs: list[Job], answer: Callable[[list[Job], list[Outputs] | None,
                                                                  HTTPError | None], None],
