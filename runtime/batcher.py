@@ -113,13 +113,21 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="inferstack-ort", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, admit: Callable[[int], None] | None = None) -> None:
+        """Queue ``job`` (on the event loop); ``job.done`` is called exactly once, on the loop.
+        Under :attr:`lock`, ``admit(pending)`` may raise to refuse it (the queue limit, looked at
+        and counted in one step: direct submitters count from other threads meanwhile); a stopped
+        batcher raises :class:`ServiceUnavailable`."""
         # Requests parsed in one turn of the event loop reach the worker together: it wakes once
         # and finds them all queued (a larger batch at no added latency). A long turn (a flood of
         # requests) hands them over early: once a full batch is staged, or after _MAX_STAGE_S.
         job.enqueued = now = time.perf_counter()
         job.owner = self
         with self.lock:
+            if self.stopped:
+                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
+            if admit is not None:
+                admit(self.pending)
             self.pending += 1
         staged = self._staged
         staged.append(job)

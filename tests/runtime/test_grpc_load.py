@@ -212,3 +212,50 @@ def test_a_client_that_leaves_gives_its_queue_place_back(serve: Callable[..., Se
     assert metric(text, 'inferstack_requests_total{outcome="disconnected"}') == 4
     assert metric(text, 'inferstack_requests_total{outcome="success"}') == 1
     assert metric(text, "inferstack_queue_depth") == 0
+
+
+def test_the_queue_limit_holds_for_requests_decoded_off_the_event_loop(serve: Callable[..., Served],
+                                                                        mlp_package: Path) -> None:
+    # large and gzip bodies are decoded in a thread after the first look at the queue: 24 (HTTP) and
+    # 24 gRPC calls at once, with a queue of 4 held 1.5 s for company: at most 4 admitted, the rest
+    # refused (503 / RESOURCE_EXHAUSTED), each answered once
+    import gzip
+    import json
+
+    s = serve(mlp_package, "--max-queue-size", "4", "--max-queue-delay-us", "1500000")
+    body = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "FP32",
+                                   "data": [0.5] * 16}]}).encode() + b" " * (2 << 20)
+    bodies = [(body, {}), (gzip.compress(body), {"content-encoding": "gzip"})]
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def http_one(k: int) -> None:
+        data, headers = bodies[k % 2]
+        r = httpx.post(f"{s.url}/v2/models/mlp/infer", content=data, timeout=30,
+                       headers={**headers, "content-type": "application/json"})
+        with lock:
+            statuses.append(str(r.status_code))
+
+    def grpc_one() -> None:
+        c = tg.InferenceServerClient(s.grpc_address)
+        inp = tg.InferInput("x", [1, 16], "FP32")
+        inp.set_data_from_numpy(np.full((1, 16), 0.5, np.float32))
+        try:
+            c.infer("mlp", [inp])
+            out = "200"
+        except InferenceServerException as e:
+            out = str(e.status())
+        finally:
+            c.close()
+        with lock:
+            statuses.append(out)
+
+    threads = [threading.Thread(target=http_one, args=(k,)) for k in range(24)]
+    threads += [threading.Thread(target=grpc_one) for _ in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(statuses) == 48
+    assert statuses.count("200") <= 4, sorted(statuses)
+    assert set(statuses) <= {"200", "503", "StatusCode.RESOURCE_EXHAUSTED"}, sorted(statuses)
