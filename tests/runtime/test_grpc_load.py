@@ -259,3 +259,35 @@ def test_the_queue_limit_holds_for_requests_decoded_off_the_event_loop(serve: Ca
     assert len(statuses) == 48
     assert statuses.count("200") <= 4, sorted(statuses)
     assert set(statuses) <= {"200", "503", "StatusCode.RESOURCE_EXHAUSTED"}, sorted(statuses)
+
+
+@pytest.mark.xfail(strict=True, reason="the HTTP front end counts its bodies in its own total "
+                   "(server.App.buffered), "
+                   "gRPC messages in DataPlane.buffered: together they may hold twice --max-buffered-bytes")
+def test_one_request_bytes_budget_for_both_protocols(serve: Callable[..., Served], mlp_package: Path) -> None:
+    # a budget of 1800 bytes: an HTTP request of ~1.2 KB waits in the batcher (held until answered),
+    # so a gRPC call of ~1.1 KB cannot fit beside it
+    s = serve(mlp_package, "--max-buffered-bytes", "1800", "--max-body-bytes", "1800",
+              "--max-queue-delay-us", "1500000")
+    x = np.ones((16, 16), np.float32)
+    answers: list[int] = []
+    body = th.InferInput("x", [16, 16], "FP32")
+    body.set_data_from_numpy(x, binary_data=True)
+    http = threading.Thread(target=lambda: answers.append(
+        th.InferenceServerClient(s.address).infer("mlp", [body]).as_numpy("y").shape[0]))
+    http.start()
+    deadline = time.monotonic() + 5
+    while (metric(httpx.get(f"{s.url}/metrics").text, 'inferstack_inflight_requests{model="mlp"}') < 1
+           and time.monotonic() < deadline):
+        time.sleep(0.01)
+    c = tg.InferenceServerClient(s.grpc_address)
+    inp = tg.InferInput("x", [16, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        with pytest.raises(InferenceServerException) as e:
+            c.infer("mlp", [inp])
+        assert e.value.status() == "StatusCode.RESOURCE_EXHAUSTED"
+    finally:
+        c.close()
+        http.join()
+    assert answers == [16]
