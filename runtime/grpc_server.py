@@ -78,6 +78,20 @@ def _metadata_auth(context: Any) -> str | bytes | None:
     return None
 
 
+_MAX_WAIT_S = 365 * 86400.0
+
+
+def _acquire_by(lock: threading.Lock, deadline: float) -> bool:
+    """``lock.acquire()`` until ``deadline`` (perf_counter seconds): True when acquired. Waits an
+    hour at most at a time (a --request-timeout-s of years overflows the clock's range in one)."""
+    while True:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=min(remaining, 3600.0)):
+            return True
+
+
 class ClientLeft(HTTPError):
     """The client cancelled its call, or its deadline passed, before the answer (counted as
     ``disconnected``; the status is never seen)."""
@@ -260,7 +274,7 @@ class InferenceServicer:
 
             if not context.add_callback(left):
                 left()  # (it ended already)
-            if not waiter.lock.acquire(timeout=max(0.0, job.deadline - time.perf_counter())):
+            if not _acquire_by(waiter.lock, job.deadline):
                 expired = plane.expire(entry, job)
                 if expired is not None:
                     raise expired
@@ -325,7 +339,8 @@ class GrpcServer:
                 if now - max(servicer.last_call, began) >= QUIET_S or now - began >= REFUSE_MAX_S:
                     break
                 await asyncio.sleep(QUIET_S / 5)
-        stopped = self._server.stop(grace or 0)
+        # (grpcio waits for the grace in one call: a year at most, past it the clock overflows)
+        stopped = self._server.stop(min(grace or 0, _MAX_WAIT_S))
         await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
         self._pool.shutdown(wait=False)
 

@@ -291,3 +291,22 @@ def test_one_request_bytes_budget_for_both_protocols(serve: Callable[..., Served
         c.close()
         http.join()
     assert answers == [16]
+
+
+def test_a_request_timeout_longer_than_a_thread_can_wait(serve: Callable[..., Served], mlp_package: Path,
+                                                         ort_run) -> None:
+    # --request-timeout-s 1e10 (about 317 years, past threading.TIMEOUT_MAX): calls are answered,
+    # not INTERNAL for an OverflowError in the wait
+    s = serve(mlp_package, "--request-timeout-s", "1e10")
+    x = np.random.default_rng(4).standard_normal((2, 16)).astype(np.float32)
+    c = tg.InferenceServerClient(s.grpc_address)
+    inp = tg.InferInput("x", [2, 16], "FP32")
+    inp.set_data_from_numpy(x)
+    try:
+        got = c.infer("mlp", [inp]).as_numpy("y")
+    finally:
+        c.close()
+    np.testing.assert_allclose(got, ort_run(mlp_package / "mlp.onnx", {"x": x})[0], rtol=1e-5, atol=1e-6)
+    s.proc.send_signal(signal.SIGTERM)  # (grpcio's stop with a grace of 1e10 s)
+    assert s.wait_exit(30) == 0
+    assert "Traceback" not in s.log()
