@@ -41,7 +41,8 @@ Done = Callable[[Outputs | None, HTTPError | None], None]
 class Job:
     """One admitted request: its inputs, how many rows it has, and where its answer goes."""
 
-    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline", "direct")
+    __slots__ = ("inputs", "rows", "key", "done", "enqueued", "cancelled", "answered", "deadline", "direct",
+                 "owner")
 
     def __init__(self, inputs: dict[str, np.ndarray], rows: int, key: tuple[Any, ...], done: Done) -> None:
         self.inputs = inputs
@@ -50,9 +51,10 @@ class Job:
         self.done = done
         self.enqueued = 0.0
         self.deadline = 0.0
-        self.cancelled = False  # timed out: the worker skips it, nobody waits for it
+        self.cancelled = False  # timed out: its queue place is given back, the worker skips it
         self.answered = False
         self.direct = False  # submitted off the event loop: answered from the worker thread
+        self.owner: Batcher | None = None  # the batcher it was submitted to
 
 
 _STOP = None
@@ -83,7 +85,7 @@ class Batcher:
         self._staged: list[Job] = []
         # direct jobs not yet taken by the worker (under ``lock``), their rows, and how many rows
         # the blocked worker waits for (0: it is not blocked on the queue)
-        self._inbox: list[Job] = []
+        self._inbox: dict[Job, None] = {}  # (in order; a cancelled job leaves it at once)
         self._inbox_rows = 0
         self._want = 0
         self._staged_rows = 0
@@ -111,12 +113,21 @@ class Batcher:
         self._thread = threading.Thread(target=self._work, name="inferstack-ort", daemon=True)
         self._thread.start()
 
-    def submit(self, job: Job) -> None:
+    def submit(self, job: Job, admit: Callable[[int], None] | None = None) -> None:
+        """Queue ``job`` (on the event loop); ``job.done`` is called exactly once, on the loop.
+        Under :attr:`lock`, ``admit(pending)`` may raise to refuse it (the queue limit, looked at
+        and counted in one step: direct submitters count from other threads meanwhile); a stopped
+        batcher raises :class:`ServiceUnavailable`."""
         # Requests parsed in one turn of the event loop reach the worker together: it wakes once
         # and finds them all queued (a larger batch at no added latency). A long turn (a flood of
         # requests) hands them over early: once a full batch is staged, or after _MAX_STAGE_S.
         job.enqueued = now = time.perf_counter()
+        job.owner = self
         with self.lock:
+            if self.stopped:
+                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
+            if admit is not None:
+                admit(self.pending)
             self.pending += 1
         staged = self._staged
         staged.append(job)
@@ -135,13 +146,14 @@ class Batcher:
         :class:`ServiceUnavailable`. ``job.done`` is then called exactly once, from the worker
         thread, unless the caller claims the job first with :meth:`cancel`."""
         job.direct = True
+        job.owner = self
         job.enqueued = time.perf_counter()
         with self.lock:
             if self.stopped:
                 raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
             admit(self.pending)
             self.pending += 1
-            self._inbox.append(job)
+            self._inbox[job] = None
             self._inbox_rows += job.rows
             wake = 0 < self._want <= self._inbox_rows
             if wake:
@@ -150,13 +162,19 @@ class Batcher:
             self._queue.put(_WAKE)
 
     def cancel(self, job: Job) -> bool:
-        """Claim a direct job that has not been answered (its caller gives up waiting: timeout);
-        True when claimed (its ``done`` will never be called; it still counts as pending until the
-        worker passes it), False when the worker answered it first."""
+        """Claim a job that has not been answered (its deadline passed: its caller answers it
+        itself); True when claimed: its ``done`` will never be called and its queue place is
+        given back now (not when the worker passes it: the next request must not be refused for
+        a queue full of requests nobody waits for), and a direct job the worker has not taken
+        leaves its inbox. False when the worker answered it first. Any thread (an event-loop
+        job: on the loop)."""
         with self.lock:
             if job.answered:
                 return False
             job.answered = job.cancelled = True
+            self.pending -= 1
+            if job.direct and self._inbox.pop(job, False) is None:
+                self._inbox_rows -= job.rows
             return True
 
     def _flush(self) -> None:
@@ -188,8 +206,8 @@ class Batcher:
             self._deliver(*finished.popleft())
 
     def _deliver(self, jobs: list[Job], results: list[Outputs] | None, error: HTTPError | None) -> None:
-        with self.lock:
-            self.pending -= len(jobs)
+        with self.lock:  # (a cancelled job gave its place back when it was cancelled)
+            self.pending -= sum(1 for job in jobs if not job.cancelled)
         for i, job in enumerate(jobs):
             if job.cancelled:
                 continue
@@ -217,7 +235,7 @@ class Batcher:
                 self._want = 0
                 if self._inbox:
                     carry.extend(self._inbox)
-                    self._inbox = []
+                    self._inbox = {}
                     self._inbox_rows = 0
                     break
                 if not block or (woken and timeout is not None):
@@ -253,8 +271,7 @@ class Batcher:
             if job is _STOP:
                 self._carry.appendleft(_STOP)  # seen again after this batch
                 break
-            if job.cancelled:
-                self._post([job], None, None)
+            if job.cancelled:  # (answered and counted when it was cancelled)
                 continue
             if job.key != first.key or rows + job.rows > self.max_rows:
                 self._carry.appendleft(job)  # first in line for the next batch
@@ -277,6 +294,8 @@ class Batcher:
                         loop_jobs.append(job)
                         if loop_outputs is not None and outputs is not None:
                             loop_outputs.append(outputs[i])
+                        continue
+                    if job.cancelled:  # (its place was given back when it was cancelled)
                         continue
                     self.pending -= 1
                     if not job.answered:
@@ -311,14 +330,31 @@ class Batcher:
             # yield of the GIL) so that they join this run
             time.sleep(0)
         if first is _STOP:
+            self._refuse_left()
             return False
         if first.cancelled:
-            self._post([first], None, None)
             return True
         jobs = self._collect(first)
         self._running = len(jobs)
         self._execute(jobs, self._post)
         return True
+
+    def _refuse_left(self) -> None:
+        """At the stop: answer every job still queued (taken from the queue or the inbox, not
+        run) 503, each once (a direct one queued just before the stop, whose caller waits)."""
+        left = [job for job in self._carry if job is not _STOP]
+        self._carry.clear()
+        while True:
+            try:
+                left.extend(job for job in self._queue.get_nowait() if job is not _STOP)
+            except queue.Empty:
+                break
+        with self.lock:
+            left.extend(self._inbox)
+            self._inbox = {}
+            self._inbox_rows = 0
+        if left:
+            self._post(left, None, ServiceUnavailable(f"model {self.model.name!r} is not ready"))
 
     def _run_each_alone(self, jobs: list[Job], answer: Callable[[list[Job], list[Outputs] | None,
                                                                  HTTPError | None], None],

@@ -553,8 +553,9 @@ class DataPlane:
         that count, default the batcher's now)."""
         if not entry.ready:
             raise ServiceUnavailable(f"model {entry.name!r} is not ready")
-        if pending is None:
-            pending = entry.batcher.pending
+        self._check_queue(entry, entry.batcher.pending if pending is None else pending)
+
+    def _check_queue(self, entry: ModelEntry, pending: int) -> None:
         if pending >= self.config.max_queue_size:
             raise QueueFull(
                 f"the queue is full (model {entry.name!r}: {pending} requests; --max-queue-size / "
@@ -562,11 +563,21 @@ class DataPlane:
             )
 
     def submit(self, entry: ModelEntry, infer: InferRequest, started: float, done: Done) -> None:
-        """Queue ``infer`` on ``entry``'s batcher; ``done`` answers it (see the module docstring)."""
+        """Queue ``infer`` on ``entry``'s batcher; ``done`` answers it (see the module docstring).
+        The queue limit is looked at again and counted in one step (:meth:`admit` ran before the
+        request was decoded, and gRPC calls queue from their threads meanwhile): past it, or when
+        the batcher has stopped (the model was unloaded meanwhile), ``done`` is called at once
+        with QueueFull / ServiceUnavailable."""
         job = Job(infer.inputs, infer.rows, infer.key, done)
         job.deadline = started + self.config.request_timeout_s
+        try:
+            # (the queue limit only: a model replaced meanwhile still answers what it admitted)
+            entry.batcher.submit(job, lambda pending: self._check_queue(entry, pending))
+        except HTTPError as e:
+            e.__traceback__ = None
+            done(None, e)
+            return
         self._watch.append(job)
-        entry.batcher.submit(job)
 
     def submit_direct(self, entry: ModelEntry, infer: InferRequest, started: float, done: Done) -> Job:
         """From any thread: :meth:`admit` and queue ``infer`` on ``entry``'s batcher in one step
@@ -648,9 +659,8 @@ class DataPlane:
             if job.deadline > now:
                 break
             watch.popleft()
-            job.cancelled = True
-            job.answered = True
-            job.done(None, self._timeout())
+            if job.owner is None or job.owner.cancel(job):  # (its queue place is given back now)
+                job.done(None, self._timeout())
         if self._loop is not None and not self._loop.is_closed():
             self._loop.call_later(self._sweep_every, self._sweep)
 

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from google.protobuf.json_format import ParseDict
 from google.protobuf.message import DecodeError
-from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError
+from inferstack.runtime.errors import BadRequest, ConfigError, HTTPError, InternalError, ServiceUnavailable
 from inferstack.runtime.grpc_codec import decode_request, encode_response
 from inferstack.runtime.grpc_unsupported import UnsupportedMethods
 from inferstack.runtime.logs import log_access
@@ -60,6 +60,10 @@ _INFER_PATH = f"/{SERVICE}/ModelInfer"
 THREADS = 64
 #: calls admitted at once (running and waiting for a thread); past it: RESOURCE_EXHAUSTED
 MAX_CALLS = 1024
+#: at the drain, new calls are refused UNAVAILABLE until none has come for this long (seconds)...
+QUIET_S = 0.05
+#: ... or for at most this long; then grpcio's server stops
+REFUSE_MAX_S = 1.0
 
 
 def grpc_status(error: HTTPError) -> grpc.StatusCode:
@@ -74,16 +78,42 @@ def _metadata_auth(context: Any) -> str | bytes | None:
     return None
 
 
+_MAX_WAIT_S = 365 * 86400.0
+
+
+def _acquire_by(lock: threading.Lock, deadline: float) -> bool:
+    """``lock.acquire()`` until ``deadline`` (perf_counter seconds): True when acquired. Waits an
+    hour at most at a time (a --request-timeout-s of years overflows the clock's range in one)."""
+    while True:
+        remaining = deadline - time.perf_counter()
+        if remaining <= 0:
+            return lock.acquire(blocking=False)
+        if lock.acquire(timeout=min(remaining, 3600.0)):
+            return True
+
+
+class ClientLeft(HTTPError):
+    """The client cancelled its call, or its deadline passed, before the answer (counted as
+    ``disconnected``; the status is never seen)."""
+
+    status_code = 499
+    grpc_code = "CANCELLED"
+    reason = "disconnected"
+
+
 class _Waiter:
     """Where the batcher's worker puts one call's answer for the pool thread that waits on it."""
 
-    __slots__ = ("lock", "outputs", "error")
+    __slots__ = ("lock", "outputs", "error", "left")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
-        self.lock.acquire()  # released once, by done(): the waiting thread's acquire returns
+        # released once: by done(), or by the client's leaving once it claimed the job (then
+        # done() is never called); the waiting thread's acquire returns
+        self.lock.acquire()
         self.outputs: dict[str, Any] | None = None
         self.error: HTTPError | None = None
+        self.left = False  # the client left (cancelled, or its deadline passed) before the answer
 
     def done(self, outputs: dict[str, Any] | None, error: HTTPError | None) -> None:
         self.outputs, self.error = outputs, error
@@ -98,6 +128,10 @@ class InferenceServicer:
         self.plane = plane
         self.loop = loop
         self._access_log = plane.config.access_log
+        #: the drain has begun: ModelInfer calls are refused UNAVAILABLE (see GrpcServer.stop)
+        self.refusing = False
+        #: (monotonic) when the last ModelInfer call was taken by a pool thread
+        self.last_call = 0.0
 
     def handler(self) -> grpc.GenericRpcHandler:
         """The service's methods for ``grpc.server`` (ModelInfer reads the message's bytes itself:
@@ -201,10 +235,13 @@ class InferenceServicer:
     def ModelInfer(self, message: bytes, context: Any) -> Any:
         plane = self.plane
         started = time.perf_counter()
+        self.last_call = time.monotonic()
         entry = None
         name = ""
         held = 0
         try:
+            if self.refusing:
+                raise ServiceUnavailable("the server is stopping; retry on another replica")
             try:
                 held = plane.hold(len(message))
                 request = pb.ModelInferRequest.FromString(message)
@@ -226,11 +263,24 @@ class InferenceServicer:
             infer = decode_request(request, entry.model, plane.config.max_bytes_elements, hold)
             waiter = _Waiter()
             job = plane.submit_direct(entry, infer, started, waiter.done)
-            if not waiter.lock.acquire(timeout=max(0.0, job.deadline - time.perf_counter())):
+            queued = entry
+
+            def left() -> None:
+                # the call ended: a client that leaves (cancel, its deadline) gives its queue place
+                # back at once, unless the worker answered it first (after an answer: a no-op)
+                if plane.expire(queued, job) is not None:
+                    waiter.left = True
+                    waiter.lock.release()
+
+            if not context.add_callback(left):
+                left()  # (it ended already)
+            if not _acquire_by(waiter.lock, job.deadline):
                 expired = plane.expire(entry, job)
                 if expired is not None:
                     raise expired
                 waiter.lock.acquire()  # the worker answered it meanwhile: its done() is under way
+            if waiter.left:
+                raise ClientLeft("the client left before its answer (cancelled, or its deadline passed)")
             if waiter.error is not None:
                 raise waiter.error
             if waiter.outputs is None:
@@ -239,7 +289,7 @@ class InferenceServicer:
         except HTTPError as e:
             e.__traceback__ = None
             plane.release(held)
-            self._finish(entry, started, e, True, name, 0)
+            self._finish(entry, started, e, not isinstance(e, ClientLeft), name, 0)
             context.abort(grpc_status(e), str(e))
         except Exception as e:  # a bug: INTERNAL, keep serving
             log.exception("error while answering a gRPC ModelInfer")
@@ -266,14 +316,31 @@ class InferenceServicer:
 class GrpcServer:
     """The running ``grpc.server`` (what :func:`start_grpc` returns)."""
 
-    def __init__(self, server: grpc.Server, pool: ThreadPoolExecutor) -> None:
+    def __init__(self, server: grpc.Server, pool: ThreadPoolExecutor, servicer: InferenceServicer) -> None:
         self._server = server
         self._pool = pool
+        self._servicer = servicer
 
     async def stop(self, grace: float | None) -> None:
         """No new calls; those in flight finish within ``grace`` seconds (then are cancelled).
-        The event loop keeps running meanwhile: the calls need it for their answers."""
-        stopped = self._server.stop(grace or 0)
+        The event loop keeps running meanwhile: the calls need it for their answers.
+
+        grpcio's shutdown answers CANCELLED (which clients do not retry) to the calls its core has
+        received but not yet handed to the server (it takes them one at a time: under load, many
+        are waiting). So with ``grace``, new ModelInfer calls are first refused UNAVAILABLE (the
+        status a client may retry elsewhere) until none has come for :data:`QUIET_S` (at most
+        :data:`REFUSE_MAX_S`): those waiting in grpcio are taken and refused, not cancelled."""
+        servicer = self._servicer
+        if grace and not servicer.refusing:
+            servicer.refusing = True
+            began = time.monotonic()
+            while True:
+                now = time.monotonic()
+                if now - max(servicer.last_call, began) >= QUIET_S or now - began >= REFUSE_MAX_S:
+                    break
+                await asyncio.sleep(QUIET_S / 5)
+        # (grpcio waits for the grace in one call: a year at most, past it the clock overflows)
+        stopped = self._server.stop(min(grace or 0, _MAX_WAIT_S))
         await asyncio.get_running_loop().run_in_executor(None, stopped.wait)
         self._pool.shutdown(wait=False)
 
@@ -286,8 +353,9 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[GrpcServer
         ("grpc.max_receive_message_length", plane.config.max_body_bytes),
         ("grpc.so_reuseport", 0),  # a port in use is an error, not shared
     ], maximum_concurrent_rpcs=MAX_CALLS)
-    server.add_generic_rpc_handlers((InferenceServicer(plane, asyncio.get_running_loop()).handler(),
-                                     UnsupportedMethods()))  # the calls not served: UNIMPLEMENTED
+    servicer = InferenceServicer(plane, asyncio.get_running_loop())
+    # (the calls not served: UNIMPLEMENTED)
+    server.add_generic_rpc_handlers((servicer.handler(), UnsupportedMethods()))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     try:
         bound = server.add_insecure_port(address)
@@ -300,7 +368,7 @@ async def start_grpc(plane: DataPlane, host: str, port: int) -> tuple[GrpcServer
         pool.shutdown(wait=False)
         raise ConfigError(f"--grpc-port / INFERSTACK_GRPC_PORT: cannot listen on {address}: {why}")
     server.start()
-    return GrpcServer(server, pool), bound
+    return GrpcServer(server, pool, servicer), bound
 
 
 __all__ = ["GrpcServer", "InferenceServicer", "grpc_status", "start_grpc"]

@@ -149,3 +149,23 @@ def test_a_lone_request_for_a_fast_model_still_goes_to_the_worker(model: Model) 
         assert batcher._queue.qsize() == 1 and batcher.pending == 1
 
     asyncio.run(main())
+
+
+def test_stop_answers_the_direct_requests_the_worker_had_not_taken(model: Model) -> None:
+    # requests queued from other threads just before stop(): the worker sees the stop first; each
+    # is still answered exactly once (503, the model is not ready), and its queue place given back
+    def scenario(loop: asyncio.AbstractEventLoop) -> None:
+        batcher = Batcher(model, Metrics(), follow_wait=0.0)
+        batcher._loop = loop
+        answers: list[tuple[int, Any, Any]] = []
+        for i in range(3):
+            batcher.submit_direct(_job(np.ones((1, 16), np.float32), answers, i), lambda pending: None)
+        batcher.stop(timeout=0)
+        batcher._thread = threading.Thread(target=batcher._work)  # (the worker starts after the stop)
+        batcher._thread.start()
+        batcher._thread.join(10)
+        assert sorted(i for i, _, _ in answers) == [0, 1, 2]
+        assert all(out is None and error.status_code == 503 for _, out, error in answers)
+        assert batcher.pending == 0
+
+    _in_loop(scenario)
