@@ -213,6 +213,14 @@ class DataPlane:
             with self._budget_lock:
                 self.buffered -= n
 
+    def count(self, n: int) -> None:
+        """Add ``n`` (negative: give back) to the bytes held, with no check: the HTTP front end checks
+        the budget itself, on the event loop, before it counts a body's bytes as they arrive. One
+        total for both protocols, so HTTP bodies and gRPC messages together stay within
+        --max-buffered-bytes."""
+        with self._budget_lock:
+            self.buffered += n
+
     def worker(self) -> ThreadPoolExecutor:
         """The threads that decode and encode tensors off the event loop (two, made on first use)."""
         if self._worker is None:

@@ -556,7 +556,7 @@ class Exchange:
 
     def hold(self, n: int) -> None:
         app = self.app
-        app.buffered += n
+        app.plane.count(n)
         self.held += n
         held_by = app.held_by
         client = self.conn.client_address
@@ -568,7 +568,7 @@ class Exchange:
             return
         self.held = 0
         app = self.app
-        app.buffered -= n
+        app.plane.count(-n)
         held_by = app.held_by
         client = self.conn.client_address
         left = held_by.get(client, 0) - n

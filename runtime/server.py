@@ -74,6 +74,12 @@ BYTES_DECODED_PER_ELEMENT = 256
 class App:
     """The HTTP front end: answers parsed requests from the :class:`DataPlane`'s models."""
 
+    @property
+    def buffered(self) -> int:
+        """Request bytes all requests hold now, over both protocols (HTTP bodies as they arrive and
+        what they decode into, gRPC messages): the data plane's one total for --max-buffered-bytes."""
+        return self.plane.buffered
+
     def __init__(self, config: ServerConfig, metrics: Metrics | None = None,
                  plane: DataPlane | None = None) -> None:
         self.config = config
@@ -82,8 +88,7 @@ class App:
         self.max_body_bytes = config.max_body_bytes
         self.max_buffered_bytes = config.max_buffered_bytes
         self.max_client_buffered_bytes = config.client_buffered_bytes
-        self.buffered = 0  # request body bytes held now (see http.Front)
-        self.held_by: dict[str, int] = {}  # ... of which each client address holds
+        self.held_by: dict[str, int] = {}  # request body bytes each client address holds now
         self.shutting_down = False  # SIGTERM seen: every answer carries Connection: close
         self.drain_deadline = 0.0  # (monotonic) idle connections are closed from then on
         self.now = time.monotonic()  # coarse clock for the connections, refreshed by _tick
