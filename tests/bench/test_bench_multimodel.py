@@ -9,19 +9,11 @@ import argparse
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 from inferstack.bench import multimodel, payloads, wrk
-from inferstack.bench.models import ModelSpec
+from tiny_model import SPEC, W, build_package
 
-from inferstack.manifest import (
-    Manifest,
-    TensorSpec,
-    file_entries,
-    load_manifest,
-    verify_files,
-    write_manifest,
-)
+from inferstack.manifest import load_manifest, verify_files
 
 
 def _pt(throughput: float, p99_us: float = 2000.0, errors: int = 0) -> dict[str, float]:
@@ -112,32 +104,10 @@ def test_bad_arguments_are_refused(argv: list[str], message: str, capsys: pytest
     assert message in capsys.readouterr().err
 
 
-SPEC = ModelSpec("tiny", "-", "x", (8,))
-W = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 10
-
-
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """x[N,8] @ W -> logits[N,3], with a dynamic batch axis."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(W, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    directory = tmp_path_factory.mktemp("tiny")
-    save(model, str(directory / "model.onnx"))
-    write_manifest(directory, Manifest(
-        name="tiny", version="1", model_file="model.onnx", files=file_entries(directory, ["model.onnx"]),
-        inputs=[TensorSpec("x", "FP32", [-1, 8])], outputs=[TensorSpec("logits", "FP32", [-1, 3])],
-        max_batch_size=4,
-    ))
-    return directory
+    return build_package(tmp_path_factory.mktemp("tiny"))
 
 
 def test_copies_are_renamed_packages_with_the_same_checked_files(package: Path, tmp_path: Path) -> None:

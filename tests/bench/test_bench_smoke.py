@@ -13,52 +13,21 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from inferstack.bench import payloads, report, wrk
-from inferstack.bench.models import ModelSpec
 from inferstack.bench.procs import Server
 from inferstack.bench.run import Config, check_answer, measure_ceiling, measure_server
 from inferstack.bench.setups import ServerConfig, launch
-
-from inferstack.manifest import Manifest, TensorSpec, file_entries, write_manifest
+from tiny_model import SPEC, W, build_package
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(wrk.available() is not None, reason=str(wrk.available()))
-
-SPEC = ModelSpec("tiny", "-", "x", (8,))
-W = np.arange(8 * 3, dtype=np.float32).reshape(8, 3) / 10
 
 
 @pytest.fixture(scope="module")
 def package(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """x[N,8] @ W -> logits[N,3], with a dynamic batch axis (what the servers expect)."""
-    from onnx import TensorProto, helper, numpy_helper, save
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["logits"])],
-        "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3])],
-        [numpy_helper.from_array(W, "W")],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    directory = tmp_path_factory.mktemp("tiny")
-    save(model, str(directory / "model.onnx"))
-    write_manifest(
-        directory,
-        Manifest(
-            name="tiny",
-            version="1",
-            model_file="model.onnx",
-            files=file_entries(directory, ["model.onnx"]),
-            inputs=[TensorSpec("x", "FP32", [-1, 8])],
-            outputs=[TensorSpec("logits", "FP32", [-1, 3])],
-            max_batch_size=4,
-        ),
-    )
-    return directory
+    return build_package(tmp_path_factory.mktemp("tiny"))
 
 
 def _cores() -> tuple[int, int]:
