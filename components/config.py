@@ -17,7 +17,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -262,10 +262,8 @@ class ModelServerConfig:
     @classmethod
     def of_model(cls, m: ModelConfig) -> ModelServerConfig:
         """The Deployment of a model that no server lists: named after it, with its own keys."""
-        return cls(
-            m.name, [m], m.image, m.replicas, m.gpus, m.cpu, m.memory, m.autoscaling, m.exposure,
-            m.auth, m.image_pull_policy, m.cache_size, m.ingress_class, m.ingress_host,
-        )
+        own = {f.name for f in fields(cls)} & {f.name for f in fields(ModelConfig)} - {"name"}
+        return cls(name=m.name, models=[m], **{k: getattr(m, k) for k in own})
 
 
 @dataclass(frozen=True)
@@ -775,7 +773,7 @@ def _listed(raw: Mapping[str, Any], models: list[ModelConfig]) -> list[int]:
     return [by_name[n] for n in raw["models"]]
 
 
-# -- sections# -- sections ------------------------------------------------------------------------------
+# -- sections ------------------------------------------------------------------------------
 
 
 def _network(raw: Mapping[str, Any]) -> NetworkConfig:
