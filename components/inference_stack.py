@@ -251,37 +251,20 @@ class InferenceStack(pulumi.ComponentResource):
         scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[*cluster.addons, *pools])
 
         artifacts = _artifacts(name, cfg, store.bucket_name, on_aws)
-        endpoints, uris = {}, {m: a.uri for m, a in artifacts.items()}
-        paths = ingress_paths(cfg.model_servers())
-        for m in cfg.model_servers():
-            exposure = _exposure(m, "aws", paths.get(m.name))
-            first = artifacts[m.models[0].name]
-            svc = InferenceService(
-                f"{name}-{m.name}",
-                InferenceServiceArgs(
-                    model_name=m.name,
-                    image=m.image or images[m.variant],
-                    model_uri=first.uri,
-                    bucket=store.bucket_name,
-                    model_prefix=first.prefix,
-                    extra_models=_extra_models(m, artifacts),
-                    cluster_name=cluster.name,
-                    kms_key_arn=store.kms_key_arn,
-                    region=cfg.region,
-                    **_sizing(m),
-                    **scaling.service_exposure(m, exposure),
-                    auth_token=cfg.auth_token if m.auth else None,
-                    # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
-                    service_depends_on=[*network.gateways, *pools],
-                    tags=cfg.tags,
-                ),
-                opts=pulumi.ResourceOptions.merge(
-                    on_k8s,
-                    pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
-                ),
-            )
-            url = scaling.autoscale(m, svc, exposure, service_depends_on=[*network.gateways, *pools])
-            endpoints.update({model.name: url for model in m.models})
+        endpoints = self._model_servers(
+            cfg, "aws", name, artifacts, images, scaling, store.bucket_name,
+            pulumi.ResourceOptions.merge(
+                on_k8s,
+                pulumi.ResourceOptions(depends_on=[*cluster.addons, *managed_addons, *cluster_addons]),
+            ),
+            # destroy: the Service (and its NLB) goes before the VPC's gateways and subnets.
+            [*network.gateways, *pools],
+            cluster_name=cluster.name,
+            kms_key_arn=store.kms_key_arn,
+            region=cfg.region,
+            tags=cfg.tags,
+        )
+        uris = {m: a.uri for m, a in artifacts.items()}
 
         self.endpoints = pulumi.Output.all(**endpoints)
         self.model_uris = pulumi.Output.all(**uris)
@@ -336,10 +319,41 @@ class InferenceStack(pulumi.ComponentResource):
         images = self._runtime_images(name, cfg, pulumi.ResourceOptions(parent=self))
         scaling = _ScalingAddons(self, name, cfg, kube, depends_on=[])
         artifacts = _artifacts(name, cfg, store.bucket_name, on_store)
-        endpoints, uris = {}, {m: a.uri for m, a in artifacts.items()}
+        endpoints = self._model_servers(
+            cfg, "kubernetes", name, artifacts, images, scaling, store.bucket_name, on_k8s, [],
+            region=store_cfg.region,
+            s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
+            s3_endpoint=store_cfg.cluster_endpoint,
+            s3_addressing_style=store_cfg.addressing_style,
+        )
+        uris = {m: a.uri for m, a in artifacts.items()}
+        self.endpoints = pulumi.Output.all(**endpoints)
+        self.model_uris = pulumi.Output.all(**uris)
+        self.bucket_name = store.bucket_name
+        self.cluster_name = pulumi.Output.from_input(cfg.kube_context or "(current kubeconfig context)")
+        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig_contents or cfg.kubeconfig or "")
+
+
+    # -- the model servers: one InferenceService (Deployment, Service, exposure) each ----------
+    def _model_servers(
+        self,
+        cfg: StackConfig,
+        target: str,
+        name: str,
+        artifacts: dict[str, ModelArtifact],
+        images: dict[str, pulumi.Output[str]],
+        scaling: _ScalingAddons,
+        bucket: pulumi.Input[str],
+        opts: pulumi.ResourceOptions,
+        service_depends_on: list[pulumi.Resource],
+        **target_args: Any,
+    ) -> dict[str, pulumi.Output[str]]:
+        """Declare every model server of the stack on ``target`` (``aws``/``kubernetes``), with the
+        target's own InferenceServiceArgs (``target_args``); returns model name -> endpoint URL."""
+        endpoints: dict[str, pulumi.Output[str]] = {}
         paths = ingress_paths(cfg.model_servers())
         for m in cfg.model_servers():
-            exposure = _exposure(m, "kubernetes", paths.get(m.name))
+            exposure = _exposure(m, target, paths.get(m.name))
             first = artifacts[m.models[0].name]
             svc = InferenceService(
                 f"{name}-{m.name}",
@@ -347,27 +361,20 @@ class InferenceStack(pulumi.ComponentResource):
                     model_name=m.name,
                     image=m.image or images[m.variant],
                     model_uri=first.uri,
-                    bucket=store.bucket_name,
+                    bucket=bucket,
                     model_prefix=first.prefix,
                     extra_models=_extra_models(m, artifacts),
-                    region=store_cfg.region,
-                    s3_credentials=S3Credentials(store_cfg.access_key_id, store_cfg.secret_access_key),
-                    s3_endpoint=store_cfg.cluster_endpoint,
-                    s3_addressing_style=store_cfg.addressing_style,
                     **_sizing(m),
                     **scaling.service_exposure(m, exposure),
                     auth_token=cfg.auth_token if m.auth else None,
+                    service_depends_on=service_depends_on,
+                    **target_args,
                 ),
-                opts=on_k8s,
+                opts=opts,
             )
-            url = scaling.autoscale(m, svc, exposure, service_depends_on=[])
+            url = scaling.autoscale(m, svc, exposure, service_depends_on=service_depends_on)
             endpoints.update({model.name: url for model in m.models})
-        self.endpoints = pulumi.Output.all(**endpoints)
-        self.model_uris = pulumi.Output.all(**uris)
-        self.bucket_name = store.bucket_name
-        self.cluster_name = pulumi.Output.from_input(cfg.kube_context or "(current kubeconfig context)")
-        self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig_contents or cfg.kubeconfig or "")
-
+        return endpoints
 
     # -- runtime images: one per variant the models use ------------------------------------
     def _runtime_images(
