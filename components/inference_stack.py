@@ -333,7 +333,6 @@ class InferenceStack(pulumi.ComponentResource):
         self.cluster_name = pulumi.Output.from_input(cfg.kube_context or "(current kubeconfig context)")
         self.kubeconfig = pulumi.Output.secret(cfg.kubeconfig_contents or cfg.kubeconfig or "")
 
-
     # -- the model servers: one InferenceService (Deployment, Service, exposure) each ----------
     def _model_servers(
         self,
