@@ -84,7 +84,8 @@ class Handler(TypingProtocol):
     max_client_buffered_bytes: int
     max_connections: int
     buffered: int
-    """request body bytes held now (bodies being read, requests being answered), all clients"""
+    """request bytes held now (bodies being read, requests being answered), all clients, both
+    protocols"""
     held_by: dict[str, int]
     """... of which each client address holds (only addresses holding bytes are keys)"""
     now: float
@@ -98,6 +99,10 @@ class Handler(TypingProtocol):
     def admit(self, method: bytes, url: bytes, headers: dict[bytes, bytes]) -> HTTPError | None:
         """Called at the end of a request's headers, before any of its body is read or counted:
         an error refuses the request (auth)."""
+        ...
+
+    def count_buffered(self, n: int) -> None:
+        """Add ``n`` (negative: give back) to ``buffered``, unchecked (the caller checked)."""
         ...
 
     def handle(self, conn: Exchange, request: Request) -> None: ...
@@ -556,7 +561,7 @@ class Exchange:
 
     def hold(self, n: int) -> None:
         app = self.app
-        app.plane.count(n)
+        app.count_buffered(n)
         self.held += n
         held_by = app.held_by
         client = self.conn.client_address
@@ -568,7 +573,7 @@ class Exchange:
             return
         self.held = 0
         app = self.app
-        app.plane.count(-n)
+        app.count_buffered(-n)
         held_by = app.held_by
         client = self.conn.client_address
         left = held_by.get(client, 0) - n

@@ -80,6 +80,9 @@ class App:
         what they decode into, gRPC messages): the data plane's one total for --max-buffered-bytes."""
         return self.plane.buffered
 
+    def count_buffered(self, n: int) -> None:
+        self.plane.count(n)
+
     def __init__(self, config: ServerConfig, metrics: Metrics | None = None,
                  plane: DataPlane | None = None) -> None:
         self.config = config
