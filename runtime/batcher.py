@@ -124,11 +124,7 @@ class Batcher:
         job.enqueued = now = time.perf_counter()
         job.owner = self
         with self.lock:
-            if self.stopped:
-                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
-            if admit is not None:
-                admit(self.pending)
-            self.pending += 1
+            self._take_place(admit)
         staged = self._staged
         staged.append(job)
         self._staged_rows += job.rows
@@ -149,10 +145,7 @@ class Batcher:
         job.owner = self
         job.enqueued = time.perf_counter()
         with self.lock:
-            if self.stopped:
-                raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
-            admit(self.pending)
-            self.pending += 1
+            self._take_place(admit)
             self._inbox[job] = None
             self._inbox_rows += job.rows
             wake = 0 < self._want <= self._inbox_rows
@@ -160,6 +153,15 @@ class Batcher:
                 self._want = 0
         if wake:
             self._queue.put(_WAKE)
+
+    def _take_place(self, admit: Callable[[int], None] | None) -> None:
+        """Under :attr:`lock`: a queue place for one more request, or the refusal (a stopped
+        batcher: ServiceUnavailable; ``admit(pending)`` raising: the queue limit)."""
+        if self.stopped:
+            raise ServiceUnavailable(f"model {self.model.name!r} is not ready")
+        if admit is not None:
+            admit(self.pending)
+        self.pending += 1
 
     def cancel(self, job: Job) -> bool:
         """Claim a job that has not been answered (its deadline passed: its caller answers it
