@@ -172,12 +172,17 @@ class InferenceServicer:
 
         return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
 
+    def _check_auth(self, context: Any) -> None:
+        """With auth on: raises Unauthorized unless the call's metadata carries the token."""
+        if self.plane.auth:
+            refused = self.plane.check_auth(_metadata_auth(context))
+            if refused is not None:
+                raise refused
+
     def _call(self, context: Any, answer: Callable[[], Any]) -> Any:
         """Auth, then ``answer()`` on the event loop; an HTTPError becomes the call's status."""
         try:
-            refused = self.plane.check_auth(_metadata_auth(context)) if self.plane.auth else None
-            if refused is not None:
-                raise refused
+            self._check_auth(context)
             return self._on_loop(answer)
         except HTTPError as e:
             e.__traceback__ = None
@@ -248,13 +253,10 @@ class InferenceServicer:
             except DecodeError:
                 raise BadRequest("the ModelInferRequest message cannot be parsed") from None
             name = request.model_name
-            if plane.auth:
-                refused = plane.check_auth(_metadata_auth(context))
-                if refused is not None:
-                    raise refused
+            self._check_auth(context)
             entry = plane.entry(name, request.model_version or None)
             if entry.batcher.pending >= plane.config.max_queue_size:
-                plane.admit(entry)  # (refuses before decoding; the event loop checks again)
+                plane.admit(entry)  # (refuses before decoding; submit_direct checks again, under the lock)
             def hold(n: int) -> None:
                 nonlocal held
                 if n:
