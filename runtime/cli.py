@@ -152,7 +152,17 @@ def serve(
 ) -> None:
     """Serve one or more models over the Open Inference Protocol (KServe v2) with onnxruntime."""
 
-    from inferstack.runtime.config import ServerConfig, default_cache_dir, parse_providers, read_token
+    import os
+
+    from inferstack.runtime.config import (
+        ServerConfig,
+        default_cache_dir,
+        parse_providers,
+        read_token,
+        set_grpc_environment,
+    )
+
+    set_grpc_environment(os.environ)  # (before grpc is imported: grpcio reads it once)
     from inferstack.runtime.logs import setup_logging
     from inferstack.runtime.server import run
 

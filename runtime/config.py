@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,6 +31,12 @@ DEFAULT_MAX_CONNECTIONS = 4096
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MODEL_CONTROL_MODES = ("none", "explicit")
+#: grpcio's experiments the server turns off unless ``GRPC_EXPERIMENTS`` is already set (grpcio's
+#: documented variable, read once, when ``grpc`` is first imported): with ``event_engine_listener``
+#: on (grpcio's default since 1.6x), the gRPC port's connections are read and written by grpcio's
+#: EventEngine threads, one more thread hand-off per call on the way in and out; off, by the
+#: polling thread that also delivers the calls (see runtime/README.md, "gRPC", for the numbers)
+GRPC_EXPERIMENTS = "-event_engine_listener"
 
 
 def setting(flag: str) -> str:
@@ -242,6 +248,12 @@ class ServerConfig:
     @property
     def max_queue_delay_s(self) -> float:
         return self.max_queue_delay_us / 1e6
+
+
+def set_grpc_environment(env: MutableMapping[str, str]) -> None:
+    """Put :data:`GRPC_EXPERIMENTS` in ``env`` (``os.environ``, before ``grpc`` is imported) unless
+    the variable is set (the operator's value wins)."""
+    env.setdefault("GRPC_EXPERIMENTS", GRPC_EXPERIMENTS)
 
 
 def parse_providers(text: str) -> tuple[str, ...]:

@@ -491,3 +491,50 @@ def test_access_log_has_a_line_per_grpc_infer_call(serve: Callable[..., Served],
     assert ok["method"] == "POST" and ok["path"] == "/inference.GRPCInferenceService/ModelInfer"
     assert ok["model"] == "mlp" and ok["status"] == 200 and ok["bytes"] > 16 and "reason" not in ok
     assert bad["status"] == 400 and bad["reason"] == refused.message()
+
+
+# -- grpcio's settings ------------------------------------------------------------------------------
+def _thread_cpu_ticks(pid: int) -> dict[str, int]:
+    """CPU time (user + system, clock ticks) of the process's threads, summed by thread name."""
+    ticks: dict[str, int] = {}
+    for tid in Path(f"/proc/{pid}/task").iterdir():
+        name = (tid / "comm").read_text().strip()
+        fields = (tid / "stat").read_text().rsplit(")", 1)[1].split()
+        ticks[name] = ticks.get(name, 0) + int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def _event_engine_share(s: Served, calls: int = 600, threads: int = 4) -> float:
+    """The share of the server's CPU spent by grpcio's EventEngine threads while ``threads`` clients
+    make ``calls`` ModelInfer calls each."""
+    stub = service_pb2_grpc.GRPCInferenceServiceStub(grpc.insecure_channel(s.grpc_address))
+    request = service_pb2.ModelInferRequest(model_name="mlp")
+    request.inputs.add(name="x", datatype="FP32", shape=[1, 16])
+    request.raw_input_contents.append(np.ones((1, 16), np.float32).tobytes())
+    before = _thread_cpu_ticks(s.proc.pid)
+
+    def client() -> None:
+        for _ in range(calls):
+            stub.ModelInfer(request, timeout=10)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        for f in [pool.submit(client) for _ in range(threads)]:
+            f.result()
+    after = _thread_cpu_ticks(s.proc.pid)
+    spent = {n: after[n] - before.get(n, 0) for n in after}
+    total = sum(spent.values())
+    assert total > 0
+    return sum(t for n, t in spent.items() if n.startswith("event_engine")) / total
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads per-thread CPU time from /proc")
+def test_grpc_connections_are_served_by_the_polling_thread(serve: Callable[..., Served],
+                                                           mlp_package: Path) -> None:
+    """The server turns grpcio's ``event_engine_listener`` experiment off (one thread hand-off less
+    per call on the way in and out); an operator's own GRPC_EXPERIMENTS is kept."""
+    default = _event_engine_share(serve(mlp_package))
+    operator = _event_engine_share(serve(mlp_package, env={"GRPC_EXPERIMENTS": ""}))
+    assert default < 0.03, f"EventEngine threads spent {default:.0%} of the server's CPU"
+    assert operator > 0.03, f"with GRPC_EXPERIMENTS='' EventEngine threads spent only {operator:.0%}"
