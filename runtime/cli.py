@@ -130,6 +130,11 @@ def serve(
     intra_op_threads: Annotated[int, typer.Option(
         envvar=_env("intra-op-threads"), help="onnxruntime intra-op threads (0: onnxruntime's default).",
     )] = 0,
+    sched_policy: Annotated[str, typer.Option(
+        envvar=_env("sched-policy"),
+        help="Linux scheduling policy of the server's threads: batch (SCHED_BATCH: a thread that wakes "
+        "does not preempt the one running, fewer context switches per gRPC call) or other (SCHED_OTHER).",
+    )] = "batch",
     auth_token_file: Annotated[Path | None, typer.Option(
         envvar=_env("auth-token-file"), show_default=False,
         help="File holding a bearer token to require (else INFERSTACK_AUTH_TOKEN; unset: no auth). "
@@ -199,6 +204,7 @@ def serve(
         providers=parse_providers(providers),
         require_gpu=require_gpu,
         intra_op_threads=intra_op_threads,
+        sched_policy=sched_policy.lower(),
         auth_token=read_token(auth_token_file),
         cache_dir=cache_dir or default_cache_dir(),
         log_level=log_level,

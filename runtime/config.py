@@ -31,6 +31,9 @@ DEFAULT_MAX_CONNECTIONS = 4096
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MODEL_CONTROL_MODES = ("none", "explicit")
+#: Linux scheduling policies for the server's threads (sched(7)): ``batch`` is SCHED_BATCH, ``other``
+#: the default SCHED_OTHER
+SCHED_POLICIES = ("batch", "other")
 #: grpcio's experiments the server turns off unless ``GRPC_EXPERIMENTS`` is already set (grpcio's
 #: documented variable, read once, when ``grpc`` is first imported): with ``event_engine_listener``
 #: on (grpcio's default since 1.6x), the gRPC port's connections are read and written by grpcio's
@@ -137,6 +140,9 @@ class ServerConfig:
     require_gpu: bool = False
     intra_op_threads: int = 0
     """onnxruntime intra-op threads; 0 = onnxruntime's default (one per physical core)."""
+    sched_policy: str = "batch"
+    """Linux scheduling policy of every server thread: ``batch`` (SCHED_BATCH: a thread that
+    wakes does not preempt the running one, see sched(7)) or ``other`` (the default SCHED_OTHER)."""
     auth_token: str | None = field(default=None, repr=False)
     cache_dir: Path = field(default_factory=default_cache_dir)
     log_level: str = "info"
@@ -212,6 +218,9 @@ class ServerConfig:
             raise ConfigError(f"{setting('drain-timeout-s')}: must be > 0, got {self.drain_timeout_s}")
         if not self.drain_delay_s >= 0:
             raise ConfigError(f"{setting('drain-delay-s')}: must be >= 0, got {self.drain_delay_s}")
+        if self.sched_policy not in SCHED_POLICIES:
+            raise ConfigError(f"{setting('sched-policy')}: must be one of {', '.join(SCHED_POLICIES)}, "
+                              f"got {self.sched_policy!r}")
         if self.intra_op_threads < 0:
             raise ConfigError(f"{setting('intra-op-threads')}: must be >= 0, got {self.intra_op_threads}")
         if not self.providers:

@@ -772,8 +772,39 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
+def set_sched_policy(policy: str) -> None:
+    """Give every thread of this process the Linux scheduling policy ``policy`` (``batch``:
+    SCHED_BATCH, ``other``: SCHED_OTHER; threads started later inherit it).
+
+    Why SCHED_BATCH: a thread that wakes another (a lock released, a condition notified) while it
+    holds the GIL is preempted by the thread it woke when both share a core; that one finds the GIL
+    taken and sleeps again: two context switches for nothing. grpcio's threaded server wakes a
+    pool thread several times per call; SCHED_BATCH threads do not preempt on wake-up (sched(7)),
+    so the waker runs on to its next release of the GIL (runtime/README.md, "gRPC", has the
+    numbers). A platform without the call, or a refusal, leaves the policy as it is (logged)."""
+    setter = getattr(os, "sched_setscheduler", None)
+    if setter is None:  # pragma: no cover - not Linux
+        log.debug("no sched_setscheduler on this platform: --sched-policy %s not applied", policy)
+        return
+    wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
+    try:
+        threads = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # pragma: no cover - no /proc: this thread only
+        threads = [0]
+    for tid in threads:
+        try:
+            setter(tid, wanted, os.sched_param(0))
+        except ProcessLookupError:  # (the thread ended meanwhile)
+            continue
+        except OSError as e:  # pragma: no cover - refused (a seccomp profile)
+            log.warning("--sched-policy %s: the scheduling policy cannot be set (%s); serving with the "
+                        "current one", policy, e.strerror or e)
+            return
+
+
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails."""
+    set_sched_policy(config.sched_policy)
     server = Server(config)
     try:
         import uvloop

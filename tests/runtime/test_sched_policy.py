@@ -1,0 +1,46 @@
+"""--sched-policy: every thread of the server runs under the Linux scheduling policy asked for
+(SCHED_BATCH by default), the threads started after the models load included."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as tg
+from runtime_harness import Served
+
+pytestmark = pytest.mark.skipif(not hasattr(os, "sched_getscheduler") or not Path("/proc/self/task").is_dir(),
+                                reason="Linux scheduling policies, read through /proc")
+
+
+def _policies(s: Served) -> dict[int, int]:
+    """Thread id -> its scheduling policy, for every thread of the server."""
+    policies = {}
+    for task in Path(f"/proc/{s.proc.pid}/task").iterdir():
+        try:
+            policies[int(task.name)] = os.sched_getscheduler(int(task.name))
+        except ProcessLookupError:
+            continue
+    return policies
+
+
+def _busy(s: Served) -> None:
+    """One gRPC call, so that the threads that answer calls exist."""
+    client = tg.InferenceServerClient(s.grpc_address)
+    x = tg.InferInput("x", [1, 16], "FP32")
+    x.set_data_from_numpy(np.ones((1, 16), np.float32))
+    client.infer("mlp", [x])
+    client.close()
+
+
+@pytest.mark.parametrize("args,policy", [((), os.SCHED_BATCH), (("--sched-policy", "other"), os.SCHED_OTHER)])
+def test_every_server_thread_runs_under_the_policy(serve: Callable[..., Served], mlp_package: Path,
+                                                   args: tuple[str, ...], policy: int) -> None:
+    s = serve(mlp_package, *args)
+    _busy(s)
+    policies = _policies(s)
+    assert len(policies) > 5  # (the event loop, the onnxruntime worker, grpcio's threads, ...)
+    assert set(policies.values()) == {policy}, policies
