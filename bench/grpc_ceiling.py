@@ -7,9 +7,10 @@ no grpcio server in Python can beat.
 
 Modes: ``aio`` (grpc.aio on uvloop, the message parsed), ``aio-bytes`` (grpc.aio, no parsing),
 ``sync`` (grpc.server, 64 pool threads, the message parsed), ``sync-bytes`` (grpc.server, no
-parsing).
+parsing), ``sync-runtime`` (``sync`` with the settings ``inferstack serve`` applies: grpcio's
+``event_engine_listener`` experiment off, every thread under SCHED_BATCH).
 
-Run: ``python -m inferstack.bench.grpc_ceiling --modes aio,sync --rounds 3`` (server on core 0,
+Run: ``python -m inferstack.bench.grpc_ceiling --modes sync,sync-runtime --rounds 3`` (server on core 0,
 h2load on core 1); prints one JSON line per run and a table of medians.
 """
 
@@ -33,6 +34,11 @@ def serve(port: int, mode: str) -> None:
     """Serve the constant answer on ``port`` until killed (runs in the child process)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    if mode.endswith("-runtime"):  # (before grpc is imported: grpcio reads its variable once)
+        from inferstack.runtime.config import set_grpc_environment
+
+        set_grpc_environment(os.environ)
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     import grpc
     import numpy as np
     from inferstack.runtime.proto import grpc_service_pb2 as pb
