@@ -781,7 +781,10 @@ def set_sched_policy(policy: str) -> None:
     taken and sleeps again: two context switches for nothing. grpcio's threaded server wakes a
     pool thread several times per call; SCHED_BATCH threads do not preempt on wake-up (sched(7)),
     so the waker runs on to its next release of the GIL (runtime/README.md, "gRPC", has the
-    numbers). A platform without the call, or a refusal, leaves the policy as it is (logged)."""
+    numbers). A platform without the call, or a refusal, leaves the policy as it is (logged).
+
+    A thread the operator put under another policy (``chrt``, systemd's ``CPUSchedulingPolicy=``:
+    SCHED_FIFO, SCHED_RR, SCHED_IDLE) keeps it: only SCHED_OTHER and SCHED_BATCH are changed."""
     setter = getattr(os, "sched_setscheduler", None)
     if setter is None:  # pragma: no cover - not Linux
         log.debug("no sched_setscheduler on this platform: --sched-policy %s not applied", policy)
@@ -791,8 +794,13 @@ def set_sched_policy(policy: str) -> None:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # pragma: no cover - no /proc: this thread only
         threads = [0]
+    reset_on_fork = getattr(os, "SCHED_RESET_ON_FORK", 0)
+    kept = 0
     for tid in threads:
         try:
+            if (os.sched_getscheduler(tid) & ~reset_on_fork) not in (os.SCHED_OTHER, os.SCHED_BATCH):
+                kept += 1
+                continue
             setter(tid, wanted, os.sched_param(0))
         except ProcessLookupError:  # (the thread ended meanwhile)
             continue
@@ -800,6 +808,9 @@ def set_sched_policy(policy: str) -> None:
             log.warning("--sched-policy %s: the scheduling policy cannot be set (%s); serving with the "
                         "current one", policy, e.strerror or e)
             return
+    if kept:
+        log.info("--sched-policy %s: %d thread(s) keep the real-time or idle policy they were started with",
+                 policy, kept)
 
 
 def run(config: ServerConfig) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,3 +45,22 @@ def test_every_server_thread_runs_under_the_policy(serve: Callable[..., Served],
     policies = _policies(s)
     assert len(policies) > 5  # (the event loop, the onnxruntime worker, grpcio's threads, ...)
     assert set(policies.values()) == {policy}, policies
+
+
+def test_a_policy_the_operator_chose_is_kept(serve: Callable[..., Served], mlp_package: Path) -> None:
+    """Started under SCHED_IDLE (as by ``chrt --idle 0``), the server keeps it: --sched-policy only
+    moves threads between SCHED_OTHER and SCHED_BATCH."""
+    started: list[Served] = []
+
+    def start_idle() -> None:  # (in a thread of its own: the test process's threads keep their policy)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        started.append(serve(mlp_package))
+
+    starter = threading.Thread(target=start_idle)
+    starter.start()
+    starter.join()
+    (s,) = started
+    _busy(s)
+    policies = _policies(s)
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies
+    assert "keep the real-time or idle policy" in s.log()
