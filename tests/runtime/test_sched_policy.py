@@ -64,3 +64,23 @@ def test_a_policy_the_operator_chose_is_kept(serve: Callable[..., Served], mlp_p
     policies = _policies(s)
     assert set(policies.values()) == {os.SCHED_IDLE}, policies
     assert "keep the real-time or idle policy" in s.log()
+
+
+def test_a_server_run_in_process_gives_the_callers_threads_their_policy_back(mlp_package: Path) -> None:
+    """run() in the caller's process (as the CLI tests run ``serve``) changes every thread's policy
+    while it serves and gives each its own back on the way out (here: the start fails, no GPU)."""
+    from inferstack.runtime.config import ServerConfig
+    from inferstack.runtime.errors import InferstackError
+    from inferstack.runtime.server import run
+
+    before = {int(t.name): os.sched_getscheduler(int(t.name)) for t in Path("/proc/self/task").iterdir()}
+    if set(before.values()) - {os.SCHED_OTHER, os.SCHED_BATCH}:
+        pytest.skip("this process runs under a real-time or idle policy, which the server keeps")
+    other = "other" if before[os.getpid()] == os.SCHED_BATCH else "batch"  # (so that a change shows)
+    config = ServerConfig(model=str(mlp_package), host="127.0.0.1", port=0, grpc_port=0, intra_op_threads=1,
+                          providers=("CPUExecutionProvider",), require_gpu=True, sched_policy=other)
+    with pytest.raises(InferstackError, match="no GPU execution provider is active"):
+        run(config)
+    after = {tid: os.sched_getscheduler(tid) for tid in before if Path(f"/proc/self/task/{tid}").exists()}
+    assert after == {tid: before[tid] for tid in after}
+    assert os.getpid() in after
