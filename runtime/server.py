@@ -772,39 +772,72 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_result(result)
 
 
-def set_sched_policy(policy: str) -> None:
+def set_sched_policy(policy: str) -> dict[int, int]:
     """Give every thread of this process the Linux scheduling policy ``policy`` (``batch``:
-    SCHED_BATCH, ``other``: SCHED_OTHER; threads started later inherit it).
+    SCHED_BATCH, ``other``: SCHED_OTHER; threads started later inherit it); returns the policy each
+    changed thread had (thread id -> policy), for :func:`restore_sched_policies`.
 
     Why SCHED_BATCH: a thread that wakes another (a lock released, a condition notified) while it
     holds the GIL is preempted by the thread it woke when both share a core; that one finds the GIL
     taken and sleeps again: two context switches for nothing. grpcio's threaded server wakes a
     pool thread several times per call; SCHED_BATCH threads do not preempt on wake-up (sched(7)),
     so the waker runs on to its next release of the GIL (runtime/README.md, "gRPC", has the
-    numbers). A platform without the call, or a refusal, leaves the policy as it is (logged)."""
+    numbers). A platform without the call, or a refusal, leaves the policy as it is (logged).
+
+    A thread the operator put under another policy (``chrt``, systemd's ``CPUSchedulingPolicy=``:
+    SCHED_FIFO, SCHED_RR, SCHED_IDLE) keeps it: only SCHED_OTHER and SCHED_BATCH are changed."""
     setter = getattr(os, "sched_setscheduler", None)
     if setter is None:  # pragma: no cover - not Linux
         log.debug("no sched_setscheduler on this platform: --sched-policy %s not applied", policy)
-        return
+        return {}
     wanted = os.SCHED_BATCH if policy == "batch" else os.SCHED_OTHER
     try:
         threads = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:  # pragma: no cover - no /proc: this thread only
         threads = [0]
+    reset_on_fork = getattr(os, "SCHED_RESET_ON_FORK", 0)
+    kept = 0
+    before: dict[int, int] = {}
     for tid in threads:
         try:
+            current = os.sched_getscheduler(tid) & ~reset_on_fork
+            if current not in (os.SCHED_OTHER, os.SCHED_BATCH):
+                kept += 1
+                continue
             setter(tid, wanted, os.sched_param(0))
+            before[tid] = current
         except ProcessLookupError:  # (the thread ended meanwhile)
             continue
         except OSError as e:  # pragma: no cover - refused (a seccomp profile)
             log.warning("--sched-policy %s: the scheduling policy cannot be set (%s); serving with the "
                         "current one", policy, e.strerror or e)
-            return
+            return before
+    if kept:
+        log.info("--sched-policy %s: %d thread(s) keep the real-time or idle policy they were started with",
+                 policy, kept)
+    return before
+
+
+def restore_sched_policies(before: dict[int, int]) -> None:
+    """Give the threads :func:`set_sched_policy` changed (and that still run) their policy back."""
+    for tid, policy in before.items():
+        with contextlib.suppress(OSError):  # (the thread ended meanwhile)
+            os.sched_setscheduler(tid, policy, os.sched_param(0))
 
 
 def run(config: ServerConfig) -> None:
-    """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails."""
-    set_sched_policy(config.sched_policy)
+    """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails.
+
+    The caller's threads run under ``config.sched_policy`` meanwhile and get their own back on the
+    way out (a process that runs the server in-process, as a test does, is left as it was)."""
+    caller_policies = set_sched_policy(config.sched_policy)
+    try:
+        _serve(config)
+    finally:
+        restore_sched_policies(caller_policies)
+
+
+def _serve(config: ServerConfig) -> None:
     server = Server(config)
     try:
         import uvloop

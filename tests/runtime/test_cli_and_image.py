@@ -103,7 +103,11 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
             "--model-control / INFERSTACK_MODEL_CONTROL: must be one of none, explicit",
         ),
         (["--log-format", "xml"], {}, "--log-format / INFERSTACK_LOG_FORMAT: must be one of text, json"),
-        (["--sched-policy", "fifo"], {}, "--sched-policy / INFERSTACK_SCHED_POLICY: must be one of batch, other"),
+        (
+            ["--sched-policy", "fifo"],
+            {},
+            "--sched-policy / INFERSTACK_SCHED_POLICY: must be one of batch, other",
+        ),
         (
             ["--model-repository", "/nonexistent/repo"],
             {},

@@ -531,9 +531,11 @@ def _event_engine_share(s: Served, calls: int = 600, threads: int = 4) -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads per-thread CPU time from /proc")
 def test_grpc_connections_are_served_by_the_polling_thread(serve: Callable[..., Served],
-                                                           mlp_package: Path) -> None:
+                                                           mlp_package: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """The server turns grpcio's ``event_engine_listener`` experiment off (one thread hand-off less
     per call on the way in and out); an operator's own GRPC_EXPERIMENTS is kept."""
+    monkeypatch.delenv("GRPC_EXPERIMENTS", raising=False)  # (the servers inherit the test's environment)
     default = _event_engine_share(serve(mlp_package))
     operator = _event_engine_share(serve(mlp_package, env={"GRPC_EXPERIMENTS": ""}))
     assert default < 0.03, f"EventEngine threads spent {default:.0%} of the server's CPU"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,3 +45,42 @@ def test_every_server_thread_runs_under_the_policy(serve: Callable[..., Served],
     policies = _policies(s)
     assert len(policies) > 5  # (the event loop, the onnxruntime worker, grpcio's threads, ...)
     assert set(policies.values()) == {policy}, policies
+
+
+def test_a_policy_the_operator_chose_is_kept(serve: Callable[..., Served], mlp_package: Path) -> None:
+    """Started under SCHED_IDLE (as by ``chrt --idle 0``), the server keeps it: --sched-policy only
+    moves threads between SCHED_OTHER and SCHED_BATCH."""
+    started: list[Served] = []
+
+    def start_idle() -> None:  # (in a thread of its own: the test process's threads keep their policy)
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        started.append(serve(mlp_package))
+
+    starter = threading.Thread(target=start_idle)
+    starter.start()
+    starter.join()
+    (s,) = started
+    _busy(s)
+    policies = _policies(s)
+    assert set(policies.values()) == {os.SCHED_IDLE}, policies
+    assert "keep the real-time or idle policy" in s.log()
+
+
+def test_a_server_run_in_process_gives_the_callers_threads_their_policy_back(mlp_package: Path) -> None:
+    """run() in the caller's process (as the CLI tests run ``serve``) changes every thread's policy
+    while it serves and gives each its own back on the way out (here: the start fails, no GPU)."""
+    from inferstack.runtime.config import ServerConfig
+    from inferstack.runtime.errors import InferstackError
+    from inferstack.runtime.server import run
+
+    before = {int(t.name): os.sched_getscheduler(int(t.name)) for t in Path("/proc/self/task").iterdir()}
+    if set(before.values()) - {os.SCHED_OTHER, os.SCHED_BATCH}:
+        pytest.skip("this process runs under a real-time or idle policy, which the server keeps")
+    other = "other" if before[os.getpid()] == os.SCHED_BATCH else "batch"  # (so that a change shows)
+    config = ServerConfig(model=str(mlp_package), host="127.0.0.1", port=0, grpc_port=0, intra_op_threads=1,
+                          providers=("CPUExecutionProvider",), require_gpu=True, sched_policy=other)
+    with pytest.raises(InferstackError, match="no GPU execution provider is active"):
+        run(config)
+    after = {tid: os.sched_getscheduler(tid) for tid in before if Path(f"/proc/self/task/{tid}").exists()}
+    assert after == {tid: before[tid] for tid in after}
+    assert os.getpid() in after
