@@ -133,8 +133,9 @@ def serve(
     sched_policy: Annotated[str, typer.Option(
         envvar=_env("sched-policy"),
         help="Linux scheduling policy of the server's threads: batch (SCHED_BATCH: a thread that wakes "
-        "does not preempt the one running, fewer context switches per gRPC call) or other (SCHED_OTHER).",
-    )] = "batch",
+        "does not preempt the one running, fewer context switches per gRPC call), other (SCHED_OTHER), "
+        "or auto: batch with one model, other with several or a repository.",
+    )] = "auto",
     auth_token_file: Annotated[Path | None, typer.Option(
         envvar=_env("auth-token-file"), show_default=False,
         help="File holding a bearer token to require (else INFERSTACK_AUTH_TOKEN; unset: no auth). "

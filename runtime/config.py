@@ -32,8 +32,8 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
 LOG_FORMATS = ("text", "json")
 MODEL_CONTROL_MODES = ("none", "explicit")
 #: Linux scheduling policies for the server's threads (sched(7)): ``batch`` is SCHED_BATCH, ``other``
-#: the default SCHED_OTHER
-SCHED_POLICIES = ("batch", "other")
+#: the default SCHED_OTHER, ``auto`` batch for a server of one model and other for several
+SCHED_POLICIES = ("auto", "batch", "other")
 #: grpcio's experiments the server turns off unless ``GRPC_EXPERIMENTS`` is already set (grpcio's
 #: documented variable, read once, when ``grpc`` is first imported): with ``event_engine_listener``
 #: on (grpcio's default since 1.6x), the gRPC port's connections are read and written by grpcio's
@@ -140,9 +140,12 @@ class ServerConfig:
     require_gpu: bool = False
     intra_op_threads: int = 0
     """onnxruntime intra-op threads; 0 = onnxruntime's default (one per physical core)."""
-    sched_policy: str = "batch"
+    sched_policy: str = "auto"
     """Linux scheduling policy of every server thread: ``batch`` (SCHED_BATCH: a thread that
-    wakes does not preempt the running one, see sched(7)) or ``other`` (the default SCHED_OTHER)."""
+    wakes does not preempt the running one, see sched(7)), ``other`` (the default SCHED_OTHER), or
+    ``auto``: batch when the server has one model (fewer thread switches per gRPC call), other when
+    it may have several (a small model's requests must not wait for a slow one's run to yield the
+    core: several models given, or a repository)."""
     auth_token: str | None = field(default=None, repr=False)
     cache_dir: Path = field(default_factory=default_cache_dir)
     log_level: str = "info"
@@ -253,6 +256,14 @@ class ServerConfig:
     def model_uris(self) -> tuple[str, ...]:
         """The PATHs given (not the repository's packages)."""
         return tuple(u for u in (self.model, *self.extra_models) if u)
+
+    @property
+    def effective_sched_policy(self) -> str:
+        """``sched_policy`` with ``auto`` decided: ``batch`` for one model given and no repository,
+        else ``other``."""
+        if self.sched_policy != "auto":
+            return self.sched_policy
+        return "batch" if len(self.model_uris) == 1 and self.model_repository is None else "other"
 
     @property
     def max_queue_delay_s(self) -> float:

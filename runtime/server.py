@@ -828,9 +828,10 @@ def restore_sched_policies(before: dict[int, int]) -> None:
 def run(config: ServerConfig) -> None:
     """Serve until SIGTERM/SIGINT; raise :class:`InferstackError` when the start fails.
 
-    The caller's threads run under ``config.sched_policy`` meanwhile and get their own back on the
-    way out (a process that runs the server in-process, as a test does, is left as it was)."""
-    caller_policies = set_sched_policy(config.sched_policy)
+    The caller's threads run under ``config.effective_sched_policy`` meanwhile and get their own
+    back on the way out (a process that runs the server in-process, as a test does, is left as it
+    was)."""
+    caller_policies = set_sched_policy(config.effective_sched_policy)
     try:
         _serve(config)
     finally:

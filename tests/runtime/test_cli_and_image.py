@@ -106,7 +106,7 @@ def test_help_lists_every_flag_with_its_environment_variable() -> None:
         (
             ["--sched-policy", "fifo"],
             {},
-            "--sched-policy / INFERSTACK_SCHED_POLICY: must be one of batch, other",
+            "--sched-policy / INFERSTACK_SCHED_POLICY: must be one of auto, batch, other",
         ),
         (
             ["--model-repository", "/nonexistent/repo"],

@@ -1,5 +1,6 @@
 """--sched-policy: every thread of the server runs under the Linux scheduling policy asked for
-(SCHED_BATCH by default), the threads started after the models load included."""
+(by default SCHED_BATCH with one model, SCHED_OTHER with several), the threads started after the
+models load included."""
 
 from __future__ import annotations
 
@@ -37,10 +38,16 @@ def _busy(s: Served) -> None:
     client.close()
 
 
-@pytest.mark.parametrize("args,policy", [((), os.SCHED_BATCH), (("--sched-policy", "other"), os.SCHED_OTHER)])
+@pytest.mark.parametrize("more,args,policy", [
+    (False, (), os.SCHED_BATCH),  # auto, one model: batch
+    (False, ("--sched-policy", "other"), os.SCHED_OTHER),
+    (True, (), os.SCHED_OTHER),  # auto, two models: a slow one must not hold up the other's requests
+    (True, ("--sched-policy", "batch"), os.SCHED_BATCH),
+])
 def test_every_server_thread_runs_under_the_policy(serve: Callable[..., Served], mlp_package: Path,
-                                                   args: tuple[str, ...], policy: int) -> None:
-    s = serve(mlp_package, *args)
+                                                   dtypes_package: Path, more: bool, args: tuple[str, ...],
+                                                   policy: int) -> None:
+    s = serve(mlp_package, *((str(dtypes_package),) if more else ()), *args)
     _busy(s)
     policies = _policies(s)
     assert len(policies) > 5  # (the event loop, the onnxruntime worker, grpcio's threads, ...)
