@@ -176,15 +176,16 @@ class AutoscalingConfig:
     """Seconds without requests before the last replica goes (min 0 only). Default 900."""
 
 
-@dataclass(frozen=True)
-class ModelConfig:
-    name: str
-    path: Path
-    manifest: Manifest
+@dataclass(frozen=True, kw_only=True)
+class DeploymentConfig:
+    """What a Deployment running ``inferstack serve`` is given (the ``SERVING_KEYS`` of a model
+    without a server, or of a ``servers[]`` entry): its image, pods, GPUs, scaling and exposure."""
+
     image: str | None
     """A prebuilt image pinned by digest, or None: the stack's runtime image (``runtimeImage``)."""
     replicas: int = 1
     gpus: int = 1
+    """``nvidia.com/gpu`` per replica, shared by every model of the server."""
     cpu: str = "2"
     memory: str = "8Gi"
     autoscaling: AutoscalingConfig | None = None
@@ -193,19 +194,29 @@ class ModelConfig:
     image_pull_policy: str | None = None
     """None: Always for a tag, IfNotPresent for a digest (see InferenceServiceArgs)."""
     cache_size: str = "10Gi"
-    """``cacheSize``: the model cache emptyDir's size limit (ephemeral-storage follows it)."""
+    """``cacheSize``: the model cache emptyDir's size limit (ephemeral-storage follows it): every
+    model of the server is downloaded into it."""
     ingress_class: str | None = None
     """``ingress.className`` with ``exposure: ingress``."""
     ingress_host: str | None = None
     """``ingress.host`` with ``exposure: ingress``."""
-    server: str | None = None
-    """The ``servers[].name`` whose Deployment serves this model (the serving keys above are then
-    that server's, and unused here); None: the model has a Deployment of its own."""
 
     @property
     def variant(self) -> str:
-        """The runtime image variant this model runs: ``gpu`` with GPUs, else ``cpu``."""
+        """The runtime image variant: ``gpu`` with GPUs, else ``cpu``."""
         return "gpu" if self.gpus else "cpu"
+
+
+@dataclass(frozen=True)
+class ModelConfig(DeploymentConfig):
+    """One entry of ``models``; its Deployment keys are used when no server lists it."""
+
+    name: str
+    path: Path
+    manifest: Manifest
+    server: str | None = None
+    """The ``servers[].name`` whose Deployment serves this model (the Deployment keys are then
+    that server's, and unused here); None: the model has a Deployment of its own."""
 
 
 #: The keys that describe a Deployment (a model server) rather than a model: on a model without
@@ -226,7 +237,7 @@ SERVING_KEYS = (
 
 
 @dataclass(frozen=True)
-class ModelServerConfig:
+class ModelServerConfig(DeploymentConfig):
     """One Deployment running ``inferstack serve`` with one or more models (a model server, in
     Triton's and KServe's terms): a ``servers[]`` entry, or a model of ``models`` that no server
     lists (a server of its own, named after it). Its pods, GPUs, scaling and exposure are declared
@@ -237,33 +248,13 @@ class ModelServerConfig:
     models: list[ModelConfig]
     """The models the server's pods load, in the order given (each served as
     ``/v2/models/<name>``)."""
-    image: str | None
-    replicas: int = 1
-    gpus: int = 1
-    """``nvidia.com/gpu`` per replica, shared by every model of the server."""
-    cpu: str = "2"
-    memory: str = "8Gi"
-    autoscaling: AutoscalingConfig | None = None
-    exposure: str = "internal"
-    auth: bool = False
-    image_pull_policy: str | None = None
-    cache_size: str = "10Gi"
-    """The model cache emptyDir's size limit: every model of the server is downloaded into it."""
-    ingress_class: str | None = None
-    ingress_host: str | None = None
     declared: bool = False
     """True for a ``servers[]`` entry; False for a model's own Deployment."""
-
-    @property
-    def variant(self) -> str:
-        """The runtime image variant: ``gpu`` with GPUs, else ``cpu``."""
-        return "gpu" if self.gpus else "cpu"
 
     @classmethod
     def of_model(cls, m: ModelConfig) -> ModelServerConfig:
         """The Deployment of a model that no server lists: named after it, with its own keys."""
-        own = {f.name for f in fields(cls)} & {f.name for f in fields(ModelConfig)} - {"name"}
-        return cls(name=m.name, models=[m], **{k: getattr(m, k) for k in own})
+        return cls(name=m.name, models=[m], **{f.name: getattr(m, f.name) for f in fields(DeploymentConfig)})
 
 
 @dataclass(frozen=True)
@@ -1054,7 +1045,7 @@ def _model(
                 f"{manifest.name!r}, the name its package's manifest gives: a server with several models "
                 "serves each under its manifest's name (/v2/models/<name>), so the stack names it so too",
             )
-        return ModelConfig(name, path, manifest, None, server=server[1])
+        return ModelConfig(name, path, manifest, image=None, server=server[1])
     return ModelConfig(name, path, manifest, **_serving(raw, key, target))
 
 
