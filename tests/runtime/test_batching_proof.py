@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 from batch_models import export
-from runtime_harness import package
+from runtime_harness import package, save_graph
 
 from inferstack.batchcheck import check_batch_independence, check_sizes, random_rows
 from inferstack.batchproof import prove_row_independence
@@ -112,7 +112,6 @@ def proof_models(models_dir: Path) -> dict[str, Path]:
 def _filter_model(path: Path) -> Path:
     """y = x * x for the rows whose first value is > -5 (Compress along the batch): an output
     declared (batch, 4) that drops rows."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -130,9 +129,7 @@ def _filter_model(path: Path) -> Path:
             helper.make_tensor("idx", TensorProto.INT64, [], [0]),
         ],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(path))
+    save_graph(graph, path)
     return path
 
 

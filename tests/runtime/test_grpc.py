@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as tg
 import tritonclient.grpc.aio as tga
 import tritonclient.http as th
-from runtime_harness import DTYPE_CASES, Served, metric
+from runtime_harness import DTYPE_CASES, Served, metric, save_graph
 from tritonclient.grpc import service_pb2, service_pb2_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -110,7 +110,6 @@ def test_every_datatype_raw_round_trips(dtypes_server: Served) -> None:
 @pytest.fixture(scope="module")
 def typed_server(models_dir: Path):
     """Identity per datatype that has typed contents (all but FP16): one request can carry them all."""
-    import onnx
     from onnx import helper
     from runtime_harness import package, start_server
 
@@ -120,10 +119,7 @@ def typed_server(models_dir: Path):
         [helper.make_tensor_value_info(n, c[2], ["batch", 3]) for n, c in cases.items()],
         [helper.make_tensor_value_info(f"{n}_out", c[2], ["batch", 3]) for n, c in cases.items()],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "typed.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "typed.onnx")
     s = start_server(package(models_dir / "typed", [path], "typed", 8))
     yield s
     s.stop()

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from runtime_harness import save_graph
 
 
 def _vm(pid: int, key: str) -> int:
@@ -27,7 +28,6 @@ def _vm(pid: int, key: str) -> int:
 
 @pytest.fixture(scope="module")
 def strings_onnx(models_dir: Path) -> Path:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -36,11 +36,7 @@ def strings_onnx(models_dir: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.STRING, ["batch", "n"])],
         [helper.make_tensor_value_info("y", TensorProto.STRING, ["batch", "n"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "strings.onnx"
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, models_dir / "strings.onnx")
 
 
 def _bytes_request(n: int) -> tuple[bytes, bytes]:
@@ -164,7 +160,6 @@ def test_grpc_enforces_max_bytes_elements_and_round_trips_strings(serve, strings
 @pytest.fixture(scope="module")
 def floats_onnx(models_dir: Path) -> Path:
     """y = x, FP32 [batch, n]: any number of elements per row."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -172,11 +167,7 @@ def floats_onnx(models_dir: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "n"])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "n"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "floats.onnx"
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, models_dir / "floats.onnx")
 
 
 def test_grpc_typed_contents_count_what_they_decode_into(serve, floats_onnx: Path) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from runtime_harness import save_graph
 
 from inferstack.errors import InferstackError
 from inferstack.manifest import FileEntry, package_digest
@@ -41,9 +42,7 @@ def _package_with_location(pkg: Path, location: str) -> Path:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
         initializer=[w],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    onnx.save(model, str(pkg / "model.onnx"))
+    save_graph(graph, pkg / "model.onnx")
     write_manifest(
         pkg,
         Manifest(

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from runtime_harness import save_graph
 
 VALID: dict[str, tuple[str, list[Any]]] = {
     "f16": ("FP16", [1.5, 2, 3]),
@@ -86,7 +87,6 @@ def test_request_parameters_that_are_not_an_object_are_refused(dtypes_server) ->
 
 
 def _identity(models_dir: Path) -> Path:
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -95,11 +95,7 @@ def _identity(models_dir: Path) -> Path:
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "values-identity.onnx"
-    onnx.save(model, str(path))
-    return path
+    return save_graph(graph, models_dir / "values-identity.onnx")
 
 
 def test_non_finite_outputs_are_refused_as_json_and_exact_as_binary(serve, models_dir: Path) -> None:
@@ -135,7 +131,6 @@ def test_a_truncated_gzip_body_says_so(dtypes_server) -> None:
 
 
 def test_onnxruntime_errors_carry_no_internal_source_paths(serve, models_dir: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     shape = helper.make_tensor("s", TensorProto.INT64, [2], [-1, 4])
@@ -146,10 +141,7 @@ def test_onnxruntime_errors_carry_no_internal_source_paths(serve, models_dir: Pa
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
         initializer=[shape],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "values-reshape.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "values-reshape.onnx")
     s = serve(path)
     doc = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 3], "data": [1, 2, 3]}]}
     r = httpx.post(f"{s.url}/v2/models/{s.name}/infer", json=doc)

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as th
-from runtime_harness import Served, metric, package
+from runtime_harness import Served, metric, package, save_graph
 
 
 def _metric(text: str, name: str) -> float:
@@ -191,7 +191,6 @@ def test_ready_follows_the_lifecycle(mlp_server: Served) -> None:
 
 
 def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, models_dir: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     table = helper.make_tensor("table", TensorProto.FLOAT, [5, 2], [float(v) for v in range(10)])
@@ -202,10 +201,7 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["batch", 2])],
         initializer=[table],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "lookup.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "lookup.onnx")
     # generated rows (0..15) index past the 5-row table, and one index per row drawn from 0..1
     # cannot make 5 distinct rows, so the server cannot check it itself: the package carries the
     # check made on example rows (as export does with example data)
@@ -255,7 +251,6 @@ def test_values_the_model_rejects_get_400_and_fail_only_their_request(serve, mod
 
 
 def test_requests_merge_only_with_equal_non_batch_shapes(serve, models_dir: Path) -> None:
-    import onnx
     from onnx import TensorProto, helper
 
     two = helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])
@@ -266,10 +261,7 @@ def test_requests_merge_only_with_equal_non_batch_shapes(serve, models_dir: Path
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "seq"])],
         initializer=[two],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "double.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "double.onnx")
     s = serve(path, "--max-queue-delay-us", "100000", "--max-batch-size", "4")
     # sequence lengths 2 and 3 interleaved, 1 or 2 rows each: merges must respect both
     cases = [np.full((1 + i % 2, 2 + i % 3 % 2), float(i), np.float32) for i in range(24)]
@@ -317,7 +309,6 @@ def test_sigterm_with_drain_delay_keeps_serving_while_not_ready(serve, mlp_packa
 def test_outputs_off_the_batch_axis_turn_batching_off(serve, models_dir: Path) -> None:
     """Concat(x, x) along axis 0 doubles the rows: merged batches would hand requests each
     other's rows, so the warm-up check serves it without batching."""
-    import onnx
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
@@ -326,10 +317,7 @@ def test_outputs_off_the_batch_axis_turn_batching_off(serve, models_dir: Path) -
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["rows", 4])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
-    model.ir_version = 9
-    path = models_dir / "twice.onnx"
-    onnx.save(model, str(path))
+    path = save_graph(graph, models_dir / "twice.onnx")
     s = serve(path, "--max-batch-size", "8", "--max-queue-delay-us", "100000")
     assert "output 'y' has dims (rows, 4): no dimension is named 'batch'" in s.log()
     assert httpx.get(f"{s.url}/v2/models/twice/config").json()["max_batch_size"] == 0
