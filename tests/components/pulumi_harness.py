@@ -309,6 +309,27 @@ def run_program(
     return program
 
 
+def expect_config_error(cfg: dict[str, Any], key: str, *fragments: str) -> str:
+    """Run the stack program on ``cfg`` (as stack ``dev``) and return its ConfigError's message:
+    one line, starting ``inferstack:<key>:``, holding every fragment, and raised before any
+    resource was declared."""
+    import pytest
+    from inferstack.components import config
+    from inferstack.components.program import main
+
+    program = Program()
+    with pytest.raises(config.ConfigError) as info:
+        run_program(main, cfg, stack="dev", program=program)
+    msg = str(info.value)
+    assert msg.startswith(f"inferstack:{key}:"), msg
+    assert "\n" not in msg, "one line"
+    for f in fragments:
+        assert f in msg, f"{f!r} not in {msg!r}"
+    declared = [r for r in program.resources if r.type != "pulumi:pulumi:Stack"]
+    assert declared == [], f"resources declared before validation failed: {[r.urn for r in declared]}"
+    return msg
+
+
 def resolve(output: Any) -> Any:
     """The value of an Output after a run (mocks resolve everything)."""
     from pulumi.runtime.sync_await import _sync_await

@@ -12,23 +12,11 @@ import pytest
 from inferstack.components import config
 from inferstack.components.program import main
 from pulumi_harness import ROOT, Program, load_stack, run_program
+from pulumi_harness import expect_config_error as _expect
 
 
 def _dev() -> dict[str, Any]:
     return copy.deepcopy(load_stack("dev"))
-
-
-def _expect(cfg: dict[str, Any], key: str, *fragments: str) -> str:
-    program = Program()
-    with pytest.raises(config.ConfigError) as info:
-        run_program(main, cfg, stack="dev", program=program)
-    msg = str(info.value)
-    assert msg.startswith(f"inferstack:{key}:"), msg
-    for f in fragments:
-        assert f in msg, f"{f!r} not in {msg!r}"
-    declared = [r for r in program.resources if r.type != "pulumi:pulumi:Stack"]
-    assert declared == [], f"resources declared before validation failed: {[r.urn for r in declared]}"
-    return msg
 
 
 def _set(cfg: dict[str, Any], key: str, value: Any) -> dict[str, Any]:

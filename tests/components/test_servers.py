@@ -9,9 +9,9 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from inferstack.components import config
 from inferstack.components.program import main
 from pulumi_harness import Program, as_manifest, env_of, load_stack, run_program
+from pulumi_harness import expect_config_error as _expect
 
 from inferstack.plan.k8s import is_addon_resource
 
@@ -187,19 +187,6 @@ def test_kubernetes_objects_of_a_server_validate_against_the_schemas(stack: str)
 
 
 # -- stack file errors ------------------------------------------------------------------------
-
-
-def _expect(cfg: dict[str, Any], key: str, *fragments: str) -> None:
-    program = Program()
-    with pytest.raises(config.ConfigError) as info:
-        run_program(main, cfg, stack="dev", program=program)
-    msg = str(info.value)
-    assert msg.startswith(f"inferstack:{key}:"), msg
-    assert "\n" not in msg, "one line"
-    for f in fragments:
-        assert f in msg, f"{f!r} not in {msg!r}"
-    declared = [r for r in program.resources if r.type != "pulumi:pulumi:Stack"]
-    assert declared == [], f"resources declared before validation failed: {[r.urn for r in declared]}"
 
 
 def _second_server(cfg: dict[str, Any], **server: Any) -> dict[str, Any]:
