@@ -155,7 +155,7 @@ def onnxruntime_in_turn(
     """onnxruntime's CPU time per row in this process, one session against ``len(models)`` in turn.
 
     Every ``models[i]`` (a ``model.onnx`` with one input) gets its own session with the server's
-    options (see runtime/model.py ``load_model``) and is run ``warmup_runs`` times on ``x`` (the
+    options (runtime/model.py ``session_options``) and is run ``warmup_runs`` times on ``x`` (the
     whole batch, ``x.shape[0]`` rows). Then, ``repeats`` times: session 0 run ``runs`` times, and
     all sessions run in turn (round robin) ``runs`` times each. Returns ``rows``, ``sessions``,
     ``runs``, ``repeats``, ``us_per_row_one`` and ``us_per_row_in_turn`` (medians over the
@@ -163,16 +163,12 @@ def onnxruntime_in_turn(
     repeat's value). Raises ValueError for no models or fewer than 1 run or repeat.
     """
     import onnxruntime as ort
+    from inferstack.runtime.model import session_options
 
     if not models or runs < 1 or repeats < 1:
         raise ValueError(f"need models and at least 1 run and repeat: {len(models)} models, "
                          f"{runs} runs, {repeats} repeats")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(1)  # (what the benchmark's servers run with: --intra-op-threads 1)
     run_options = ort.RunOptions()
     calls = []
     for path in models:

@@ -126,17 +126,27 @@ def choose_providers(requested: tuple[str, ...], available: list[str], known: li
     return chosen
 
 
+def session_options(intra_op_threads: int) -> Any:
+    """The ``onnxruntime.SessionOptions`` every served model's session gets: ``intra_op_threads``
+    (0: onnxruntime's default), one inter-op thread, sequential execution, every graph
+    optimization, errors logged (warnings not)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return options
+
+
 def load_model(source: ModelSource, config: ServerConfig) -> Model:
     """Create the session, read the signature, decide on batching and warm up."""
     import onnxruntime as ort
 
     providers = choose_providers(config.providers, ort.get_available_providers(), ort.get_all_providers())
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.intra_op_threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
+    options = session_options(config.intra_op_threads)
     started = time.perf_counter()
     try:
         session = ort.InferenceSession(str(source.model_path), sess_options=options, providers=providers)
